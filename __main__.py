@@ -1,0 +1,3 @@
+from vocalprobe.cli import main
+
+main()

@@ -1,0 +1,38 @@
+"""The `vocalprobe` console script: one typer app that joins each subpackage's commands.
+
+Heavy libraries (torch, transformers, onnxruntime) are imported inside command bodies only, so `vocalprobe --help`
+is instant and the runtime commands work where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from vocalprobe import __version__
+from vocalprobe.runtime import cli_data
+
+app = typer.Typer(
+    name="vocalprobe",
+    help="Probe self-supervised speech models layer by layer on animal vocalizations, export the best layer "
+    "to ONNX, and run it on field recordings.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(cli_data.app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vocalprobe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """vocalprobe: bioacoustics with self-supervised speech models."""
+
+
+def main() -> None:
+    app()

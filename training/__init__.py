@@ -1,0 +1,1 @@
+"""The layer-wise study (torch): backbones, per-layer pooled features, MLP probes, best layers, fusion, reports."""
