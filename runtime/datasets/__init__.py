@@ -1,0 +1,1 @@
+"""Dataset preparers (folders, Watkins, InfantMarmosetsVox, Abzaliev) and the synthetic embedded default."""
