@@ -49,6 +49,31 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
+def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:
+    """(declared, present) bytes of a RIFF/WAVE data chunk cut short, else None.
+
+    libsndfile silently shortens a truncated WAV (a recorder whose battery died mid-file); we say so instead.
+    Streaming writers that leave the size unknown (0 or 0xFFFFFFFF) are not truncated.
+    """
+    with path.open("rb") as handle:
+        if handle.read(12)[8:12] != b"WAVE":
+            return None
+        handle.seek(0)
+        if handle.read(4) != b"RIFF":
+            return None
+        handle.seek(12)
+        size = path.stat().st_size
+        while True:
+            header = handle.read(8)
+            if len(header) < 8:
+                return None
+            chunk, length = header[:4], int.from_bytes(header[4:], "little")
+            if chunk == b"data":
+                present = size - handle.tell()
+                return (length, present) if 0 < length < 0xFFFFFFFF and present < length else None
+            handle.seek(length + (length & 1), 1)
+
+
 def _open(path: str | Path) -> sf.SoundFile:
     path = Path(path)
     if not path.exists():
@@ -56,9 +81,15 @@ def _open(path: str | Path) -> sf.SoundFile:
     if path.is_dir():
         raise CorruptAudioError(path, "is a folder, not an audio file")
     try:
-        return sf.SoundFile(str(path))
+        handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise CorruptAudioError(path, f"not a readable wav/flac/ogg file ({exc})") from exc
+    shortfall = _wav_data_shortfall(path) if handle.format == "WAV" else None
+    if shortfall:
+        handle.close()
+        raise CorruptAudioError(path, f"truncated: the header declares {shortfall[0]} bytes of audio, the file holds "
+                                f"{shortfall[1]} (an interrupted recording or copy; re-copy it from the card)")
+    return handle
 
 
 def audio_info(path: str | Path) -> AudioInfo:
