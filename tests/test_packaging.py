@@ -1,0 +1,35 @@
+"""The install layout: training/, export/ and runtime/ install as vocalprobe.* subpackages, nothing bare."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_subpackage_is_listed_in_pyproject():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"vocalprobe"}
+    for top in ("training", "export", "runtime"):
+        for init in (ROOT / top).rglob("__init__.py"):
+            found.add(".".join(("vocalprobe",) + init.parent.relative_to(ROOT).parts))
+    assert found == listed, "pyproject's packages list must name every folder with an __init__.py"
+
+
+@pytest.mark.slow
+def test_regular_install_gives_namespaced_imports(tmp_path):
+    """`pip install .` (not editable): vocalprobe.runtime etc. import from the installed copy, no bare `runtime`."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(target), str(ROOT)], check=True, capture_output=True)
+    assert not (target / "runtime").exists() and not (target / "export").exists()
+    code = ("import vocalprobe, vocalprobe.runtime.audio, vocalprobe.training, vocalprobe.export, vocalprobe.cli; "
+            "print(vocalprobe.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}).stdout
+    assert out.strip().startswith(str(target))
