@@ -1,0 +1,323 @@
+"""The streaming core: blocks of audio -> fixed-length windows -> batched model -> detections -> events.
+
+Memory is bounded by ``window + block`` samples for the window buffer plus ``batch x window`` for the model input,
+whatever the length of the recording. ``run_stream`` drives many sources with resume, outputs and error listing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from vocalprobe.runtime.errors import AudioError
+from vocalprobe.runtime.windows import Window, WindowPlan, WindowSpecError
+from vocalprobe.runtime.writers import (
+    CSV_SUFFIX,
+    RAVEN_SUFFIX,
+    Detection,
+    JsonlWriter,
+    combine_csv,
+    parse_recorder_timestamp,
+    write_csv,
+    write_errors,
+    write_raven,
+)
+
+
+class Model(Protocol):
+    classes: tuple[str, ...]
+    sample_rate: int
+    max_chunk_samples: int | None
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class Windower:
+    """Cut a stream of blocks into the windows ``plan_windows`` defines, holding at most ``window + block`` samples."""
+
+    def __init__(self, plan: WindowPlan):
+        self.plan = plan
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._buffer_start = 0  # absolute index of _buffer[0]
+        self._next = 0  # start of the next window
+        self._index = 0
+        self.total = 0  # samples pushed so far
+
+    def push(self, block: np.ndarray) -> Iterator[tuple[Window, np.ndarray]]:
+        window, hop = self.plan.window, self.plan.hop
+        self._buffer = np.concatenate([self._buffer, np.asarray(block, dtype=np.float32)])
+        self.total += len(block)
+        while self._next + window <= self.total:
+            offset = self._next - self._buffer_start
+            yield Window(self._index, self._next, self._next + window), self._buffer[offset:offset + window].copy()
+            self._next += hop
+            self._index += 1
+        drop = min(self._next, self.total) - self._buffer_start
+        self._buffer = self._buffer[drop:]
+        self._buffer_start += drop
+
+    def finish(self) -> Iterator[tuple[Window, np.ndarray]]:
+        """The final incomplete window, per the plan's ``final_window`` policy."""
+        if self.plan.final_window == "drop" or self._next >= self.total:
+            return
+        tail = self._buffer[self._next - self._buffer_start:]
+        if self.plan.final_window == "pad":
+            tail = np.concatenate([tail, np.zeros(self.plan.window - len(tail), dtype=np.float32)])
+        yield Window(self._index, self._next, self.total), tail.copy()
+
+
+def window_probabilities(blocks: Iterable[np.ndarray], model: Model, plan: WindowPlan,
+                         batch: int = 8) -> Iterator[tuple[Window, np.ndarray]]:
+    """Probabilities ``[classes]`` of every window of the stream, in order, running ``batch`` windows at a time."""
+    if batch < 1:
+        raise WindowSpecError(f"--batch must be >= 1, got {batch}")
+    if model.max_chunk_samples is not None and plan.window > model.max_chunk_samples:
+        raise WindowSpecError(f"a window of {plan.window} samples is longer than this graph accepts "
+                              f"(max_chunk_samples = {model.max_chunk_samples}); use a shorter --window")
+    windower = Windower(plan)
+    inputs = np.empty((batch, plan.window), dtype=np.float32)
+    pending: list[Window] = []
+
+    def run() -> Iterator[tuple[Window, np.ndarray]]:
+        probs = model.predict(inputs[:len(pending)])
+        yield from zip(list(pending), probs)
+        pending.clear()
+
+    for block in blocks:
+        for win, samples in windower.push(block):
+            inputs[len(pending)] = samples
+            pending.append(win)
+            if len(pending) == batch:
+                yield from run()
+    for win, samples in windower.finish():
+        if len(samples) == plan.window:
+            inputs[len(pending)] = samples
+            pending.append(win)
+        else:  # policy "shorter": its own batch, after the full windows
+            if pending:
+                yield from run()
+            yield win, model.predict(samples[None, :])[0]
+    if pending:
+        yield from run()
+
+
+def window_hits(probs: np.ndarray, classes: Sequence[str], min_conf: float,
+                top_k: int | None = None) -> list[tuple[str, float]]:
+    """Classes of one window at or above ``min_conf``, best first, at most ``top_k`` of them."""
+    order = np.argsort(-probs, kind="stable")
+    hits = [(classes[i], float(probs[i])) for i in order if probs[i] >= min_conf]
+    return hits[:top_k] if top_k is not None else hits
+
+
+class EventMerger:
+    """Join detections of one class in consecutive windows into one event (confidence: the maximum).
+
+    Without merging every (window, class) hit is its own event. Events come out as soon as they are final.
+    """
+
+    def __init__(self, file: str, sample_rate: int, merge: bool):
+        self.file, self.sample_rate, self.merge = file, sample_rate, merge
+        self._open: dict[str, list] = {}  # label -> [start_s, end_s, confidence, last window index]
+
+    def push(self, window: Window, hits: Sequence[tuple[str, float]]) -> list[Detection]:
+        start, end = window.seconds(self.sample_rate)
+        if not self.merge:
+            return [Detection(self.file, start, end, label, conf) for label, conf in hits]
+        closed = [self._close(label) for label, event in list(self._open.items())
+                  if event[3] != window.index - 1 or label not in dict(hits)]
+        for label, conf in hits:
+            event = self._open.get(label)
+            if event is None:
+                self._open[label] = [start, end, conf, window.index]
+            else:
+                event[1], event[2], event[3] = end, max(event[2], conf), window.index
+        return sorted(closed, key=lambda d: (d.start_s, d.label))
+
+    def _close(self, label: str) -> Detection:
+        start, end, conf, _ = self._open.pop(label)
+        return Detection(self.file, start, end, label, conf)
+
+    def finish(self) -> list[Detection]:
+        return sorted((self._close(label) for label in list(self._open)), key=lambda d: (d.start_s, d.label))
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    plan: WindowPlan
+    batch: int = 8
+    min_conf: float = 0.5
+    top_k: int | None = None
+    merge: bool = False
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_conf <= 1.0:
+            raise WindowSpecError(f"--min-conf must be within 0..1, got {self.min_conf}")
+        if self.top_k is not None and self.top_k < 1:
+            raise WindowSpecError(f"--top-k must be >= 1, got {self.top_k}")
+
+
+@dataclass
+class SourceResult:
+    name: str
+    detections: list[Detection]
+    n_windows: int
+    audio_seconds: float
+
+
+def detect_stream(blocks: Iterable[np.ndarray], name: str, model: Model, config: DetectConfig, *,
+                  on_event: Callable[[Detection], None] | None = None,
+                  on_audio: Callable[[float], None] | None = None) -> SourceResult:
+    """Run one stream of model-rate blocks; ``on_event`` sees each event once final, ``on_audio`` each block's seconds."""
+    merger = EventMerger(name, model.sample_rate, config.merge)
+    detections: list[Detection] = []
+    seconds = 0.0
+
+    def counted() -> Iterator[np.ndarray]:
+        nonlocal seconds
+        for block in blocks:
+            seconds += len(block) / model.sample_rate
+            if on_audio is not None:
+                on_audio(len(block) / model.sample_rate)
+            yield block
+
+    def emit(events: list[Detection]) -> None:
+        detections.extend(events)
+        if on_event is not None:
+            for event in events:
+                on_event(event)
+
+    n_windows = 0
+    for window, probs in window_probabilities(counted(), model, config.plan, config.batch):
+        n_windows += 1
+        emit(merger.push(window, window_hits(probs, model.classes, config.min_conf, config.top_k)))
+    emit(merger.finish())
+    detections.sort(key=lambda d: (d.start_s, d.label))
+    return SourceResult(name, detections, n_windows, seconds)
+
+
+@dataclass
+class RunSummary:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already done by an earlier run
+    failed: list[tuple[str, str]] = field(default_factory=list)  # in this run
+    failed_all: list[tuple[str, str]] = field(default_factory=list)  # this run and earlier ones (errors.csv)
+    detections: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+
+class Outputs:
+    """Where one run writes: per-file tables mirroring the input tree, a live JSONL, errors.csv, detections.csv."""
+
+    def __init__(self, out_dir: str | Path, formats: Sequence[str], high_freq_hz: float):
+        self.out_dir = Path(out_dir)
+        self.formats = tuple(formats)
+        self.high_freq_hz = high_freq_hz
+        self.jsonl: JsonlWriter | None = None
+
+    def open(self, finished_names: set[str]) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if "jsonl" in self.formats:
+            self.jsonl = JsonlWriter(self.out_dir / "detections.jsonl", finished_names)
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+
+    def table_path(self, name: str, suffix: str) -> Path:
+        rel = Path(name)
+        return self.out_dir / rel.parent / (rel.stem + suffix)
+
+    def event(self, detection: Detection) -> None:
+        if self.jsonl is not None:
+            self.jsonl.write(detection, parse_recorder_timestamp(detection.file))
+
+    def write_tables(self, result: SourceResult) -> list[str]:
+        written = []
+        if "raven" in self.formats:
+            path = self.table_path(result.name, RAVEN_SUFFIX)
+            write_raven(result.detections, path, begin_file=Path(result.name).name, high_freq_hz=self.high_freq_hz)
+            written.append(str(path.relative_to(self.out_dir)))
+        if "csv" in self.formats:
+            path = self.table_path(result.name, CSV_SUFFIX)
+            write_csv(result.detections, path, recording_start=parse_recorder_timestamp(result.name))
+            written.append(str(path.relative_to(self.out_dir)))
+        return written
+
+    def write_errors(self, failed: Sequence[tuple[str, str]]) -> Path:
+        path = self.out_dir / "errors.csv"
+        write_errors(failed, path)
+        return path
+
+    def combine(self, csv_tables: Sequence[str]) -> Path | None:
+        if "csv" not in self.formats:
+            return None
+        path = self.out_dir / "detections.csv"
+        combine_csv([self.out_dir / t for t in csv_tables], path)
+        return path
+
+
+class Progress(Protocol):
+    def audio(self, seconds: float) -> None: ...
+
+    def file_done(self) -> None: ...
+
+
+def run_sources(sources: Iterable, model: Model, config: DetectConfig, outputs: Outputs, state=None, *,
+                progress: Progress | None = None, log: Callable[[str], None] | None = None) -> RunSummary:
+    """Stream every source, writing its tables when it is done; unreadable sources are listed and skipped.
+
+    ``state`` (a ``RunState``) makes the run resumable: sources it records as done are skipped.
+    """
+    summary = RunSummary()
+    started = time.perf_counter()
+    outputs.open(state.done_names() if state is not None else set())
+    try:
+        for source in sources:
+            path = getattr(source, "path", None)
+            if state is not None and path is not None and state.is_done(path):
+                summary.skipped.append(source.name)
+                continue
+            try:
+                result = detect_stream(source.blocks(model.sample_rate), source.name, model, config,
+                                       on_event=outputs.event,
+                                       on_audio=progress.audio if progress is not None else None)
+            except AudioError as exc:
+                summary.failed.append((source.name, exc.problem))
+                if state is not None and path is not None:
+                    state.mark_failed(path, source.name, exc.problem)
+                if log is not None:
+                    log(f"skipped {source.name}: {exc.problem}")
+                continue
+            written = outputs.write_tables(result)
+            if state is not None and path is not None:
+                state.mark_done(path, source.name, len(result.detections), written)
+            summary.done.append(source.name)
+            summary.detections += len(result.detections)
+            summary.audio_seconds += result.audio_seconds
+            if progress is not None:
+                progress.file_done()
+    finally:
+        outputs.close()
+        summary.wall_seconds = time.perf_counter() - started
+    summary.failed_all = ([(r["name"], r["problem"]) for r in state.failed.values()] if state is not None
+                          else list(summary.failed))
+    if summary.failed_all:
+        outputs.write_errors(summary.failed_all)
+    elif (outputs.out_dir / "errors.csv").exists():
+        (outputs.out_dir / "errors.csv").unlink()
+    if state is not None:
+        tables = [t for r in state.done.values() for t in r["outputs"] if t.endswith(CSV_SUFFIX)]
+    else:
+        tables = [str(outputs.table_path(n, CSV_SUFFIX).relative_to(outputs.out_dir)) for n in summary.done]
+    outputs.combine(sorted(tables))
+    return summary
+
+
+def print_line(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

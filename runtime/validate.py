@@ -1,0 +1,159 @@
+"""`vocalprobe validate`: score an exported graph with onnxruntime alone on a manifest split, and compare the UAR
+with the one the study measured in PyTorch (stored in the graph's metadata).
+
+Each clip is fed whole, resampled to the model's rate, one at a time (``predict_clip``). Clips that cannot be read
+are listed in the report and counted; the UAR is over the clips that could be read, and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from vocalprobe.runtime.atomic import atomic_write_text
+from vocalprobe.runtime.clips import load_row
+from vocalprobe.runtime.errors import AudioError, ManifestError
+from vocalprobe.runtime.manifest import read_manifest
+from vocalprobe.runtime.metrics import bootstrap_uar_ci, confusion_matrix, uar
+from vocalprobe.runtime.onnx_model import ModelError, OnnxModel
+
+#: Default allowed |ONNX UAR - study UAR|, in UAR points (percent).
+DEFAULT_TOLERANCE_POINTS = 0.5
+_REFERENCE_KEY = {"test": "test_uar", "val": "val_uar"}
+
+
+def predict_clip(model: OnnxModel, samples: np.ndarray) -> np.ndarray:
+    """Probabilities ``[classes]`` of one whole clip at the model's rate.
+
+    The one place that decides how a clip is fed. Graphs whose metadata sets ``max_chunk_samples`` take longer
+    clips in pieces; how the pieces combine is the exporter's contract and is not implemented here yet.
+    """
+    limit = model.max_chunk_samples
+    if limit is not None and samples.shape[-1] > limit:
+        raise ModelError(f"{model.path.name}: a clip of {samples.shape[-1]} samples is longer than the graph's "
+                         f"max_chunk_samples ({limit}); chunked validation is not supported yet")
+    return model.predict(samples[None, :])[0]
+
+
+@dataclass
+class ValidationReport:
+    model: str
+    manifest: str
+    split: str
+    n_clips: int
+    n_scored: int
+    uar: float | None
+    uar_ci95: tuple[float, float] | None
+    reference_key: str | None
+    reference_uar: float | None
+    difference_points: float | None  # (onnx - reference) x 100
+    tolerance_points: float
+    passed: bool | None  # None: nothing to compare with
+    manifest_matches_study: bool | None
+    classes: list[str]
+    confusion: list[list[int]]
+    unreadable: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test",
+             tolerance_points: float = DEFAULT_TOLERANCE_POINTS, n_resamples: int = 1000, seed: int = 0,
+             on_clip: Callable[[], None] | None = None) -> ValidationReport:
+    if tolerance_points < 0:
+        raise ManifestError(f"--tolerance must be >= 0 UAR points, got {tolerance_points}")
+    manifest = read_manifest(manifest_path)
+    subset = manifest.split(split)
+    if len(subset) == 0:
+        raise ManifestError(f"{manifest_path}: the {split!r} split is empty")
+    index = {name: i for i, name in enumerate(model.classes)}
+    unknown = sorted({row.label for row in subset} - set(index))
+    if unknown:
+        raise ModelError(f"{manifest_path}: label(s) {', '.join(unknown)} are not classes of {model.path.name} "
+                         f"({', '.join(model.classes)}); is this the manifest the model was trained on?")
+    y_true, y_pred, unreadable = [], [], []
+    for row in subset:
+        try:
+            samples = load_row(manifest, row, model.sample_rate)
+        except AudioError as exc:
+            unreadable.append({"path": row.path, "start": row.start, "end": row.end, "problem": exc.problem})
+        else:
+            y_true.append(index[row.label])
+            y_pred.append(int(np.argmax(predict_clip(model, samples))))
+        if on_clip is not None:
+            on_clip()
+    notes = []
+    meta = model.info.metadata
+    manifest_matches = None
+    if "manifest_sha256" in meta:
+        manifest_matches = meta["manifest_sha256"] == manifest.content_hash()
+        if not manifest_matches:
+            notes.append("the manifest differs from the one the study used (manifest_sha256): the UARs may not be "
+                         "comparable")
+    if unreadable:
+        notes.append(f"{len(unreadable)} clip(s) could not be read and are not scored")
+    reference_key = _REFERENCE_KEY.get(split)
+    reference = getattr(model.info, reference_key) if reference_key else None
+    if reference is None:
+        notes.append(f"the model's metadata has no {reference_key or 'reference UAR for split ' + split!s}; "
+                     "nothing to compare with")
+    score = ci = diff = None
+    y_true_a, y_pred_a = np.asarray(y_true), np.asarray(y_pred)
+    if y_true:
+        score = uar(y_true_a, y_pred_a)
+        ci = bootstrap_uar_ci(y_true_a, y_pred_a, n_resamples=n_resamples, seed=seed)
+        if reference is not None:
+            diff = (score - reference) * 100.0
+    else:
+        notes.append("no clip could be read: no UAR")
+    passed = None if reference is None else (diff is not None and abs(diff) <= tolerance_points)
+    matrix = confusion_matrix(y_true_a, y_pred_a, len(model.classes)) if y_true else np.zeros(
+        (len(model.classes),) * 2, dtype=np.int64)
+    return ValidationReport(str(model.path), str(manifest_path), split, len(subset), len(y_true), score, ci,
+                            reference_key if reference is not None else None, reference, diff, tolerance_points,
+                            passed, manifest_matches, list(model.classes), matrix.tolist(), unreadable, notes)
+
+
+def write_report(report: ValidationReport, out_dir: str | Path) -> tuple[Path, Path | None, str | None]:
+    """report.json, and confusion.png when matplotlib is installed (else a note saying why there is none)."""
+    out_dir = Path(out_dir)
+    json_path = out_dir / "report.json"
+    atomic_write_text(json_path, report.to_json())
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        return json_path, None, "matplotlib is not installed: no confusion-matrix PNG (pip install matplotlib)"
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from vocalprobe.runtime.atomic import atomic_open
+
+    matrix = np.asarray(report.confusion)
+    n = len(report.classes)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * n, 1.2 + 0.5 * n))
+    rows = matrix.sum(axis=1, keepdims=True)
+    ax.imshow(np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0), cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            if matrix[i, j]:
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(n), report.classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), report.classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("reference")
+    title = f"{Path(report.model).name} on {report.split}"
+    if report.uar is not None:
+        title += f": UAR {report.uar * 100:.1f}"
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    png_path = out_dir / "confusion.png"
+    with atomic_open(png_path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120)
+    plt.close(fig)
+    return json_path, png_path, None
