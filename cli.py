@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from vocalprobe import __version__
-from vocalprobe.runtime import cli_data
+from vocalprobe.runtime import cli_data, cli_runtime
 
 app = typer.Typer(
     name="vocalprobe",
@@ -20,6 +20,10 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(cli_data.app, name="data")
+app.command("stream")(cli_runtime.stream)
+app.command("validate")(cli_runtime.validate)
+app.command("bench")(cli_runtime.bench)
+app.command("score-events")(cli_runtime.score_events)
 
 
 def _version(value: bool) -> None:
