@@ -10,6 +10,7 @@ import typer
 
 from vocalprobe import __version__
 from vocalprobe.runtime import cli_data, cli_runtime
+from vocalprobe.training import cli_aves
 
 app = typer.Typer(
     name="vocalprobe",
@@ -24,6 +25,7 @@ app.command("stream")(cli_runtime.stream)
 app.command("validate")(cli_runtime.validate)
 app.command("bench")(cli_runtime.bench)
 app.command("score-events")(cli_runtime.score_events)
+app.command("convert-aves")(cli_aves.convert_aves)
 
 
 def _version(value: bool) -> None:
