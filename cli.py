@@ -10,7 +10,7 @@ import typer
 
 from vocalprobe import __version__
 from vocalprobe.runtime import cli_data, cli_runtime
-from vocalprobe.training import cli_aves
+from vocalprobe.training import cli_aves, cli_study
 
 app = typer.Typer(
     name="vocalprobe",
@@ -26,6 +26,7 @@ app.command("validate")(cli_runtime.validate)
 app.command("bench")(cli_runtime.bench)
 app.command("score-events")(cli_runtime.score_events)
 app.command("convert-aves")(cli_aves.convert_aves)
+app.command("study")(cli_study.study)
 
 
 def _version(value: bool) -> None:
