@@ -1,0 +1,361 @@
+"""Extract every manifest clip's per-layer pooled features once, with a resumable on-disk cache.
+
+Each clip is read and resampled to 16 kHz (``runtime.clips``), then goes through ``LayerFeatures``: one backbone
+pass gives all requested layers. Clips longer than the chunk limit (default 20 s) are peak-normalised as a whole,
+cut by ``chunk_bounds`` and their chunks' frame statistics merged, so memory follows the chunk, not the clip.
+
+Batching policy (see ``features``' docstring for the measurement): only clips of exactly equal length after repeat
+padding share a batch; any other clip runs alone. Files that cannot be read are reported in ``FeatureSet.failed``
+and left out; the rest finishes.
+
+Cache: ``cache_dir/<key>/`` where the key hashes the backbone (name, source, revision, weights fingerprint, config),
+the manifest (content hash and folder), the preprocessing constants, chunk limit, dtype, layers and
+``FEATURE_VERSION``. It holds ``shard-NNNNN.npy`` files (float32 ``[rows, n_layers, 2D]``, written atomically) and
+``index.json`` (settings, and for each shard the manifest rows it holds), rewritten atomically after each shard. An
+interrupted run resumes from the shards listed in the index; failed rows are retried on the next run. No pickle:
+shards load with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from vocalprobe.runtime.atomic import atomic_open, atomic_write_text
+from vocalprobe.runtime.audio import seconds_to_samples
+from vocalprobe.runtime.clips import load_row
+from vocalprobe.runtime.errors import VocalprobeError
+from vocalprobe.runtime.manifest import Manifest, read_manifest
+from vocalprobe.runtime.preprocess import MIN_SAMPLES, repeat_pad
+from vocalprobe.runtime.resample import MODEL_SAMPLE_RATE, QUALITY
+from vocalprobe.training.backbones import Backbone, load_backbone, resolve_device
+from vocalprobe.training.features import LayerFeatures, chunk_bounds, combine_stats, pool_stats
+
+log = logging.getLogger(__name__)
+
+#: Bump when the meaning of a cached feature changes (pooling, layer numbering, preprocessing...).
+FEATURE_VERSION = 1
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+INDEX_NAME = "index.json"
+
+
+class FeatureCacheError(VocalprobeError):
+    """A feature cache folder that is inconsistent with its index."""
+
+
+@dataclass(frozen=True)
+class FailedClip:
+    row: int  # index into manifest.rows
+    path: str
+    error: str
+
+
+@dataclass
+class FeatureSet:
+    """Features of the readable clips of a manifest, in manifest row order."""
+
+    features: np.ndarray  # float32 [n_clips, n_layers, 2 * D]: per layer, mean then population std over frames
+    labels: np.ndarray  # int64 [n_clips]: class index in ``class_names`` (= manifest.labels) order
+    splits: np.ndarray  # str [n_clips]: "train" / "val" / "test", or "" where the manifest has no split
+    layers: tuple[int, ...]  # the layer index of each position on axis 1
+    rows: np.ndarray  # int64 [n_clips]: manifest row of each clip
+    failed: tuple[FailedClip, ...]  # rows that could not be read (left out above)
+    class_names: tuple[str, ...]
+    backbone: dict  # Backbone.identity()
+    cache_dir: Path | None = None  # the cache folder these features live in (None: not cached)
+    precision: dict | None = None  # for bfloat16/float16: difference to float32 on a sample of clips
+    stats: dict = field(default_factory=dict)  # clips computed / taken from the cache, seconds, throughput
+
+    def layer(self, layer: int) -> np.ndarray:
+        """Features ``[n_clips, 2D]`` of one layer (by layer index, not position)."""
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} was not extracted; available: {list(self.layers)}")
+        return self.features[:, self.layers.index(layer)]
+
+    def split_mask(self, name: str) -> np.ndarray:
+        return self.splits == name
+
+
+def cache_settings(backbone: Backbone, manifest: Manifest, *, layers: Sequence[int], chunk_samples: int,
+                   dtype: str) -> dict:
+    """Everything the cached features depend on."""
+    return {
+        "feature_version": FEATURE_VERSION,
+        "backbone": backbone.identity(),
+        "manifest": {"content_hash": manifest.content_hash(), "root": str(Path(manifest.root).resolve())},
+        "preprocessing": {"sample_rate": MODEL_SAMPLE_RATE, "resample_quality": QUALITY, "peak_normalize": True,
+                          "min_samples": MIN_SAMPLES},
+        "chunk_samples": int(chunk_samples),
+        "dtype": dtype,
+        "layers": [int(layer) for layer in layers],
+    }
+
+
+def cache_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:24]
+
+
+class _Cache:
+    """The shards and index of one cache key. Without a folder it only holds results in memory."""
+
+    def __init__(self, folder: Path | None, key: str, settings: dict, feature_shape: tuple[int, int]):
+        self.folder, self.key, self.settings, self.feature_shape = folder, key, settings, feature_shape
+        self.shards: list[dict] = []
+        self.failed: dict[int, FailedClip] = {}
+        self.precision: dict | None = None
+        self.features: dict[int, np.ndarray] = {}
+        if folder is not None and (folder / INDEX_NAME).is_file():
+            self._load()
+
+    def _load(self) -> None:
+        index_path = self.folder / INDEX_NAME
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FeatureCacheError(f"{index_path}: unreadable cache index ({exc}); delete {self.folder} "
+                                    "to recompute") from exc
+        if index.get("key") != self.key:
+            raise FeatureCacheError(f"{index_path}: index belongs to key {index.get('key')!r}, not {self.key!r}; "
+                                    f"delete {self.folder} to recompute")
+        for shard in index.get("shards", []):
+            path = self.folder / shard["file"]
+            try:
+                array = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise FeatureCacheError(f"{path}: unreadable feature shard ({exc}); delete {self.folder} "
+                                        "to recompute") from exc
+            rows = [int(r) for r in shard["rows"]]
+            if array.dtype != np.float32 or array.shape != (len(rows), *self.feature_shape):
+                raise FeatureCacheError(f"{path}: shard holds {array.dtype}{list(array.shape)}, expected float32"
+                                        f"{[len(rows), *self.feature_shape]}; delete {self.folder} to recompute")
+            self.shards.append({"file": shard["file"], "rows": rows})
+            self.features.update(zip(rows, array))
+        self.precision = index.get("precision")
+
+    @property
+    def done(self) -> set[int]:
+        return set(self.features)
+
+    def add_shard(self, rows: list[int], features: list[np.ndarray], failed: Iterable[FailedClip]) -> None:
+        for item in failed:
+            self.failed[item.row] = item
+        for row in rows:
+            self.failed.pop(row, None)
+        if rows:
+            array = np.stack(features).astype(np.float32, copy=False)
+            self.features.update(zip(rows, array))
+            if self.folder is not None:
+                name = f"shard-{len(self.shards):05d}.npy"
+                with atomic_open(self.folder / name, "wb") as handle:
+                    np.save(handle, array, allow_pickle=False)
+                self.shards.append({"file": name, "rows": rows})
+        self.write_index()
+
+    def write_index(self) -> None:
+        if self.folder is None:
+            return
+        index = {"key": self.key, "settings": self.settings, "feature_shape": list(self.feature_shape),
+                 "shards": self.shards, "precision": self.precision,
+                 "failed": [{"row": f.row, "path": f.path, "error": f.error}
+                            for f in sorted(self.failed.values(), key=lambda f: f.row)]}
+        atomic_write_text(self.folder / INDEX_NAME, json.dumps(index, indent=1))
+
+
+class _Runner:
+    """Runs batches and long clips through the module on one device and dtype, tracking the precision check."""
+
+    def __init__(self, module: LayerFeatures, device: torch.device, dtype: str, precision_clips: int):
+        self.module, self.device, self.dtype = module, device, dtype
+        self.precision_left = precision_clips if dtype != "float32" else 0
+        self.precision: dict | None = None
+
+    def _autocast(self):
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=DTYPES[self.dtype])
+
+    def batch(self, waveforms: np.ndarray) -> np.ndarray:
+        """``[B, T]`` equal-length 16 kHz clips -> ``[B, n_layers, 2D]`` float32."""
+        x = torch.from_numpy(np.ascontiguousarray(waveforms, dtype=np.float32)).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            out = self.module(x).float().cpu().numpy()
+        if self.precision_left > 0:
+            with torch.inference_mode():
+                reference = self.module(x).float().cpu().numpy()
+            self._record_precision(out, reference)
+        return out
+
+    def long_clip(self, waveform: np.ndarray, chunk_samples: int) -> np.ndarray:
+        """One clip longer than ``chunk_samples``: whole-clip peak normalisation, chunks, merged statistics."""
+        x = self.module.peak_normalize(torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))[None])
+        counts, means, m2s = [], [], []
+        with torch.inference_mode(), self._autocast():
+            for start, end in chunk_bounds(x.shape[-1], chunk_samples):
+                stats = self.module.frame_stats(x[:, start:end].to(self.device))
+                counts.append(stats.count)
+                means.append(stats.mean[0].float().cpu().numpy())
+                m2s.append(stats.m2[0].float().cpu().numpy())
+        return pool_stats(*combine_stats(counts, means, m2s))
+
+    def _record_precision(self, out: np.ndarray, reference: np.ndarray) -> None:
+        diff = np.abs(out.astype(np.float64) - reference)
+        rel = np.linalg.norm((out - reference).reshape(len(out), -1), axis=1) / np.maximum(
+            np.linalg.norm(reference.reshape(len(out), -1), axis=1), 1e-12)
+        previous = self.precision or {"dtype": self.dtype, "clips": 0, "max_abs_diff": 0.0, "max_rel_l2_diff": 0.0}
+        self.precision = {"dtype": self.dtype, "clips": previous["clips"] + len(out),
+                          "max_abs_diff": max(previous["max_abs_diff"], float(diff.max())),
+                          "max_rel_l2_diff": max(previous["max_rel_l2_diff"], float(rel.max()))}
+        self.precision_left -= len(out)
+
+
+def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone | str | os.PathLike, *,
+                     layers: Sequence[int] | None = None, device: str = "auto",
+                     cache_dir: str | os.PathLike | None = None, chunk_seconds: float = 20.0, batch_size: int = 16,
+                     dtype: str = "float32", progress: bool = True, shard_size: int = 256,
+                     precision_clips: int = 16) -> FeatureSet:
+    """Per-layer pooled features of every readable clip of ``manifest`` (see the module docstring).
+
+    ``backbone``: a loaded ``Backbone`` or anything ``load_backbone`` accepts. ``layers``: layer indices
+    (default all, 0..N). ``device``: auto / cpu / cuda. ``cache_dir``: parent folder of the feature caches (None:
+    no cache). ``chunk_seconds``: clips longer than this are processed in chunks (at least 0.625 s, so no chunk
+    needs padding). ``batch_size``: at most this many equal-length clips per forward pass. ``dtype``: float32
+    (default), bfloat16 or float16 autocast; for the latter two the difference to float32 on the first
+    ``precision_clips`` batched clips is measured and returned in ``FeatureSet.precision``. ``shard_size``: clips
+    per cache shard (how much work an interruption can lose).
+    """
+    if not isinstance(manifest, Manifest):
+        manifest = read_manifest(manifest)
+    torch_device = resolve_device(device)
+    if not isinstance(backbone, Backbone):
+        backbone = load_backbone(backbone, device=str(torch_device))
+    if dtype not in DTYPES:
+        raise VocalprobeError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise VocalprobeError(f"batch size must be a positive integer, got {batch_size!r}")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise VocalprobeError(f"shard size must be a positive integer, got {shard_size!r}")
+    chunk_samples = seconds_to_samples(chunk_seconds, MODEL_SAMPLE_RATE)
+    if chunk_samples < 2 * MIN_SAMPLES:
+        raise VocalprobeError(f"chunk limit must be at least {2 * MIN_SAMPLES / MODEL_SAMPLE_RATE} s "
+                              f"(so that no chunk needs padding), got {chunk_seconds} s")
+    try:
+        backbone.model.to(torch_device)
+        module = LayerFeatures(backbone.model, layers=layers)
+    except ValueError as exc:
+        raise VocalprobeError(f"{backbone.name}: {exc}") from exc
+    feature_shape = (module.num_outputs, module.feature_dim)
+    settings = cache_settings(backbone, manifest, layers=module.layers, chunk_samples=chunk_samples, dtype=dtype)
+    key = cache_key(settings)
+    folder = Path(cache_dir) / key if cache_dir is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    cache = _Cache(folder, key, settings, feature_shape)
+    runner = _Runner(module, torch_device, dtype, precision_clips if cache.precision is None else 0)
+    done = cache.done
+    todo = [i for i in range(len(manifest)) if i not in done]
+
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    audio_seconds = 0.0
+    bar = tqdm(total=len(manifest), initial=len(done), unit="clip", desc=f"features {backbone.name}",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for first in range(0, len(todo), shard_size):
+            block = todo[first:first + shard_size]
+            rows, features, failed, seconds = _extract_block(manifest, block, runner, chunk_samples, batch_size,
+                                                             bar)
+            audio_seconds += seconds
+            if runner.precision is not None:
+                cache.precision = runner.precision
+            cache.add_shard(rows, features, failed)
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(audio_s_per_s=f"{audio_seconds / elapsed:.1f}", failed=len(cache.failed))
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    if cache.failed:
+        log.warning("%d of %d clips could not be read and were left out (first: %s)", len(cache.failed),
+                    len(manifest), next(iter(sorted(cache.failed.values(), key=lambda f: f.row))).error)
+    if cache.precision is not None:
+        log.info("%s vs float32 on %d clips: max abs diff %.3g, max relative L2 diff %.3g", dtype,
+                 cache.precision["clips"], cache.precision["max_abs_diff"], cache.precision["max_rel_l2_diff"])
+    return _assemble(manifest, backbone, module.layers, cache, {
+        "computed": len(manifest) - len(done) - len(cache.failed), "cached": len(done),
+        "seconds": elapsed, "audio_seconds": audio_seconds,
+        "clips_per_s": (len(todo) - len(cache.failed)) / elapsed if elapsed > 0 else 0.0,
+        "audio_s_per_s": audio_seconds / elapsed if elapsed > 0 else 0.0})
+
+
+def _extract_block(manifest: Manifest, block: list[int], runner: _Runner, chunk_samples: int, batch_size: int,
+                   bar) -> tuple[list[int], list[np.ndarray], list[FailedClip], float]:
+    """Features of the rows in ``block`` (those that could be read), in row order, plus the failures."""
+    results: dict[int, np.ndarray] = {}
+    failed: list[FailedClip] = []
+    buckets: dict[int, list[tuple[int, np.ndarray]]] = {}
+    pending = 0
+    audio_seconds = 0.0
+
+    def flush(length: int) -> None:
+        nonlocal pending
+        items = buckets.pop(length)
+        pending -= length * len(items)
+        out = runner.batch(np.stack([waveform for _, waveform in items]))
+        results.update(zip((row for row, _ in items), out))
+        bar.update(len(items))
+
+    for row_index in block:
+        row = manifest.rows[row_index]
+        try:
+            clip = load_row(manifest, row)
+        except VocalprobeError as exc:
+            failed.append(FailedClip(row_index, str(manifest.audio_path(row)), str(exc)))
+            bar.update(1)
+            continue
+        if clip.size == 0:  # a segment that resamples to nothing
+            failed.append(FailedClip(row_index, str(manifest.audio_path(row)), "segment has no samples at 16 kHz"))
+            bar.update(1)
+            continue
+        audio_seconds += clip.size / MODEL_SAMPLE_RATE
+        if clip.size > chunk_samples:
+            results[row_index] = runner.long_clip(clip, chunk_samples)
+            bar.update(1)
+            continue
+        clip = repeat_pad(clip)  # the module's own padding, done early so that padded lengths can share a batch
+        buckets.setdefault(clip.size, []).append((row_index, clip))
+        pending += clip.size
+        if len(buckets[clip.size]) >= batch_size:
+            flush(clip.size)
+        elif pending > batch_size * chunk_samples:  # bound memory: run the fullest bucket now
+            flush(max(buckets, key=lambda length: length * len(buckets[length])))
+    for length in list(buckets):
+        flush(length)
+    rows = sorted(results)
+    return rows, [results[r] for r in rows], failed, audio_seconds
+
+
+def _assemble(manifest: Manifest, backbone: Backbone, layers: tuple[int, ...], cache: _Cache,
+              stats: dict) -> FeatureSet:
+    class_names = tuple(manifest.labels)
+    class_index = {name: i for i, name in enumerate(class_names)}
+    rows = np.array(sorted(cache.features), dtype=np.int64)
+    if len(rows):
+        features = np.stack([cache.features[int(r)] for r in rows]).astype(np.float32, copy=False)
+    else:
+        features = np.zeros((0, *cache.feature_shape), dtype=np.float32)
+    labels = np.array([class_index[manifest.rows[r].label] for r in rows], dtype=np.int64)
+    splits = np.array([manifest.rows[r].split or "" for r in rows], dtype=str)
+    failed = tuple(sorted(cache.failed.values(), key=lambda f: f.row))
+    return FeatureSet(features=features, labels=labels, splits=splits, layers=tuple(layers), rows=rows,
+                      failed=failed, class_names=class_names, backbone=backbone.identity(),
+                      cache_dir=cache.folder, precision=cache.precision, stats=stats)
