@@ -10,11 +10,13 @@ The conversion is strict and checked:
 
 - every source tensor is mapped, or dropped because it is listed in ``FAIRSEQ_DROPPED`` / ``TORCHAUDIO_DROPPED``;
   any other leftover, any Hugging Face tensor left without a source, and any shape mismatch is an error naming the key;
-- the written directory is reloaded with ``HubertModel.from_pretrained`` and its hidden states (all layers, float64)
-  are compared with a reference: TorchAudio's ``wav2vec2_model`` when torchaudio is importable, otherwise
-  ``reference_hidden_states``, a functional HuBERT forward pass written from the fairseq architecture that reads
-  the *source* tensors by their source names. It shares no code with transformers' modeling, so it also checks
-  the config translation (conv stack, norm mode, positional conv, layer-norm order) and the weight-norm handling.
+- the written directory is reloaded with ``HubertModel.from_pretrained`` and its hidden states (every layer, float64)
+  are compared with ``reference_hidden_states``: a functional HuBERT forward pass written from the fairseq
+  architecture that reads the *source* tensors by their source names and the *source's* architecture arguments.
+  It shares no code with transformers' modeling, so it also checks the config translation (conv stack, norm mode,
+  positional conv, layer-norm order) and the weight-norm handling. When torchaudio is importable, TorchAudio's own
+  ``wav2vec2_model`` holding the original TorchAudio state dict is compared as well (torchaudio is optional).
+  Neither can detect a *wrong input config* whose tensor shapes happen to fit: both would follow it.
 
 Checkpoints are read with ``torch.load(weights_only=True)`` (or safetensors); a fairseq file that needs foreign
 classes to unpickle raises ``ForeignPickleError`` with the steps to re-save it. No pickle code is ever executed.
@@ -37,13 +39,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from vocalprobe import __version__
 from vocalprobe.runtime.atomic import atomic_write_text
 from vocalprobe.runtime.errors import VocalprobeError
+from vocalprobe.training.backbones import AVES_DIR_ENV, DEFAULT_AVES_DIR, aves_dir  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # torch/transformers are imported inside functions: importing this module stays cheap
     import torch
     from transformers import HubertConfig
-
-AVES_DIR_ENV = "VOCALPROBE_AVES_DIR"
-DEFAULT_AVES_DIR = Path("artifacts/models/aves-bio")
 
 # Source tensors with no Hugging Face HubertModel counterpart, dropped on purpose (pre-training heads).
 FAIRSEQ_DROPPED: dict[str, str] = {
@@ -100,7 +100,9 @@ _RESAVE_SNIPPET = (
     "    import torch; from omegaconf import OmegaConf\n"
     "    ck = torch.load('{name}', map_location='cpu', weights_only=False)  # trusted environment only\n"
     "    torch.save({{'model': ck['model'], 'cfg': OmegaConf.to_container(ck['cfg'], resolve=True)}}, "
-    "'{stem}.plain.pt')"
+    "'{stem}.plain.pt')\n"
+    "(an old checkpoint that has ck['args'] instead of ck['cfg']: save {{'model': ck['model'], "
+    "'args': vars(ck['args'])}})"
 )
 
 
@@ -123,7 +125,7 @@ class ConversionReport:
     out_dir: str
     num_tensors: int  # tensors written to model.safetensors
     dropped: tuple[str, ...]  # source keys intentionally not converted (see FAIRSEQ_DROPPED / TORCHAUDIO_DROPPED)
-    reference: str  # "torchaudio" or "functional" (reference_hidden_states)
+    reference: str  # "functional+torchaudio", or "functional (why torchaudio was not used)"
     max_abs_diff: float  # over all hidden states and check inputs, float64
     tolerance: float  # the absolute bound max_abs_diff had to stay under
     vocalprobe_version: str = __version__
@@ -133,9 +135,9 @@ class ConversionReport:
 
 
 def default_aves_dir() -> Path:
-    """Where the ``aves-bio`` backbone lives: ``$VOCALPROBE_AVES_DIR`` or ``artifacts/models/aves-bio``."""
-    value = os.environ.get(AVES_DIR_ENV)
-    return Path(value) if value else DEFAULT_AVES_DIR
+    """Where the registry's ``aves-bio`` backbone is loaded from: ``$VOCALPROBE_AVES_DIR`` or
+    ``artifacts/models/aves-bio`` (``vocalprobe.training.backbones.aves_dir``)."""
+    return aves_dir()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,9 +192,9 @@ def split_checkpoint(obj: Any, path: str | Path) -> tuple[dict[str, torch.Tensor
     cfg = None
     if "model" in obj and isinstance(obj["model"], Mapping):  # fairseq checkpoint: {"model": ..., "cfg"/"args": ...}
         state = obj["model"]
-        stored = obj.get("cfg")
+        stored = obj.get("cfg") if obj.get("cfg") is not None else obj.get("args")  # hydra cfg, or old flat args
         if isinstance(stored, Mapping):
-            cfg = dict(stored.get("model", stored))
+            cfg = dict(stored["model"]) if isinstance(stored.get("model"), Mapping) else dict(stored)
     else:
         state = obj
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
@@ -557,34 +559,41 @@ def _check_inputs(dtype: torch.dtype) -> list[torch.Tensor]:
             for seconds in _CHECK_SECONDS]
 
 
-def _torchaudio_reference(arch: Mapping[str, Any], mapped: Mapping[str, torch.Tensor]):
-    """A TorchAudio Wav2Vec2Model built from the source's own arguments and holding the converted weights, or None
-    when torchaudio is not installed."""
+def _torchaudio_reference(arch: Mapping[str, Any], layout: str, source: Mapping[str, torch.Tensor],
+                          mapped: Mapping[str, torch.Tensor]):
+    """TorchAudio's ``wav2vec2_model`` built from the source's own arguments, as (model, None), or (None, why not).
+
+    A TorchAudio source is loaded as is (the original file is the reference); a fairseq source goes through the
+    converted weights renamed into TorchAudio's layout.
+    """
     try:
         from torchaudio.models import wav2vec2_model
-    except ModuleNotFoundError:
-        return None
+    except (ImportError, OSError) as exc:  # OSError: torchaudio installed but its extension does not match torch
+        return None, f"torchaudio unusable: {type(exc).__name__}: {exc}".splitlines()[0][:200]
     model = wav2vec2_model(**{**arch, "aux_num_out": None})
-    wanted = model.state_dict()
-    by_canonical = {_canonical(k): k for k in wanted}
+    by_canonical = {_canonical(k): k for k in model.state_dict()}
+    if layout == "torchaudio":
+        pairs = [(k, v) for k, v in source.items() if k not in TORCHAUDIO_DROPPED]
+    else:
+        pairs = [(hf_to_source_name(_canonical(k), "torchaudio", ""), v) for k, v in mapped.items()
+                 if k != "masked_spec_embed"]
     state = {}
-    for key, tensor in mapped.items():
-        if key == "masked_spec_embed":
-            continue
-        ta_key = by_canonical.get(_canonical(hf_to_source_name(_canonical(key), "torchaudio", "")))
+    for key, tensor in pairs:
+        ta_key = by_canonical.get(_canonical(key))
         if ta_key is None:
-            raise AvesConversionError(f"torchaudio reference: no counterpart for {key}")
+            raise AvesConversionError(f"torchaudio reference: its model has no tensor {key}")
         state[ta_key] = tensor
     model.load_state_dict(state, strict=True)
-    return model.double().eval()
+    return model.double().eval(), None
 
 
 def verify_directory(out_dir: str | Path, arch: Mapping[str, Any], source_get: Callable[[str], torch.Tensor],
-                     mapped: Mapping[str, torch.Tensor]) -> tuple[str, float, float]:
-    """Reload ``out_dir`` and compare every hidden state with the reference, in float64.
+                     torchaudio_model=None) -> tuple[float, float]:
+    """Reload ``out_dir`` and compare its hidden states with the functional reference (always) and with
+    ``torchaudio_model`` (when given), in float64, on two seeded noise inputs.
 
-    Returns (reference name, max abs diff, tolerance); raises ``AvesConversionError`` when the difference exceeds
-    the tolerance, ``CHECK_RTOL`` times the largest reference activation (at least 1).
+    Returns (max abs diff, tolerance); raises ``AvesConversionError`` when the difference exceeds the tolerance,
+    ``CHECK_RTOL`` times the largest reference activation (at least 1).
     """
     import torch
     from transformers import HubertModel
@@ -594,35 +603,36 @@ def verify_directory(out_dir: str | Path, arch: Mapping[str, Any], source_get: C
     if problems:
         raise AvesConversionError(f"{out_dir}: written model does not reload cleanly: {problems}")
     model = model.double().eval()
-    ta_model = _torchaudio_reference(arch, mapped)
-    name = "torchaudio" if ta_model is not None else "functional"
-    worst, scale = 0.0, 1.0
+    n, pre_ln = int(arch["encoder_num_layers"]), bool(arch["encoder_layer_norm_first"])
+    worst, scale, worst_name = 0.0, 1.0, ""
     with torch.no_grad():
         for x in _check_inputs(torch.float64):
             output = model(x, output_hidden_states=True)
-            got, n = output.hidden_states, int(arch["encoder_num_layers"])
+            got = output.hidden_states
             if len(got) != n + 1:
                 raise AvesConversionError(f"{out_dir}: expected {n + 1} hidden states, got {len(got)}")
             # The last entry of hidden_states is version-dependent for pre-LN models (with or without the final
-            # norm), so it is checked through last_hidden_state instead.
-            if ta_model is not None:  # torchaudio returns each layer's output, before any final pre-LN norm
-                ref_layers, _ = ta_model.extract_features(x)
-                pairs = list(zip(got[1:n], ref_layers[:n - 1]))
-                if not arch["encoder_layer_norm_first"]:
-                    pairs.append((output.last_hidden_state, ref_layers[n - 1]))
-            else:
-                ref_states, ref_last = reference_hidden_states(source_get, arch, x)
-                pairs = list(zip(got[:n], ref_states[:n])) + [(output.last_hidden_state, ref_last)]
-            for a, b in pairs:
+            # norm), so the encoder output is checked through last_hidden_state instead.
+            ref_states, ref_last = reference_hidden_states(source_get, arch, x)
+            pairs = [("functional", a, b) for a, b in zip(got[:n], ref_states[:n])]
+            pairs.append(("functional", output.last_hidden_state, ref_last))
+            if torchaudio_model is not None:  # each layer's output, before any final pre-LN norm
+                ref_layers, _ = torchaudio_model.extract_features(x)
+                pairs += [("torchaudio", a, b) for a, b in zip(got[1:n], ref_layers[:n - 1])]
+                if not pre_ln:
+                    pairs.append(("torchaudio", output.last_hidden_state, ref_layers[n - 1]))
+            for name, a, b in pairs:
                 if a.shape != b.shape:
-                    raise AvesConversionError(f"{out_dir}: hidden state shape {tuple(a.shape)} != reference "
+                    raise AvesConversionError(f"{out_dir}: hidden state shape {tuple(a.shape)} != {name} reference "
                                               f"{tuple(b.shape)}")
-                worst = max(worst, (a - b).abs().max().item())
+                diff = (a - b).abs().max().item()
+                if not diff <= worst:  # also keeps NaN
+                    worst, worst_name = diff, name
                 scale = max(scale, b.abs().max().item())
     if not worst <= CHECK_RTOL * scale:  # also catches NaN
-        raise AvesConversionError(f"{out_dir}: converted model differs from the {name} reference: max abs diff "
-                                  f"{worst:.3g} > {CHECK_RTOL * scale:.3g}; the conversion is wrong, nothing kept")
-    return name, worst, CHECK_RTOL * scale
+        raise AvesConversionError(f"{out_dir}: converted model differs from the {worst_name} reference: max abs "
+                                  f"diff {worst:.3g} > {CHECK_RTOL * scale:.3g}; the conversion is wrong, nothing kept")
+    return worst, CHECK_RTOL * scale
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -707,8 +717,10 @@ def convert_aves(checkpoint: str | Path, out_dir: str | Path | None = None, *, c
         model.save_pretrained(str(tmp), safe_serialization=True)
         Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=False,
                                  return_attention_mask=False).save_pretrained(str(tmp))
-        say("checking hidden states against the reference")
-        reference, max_diff, tolerance = verify_directory(tmp, ta_config, source_get, mapped)
+        torchaudio_model, why_not = _torchaudio_reference(ta_config, layout, state, mapped)
+        reference = "functional+torchaudio" if torchaudio_model is not None else f"functional ({why_not})"
+        say(f"checking hidden states against the reference: {reference}")
+        max_diff, tolerance = verify_directory(tmp, ta_config, source_get, torchaudio_model)
         report = ConversionReport(
             source=str(checkpoint), source_sha256=_sha256(checkpoint), layout=layout, config_source=config_source,
             out_dir=str(out_dir), num_tensors=len(mapped), dropped=dropped, reference=reference,
