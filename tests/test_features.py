@@ -11,6 +11,7 @@ from vocalprobe.training.backbones import load_backbone
 from vocalprobe.training.features import (
     LayerFeatures,
     chunk_bounds,
+    clip_features,
     combine_stats,
     num_frames,
     pool_stats,
@@ -176,13 +177,14 @@ def test_combine_stats_equals_pooling_all_frames():
     np.testing.assert_allclose(pooled, np.concatenate([frames.mean(0), frames.std(0)], -1), rtol=1e-6)
 
 
-def test_frame_stats_of_one_chunk_give_forward(tiny_checkpoints):
+@pytest.mark.parametrize("length", [300, 8000])
+def test_clip_features_of_one_chunk_equal_forward(tiny_checkpoints, length):
     module = LayerFeatures(load_backbone(tiny_checkpoints["hubert"]).model)
-    x = torch.randn(1, 8000)
+    x = torch.randn(1, length, generator=torch.Generator().manual_seed(length))
     with torch.no_grad():
-        stats = module.frame_stats(module.preprocess(x))
         direct = module(x)[0].numpy()
-    pooled = pool_stats(*combine_stats([stats.count], [stats.mean[0].numpy()], [stats.m2[0].numpy()]))
+        pooled = clip_features(module, x[0].numpy(), chunk_samples=16_000)
+    assert pooled.shape == direct.shape and pooled.dtype == np.float32
     np.testing.assert_allclose(pooled, direct, rtol=1e-5, atol=1e-6)
 
 

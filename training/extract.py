@@ -39,7 +39,7 @@ from vocalprobe.runtime.manifest import Manifest, read_manifest
 from vocalprobe.runtime.preprocess import MIN_SAMPLES, repeat_pad
 from vocalprobe.runtime.resample import MODEL_SAMPLE_RATE, QUALITY
 from vocalprobe.training.backbones import Backbone, load_backbone, resolve_device
-from vocalprobe.training.features import LayerFeatures, chunk_bounds, combine_stats, pool_stats
+from vocalprobe.training.features import LayerFeatures, clip_features
 
 log = logging.getLogger(__name__)
 
@@ -197,15 +197,8 @@ class _Runner:
 
     def long_clip(self, waveform: np.ndarray, chunk_samples: int) -> np.ndarray:
         """One clip longer than ``chunk_samples``: whole-clip peak normalisation, chunks, merged statistics."""
-        x = self.module.peak_normalize(torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))[None])
-        counts, means, m2s = [], [], []
         with torch.inference_mode(), self._autocast():
-            for start, end in chunk_bounds(x.shape[-1], chunk_samples):
-                stats = self.module.frame_stats(x[:, start:end].to(self.device))
-                counts.append(stats.count)
-                means.append(stats.mean[0].float().cpu().numpy())
-                m2s.append(stats.m2[0].float().cpu().numpy())
-        return pool_stats(*combine_stats(counts, means, m2s))
+            return clip_features(self.module, waveform, chunk_samples, self.device)
 
     def _record_precision(self, out: np.ndarray, reference: np.ndarray) -> None:
         diff = np.abs(out.astype(np.float64) - reference)

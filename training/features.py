@@ -40,8 +40,8 @@ from torch import nn
 from vocalprobe.runtime.chunking import chunk_bounds  # torch-free, shared with the runtime; re-exported here
 from vocalprobe.runtime.preprocess import MIN_SAMPLES
 
-__all__ = ["LayerFeatures", "FrameStats", "chunk_bounds", "combine_stats", "pool_stats", "num_frames",
-           "select_layers"]
+__all__ = ["LayerFeatures", "FrameStats", "chunk_bounds", "clip_features", "combine_stats", "pool_stats",
+           "num_frames", "select_layers"]
 
 
 class FrameStats(NamedTuple):
@@ -181,6 +181,25 @@ def pool_stats(count: int, mean: np.ndarray, m2: np.ndarray) -> np.ndarray:
     if count <= 0:
         raise ValueError("no frames to pool")
     return np.concatenate([mean, np.sqrt(np.maximum(m2, 0.0) / count)], axis=-1).astype(np.float32)
+
+
+def clip_features(module: LayerFeatures, samples: np.ndarray, chunk_samples: int,
+                  device: torch.device | str | None = None) -> np.ndarray:
+    """Features ``[n_layers, 2D]`` of ONE clip of any length: the definition extraction and export parity share.
+
+    The whole clip is peak-normalised, cut by ``chunk_bounds`` (one chunk if it fits), each chunk repeat-padded
+    if short and run through the module once, and the chunks' frame statistics merged in float64. Call it under
+    ``torch.inference_mode()`` (and autocast, for reduced precision). ``device``: where the chunks run (default:
+    where the samples are, the cpu).
+    """
+    x = module.peak_normalize(torch.as_tensor(np.ascontiguousarray(samples, dtype=np.float32))[None])
+    counts, means, m2s = [], [], []
+    for start, end in chunk_bounds(x.shape[-1], chunk_samples):
+        stats = module.frame_stats(module.repeat_pad(x[:, start:end].to(device or x.device)))
+        counts.append(stats.count)
+        means.append(stats.mean[0].double().cpu().numpy())
+        m2s.append(stats.m2[0].double().cpu().numpy())
+    return pool_stats(*combine_stats(counts, means, m2s))
 
 
 def num_frames(n_samples: int, config) -> int:
