@@ -140,6 +140,9 @@ class OnnxModel:
             raise ModelError(f"threads must be >= 1, got {threads}")
         ort = _import_onnxruntime()
         options = ort.SessionOptions()
+        # errors only: vocalprobe graphs have optional inputs (inputs with a default initializer), which
+        # onnxruntime reports with a warning on every load
+        options.log_severity_level = 3
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

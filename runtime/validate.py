@@ -29,14 +29,23 @@ _REFERENCE_KEY = {"test": "test_uar", "val": "val_uar"}
 def predict_clip(model: OnnxModel, samples: np.ndarray) -> np.ndarray:
     """Probabilities ``[classes]`` of one whole clip at the model's rate.
 
-    The one place that decides how a clip is fed. Graphs whose metadata sets ``max_chunk_samples`` take longer
-    clips in pieces; how the pieces combine is the exporter's contract and is not implemented here yet.
+    The one place that decides how a clip is fed. A clip longer than the graph's ``max_chunk_samples`` metadata is
+    fed chunk by chunk with carried statistics (``runtime.long_clips.predict_long``), exactly as the study
+    extracted it; an ensemble does that per member and averages.
     """
     limit = model.max_chunk_samples
-    if limit is not None and samples.shape[-1] > limit:
-        raise ModelError(f"{model.path.name}: a clip of {samples.shape[-1]} samples is longer than the graph's "
-                         f"max_chunk_samples ({limit}); chunked validation is not supported yet")
-    return model.predict(samples[None, :])[0]
+    if limit is None or samples.shape[-1] <= limit:
+        return model.predict(samples[None, :])[0]
+    from vocalprobe.runtime.long_clips import predict_long
+
+    members = getattr(model, "members", None)
+    if members is None:
+        return predict_long(model, samples, limit)[0]
+    total = np.zeros(len(model.classes), dtype=np.float64)
+    for member, weight in zip(members, model.weights):
+        probs = predict_long(member, samples, member.max_chunk_samples or samples.shape[-1])[0]
+        total += weight * probs[[member.classes.index(name) for name in model.classes]]
+    return total.astype(np.float32)
 
 
 @dataclass

@@ -1,0 +1,57 @@
+"""One declarative entry per backbone family: how its probe pipeline is exported and how closely it must match.
+
+Every family is exported the same way (``torch.onnx.export(dynamo=True)`` of ``training.pipeline.ProbePipeline``);
+the entries say what differs: the opset, the parity tolerances and how the backbone is truncated after layer L.
+Measured here (torch 2.13, transformers 5.24): the TorchScript exporter cannot trace the symbolic repeat padding
+(``torch.sym_max`` on a traced size), while the dynamo exporter gives a truly dynamic batch and time axis for all
+three families, so dynamo is the one used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vocalprobe.runtime.errors import VocalprobeError
+
+__all__ = ["ExportFamily", "FAMILIES", "family_of", "INPUT_NAME", "DYNAMIC_AXES"]
+
+INPUT_NAME = "waveform"
+#: Named dynamic axes of the graph's inputs (the optional state inputs broadcast: batch or 1).
+DYNAMIC_AXES = {"waveform": {0: "batch", 1: "samples"}, "peak": {0: "state_batch"}, "prior_count": {0: "state_batch"},
+                "prior_mean": {0: "state_batch"}, "prior_m2": {0: "state_batch"}}
+
+
+class UnsupportedFamilyError(VocalprobeError):
+    """A backbone whose model_type has no export entry."""
+
+
+@dataclass(frozen=True)
+class ExportFamily:
+    name: str  # transformers model_type
+    opset: int  # ONNX opset of the exported graph
+    atol: float  # max |Δprobability| torch vs onnxruntime, fp32 (the issue's bar)
+    atol_embedding: float  # max |Δembedding|, fp32 (features are O(1) after peak normalisation)
+    atol_int8: float  # max |Δprobability| of an int8 graph vs the fp32 graph on the parity clips
+    truncation: str  # what "truncated after layer L" keeps, for the docs and the metadata
+
+
+_BASE_TRUNCATION = ("feature encoder, feature projection, positional conv, encoder input LayerNorm, "
+                    "transformer layers 1..L; stable-layer-norm checkpoints drop the final encoder LayerNorm")
+
+FAMILIES: dict[str, ExportFamily] = {
+    "hubert": ExportFamily("hubert", opset=18, atol=1e-4, atol_embedding=1e-3, atol_int8=0.25,
+                           truncation=_BASE_TRUNCATION),
+    "wav2vec2": ExportFamily("wav2vec2", opset=18, atol=1e-4, atol_embedding=1e-3, atol_int8=0.25,
+                             truncation=_BASE_TRUNCATION),
+    # WavLM's relative position bias is computed by layer 1 and reused by later layers: kept whenever L >= 1
+    "wavlm": ExportFamily("wavlm", opset=18, atol=1e-4, atol_embedding=1e-3, atol_int8=0.25,
+                          truncation=_BASE_TRUNCATION + "; the relative position bias comes from layer 1"),
+}
+
+
+def family_of(model_type: str) -> ExportFamily:
+    try:
+        return FAMILIES[str(model_type)]
+    except KeyError:
+        raise UnsupportedFamilyError(f"no ONNX export entry for model_type {model_type!r}; supported: "
+                                     f"{', '.join(FAMILIES)}") from None

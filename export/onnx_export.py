@@ -1,0 +1,338 @@
+"""Export a probe pipeline (truncated backbone + pooling + MLP + softmax) to ONE ONNX graph.
+
+``export_pipeline`` is the mechanism: ``torch.onnx.export(dynamo=True)`` of ``training.pipeline.ProbePipeline`` with
+a dynamic batch and time axis, then three edits of the graph:
+
+1. the outputs get their contract names (``probabilities``, ``embedding``, ``stats_count``, ``stats_mean``,
+   ``stats_m2``); an internal value that already has such a name (WavLM's ``embedding`` module) is renamed first;
+2. the state inputs (``peak``, ``prior_count``, ``prior_mean``, ``prior_m2``) get initializers of the same name
+   holding their defaults, which makes them OPTIONAL: a caller that feeds only ``waveform`` gets the clip's own
+   result (the ONNX rule: an input with an initializer may be overridden or omitted; onnxruntime honours it). Their
+   batch axis is ``state_batch``: 1 (broadcast) or the waveform's batch;
+3. the exporter's intermediate shape annotations are dropped: they tie every batch axis to the waveform's, which
+   is false once the state broadcasts, and onnxruntime would reuse buffers of the wrong size.
+
+``export_from_study`` is the product: it finds a study's probe, loads the backbone it was trained on, exports,
+checks parity on real clips (``export.parity``), optionally quantizes (``export.quantize``), and writes the
+metadata (``export.metadata``). Files are written atomically; a failed parity check leaves no output file.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from vocalprobe.runtime.atomic import atomic_write_bytes
+from vocalprobe.runtime.errors import VocalprobeError
+from vocalprobe.runtime.resample import MODEL_SAMPLE_RATE
+
+__all__ = ["ExportError", "ExportResult", "export_pipeline", "export_from_study", "select_probe", "QUANTIZE_CHOICES",
+           "parity_clips", "PARITY_SECONDS"]
+
+QUANTIZE_CHOICES = ("none", "int8", "int8-static")
+#: Parity clip lengths in seconds; the longest is replaced by 1.25 x the chunk limit (see ``parity_clips``).
+PARITY_SECONDS = (0.1, 1.0, 7.0)
+
+
+class ExportError(VocalprobeError):
+    """A study, probe or option that cannot be exported as asked."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the mechanism
+
+
+def _rename_value(graph, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.name == old:
+            value.name = new
+    for init in graph.initializer:
+        if init.name == old:
+            init.name = new
+
+
+def _value_names(graph) -> set[str]:
+    names = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    for node in graph.node:
+        names.update(node.output)
+    return names
+
+
+def to_onnx_model(pipeline, *, opset: int = 18, example_samples: int = MODEL_SAMPLE_RATE, optimize: bool = True):
+    """``ProbePipeline`` -> ``onnx.ModelProto`` following the graph contract (no metadata yet).
+
+    ``optimize``: run the exporter's graph optimizer (constant folding, fewer nodes; about 40% of the export time).
+    """
+    import torch
+    from onnx import numpy_helper
+    from torch.export import Dim
+
+    from vocalprobe.training.pipeline import INPUT_NAMES, OUTPUT_NAMES, default_state
+
+    pipeline = pipeline.eval()
+    # batch 2 and a length that is no constant of the model, so the exporter specialises neither
+    waveform = torch.randn(2, int(example_samples), generator=torch.Generator().manual_seed(0))
+    state = pipeline.default_state(2)
+    args = (waveform, state["peak"], state["prior_count"], state["prior_mean"], state["prior_m2"])
+    batch = Dim("batch")
+    samples = Dim("samples", min=1, max=2**31 - 2)
+    shapes = {"waveform": {0: batch, 1: samples}, **{name: {0: batch} for name in INPUT_NAMES[1:]}}
+    temporary = [f"vocalprobe_out_{name}" for name in OUTPUT_NAMES]
+    with torch.no_grad():
+        program = torch.onnx.export(pipeline, args, None, dynamo=True, input_names=list(INPUT_NAMES),
+                                    output_names=temporary, dynamic_shapes=shapes, opset_version=opset,
+                                    optimize=optimize, verbose=False)
+    model = program.model_proto
+    graph = model.graph
+    taken = _value_names(graph)
+    for final, tmp in zip(OUTPUT_NAMES, temporary):
+        if final in taken:
+            _rename_value(graph, final, f"{final}__internal")
+        _rename_value(graph, tmp, final)
+    defaults = default_state(pipeline.dim)
+    for value in graph.input:
+        if value.name in defaults:
+            value.type.tensor_type.shape.dim[0].dim_param = "state_batch"
+            graph.initializer.append(numpy_helper.from_array(defaults[value.name], value.name))
+    del graph.value_info[:]
+    return model
+
+
+def save_model(model, path: str | Path) -> Path:
+    """Check and write atomically (a half-written .onnx never appears under ``path``)."""
+    import onnx
+
+    path = Path(path)
+    onnx.checker.check_model(model)
+    atomic_write_bytes(path, model.SerializeToString())
+    return path
+
+
+def export_pipeline(pipeline, out_path: str | Path, *, metadata: dict[str, str], opset: int = 18) -> Path:
+    """Export ``pipeline`` with ``metadata`` to ``out_path`` (fp32); returns the path."""
+    from vocalprobe.export.metadata import set_metadata
+
+    model = to_onnx_model(pipeline, opset=opset)
+    set_metadata(model, metadata)
+    return save_model(model, out_path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# from a study
+
+
+@dataclass(frozen=True)
+class ProbeSelection:
+    """Which probe of a study to export, and what the study measured for it."""
+
+    dataset: str
+    backbone_label: str
+    backbone_name: str
+    layer: int
+    seed: int
+    probe_path: Path
+    is_best: bool
+    chunk_seconds: float
+    manifest: Path
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata: dict[str, str]
+    parity: Any  # ParityReport of the fp32 graph
+    quantized_parity: Any | None = None  # ParityReport of the quantized graph, when quantized
+    notes: list[str] = field(default_factory=list)
+
+
+def select_probe(study_dir: str | Path, *, dataset: str | None, backbone: str | None,
+                 layer: str | int = "best") -> ProbeSelection:
+    """Find the probe of (dataset, backbone, layer) in a study folder; errors list what the study has."""
+    from vocalprobe.training.study import _probe_name, _safe, load_summary
+
+    study_dir = Path(study_dir)
+    summary = load_summary(study_dir)
+    choices = summary.choices
+    datasets = sorted({c.dataset for c in choices})
+    if dataset is None:
+        if len(datasets) != 1:
+            raise ExportError(f"{study_dir}: the study has datasets {datasets}; choose one with --dataset")
+        dataset = datasets[0]
+    in_ds = [c for c in choices if c.dataset == dataset]
+    if not in_ds:
+        raise ExportError(f"{study_dir}: no dataset {dataset!r} in this study (it has {', '.join(datasets)})")
+    if backbone is None:
+        if len(in_ds) != 1:
+            raise ExportError(f"{study_dir}: dataset {dataset} has backbones "
+                              f"{[c.backbone for c in in_ds]}; choose one with --backbone")
+        choice = in_ds[0]
+    else:
+        wanted = str(backbone).strip()
+        matches = [c for c in in_ds if wanted in (c.backbone, c.backbone_name)
+                   or wanted.lower() == c.backbone.lower() or Path(c.backbone_name).name == wanted]
+        if not matches:
+            raise ExportError(f"{study_dir}: no backbone {wanted!r} for dataset {dataset} (it has "
+                              f"{', '.join(c.backbone for c in in_ds)})")
+        choice = matches[0]
+    ds_info = next(d for d in summary.datasets if d.name == dataset)
+    chunk_seconds = float(summary.config.get("chunk_seconds", 20.0))
+    if str(layer).strip().lower() == "best":
+        return ProbeSelection(dataset, choice.backbone, choice.backbone_name, choice.best_layer, choice.exported_seed,
+                              study_dir / choice.probe_path, True, chunk_seconds, Path(ds_info.manifest))
+    try:
+        number = int(str(layer))
+    except ValueError:
+        raise ExportError(f"--layer must be 'best' or a layer number, got {layer!r}") from None
+    if number not in choice.layers:
+        raise ExportError(f"{choice.backbone} on {dataset}: the study probed layers {list(choice.layers)}, "
+                          f"not {number}")
+    results = [r for r in summary.results
+               if r.dataset == dataset and r.backbone == choice.backbone and r.layer == number]
+    best = max(results, key=lambda r: (r.val_uar, -r.seed))  # best Val UAR; ties -> the lowest seed
+    path = study_dir / "runs" / _safe(dataset) / _safe(choice.backbone) / f"{_probe_name(number, best.seed)}.safetensors"
+    return ProbeSelection(dataset, choice.backbone, choice.backbone_name, number, best.seed, path,
+                          number == choice.best_layer, chunk_seconds, Path(ds_info.manifest))
+
+
+def median_train_duration(manifest) -> float:
+    """The default analysis window: the median duration of the Train clips, in seconds."""
+    from vocalprobe.runtime.audio import audio_info
+
+    durations = []
+    for row in manifest.split("train"):
+        if row.start is not None and row.end is not None:
+            durations.append(row.end - row.start)
+            continue
+        try:
+            info = audio_info(manifest.audio_path(row))
+        except VocalprobeError:
+            continue  # unreadable clips were not in the study either
+        end = info.duration if row.end is None else min(row.end, info.duration)
+        durations.append(end - (row.start or 0.0))
+    durations = [d for d in durations if d > 0]
+    if not durations:
+        raise ExportError("no readable Train clip to derive the default analysis window from")
+    return float(statistics.median(durations))
+
+
+def parity_clips(manifest, chunk_samples: int, *, split: str = "test", seconds: Sequence[float] = PARITY_SECONDS,
+                 max_rows: int = 20) -> list[np.ndarray]:
+    """Real clips of the manifest, cut or tiled to each parity length, plus one of 1.25 x the chunk limit."""
+    from vocalprobe.runtime.clips import load_row
+
+    pool: list[np.ndarray] = []
+    for row in manifest.split(split)[:max_rows]:
+        try:
+            samples = load_row(manifest, row)
+        except VocalprobeError:
+            continue
+        if samples.size and np.max(np.abs(samples)) > 0:
+            pool.append(samples)
+        if len(pool) >= 4:
+            break
+    if not pool:
+        raise ExportError(f"no readable, non-silent {split} clip for the parity check")
+    lengths = [max(1, int(round(s * MODEL_SAMPLE_RATE))) for s in seconds] + [chunk_samples + chunk_samples // 4]
+    clips = []
+    for i, n in enumerate(lengths):
+        source = pool[i % len(pool)]
+        reps = -(-n // source.size)
+        clips.append(np.ascontiguousarray(np.tile(source, reps)[:n], dtype=np.float32))
+    return clips
+
+
+def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: str | None = None,
+                      backbone: str | None = None, layer: str | int = "best", quantize: str = "none",
+                      calibration_clips: int = 32, parity: bool = True,
+                      log: Callable[[str], None] | None = None) -> ExportResult:
+    """Export a study's probe (default: the best layer on Val) as one ONNX graph at ``out_path``."""
+    import torch
+
+    from vocalprobe.export.families import family_of
+    from vocalprobe.export.metadata import build_metadata, read_metadata
+    from vocalprobe.export.parity import check_parity
+    from vocalprobe.runtime.audio import seconds_to_samples
+    from vocalprobe.runtime.manifest import read_manifest
+    from vocalprobe.training.backbones import load_backbone
+    from vocalprobe.training.pipeline import ProbePipeline
+    from vocalprobe.training.probe import load_probe
+
+    log = log or (lambda message: None)
+    if quantize not in QUANTIZE_CHOICES:
+        raise ExportError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {quantize!r}")
+    out_path = Path(out_path)
+    if out_path.suffix != ".onnx":
+        raise ExportError(f"--out must end in .onnx, got {out_path}")
+    selection = select_probe(study_dir, dataset=dataset, backbone=backbone, layer=layer)
+    clf, info = load_probe(selection.probe_path)
+    if info.layer != selection.layer:
+        raise ExportError(f"{selection.probe_path}: the checkpoint is for layer {info.layer}, the study says "
+                          f"{selection.layer}")
+    log(f"probe: {selection.backbone_label} layer {info.layer} (seed {selection.seed}) on {selection.dataset}")
+    loaded = load_backbone(info.backbone, revision=info.backbone_revision)
+    if info.backbone_fingerprint and loaded.fingerprint not in (info.backbone_fingerprint, "unpinned"):
+        raise ExportError(f"{info.backbone}: the weights changed since the study (fingerprint {loaded.fingerprint} "
+                          f"!= {info.backbone_fingerprint}); re-run the study or restore the checkpoint")
+    family = family_of(loaded.family)
+    pipeline = ProbePipeline(loaded.model, clf.model_, info.layer).float()
+    if not selection.manifest.is_file():
+        raise ExportError(f"the study's manifest {selection.manifest} is missing (paths are relative to the "
+                          "folder the study ran in); run export from there")
+    manifest = read_manifest(selection.manifest)
+    chunk_samples = seconds_to_samples(selection.chunk_seconds, MODEL_SAMPLE_RATE)
+    extra = {
+        "backbone": selection.backbone_label, "backbone_name": info.backbone, "backbone_id": info.backbone_id,
+        "backbone_revision": info.backbone_revision, "backbone_fingerprint": info.backbone_fingerprint,
+        "family": loaded.family, "layer": str(info.layer), "layer_choice": "best" if selection.is_best else "manual",
+        "num_layers_total": str(loaded.num_layers), "seed": str(selection.seed), "dataset": selection.dataset,
+        "preprocessing": info.preprocessing, "truncation": family.truncation,
+        "val_uar": None if info.val_uar is None else repr(float(info.val_uar)),
+        "test_uar": None if info.test_uar is None else repr(float(info.test_uar)),
+        "manifest_sha256": manifest.content_hash(), "quantization": quantize,
+        "graph_inputs": ["waveform", "peak", "prior_count", "prior_mean", "prior_m2"],
+        "graph_outputs": ["probabilities", "embedding", "stats_count", "stats_mean", "stats_m2"],
+    }
+    metadata = build_metadata(classes=list(info.labels), sample_rate=MODEL_SAMPLE_RATE,
+                              sample_duration=median_train_duration(manifest), max_chunk_samples=chunk_samples,
+                              extra=extra)
+    clips = parity_clips(manifest, chunk_samples) if parity else []
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_path.parent) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        log(f"exporting with torch.onnx (dynamo), opset {family.opset}")
+        with torch.no_grad():
+            export_pipeline(pipeline, fp32, metadata={**metadata, "quantization": "none"}, opset=family.opset)
+        report = quant_report = None
+        if parity:
+            log("parity: PyTorch vs onnxruntime on real clips of " + ", ".join(
+                f"{c.size / MODEL_SAMPLE_RATE:g} s" for c in clips))
+            report = check_parity(pipeline, fp32, clips, chunk_samples=chunk_samples, atol=family.atol,
+                                  atol_embedding=family.atol_embedding)
+        final = fp32
+        if quantize != "none":
+            from vocalprobe.export import quantize as q
+
+            quantized = Path(tmp) / "quantized.onnx"
+            if quantize == "int8":
+                log("quantizing: dynamic int8, MatMul only")
+                q.quantize_dynamic_matmul(fp32, quantized)
+            else:
+                log(f"quantizing: static int8 (QDQ, Conv + MatMul), calibrated on up to {calibration_clips} "
+                    "Train clips")
+                q.quantize_static_qdq(fp32, quantized, q.TrainClipReader(manifest, max_clips=calibration_clips,
+                                                                         max_samples=chunk_samples))
+            if parity:
+                quant_report = check_parity(pipeline, quantized, clips, chunk_samples=chunk_samples,
+                                            atol=family.atol_int8, atol_embedding=None, label=quantize)
+            final = quantized
+        os.replace(final, out_path)
+    return ExportResult(out_path, read_metadata(out_path), report, quant_report)
