@@ -113,8 +113,9 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=40, help="synthetic clips of 0.1-3 s (default 40; "
                         "use a few hundred where time allows)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--skip-per-layer", action="store_true", help="skip the (13x slower) per-layer mode")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default). On a "
+                        "shared, oversubscribed machine use 1: OpenMP threads waiting on busy cores ran 8x slower")
+    parser.add_argument("--skip-per-layer", action="store_true", help="skip the (much slower) per-layer mode")
     parser.add_argument("--batching", action="store_true", help="also measure the batching policy")
     args = parser.parse_args()
     if args.threads:

@@ -139,3 +139,14 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(VocalprobeError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_state_dict_fingerprint_follows_the_weights(tiny_checkpoints):
+    from vocalprobe.training.backbones import state_dict_fingerprint
+
+    a = load_backbone(tiny_checkpoints["wav2vec2"]).model
+    b = load_backbone(tiny_checkpoints["wav2vec2"]).model
+    assert state_dict_fingerprint(a) == state_dict_fingerprint(b)
+    with torch.no_grad():
+        b.encoder.layers[1].final_layer_norm.bias[0] += 1e-3
+    assert state_dict_fingerprint(a) != state_dict_fingerprint(b)

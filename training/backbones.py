@@ -88,7 +88,7 @@ class Backbone:
     source: str  # hub id or resolved local folder
     revision: str | None  # the requested hub revision (None: default branch / local folder)
     family: str  # hubert | wav2vec2 | wavlm
-    fingerprint: str  # identifies the weights: hub commit hash, or sha256 of a local folder's weight files
+    fingerprint: str  # sha256 of a local folder's config and weight files, or of a hub model's loaded weights
     spec: BackboneSpec | None  # the registry row, when loaded by registry name
 
     @property
@@ -194,6 +194,19 @@ def weights_fingerprint(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
+def state_dict_fingerprint(model) -> str:
+    """sha256 over a model's parameter names, dtypes, shapes and bytes (for hub models, whose files live in the
+    transformers cache): a hub repository that changes its weights changes the fingerprint."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def load_backbone(name_or_path: str | os.PathLike, *, revision: str | None = None, device: str = "cpu",
                   local_files_only: bool = False) -> Backbone:
     """Load a foundation model's base (no CTC head) in eval mode.
@@ -232,10 +245,7 @@ def load_backbone(name_or_path: str | os.PathLike, *, revision: str | None = Non
     model.to(torch_device)
     if spec is not None and spec.family != config.model_type:
         raise BackboneError(f"{display}: expected a {spec.family} checkpoint, found model_type {config.model_type!r}")
-    if is_local:
-        fingerprint = weights_fingerprint(source)
-    else:
-        fingerprint = getattr(config, "_commit_hash", None) or revision or "unpinned"
+    fingerprint = weights_fingerprint(source) if is_local else state_dict_fingerprint(model)
     return Backbone(model=model, name=display, source=source, revision=revision, family=config.model_type,
                     fingerprint=fingerprint, spec=spec)
 
