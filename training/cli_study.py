@@ -26,6 +26,9 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Folder that holds
                                                 "(default: artifacts/studies).")]
 NameOpt = Annotated[Optional[str], typer.Option("--name", help="Study folder name under --out (default: the "
                                                 "config's name; 'default' for the demo, else 'study').")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="CPU threads for torch (default: torch's own choice; the demo uses 1). On a shared "
+    "machine more threads than free cores can make small models tens of times slower.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 
 
@@ -39,6 +42,7 @@ def study(
     device: DeviceOpt = None,
     out: OutOpt = None,
     name: NameOpt = None,
+    threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Probe every layer of every backbone on every dataset, pick the best layers, fuse them, write the report.
@@ -58,7 +62,13 @@ def study(
         if value is not None:
             overrides[key] = value
 
-    if config is None and not data and not backbone:
+    demo = config is None and not data and not backbone
+    if threads is not None or demo:
+        import torch
+
+        torch.set_num_threads(threads or 1)  # this process only: the command is the program's entry point
+
+    if demo:
         from vocalprobe.training.default_study import run_default_study
 
         typer.echo("No --data/--backbone/--config: running the embedded demo study (synthetic data, tiny UNTRAINED "

@@ -338,11 +338,12 @@ def report_markdown(study_dir: Path, summary: StudySummary, figures: list[tuple[
     cfg = summary.config
     n_seeds = int(cfg.get("seeds", 1))
     out = [f"# Study `{cfg['name']}`", ""]
-    if cfg.get("untrained_backbones"):
+    untrained = sorted({c.backbone for c in summary.choices if c.kind == "untrained"})
+    if cfg.get("untrained_backbones") or untrained:
         out += ["> **Untrained backbones.** This study ran on small *randomly initialised* checkpoints (no "
                 "pre-training at all) and synthetic data. It exercises the whole pipeline end to end; its scores "
                 "say nothing about the paper's models or findings. Run `configs/paper.toml` with the real datasets "
-                "for that.", ""]
+                "for that." + (f" Untrained: {', '.join(untrained)}." if untrained else ""), ""]
     if cfg.get("description"):
         out += [cfg["description"], ""]
     out += [f"vocalprobe {summary.vocalprobe_version}. Configuration: [`study.toml`](study.toml) "
@@ -373,7 +374,8 @@ def report_markdown(study_dir: Path, summary: StudySummary, figures: list[tuple[
     out += [f"| {label} | `{name}` | {kind} |" for label, name, kind in backbones]
     out.append("")
 
-    out += ["## Table III", "", table3_markdown(summary).split("\n", 2)[2], ""]
+    table3 = table3_markdown(summary).split("\n", 2)[2].replace("\n## ", "\n### ").lstrip("\n")
+    out += ["## Table III", "", "### " + table3.removeprefix("## "), ""]
 
     out += ["## Fusion", "", "Mean of the Test posteriors of every backbone's best-on-Val probe, then argmax "
             "(paper II.B), one fusion per seed. Test UAR [%] with the bootstrap 95% CI of each seed:", "",

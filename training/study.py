@@ -534,9 +534,11 @@ def _probe_backbone(config: StudyConfig, ds: DatasetSpec, manifest: Manifest, ba
                     probe_cfg: ProbeConfig, device: str, *, progress: bool) -> tuple[_ClipTable, list[ProbeResult]]:
     """Train (or reuse) every (layer, seed) probe of one dataset x backbone."""
     run_dir = _run_dir(config, ds, backbone)
-    key = _digest({"manifest": manifest.content_hash(), "backbone": backbone_key(backbone),
-                   "layers": config.layers, "chunk_seconds": config.chunk_seconds, "format": RESULT_FORMAT})
-    probe_key_base = {"clips": key, "probe": {k: v for k, v in probe_cfg.to_dict().items()
+    data_key = {"manifest": manifest.content_hash(), "backbone": backbone_key(backbone),
+                "chunk_seconds": config.chunk_seconds, "format": RESULT_FORMAT}
+    key = _digest({**data_key, "layers": config.layers})
+    # a probe depends on its layer's features, not on which other layers were extracted with it
+    probe_key_base = {"data": _digest(data_key), "probe": {k: v for k, v in probe_cfg.to_dict().items()
                                               if k not in {"device", "seed", "eval_batch_size"}},
                       "bootstrap": config.bootstrap_resamples}
 
