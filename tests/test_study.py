@@ -319,3 +319,22 @@ def test_paper_figures_are_drawn_for_the_paper_backbones(study, tmp_path):
     for rel in figures:
         image = matplotlib.image.imread(tmp_path / rel)
         assert image.std() > 0
+
+
+def test_unreadable_clip_is_reported_and_the_rest_finishes(tmp_path, tiny_checkpoints):
+    root = tmp_path / "tones"
+    manifest = make_tones(root)
+    (root / "clips" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
+    loaded = read_manifest(manifest)
+    write_manifest(manifest, list(loaded.rows) + [ManifestRow("clips/broken.wav", "hoot", split="train")])
+    config = StudyConfig(name="broken", datasets=(DatasetSpec("tones", manifest),), layers=(0,), seeds=1,
+                         backbones=(str(tiny_checkpoints["hubert"]),), out_root=tmp_path / "studies", device="cpu",
+                         cache_dir=None, bootstrap_resamples=20)
+    summary = run_study(config, progress=False)
+    failed = summary.datasets[0].failed
+    assert len(failed) == 1 and failed[0]["path"].endswith("broken.wav") and failed[0]["problem"]
+    assert summary.datasets[0].n_clips == {"train": 24, "val": 12, "test": 12}
+    assert "broken.wav" in (config.out_dir / "report.md").read_text()
+    from vocalprobe.training.study import probe_checkpoint
+
+    assert probe_checkpoint(config.out_dir, "tones", "hubert", 0, 0).is_file()

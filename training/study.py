@@ -530,6 +530,11 @@ def _probe_name(layer: int, seed: int) -> str:
     return f"L{layer:02d}_s{seed}"
 
 
+def probe_checkpoint(study_dir: str | Path, dataset: str, backbone: str, layer: int, seed: int) -> Path:
+    """The saved probe of any (dataset, backbone label, layer, seed) of a study, e.g. to export a non-best layer."""
+    return Path(study_dir) / "runs" / _safe(dataset) / _safe(backbone) / f"{_probe_name(layer, seed)}.safetensors"
+
+
 def _probe_backbone(config: StudyConfig, ds: DatasetSpec, manifest: Manifest, backbone: str,
                     probe_cfg: ProbeConfig, device: str, *, progress: bool) -> tuple[_ClipTable, list[ProbeResult]]:
     """Train (or reuse) every (layer, seed) probe of one dataset x backbone."""
