@@ -178,3 +178,20 @@ def test_bfloat16_reports_difference_to_float32(manifest_path, tiny_backbone):
 def test_backbone_by_path(tmp_path, manifest_path, tiny_checkpoints):
     result = extract_features(manifest_path, tiny_checkpoints["wavlm"], layers=[1], device="cpu", progress=False)
     assert result.backbone["family"] == "wavlm" and result.features.shape == (len(DURATIONS), 1, 64)
+
+
+def test_long_clip_never_runs_more_than_a_chunk(tmp_path, synthetic_manifest, tiny_backbone, monkeypatch):
+    """Bounded memory: the backbone only ever sees inputs of at most the chunk limit."""
+    manifest = read_manifest(synthetic_manifest(tmp_path / "data", [7.3, 0.4]))
+    seen = []
+    original = LayerFeatures.frame_stats
+
+    def recording(self, waveform):
+        seen.append(int(waveform.shape[-1]))
+        return original(self, waveform)
+
+    monkeypatch.setattr(LayerFeatures, "frame_stats", recording)
+    result = extract_features(manifest, tiny_backbone, device="cpu", chunk_seconds=2.0, progress=False)
+    assert result.features.shape[0] == 2
+    assert max(seen) <= 32_000 and sum(seen[:4]) == int(7.3 * 16_000)  # 4 chunks of the long clip, then the short
+    assert seen[4] == 6_400

@@ -280,7 +280,10 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
     if cache.failed:
         log.warning("%d of %d clips could not be read and were left out (first: %s)", len(cache.failed),
                     len(manifest), next(iter(sorted(cache.failed.values(), key=lambda f: f.row))).error)
-    if cache.precision is not None:
+    if cache.precision is not None and progress:
+        tqdm.write(f"{dtype} vs float32 on {cache.precision['clips']} clips: max abs diff "
+                   f"{cache.precision['max_abs_diff']:.3g}, max relative L2 diff {cache.precision['max_rel_l2_diff']:.3g}")
+    elif cache.precision is not None:
         log.info("%s vs float32 on %d clips: max abs diff %.3g, max relative L2 diff %.3g", dtype,
                  cache.precision["clips"], cache.precision["max_abs_diff"], cache.precision["max_rel_l2_diff"])
     return _assemble(manifest, backbone, module.layers, cache, {

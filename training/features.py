@@ -24,8 +24,11 @@ Batching (measured with ``benchmarks/bench_extract.py --batching``, see the READ
 different lengths into one batch changes every frame of the base wav2vec2-family models (their first CNN layer
 GroupNorm normalises over the whole padded signal, and attention sees the padding), so features would depend on
 batch neighbours. We therefore batch only clips of EXACTLY equal length (after preprocessing); everything else runs
-one clip at a time. Equal-length batches give a clip's features alone to float rounding (tests hold it to 1e-5).
-Short calls are common in bioacoustics (all clips under 5,000 samples become exactly 5,000), so buckets fill well.
+one clip at a time. Measured on a base HuBERT (random weights, CPU): zero-padding 8 clips of 0.5-3 s into one
+batch changed their features by up to 83% (relative L2; 0 only for the longest clip), while a batch of equal-length
+clips matched each clip alone exactly (tests hold all families to 1e-5). Short calls are common in bioacoustics and
+every clip under 5,000 samples becomes exactly 5,000, so buckets fill well: batches of 16 such calls ran 1.4x
+faster than one at a time on one CPU thread (far more on a GPU).
 """
 
 from __future__ import annotations
