@@ -261,7 +261,7 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
 
     started = time.perf_counter()
     audio_seconds = 0.0
-    bar = tqdm(total=len(manifest), initial=len(done), unit="clip", desc=f"features {backbone.name}",
+    bar = tqdm(total=len(manifest), initial=len(done), unit="clip", desc=f"features {_short_name(backbone)}",
                disable=not progress, dynamic_ncols=True)
     try:
         for first in range(0, len(todo), shard_size):
@@ -291,6 +291,10 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
         "seconds": elapsed, "audio_seconds": audio_seconds,
         "clips_per_s": (len(todo) - len(cache.failed)) / elapsed if elapsed > 0 else 0.0,
         "audio_s_per_s": audio_seconds / elapsed if elapsed > 0 else 0.0})
+
+
+def _short_name(backbone: Backbone) -> str:
+    return backbone.spec.name if backbone.spec is not None else Path(backbone.name.rstrip("/\\")).name or backbone.name
 
 
 def _extract_block(manifest: Manifest, block: list[int], runner: _Runner, chunk_samples: int, batch_size: int,
