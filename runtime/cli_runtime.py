@@ -16,10 +16,10 @@ from vocalprobe.runtime.cli_common import fail, friendly_errors
 
 ModelOpt = Annotated[list[Path], typer.Option("--model", "-m", help="Exported .onnx graph; repeat it to fuse "
                                                                      "several models (probabilities averaged).")]
-WindowOpt = Annotated[Optional[float], typer.Option(help="Analysis window in seconds [default: the model's "
-                                                          "sample_duration].")]
+WindowOpt = Annotated[Optional[float], typer.Option(help="Analysis window in seconds (default: the model's "
+                                                          "sample_duration).")]
 BatchOpt = Annotated[int, typer.Option(help="Windows per model call (throughput; memory is window x batch).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads [default: onnxruntime's].")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads (default: onnxruntime's).")]
 ProviderOpt = Annotated[str, typer.Option(help="auto (CUDA when onnxruntime-gpu finds a GPU, else CPU), cpu or cuda.")]
 
 
@@ -74,7 +74,7 @@ def stream(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (re-running into it resumes).")] = ...,
     format: Annotated[str, typer.Option("--format", help="Comma-separated: raven, csv, jsonl.")] = "raven,csv,jsonl",
     window: WindowOpt = None,
-    hop: Annotated[Optional[float], typer.Option(help="Hop between windows in seconds [default: the window].")] = None,
+    hop: Annotated[Optional[float], typer.Option(help="Hop between windows in seconds (default: the window).")] = None,
     final_window: Annotated[str, typer.Option(
         help="Last incomplete window: pad (zero-pad to the window), drop, or shorter.")] = "pad",
     batch: BatchOpt = 8,
@@ -91,7 +91,7 @@ def stream(
     settle: Annotated[float, typer.Option(help="--watch: seconds a file must stop growing before it is read.")] = 5.0,
     poll: Annotated[float, typer.Option(help="--watch: seconds between folder scans.")] = 1.0,
     idle_exit: Annotated[Optional[float], typer.Option(
-        help="--watch: stop after this many seconds without a new file [default: run until interrupted].")] = None,
+        help="--watch: stop after this many seconds without a new file (default: run until interrupted).")] = None,
     block_size: Annotated[int, typer.Option(hidden=True, help="Samples read per block (results do not depend on it).")]
     = 65_536,
 ) -> None:
@@ -171,7 +171,7 @@ def validate(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     tolerance: Annotated[float, typer.Option(help="Allowed |UAR difference| with the study, in UAR points.")] = 0.5,
     out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="Report folder [default: MODEL.validate-SPLIT next to the model].")] = None,
+        "--out", "-o", help="Report folder (default: MODEL.validate-SPLIT next to the model).")] = None,
     provider: ProviderOpt = "auto",
     threads: ThreadsOpt = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CI.")] = 1000,

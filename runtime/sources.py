@@ -124,6 +124,8 @@ def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and is_audio_file(p)
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise SourceError(f"{path}: no .wav/.flac/.ogg files in this folder or below")
             sources.extend(FileSource(p, p.relative_to(path).as_posix(), block_size) for p in found)
         elif path.exists():
             sources.append(FileSource(path, path.name, block_size))

@@ -220,7 +220,8 @@ class Outputs:
         self.high_freq_hz = high_freq_hz
         self.jsonl: JsonlWriter | None = None
 
-    def open(self, finished_names: set[str]) -> None:
+    def open(self, finished_names: set[str] | None) -> None:
+        """``finished_names``: files whose live events are kept (None: keep everything, append)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if "jsonl" in self.formats:
             self.jsonl = JsonlWriter(self.out_dir / "detections.jsonl", finished_names)
@@ -276,7 +277,7 @@ def run_sources(sources: Iterable, model: Model, config: DetectConfig, outputs: 
     """
     summary = RunSummary()
     started = time.perf_counter()
-    outputs.open(state.done_names() if state is not None else set())
+    outputs.open(state.done_names() if state is not None else None)
     try:
         for source in sources:
             path = getattr(source, "path", None)

@@ -139,13 +139,14 @@ def jsonl_line(detection: Detection, recording_start: datetime | None = None) ->
 class JsonlWriter:
     """Append events to one JSONL file as they are found, flushing each line.
 
-    Opening it keeps only the lines of files in ``keep_files`` (rewritten atomically): the events of a file that
-    was interrupted half-way are dropped, because the resumed run analyses that file again.
+    With ``keep_files``, opening it keeps only the lines of those files (rewritten atomically): the events of a
+    file that was interrupted half-way are dropped, because the resumed run analyses that file again. Without it
+    (a stdin stream has nothing to resume) new events are appended to what is there.
     """
 
-    def __init__(self, path: str | Path, keep_files: set[str]):
+    def __init__(self, path: str | Path, keep_files: set[str] | None):
         self.path = Path(path)
-        if self.path.exists():
+        if self.path.exists() and keep_files is not None:
             kept = []
             with open(self.path, encoding="utf-8") as handle:
                 for line in handle:

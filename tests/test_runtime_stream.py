@@ -363,3 +363,10 @@ def test_runtime_commands_work_where_torch_cannot_be_imported(tmp_path, graph, p
                                                                       "import torch")],
                            capture_output=True, text=True, env=env, timeout=60)
     assert check.returncode != 0 and "import of torch halted" in check.stderr  # the block is real
+
+
+def test_folder_without_audio_is_an_error(tmp_path, graph):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no audio here")
+    result = run_cli(["stream", tmp_path / "empty", "-m", graph, "-o", tmp_path / "out"])
+    assert result.exit_code == 1 and "no .wav/.flac/.ogg files" in result.output

@@ -1,0 +1,121 @@
+"""How much does streaming add on top of the model? Prints, per model (and for their fusion):
+
+- the graph alone: x real time and per-window latency (``vocalprobe.runtime.bench.bench_model``);
+- the whole pipeline on a synthetic 48 kHz 16-bit WAV (read, resample, window, batch, model, detections, Raven +
+  CSV + JSONL writers): x real time, and the time outside the model as a share of the model time (target < 10 %).
+
+    python benchmarks/bench_stream.py                       # a small test graph (overhead dominates: a floor)
+    python benchmarks/bench_stream.py A.onnx B.onnx C.onnx --fuse
+    python benchmarks/bench_stream.py --stand-in 3 --stand-in 12   # needs torch + transformers
+
+``--stand-in L`` exports a *randomly initialised* HuBERT-base truncated after layer L with the export contract's
+inputs, outputs and metadata (peak normalisation, mean+std pooling, linear + softmax head): the compute of a real
+exported model, for timing only. Re-run with the exporter's graphs when they exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from vocalprobe.runtime.bench import bench_model, bench_stream
+from vocalprobe.runtime.ensemble import Ensemble
+from vocalprobe.runtime.onnx_model import OnnxModel
+
+HERE = Path(__file__).resolve().parent
+
+
+def small_graph(folder: Path) -> Path:
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from runtime_graphs import build_band_graph
+
+    return build_band_graph(folder / "band.onnx")
+
+
+def stand_in(layer: int, folder: Path, n_classes: int = 7) -> Path:
+    """A random-init HuBERT-base cut after ``layer``, exported to the vocalprobe graph contract (timing only)."""
+    import onnx
+    import torch
+    from transformers import HubertConfig, HubertModel
+
+    path = folder / f"hubert-base-random-L{layer}.onnx"
+    if path.exists():
+        return path
+    torch.manual_seed(0)
+    backbone = HubertModel(HubertConfig(num_hidden_layers=layer)).eval()
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = backbone
+            self.head = torch.nn.Linear(2 * 768, n_classes)
+
+        def forward(self, waveform):
+            peak = waveform.abs().amax(dim=1, keepdim=True).clamp_min(1e-9)
+            hidden = self.backbone(waveform / peak).last_hidden_state  # (b, frames, 768)
+            embedding = torch.cat([hidden.mean(1), hidden.std(1)], dim=1)  # (b, 1536)
+            return torch.softmax(self.head(embedding), dim=-1), embedding
+
+    shapes = {"waveform": {0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=1000, max=16000 * 600)}}
+    torch.onnx.export(Probe().eval(), (torch.randn(2, 16000),), str(path), input_names=["waveform"],
+                      output_names=["probabilities", "embedding"], dynamic_shapes=shapes, dynamo=True,
+                      external_data=False)
+    model = onnx.load(str(path))
+    meta = {"classes": json.dumps([f"call{i}" for i in range(n_classes)]), "sample_rate": "16000",
+            "sample_duration": "1.0", "class_outputs_key": "probabilities", "embedding_outputs_key": "embedding",
+            "backbone": "random-init hubert-base (benchmark stand-in)", "layer": str(layer)}
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+def report(model, args) -> None:
+    window = args.window if args.window is not None else model.sample_duration
+    alone = bench_model(model, window_s=window, batch=args.batch, seconds=args.seconds)
+    streamed = bench_stream(model, window_s=window, batch=args.batch, seconds=args.seconds)
+    memory = f"{alone.peak_rss_mb:.0f} MB" if alone.peak_rss_mb is not None else "n/a"
+    print(f"{model.name}\n  graph alone : {alone.x_realtime:8.1f}x real time, window {window:g} s latency "
+          f"{alone.latency_ms_median:.1f} ms (p95 {alone.latency_ms_p95:.1f}), peak RSS so far {memory}\n"
+          f"  streaming   : {streamed.x_realtime:8.1f}x real time; model {streamed.model_seconds:.2f} s, pipeline "
+          f"{streamed.wall_seconds:.2f} s -> overhead {streamed.overhead * 100:.1f}% of model time", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", type=Path, help="exported .onnx graphs")
+    parser.add_argument("--stand-in", type=int, action="append", default=[], metavar="L",
+                        help="also time a random-init HuBERT-base truncated at layer L (torch needed)")
+    parser.add_argument("--fuse", action="store_true", help="also time the fusion of all the models")
+    parser.add_argument("--fuse-copies", type=int, default=0, metavar="N",
+                        help="time an N-member fusion of each model with itself (the cost of N models)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="seconds of synthetic audio per measurement")
+    parser.add_argument("--window", type=float, default=None)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "vocalprobe-bench")
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    paths = list(args.models) + [stand_in(layer, args.cache) for layer in args.stand_in]
+    if not paths:
+        paths = [small_graph(args.cache)]
+    models = [OnnxModel(p, threads=args.threads) for p in paths]
+    print(f"providers: {', '.join(models[0].providers)}; threads {args.threads or 'default'}; batch {args.batch}; "
+          f"{args.seconds:g} s of audio per measurement; numpy {np.__version__}")
+    for model in models:
+        report(model, args)
+        if args.fuse_copies > 1:
+            copies = [model] + [OnnxModel(model.path, threads=args.threads) for _ in range(args.fuse_copies - 1)]
+            report(Ensemble(copies), args)
+    if args.fuse and len(models) > 1:
+        report(Ensemble(models), args)
+
+
+if __name__ == "__main__":
+    main()

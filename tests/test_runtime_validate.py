@@ -1,0 +1,130 @@
+"""`vocalprobe validate`, `bench` and `score-events` on small real graphs."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from runtime_graphs import DEFAULT_CLASSES, DEFAULT_FREQS, build_band_graph, tone_track
+from vocalprobe.cli import app
+from vocalprobe.runtime.bench import bench_model, bench_stream
+from vocalprobe.runtime.manifest import ManifestRow, write_manifest
+from vocalprobe.runtime.onnx_model import ModelError, OnnxModel
+from vocalprobe.runtime.validate import predict_clip, validate, write_report
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def manifest(tmp_path):
+    """Two test clips per class (one of them wrongly labelled on purpose) and one unreadable clip."""
+    rows = []
+    for i, (label, freq) in enumerate(zip(DEFAULT_CLASSES, DEFAULT_FREQS)):
+        for j in range(2):
+            path = tmp_path / "clips" / f"{label}{j}.wav"
+            path.parent.mkdir(exist_ok=True)
+            sf.write(path, tone_track([(0.05, 0.35, freq)], 0.4 + 0.1 * j, 22_050, seed=i * 2 + j), 22_050)
+            rows.append(ManifestRow(f"clips/{label}{j}.wav", label, split="test"))
+    rows[-1] = ManifestRow(rows[-1].path, "low", split="test")  # a "high" tone labelled low: predicted wrong
+    (tmp_path / "clips" / "broken.wav").write_bytes(b"RIFF....WAVE")
+    rows.append(ManifestRow("clips/broken.wav", "mid", split="test"))
+    rows.append(ManifestRow("clips/low0.wav", "low", split="train"))
+    write_manifest(tmp_path / "manifest.csv", rows)
+    return tmp_path / "manifest.csv"
+
+
+# UAR of the fixture: low recall 2/3 (one high tone is labelled low), mid 2/2, high 1/1 -> (2/3 + 1 + 1) / 3.
+EXPECTED_UAR = (2 / 3 + 1 + 1) / 3
+
+
+def test_validate_scores_and_lists_unreadable_clips(tmp_path, manifest):
+    graph = build_band_graph(tmp_path / "m.onnx", metadata={"test_uar": f"{EXPECTED_UAR:.6f}"})
+    report = validate(OnnxModel(graph), manifest, split="test", n_resamples=200)
+    assert report.n_clips == 7 and report.n_scored == 6
+    assert report.uar == pytest.approx(EXPECTED_UAR)
+    assert report.uar_ci95[0] <= report.uar <= report.uar_ci95[1]
+    assert report.difference_points == pytest.approx(0.0, abs=1e-3)
+    assert report.passed is True
+    assert [u["path"] for u in report.unreadable] == ["clips/broken.wav"]
+    assert report.manifest_matches_study is False  # the test graph carries a dummy manifest hash
+    assert np.asarray(report.confusion).sum() == 6
+    json_path, png_path, note = write_report(report, tmp_path / "report")
+    assert json.loads(json_path.read_text())["unreadable"][0]["problem"]
+    assert png_path is not None and png_path.read_bytes()[:4] == b"\x89PNG" and note is None
+
+
+def test_validate_cli_exit_codes(tmp_path, manifest):
+    good = build_band_graph(tmp_path / "good.onnx", metadata={"test_uar": f"{EXPECTED_UAR:.6f}"})
+    result = runner.invoke(app, ["validate", str(good), str(manifest), "--resamples", "100"])
+    assert result.exit_code == 0, result.output
+    assert f"ONNX UAR on test: {EXPECTED_UAR * 100:.2f}" in result.output and "over 6 of 7 clips" in result.output
+    assert "unreadable: clips/broken.wav" in result.output
+    assert (tmp_path / "good.validate-test" / "report.json").is_file()
+    off = build_band_graph(tmp_path / "off.onnx", metadata={"test_uar": "0.95"})
+    result = runner.invoke(app, ["validate", str(off), str(manifest), "--resamples", "100",
+                                 "-o", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert "differs from the study's by" in result.output
+    loose = runner.invoke(app, ["validate", str(off), str(manifest), "--tolerance", "10", "--resamples", "100",
+                                "-o", str(tmp_path / "r")])
+    assert loose.exit_code == 0, loose.output
+
+
+def test_validate_without_reference_or_matplotlib(tmp_path, manifest, monkeypatch):
+    graph = build_band_graph(tmp_path / "m.onnx", drop_keys=("test_uar", "val_uar", "manifest_sha256"))
+    report = validate(OnnxModel(graph), manifest, n_resamples=50)
+    assert report.passed is None and report.reference_uar is None
+    assert any("nothing to compare" in n for n in report.notes)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    _, png, note = write_report(report, tmp_path / "r")
+    assert png is None and "matplotlib" in note
+
+
+def test_validate_refuses_labels_the_model_does_not_know(tmp_path, manifest):
+    graph = build_band_graph(tmp_path / "m.onnx", classes=("low", "mid", "bark"))
+    with pytest.raises(ModelError, match="high"):
+        validate(OnnxModel(graph), manifest)
+
+
+def test_predict_clip_hook_respects_max_chunk_samples(tmp_path):
+    graph = build_band_graph(tmp_path / "m.onnx", metadata={"max_chunk_samples": "8000"})
+    model = OnnxModel(graph)
+    assert predict_clip(model, np.zeros(8000, dtype=np.float32)).shape == (3,)
+    with pytest.raises(ModelError, match="max_chunk_samples"):
+        predict_clip(model, np.zeros(8001, dtype=np.float32))
+
+
+def test_bench_reports_speed_latency_memory(tmp_path):
+    model = OnnxModel(build_band_graph(tmp_path / "m.onnx"), threads=1)
+    result = bench_model(model, window_s=1.0, batch=4, seconds=8, latency_runs=5)
+    assert result.audio_seconds == 8 and result.x_realtime > 0 and result.latency_ms_median > 0
+    assert result.peak_rss_mb is not None and result.peak_rss_mb > 10
+    stream = bench_stream(model, window_s=1.0, batch=4, seconds=8, work_dir=tmp_path)
+    assert stream.audio_seconds == pytest.approx(8, abs=0.01)
+    assert 0 < stream.model_seconds < stream.wall_seconds
+
+
+def test_score_events_cli(tmp_path):
+    graph = build_band_graph(tmp_path / "m.onnx")
+    truth_events = [(2, 3, "low"), (6, 7, "mid"), (11, 12.5, "high"), (15, 16, "low")]
+    freq = dict(zip(DEFAULT_CLASSES, DEFAULT_FREQS))
+    x = tone_track([(s, e, freq[label]) for s, e, label in truth_events], 18, 48_000)
+    field = tmp_path / "field" / "20250601_053000.WAV"
+    field.parent.mkdir()
+    sf.write(field, x, 48_000, subtype="PCM_16")
+    truth = tmp_path / "truth.csv"
+    truth.write_text("file,start_s,end_s,label\n" + "".join(f"{field.name},{s},{e},{lab}\n"
+                                                              for s, e, lab in truth_events))
+    out = tmp_path / "out"
+    streamed = runner.invoke(app, ["stream", str(field.parent), "-m", str(graph), "--window", "0.5", "--merge",
+                                   "--min-conf", "0.8", "-o", str(out), "--format", "csv"])
+    assert streamed.exit_code == 0, streamed.output
+    result = runner.invoke(app, ["score-events", str(out / "detections.csv"), str(truth)])
+    assert result.exit_code == 0, result.output
+    assert "precision 1.000 (4/4), recall 1.000 (4/4)" in result.output
+    assert "chance (labels shuffled)" in result.output
