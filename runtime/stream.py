@@ -6,7 +6,6 @@ whatever the length of the recording. ``run_stream`` drives many sources with re
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,7 +317,3 @@ def run_sources(sources: Iterable, model: Model, config: DetectConfig, outputs: 
         tables = [str(outputs.table_path(n, CSV_SUFFIX).relative_to(outputs.out_dir)) for n in summary.done]
     outputs.combine(sorted(tables))
     return summary
-
-
-def print_line(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

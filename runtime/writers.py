@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from vocalprobe.runtime.atomic import atomic_write_text
+from vocalprobe.runtime.errors import VocalprobeError
 
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
                  "Begin File", "File Offset (s)", "Class", "Confidence")
@@ -43,8 +44,6 @@ class Detection:
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
-    from vocalprobe.runtime.errors import VocalprobeError
-
     formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
