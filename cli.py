@@ -10,6 +10,7 @@ import typer
 
 from vocalprobe import __version__
 from vocalprobe.runtime import cli_data, cli_runtime
+from vocalprobe.export import cli_export
 from vocalprobe.training import cli_aves, cli_study
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.command("bench")(cli_runtime.bench)
 app.command("score-events")(cli_runtime.score_events)
 app.command("convert-aves")(cli_aves.convert_aves)
 app.command("study")(cli_study.study)
+app.add_typer(cli_export.app, name="export")
 
 
 def _version(value: bool) -> None:

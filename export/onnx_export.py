@@ -208,7 +208,7 @@ def median_train_duration(manifest) -> float:
     from vocalprobe.runtime.audio import audio_info
 
     durations = []
-    for row in manifest.split("train"):
+    for row in manifest.split("train").rows:
         if row.start is not None and row.end is not None:
             durations.append(row.end - row.start)
             continue
@@ -230,7 +230,7 @@ def parity_clips(manifest, chunk_samples: int, *, split: str = "test", seconds: 
     from vocalprobe.runtime.clips import load_row
 
     pool: list[np.ndarray] = []
-    for row in manifest.split(split)[:max_rows]:
+    for row in manifest.split(split).rows[:max_rows]:
         try:
             samples = load_row(manifest, row)
         except VocalprobeError:

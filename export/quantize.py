@@ -76,7 +76,7 @@ class TrainClipReader:
         if max_clips < 1:
             raise QuantizationError(f"calibration needs at least 1 clip, got {max_clips}")
         self.manifest = manifest
-        rows = manifest.split(split)
+        rows = manifest.split(split).rows
         step = max(1, len(rows) // max_clips)  # spread over the split (manifests are often sorted by class)
         self.rows = rows[::step][:max_clips]
         self.max_samples = max_samples
