@@ -83,3 +83,17 @@ def test_tiny_classes_are_kept_and_reported():
 def test_bad_ratios():
     with pytest.raises(ManifestError, match="summing to 1"):
         assign_splits(rows({"a": 3}), ratios=(0.5, 0.2, 0.2))
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from vocalprobe.runtime.atomic import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "table.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "table.txt").stat().st_mode) == 0o644
