@@ -83,6 +83,8 @@ def stream(
     min_conf: Annotated[float, typer.Option(help="Report classes with probability >= this, per window.")] = 0.5,
     top_k: Annotated[Optional[int], typer.Option(help="At most this many classes per window.")] = None,
     merge: Annotated[bool, typer.Option(help="Join consecutive windows of the same class into one event.")] = False,
+    ignore: Annotated[Optional[list[str]], typer.Option(
+        help="Never report this class (repeatable), e.g. a detector's background/noise class.")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Fusion weights, e.g. 2,1,1 (one per --model).")] = None,
     sample_rate: Annotated[Optional[int], typer.Option(help="stdin only: sample rate of the raw PCM.")] = None,
     channels: Annotated[int, typer.Option(help="stdin only: interleaved channels (averaged to mono).")] = 1,
@@ -115,7 +117,11 @@ def stream(
     net = load_models([str(p) for p in model], weights=weights, provider=provider, threads=threads)
     window_s = window if window is not None else net.sample_duration
     plan = WindowPlan.from_seconds(window_s, hop, net.sample_rate, final_window)
-    config = DetectConfig(plan, batch=batch, min_conf=min_conf, top_k=top_k, merge=merge)
+    unknown = sorted(set(ignore or []) - set(net.classes))
+    if unknown:
+        raise fail(f"--ignore {', '.join(unknown)}: not a class of the model (classes: {', '.join(net.classes)})")
+    config = DetectConfig(plan, batch=batch, min_conf=min_conf, top_k=top_k, merge=merge,
+                          ignore=frozenset(ignore or []))
     _say(f"model: {net.describe()}")
     _say(f"providers in use: {', '.join(net.providers)}")
     _say(f"windows: {plan.window / net.sample_rate:g} s, hop {plan.hop / net.sample_rate:g} s, final window "
@@ -131,7 +137,8 @@ def stream(
         settings = {"models": [file_sha256(m.path) for m in members],
                     "weights": [float(w) for w in getattr(net, "weights", [1.0])],
                     "window": plan.window, "hop": plan.hop, "final_window": plan.final_window,
-                    "min_conf": min_conf, "top_k": top_k, "merge": merge, "formats": list(formats)}
+                    "min_conf": min_conf, "top_k": top_k, "merge": merge, "formats": list(formats),
+                    "ignore": sorted(ignore or [])}
         state = RunState(out, settings)
         if watch is not None:
             watcher = FolderWatcher(watch, settle_s=settle)

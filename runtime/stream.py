@@ -106,10 +106,13 @@ def window_probabilities(blocks: Iterable[np.ndarray], model: Model, plan: Windo
 
 
 def window_hits(probs: np.ndarray, classes: Sequence[str], min_conf: float,
-                top_k: int | None = None) -> list[tuple[str, float]]:
-    """Classes of one window at or above ``min_conf``, best first, at most ``top_k`` of them."""
+                top_k: int | None = None, ignore: frozenset[str] = frozenset()) -> list[tuple[str, float]]:
+    """Classes of one window at or above ``min_conf``, best first, at most ``top_k`` of them.
+
+    ``ignore`` names classes that are never reported (a detector's background / noise class).
+    """
     order = np.argsort(-probs, kind="stable")
-    hits = [(classes[i], float(probs[i])) for i in order if probs[i] >= min_conf]
+    hits = [(classes[i], float(probs[i])) for i in order if probs[i] >= min_conf and classes[i] not in ignore]
     return hits[:top_k] if top_k is not None else hits
 
 
@@ -152,6 +155,7 @@ class DetectConfig:
     min_conf: float = 0.5
     top_k: int | None = None
     merge: bool = False
+    ignore: frozenset[str] = frozenset()  # classes never reported, e.g. "background"
 
     def __post_init__(self):
         if not 0.0 <= self.min_conf <= 1.0:
@@ -193,7 +197,7 @@ def detect_stream(blocks: Iterable[np.ndarray], name: str, model: Model, config:
     n_windows = 0
     for window, probs in window_probabilities(counted(), model, config.plan, config.batch):
         n_windows += 1
-        emit(merger.push(window, window_hits(probs, model.classes, config.min_conf, config.top_k)))
+        emit(merger.push(window, window_hits(probs, model.classes, config.min_conf, config.top_k, config.ignore)))
     emit(merger.finish())
     detections.sort(key=lambda d: (d.start_s, d.label))
     return SourceResult(name, detections, n_windows, seconds)

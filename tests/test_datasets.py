@@ -119,7 +119,8 @@ def synthetic_set(tmp_path_factory):
 
 def test_synthetic_dataset_is_varied_and_split(synthetic_set):
     manifest = read_manifest(synthetic_set)
-    assert len(manifest.labels) >= 6 and len(manifest) == 12 * len(manifest.labels)
+    assert len(manifest.labels) >= 7 and len(manifest) == 12 * len(manifest.labels)
+    assert synthetic.BACKGROUND in manifest.labels
     infos = [audio_info(manifest.audio_path(r)) for r in manifest]
     assert {i.sample_rate for i in infos} == set(synthetic.SAMPLE_RATES)
     assert {"PCM_16", "PCM_24", "FLOAT", "PCM_U8"} <= {i.subtype for i in infos}
@@ -172,4 +173,5 @@ def test_field_recording_and_truth(synthetic_set):
     starts = [float(e["start_s"]) for e in events]
     assert starts == sorted(starts)
     assert all(float(e["end_s"]) <= 60.0 and float(e["end_s"]) > float(e["start_s"]) for e in events)
-    assert {e["label"] for e in events} <= {c.name for c in synthetic.CALL_TYPES}
+    assert {e["label"] for e in events} <= {c.name for c in synthetic.CALLS}
+    assert synthetic.BACKGROUND not in {e["label"] for e in events}

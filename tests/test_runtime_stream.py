@@ -239,7 +239,7 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, graph):
     plan = WindowPlan.from_seconds(0.5, None, 16_000)
     settings = {"models": [file_sha256(graph)], "weights": [1.0], "window": plan.window, "hop": plan.hop,
                 "final_window": "pad", "min_conf": 0.8, "top_k": None, "merge": True,
-                "formats": ["raven", "csv", "jsonl"]}
+                "formats": ["raven", "csv", "jsonl"], "ignore": []}
     files = collect_files([folder], block_size=4_096)
     sources = [files[0], _Interrupted(files[1].path, files[1].name, 4_096)] + files[2:]
     out = tmp_path / "resumed"
@@ -370,3 +370,25 @@ def test_folder_without_audio_is_an_error(tmp_path, graph):
     (tmp_path / "empty" / "notes.txt").write_text("no audio here")
     result = run_cli(["stream", tmp_path / "empty", "-m", graph, "-o", tmp_path / "out"])
     assert result.exit_code == 1 and "no .wav/.flac/.ogg files" in result.output
+
+
+def test_ignored_class_is_never_reported(tmp_path, graph):
+    from runtime_graphs import DEFAULT_CLASSES
+
+    from vocalprobe.runtime.stream import window_hits
+
+    probs = np.array([0.7, 0.2, 0.1], np.float32)
+    assert window_hits(probs, DEFAULT_CLASSES, 0.15) == [(DEFAULT_CLASSES[0], pytest.approx(0.7)),
+                                                         (DEFAULT_CLASSES[1], pytest.approx(0.2))]
+    assert [c for c, _ in window_hits(probs, DEFAULT_CLASSES, 0.15, ignore=frozenset({DEFAULT_CLASSES[0]}))] == [
+        DEFAULT_CLASSES[1]]
+    folder = make_folder(tmp_path)
+    plain = run_cli(["stream", folder, "-m", graph, "-o", tmp_path / "a", "--min-conf", "0.8"])
+    ignored = run_cli(["stream", folder, "-m", graph, "-o", tmp_path / "b", "--min-conf", "0.8",
+                       "--ignore", DEFAULT_CLASSES[0]])
+    assert plain.exit_code == 0 and ignored.exit_code == 0, ignored.output
+    labels = lambda out: {row["label"] for row in csv.DictReader((out / "detections.csv").open())}  # noqa: E731
+    assert DEFAULT_CLASSES[0] in labels(tmp_path / "a")
+    assert labels(tmp_path / "b") == labels(tmp_path / "a") - {DEFAULT_CLASSES[0]}
+    unknown = run_cli(["stream", folder, "-m", graph, "-o", tmp_path / "c", "--ignore", "noise"])
+    assert unknown.exit_code == 1 and "not a class of the model" in unknown.output

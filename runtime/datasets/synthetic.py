@@ -1,7 +1,7 @@
 """The embedded default dataset: synthetic animal calls that are learnable, realistic enough, and deterministic.
 
-Seven call types, each with random duration, pitch, harmonics and SNR over coloured background noise. Clips are
-written at mixed sample rates (22.05, 44.1, 48 kHz) and bit depths (8/16/24-bit PCM, float) in WAV and FLAC, so every
+Seven call types plus a ``background`` class (noise only: the negative class a detector needs), each with random
+duration, pitch, harmonics and SNR over coloured background noise. Clips are written at mixed sample rates (22.05, 44.1, 48 kHz) and bit depths (8/16/24-bit PCM, float) in WAV and FLAC, so every
 later step exercises real resampling and I/O. A 10-minute AudioMoth-style "field recording" with calls at known times
 and its ground-truth table serves the streaming classifier. Same seed, same bytes.
 """
@@ -106,6 +106,11 @@ def vibrato_whistle(n: int, sr: int, rng: Rng) -> np.ndarray:
     return _tone(freq, sr, 1, 1.0, rng) * _envelope(n, 0.1, 0.15)
 
 
+def no_call(n: int, sr: int, rng: Rng) -> np.ndarray:
+    """The negative class: the clip is background noise only, as most of any field recording is."""
+    return np.zeros(n)
+
+
 @dataclass(frozen=True)
 class CallType:
     name: str
@@ -122,7 +127,11 @@ CALL_TYPES = (
     CallType("click_train", click_train, 0.3, 3.0),
     CallType("bark", bark, 0.08, 0.6),
     CallType("vibrato_whistle", vibrato_whistle, 0.3, 2.5),
+    CallType("background", no_call, 0.3, 3.0),
 )
+#: The class a detector should not report (`vocalprobe stream --ignore background`).
+BACKGROUND = "background"
+CALLS = tuple(c for c in CALL_TYPES if c.name != BACKGROUND)
 
 
 def background(n: int, sr: int, rng: Rng) -> np.ndarray:
@@ -138,7 +147,8 @@ def background(n: int, sr: int, rng: Rng) -> np.ndarray:
 def synth_call(call: CallType, sr: int, rng: Rng) -> np.ndarray:
     seconds = float(np.exp(rng.uniform(np.log(call.min_seconds), np.log(call.max_seconds))))
     signal = call.synth(max(16, int(seconds * sr)), sr, rng)
-    return signal / (np.sqrt(np.mean(signal ** 2)) + 1e-12)
+    rms = np.sqrt(np.mean(signal ** 2))
+    return signal / rms if rms > 0 else signal
 
 
 def make_clip(call: CallType, sr: int, rng: Rng) -> np.ndarray:
@@ -185,7 +195,7 @@ def generate_field_recording(out_dir: Path, *, seed: int, minutes: float = 10.0,
     events = []
     t = rng.uniform(1.0, 4.0)
     while True:
-        call = CALL_TYPES[int(rng.integers(len(CALL_TYPES)))]
+        call = CALLS[int(rng.integers(len(CALLS)))]
         signal = synth_call(call, sample_rate, rng) * 0.02 * 10 ** (rng.uniform(10, 30) / 20)
         start = int(t * sample_rate)
         if start + len(signal) >= n - sample_rate:
