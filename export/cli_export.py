@@ -63,6 +63,9 @@ def study(
     quantize: QuantizeOpt = "none",
     calibration_clips: Annotated[int, typer.Option("--calibration-clips", min=1, help="Train clips used to "
                                                    "calibrate int8-static.")] = 32,
+    quant_tolerance: Annotated[Optional[float], typer.Option(
+        "--quant-tolerance", min=0.0, help="Max |Δprobability| of a quantized graph against PyTorch fp32 (default "
+        "0.25 for int8, 0.5 for int8-static); the UAR change is measured with `vocalprobe validate`.")] = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Export one probe of a study as ONE graph: preprocessing, backbone truncated after the layer, pooling, MLP.
@@ -75,7 +78,7 @@ def study(
 
     _set_threads(threads)
     result = export_from_study(study_dir, out, dataset=dataset, backbone=backbone, layer=layer, quantize=quantize,
-                               calibration_clips=calibration_clips, log=_say)
+                               calibration_clips=calibration_clips, quant_tolerance=quant_tolerance, log=_say)
     reports = [r for r in (result.parity, result.quantized_parity) if r is not None]
     for report in reports:
         _say(report.summary())

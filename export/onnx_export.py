@@ -252,9 +252,13 @@ def parity_clips(manifest, chunk_samples: int, *, split: str = "test", seconds: 
 
 def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: str | None = None,
                       backbone: str | None = None, layer: str | int = "best", quantize: str = "none",
-                      calibration_clips: int = 32, parity: bool = True,
+                      calibration_clips: int = 32, parity: bool = True, quant_tolerance: float | None = None,
                       log: Callable[[str], None] | None = None) -> ExportResult:
-    """Export a study's probe (default: the best layer on Val) as one ONNX graph at ``out_path``."""
+    """Export a study's probe (default: the best layer on Val) as one ONNX graph at ``out_path``.
+
+    ``quant_tolerance``: max |Δprobability| allowed for a quantized graph (default: the family's ``atol_int8`` or
+    ``atol_int8_static``).
+    """
     import torch
 
     from vocalprobe.export.families import family_of
@@ -331,8 +335,10 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
                 q.quantize_static_qdq(fp32, quantized, q.TrainClipReader(manifest, max_clips=calibration_clips,
                                                                          max_samples=chunk_samples))
             if parity:
+                tolerance = quant_tolerance if quant_tolerance is not None else (
+                    family.atol_int8 if quantize == "int8" else family.atol_int8_static)
                 quant_report = check_parity(pipeline, quantized, clips, chunk_samples=chunk_samples,
-                                            atol=family.atol_int8, atol_embedding=None, label=quantize)
+                                            atol=tolerance, atol_embedding=None, label=quantize)
             final = quantized
         os.replace(final, out_path)
     return ExportResult(out_path, read_metadata(out_path), report, quant_report)
