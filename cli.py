@@ -10,7 +10,7 @@ import typer
 
 from vocalprobe import __version__
 from vocalprobe.runtime import cli_data, cli_runtime
-from vocalprobe.export import cli_export
+from vocalprobe.export import cli_demo, cli_export
 from vocalprobe.training import cli_aves, cli_study
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.command("score-events")(cli_runtime.score_events)
 app.command("convert-aves")(cli_aves.convert_aves)
 app.command("study")(cli_study.study)
 app.add_typer(cli_export.app, name="export")
+app.command("demo")(cli_demo.demo)
 
 
 def _version(value: bool) -> None:

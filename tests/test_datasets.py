@@ -175,3 +175,17 @@ def test_field_recording_and_truth(synthetic_set):
     assert all(float(e["end_s"]) <= 60.0 and float(e["end_s"]) > float(e["start_s"]) for e in events)
     assert {e["label"] for e in events} <= {c.name for c in synthetic.CALLS}
     assert synthetic.BACKGROUND not in {e["label"] for e in events}
+
+
+def test_generator_version_marks_stale_datasets(synthetic_set, tmp_path):
+    folder = synthetic_set.parent
+    assert synthetic.is_current(folder, seed=3, clips_per_class=12)
+    assert not synthetic.is_current(folder, seed=4)
+    assert not synthetic.is_current(tmp_path)
+    info = folder / "synthetic.json"
+    text = info.read_text()
+    try:
+        info.write_text(text.replace(f'"generator_version": {synthetic.GENERATOR_VERSION}', '"generator_version": 1'))
+        assert not synthetic.is_current(folder, seed=3)
+    finally:
+        info.write_text(text)

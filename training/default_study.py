@@ -50,10 +50,11 @@ def default_study_config(root: str | Path = ".", **overrides: Any) -> StudyConfi
 
 def ensure_inputs(config: StudyConfig) -> None:
     """Generate the synthetic dataset and build the tiny checkpoints the demo config names, where missing."""
-    from vocalprobe.runtime.datasets.synthetic import generate_dataset
+    from vocalprobe.runtime.datasets.synthetic import generate_dataset, is_current
 
     for ds in config.datasets:
-        if not Path(ds.manifest).is_file():  # generate_dataset writes the manifest last: present means complete
+        # synthetic.json is written last: present, current and with our seed means complete and up to date
+        if not is_current(Path(ds.manifest).parent, seed=DATASET_SEED):
             generate_dataset(Path(ds.manifest).parent, seed=DATASET_SEED)
     for seed, path in enumerate(config.backbones):
         folder = Path(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ SAMPLE_RATES = (22_050, 44_100, 48_000)
 # (container format, subtype, extension): 8/16/24-bit PCM, float32, FLAC.
 ENCODINGS = (("WAV", "PCM_16", ".wav"), ("WAV", "PCM_24", ".wav"), ("WAV", "FLOAT", ".wav"),
              ("WAV", "PCM_U8", ".wav"), ("FLAC", "PCM_16", ".flac"))
+#: Bumped whenever the generator's output changes, so a dataset made by an older version is regenerated.
+GENERATOR_VERSION = 2
 FIELD_SAMPLE_RATE = 48_000
 FIELD_NAME = "20250601_053000.WAV"  # AudioMoth names files by their UTC start time
 
@@ -233,4 +236,16 @@ def generate_dataset(out_dir: str | Path, *, seed: int = 42, clips_per_class: in
         generate_field_recording(out_dir, seed=seed, minutes=field_minutes)
     manifest_path = out_dir / "manifest.csv"
     write_manifest(manifest_path, rows)
+    atomic_write_text(out_dir / "synthetic.json", json.dumps(
+        {"generator_version": GENERATOR_VERSION, "seed": seed, "clips_per_class": clips_per_class,
+         "field_minutes": field_minutes, "stratify": stratify}, indent=2) + "\n")
     return manifest_path
+
+
+def is_current(out_dir: str | Path, **settings) -> bool:
+    """True when ``out_dir`` holds a complete dataset made by this generator version with these settings."""
+    info_path = Path(out_dir) / "synthetic.json"
+    if not (Path(out_dir) / "manifest.csv").is_file() or not info_path.is_file():
+        return False
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    return info.get("generator_version") == GENERATOR_VERSION and all(info.get(k) == v for k, v in settings.items())
