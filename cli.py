@@ -21,15 +21,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+# In the order of the workflow: the demo, then data -> study -> export -> validate -> field runtime.
+app.command("demo")(cli_demo.demo)
 app.add_typer(cli_data.app, name="data")
-app.command("stream")(cli_runtime.stream)
+app.command("study")(cli_study.study)
+app.command("convert-aves")(cli_aves.convert_aves)
+app.add_typer(cli_export.app, name="export")
 app.command("validate")(cli_runtime.validate)
+app.command("stream")(cli_runtime.stream)
 app.command("bench")(cli_runtime.bench)
 app.command("score-events")(cli_runtime.score_events)
-app.command("convert-aves")(cli_aves.convert_aves)
-app.command("study")(cli_study.study)
-app.add_typer(cli_export.app, name="export")
-app.command("demo")(cli_demo.demo)
 
 
 def _version(value: bool) -> None:
