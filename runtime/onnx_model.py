@@ -209,7 +209,14 @@ class OnnxModel:
     def describe(self) -> str:
         meta = self.info.metadata
         bits = [f"{self.path.name}"]
-        if "backbone" in meta:
+        if "members" in meta:
+            try:
+                members = json.loads(meta["members"])
+                bits.append("fusion of " + " + ".join(f"{m.get('backbone', '?')} L{m.get('layer', '?')}"
+                                                      for m in members))
+            except (ValueError, TypeError, AttributeError):
+                bits.append("fusion graph")
+        elif "backbone" in meta:
             bits.append(f"{meta['backbone']} layer {meta.get('layer', '?')}")
         bits.append(f"{len(self.classes)} classes, {self.sample_duration:g} s window, "
                     f"on {', '.join(self.providers)}")
