@@ -20,12 +20,7 @@ from vocalprobe.training.features import FrameStats, LayerFeatures
 DURATIONS = [0.1, 0.5, 0.2, 1.3, 0.5, 0.05, 0.9]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

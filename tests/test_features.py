@@ -21,12 +21,7 @@ from vocalprobe.training.features import (
 FAMILIES = ("hubert", "wav2vec2", "wavlm")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _reference(model, waveform: torch.Tensor) -> torch.Tensor:

@@ -16,12 +16,7 @@ from vocalprobe.training.probe import (MLPProbe, NotFittedError, ProbeCheckpoint
 N_CLASSES, N_FEATURES = 5, 24
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def blobs(n: int, *, seed: int, spread: float = 1.5):
