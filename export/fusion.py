@@ -13,7 +13,6 @@ backbone, layer, quantization and weight.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence

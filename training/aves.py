@@ -483,7 +483,6 @@ translated ``HubertConfig``, so a mistake in the config translation shows up as 
 
     Written from fairseq's HubertModel/TransformerEncoder; runs in the dtype of ``waveform`` (use float64).
     """
-    import torch
     import torch.nn.functional as F
 
     dtype = waveform.dtype

@@ -415,7 +415,7 @@ def report_markdown(study_dir: Path, summary: StudySummary, figures: list[tuple[
 
     probe = cfg.get("probe", {})
     out += ["## Method", "",
-            f"- Features: every layer's hidden states (L0 = transformer input), mean and population std over time "
+            "- Features: every layer's hidden states (L0 = transformer input), mean and population std over time "
             "(2·D), clips resampled to 16 kHz, peak-normalised, clips under 5,000 samples tiled.",
             f"- Probe: z-score with Train statistics; {len(probe.get('hidden_sizes', []))} × [Linear, LayerNorm, ReLU] "
             f"with {', '.join(map(str, probe.get('hidden_sizes', [])))} units, then Linear; cross-entropy; Adam lr "
