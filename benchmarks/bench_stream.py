@@ -8,15 +8,13 @@
     python benchmarks/bench_stream.py A.onnx B.onnx C.onnx --fuse
     python benchmarks/bench_stream.py --stand-in 3 --stand-in 12   # needs torch + transformers
 
-``--stand-in L`` exports a *randomly initialised* HuBERT-base truncated after layer L with the export contract's
-inputs, outputs and metadata (peak normalisation, mean+std pooling, linear + softmax head): the compute of a real
-exported model, for timing only. Re-run with the exporter's graphs when they exist.
+``--stand-in L`` exports a *randomly initialised* HuBERT-base truncated after layer L with vocalprobe's exporter and
+a random probe: exactly the graph `vocalprobe export` writes for a base model at layer L, for timing.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -38,41 +36,29 @@ def small_graph(folder: Path) -> Path:
 
 
 def stand_in(layer: int, folder: Path, n_classes: int = 7) -> Path:
-    """A random-init HuBERT-base cut after ``layer``, exported to the vocalprobe graph contract (timing only)."""
-    import onnx
+    """A random-init HuBERT-base cut after ``layer``, exported by vocalprobe's own exporter (the deployed graph:
+    preprocessing, truncated backbone, mean+std pooling, z-score, MLP probe, softmax, optional state inputs)."""
     import torch
-    from transformers import HubertConfig, HubertModel
+    import transformers
+
+    from vocalprobe.export.metadata import build_metadata
+    from vocalprobe.export.onnx_export import export_pipeline
+    from vocalprobe.training.pipeline import ProbePipeline
+    from vocalprobe.training.probe import MLPProbe
 
     path = folder / f"hubert-base-random-L{layer}.onnx"
     if path.exists():
         return path
-    torch.manual_seed(0)
-    backbone = HubertModel(HubertConfig(num_hidden_layers=layer)).eval()
-
-    class Probe(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = backbone
-            self.head = torch.nn.Linear(2 * 768, n_classes)
-
-        def forward(self, waveform):
-            peak = waveform.abs().amax(dim=1, keepdim=True).clamp_min(1e-9)
-            hidden = self.backbone(waveform / peak).last_hidden_state  # (b, frames, 768)
-            embedding = torch.cat([hidden.mean(1), hidden.std(1)], dim=1)  # (b, 1536)
-            return torch.softmax(self.head(embedding), dim=-1), embedding
-
-    shapes = {"waveform": {0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=1000, max=16000 * 600)}}
-    torch.onnx.export(Probe().eval(), (torch.randn(2, 16000),), str(path), input_names=["waveform"],
-                      output_names=["probabilities", "embedding"], dynamic_shapes=shapes, dynamo=True,
-                      external_data=False)
-    model = onnx.load(str(path))
-    meta = {"classes": json.dumps([f"call{i}" for i in range(n_classes)]), "sample_rate": "16000",
-            "sample_duration": "1.0", "class_outputs_key": "probabilities", "embedding_outputs_key": "embedding",
-            "backbone": "random-init hubert-base (benchmark stand-in)", "layer": str(layer)}
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, str(path))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(layer)
+        backbone = transformers.HubertModel(transformers.HubertConfig()).eval()
+        probe = MLPProbe(2 * backbone.config.hidden_size, n_classes).eval()
+    pipeline = ProbePipeline(backbone, probe, layer)
+    meta = build_metadata(classes=[f"call{i}" for i in range(n_classes)], sample_rate=16_000, sample_duration=1.0,
+                          max_chunk_samples=20 * 16_000,
+                          extra={"backbone": "random-init hubert-base (benchmark)", "layer": str(layer)})
+    with torch.no_grad():
+        export_pipeline(pipeline, path, metadata=meta)
     return path
 
 
