@@ -1,16 +1,25 @@
-"""Export benchmark: a base-size backbone (random weights) truncated at several layers, four ways to run it.
+"""Export benchmark: a base-size backbone (random weights) truncated at several layers, several ways to run it.
 
 For each layer L it builds the probe pipeline (HuBERT-base geometry: 768 wide, 12 layers, 512-channel CNN; random
-weights saved with save_pretrained and loaded through the normal loader), exports it, quantizes it twice, and
-prints audio-seconds per second (x real time) on this CPU for:
+weights saved with save_pretrained and loaded through the normal loader), exports it, quantizes it, and prints
+audio-seconds per second (x real time) on this CPU for the chosen ``--variants``:
 
-* PyTorch eager (``ProbePipeline.predict``), * onnxruntime fp32, * int8 dynamic (MatMul only),
-* int8 static (QDQ, Conv + MatMul, calibrated on a few synthetic calls),
+* ``eager``: PyTorch (``ProbePipeline.predict``), * ``fp32``: onnxruntime fp32,
+* ``int8``: dynamic int8, MatMul only (``--quantize int8``),
+* ``int8-static``: ``DEFAULT_STATIC_RECIPE`` (``--quantize int8-static``): static QDQ of every Conv but the input
+  conv, dynamic int8 MatMul, fp32 head,
+* ``static-all``: static QDQ of every Conv and MatMul (the first recipe: the input conv quantized too),
+* ``static-qdq-matmul``: as ``int8-static`` but the MatMuls static QDQ too,
 
-plus each graph's file size and the max |Δprobability| of the int8 graphs against fp32 on the timed clips. Random
-weights say nothing about accuracy: the UAR change of quantization is measured with ``vocalprobe validate`` on a
-study's graphs. Usage: ``python benchmarks/bench_export.py [--layers 0,3,6,12] [--threads 2]`` (about 5 minutes on
-2 cores).
+calibrated on a few synthetic calls. Each cell is timed ``--rounds`` times, interleaved with the other variants, and
+the best round is reported (on shared cores the best round is the least disturbed one).
+
+Accuracy proxies of each graph against ORT fp32 (random weights say nothing about real accuracy; the UAR change is
+measured with ``vocalprobe validate`` on a study's graphs): max |Δprobability| of a random probe, and the error of the
+pooled embedding relative to its between-clip standard deviation over ``--accuracy-clips`` different synthetic calls
+(median and 95th percentile over clips x features; a probe z-scores its features by such a spread, so ~0.1 already
+moves decisions). Usage: ``python benchmarks/bench_export.py [--layers 0,3,6,12] [--variants ...] [--threads 2]``
+(about 5 minutes on 2 cores with the defaults).
 """
 
 from __future__ import annotations
@@ -49,15 +58,34 @@ def rate(run, audio_seconds: float, budget: float) -> float:
             return runs * audio_seconds / elapsed
 
 
+VARIANTS = ("eager", "fp32", "int8", "int8-static", "static-all", "static-qdq-matmul")
+
+
+def static_recipes():
+    from vocalprobe.export.quantize import DEFAULT_STATIC_RECIPE, StaticRecipe
+
+    return {"int8-static": DEFAULT_STATIC_RECIPE,
+            "static-all": StaticRecipe(matmul="static", fp32_input_conv=False, fp32_head=False),
+            "static-qdq-matmul": DEFAULT_STATIC_RECIPE.with_(matmul="static")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", default="0,3,6,12")
+    parser.add_argument("--variants", default="eager,fp32,int8,int8-static",
+                        help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clip-seconds", type=float, default=4.0, help="length of the timed clip")
-    parser.add_argument("--budget", type=float, default=3.0, help="seconds of timing per cell")
+    parser.add_argument("--budget", type=float, default=3.0, help="seconds of timing per cell and round")
+    parser.add_argument("--rounds", type=int, default=1, help="timing rounds per cell (best reported)")
     parser.add_argument("--calibration-clips", type=int, default=8)
+    parser.add_argument("--accuracy-clips", type=int, default=16)
     args = parser.parse_args()
     layers = [int(x) for x in args.layers.split(",")]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or not variants:
+        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
 
     import onnxruntime as ort
     import torch
@@ -74,6 +102,10 @@ def main() -> None:
     ort.set_default_logger_severity(3)  # the quantizer's own sessions warn about the optional inputs
     clip = calls(1, args.clip_seconds, seed=0)  # [1, samples]
     calibration = calls(args.calibration_clips, 2.0, seed=1)
+    probe_clips = calls(4, 3.0, seed=2)
+    accuracy_clips = calls(args.accuracy_clips, 2.0, seed=3)
+    recipes = static_recipes()
+    graphs = [v for v in variants if v != "eager"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         tmp = Path(tmp)
@@ -83,7 +115,7 @@ def main() -> None:
         backbone = load_backbone(tmp / "hubert-base-random")
         print(f"backbone: HuBERT-base geometry, random weights ({sum(p.numel() for p in backbone.model.parameters()) / 1e6:.1f} M "
               f"parameters); clip {args.clip_seconds:g} s, batch 1; torch {torch.__version__}, onnxruntime "
-              f"{ort.__version__}, {args.threads} threads", flush=True)
+              f"{ort.__version__}, {args.threads} threads, best of {args.rounds} round(s)", flush=True)
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
@@ -98,35 +130,55 @@ def main() -> None:
             t0 = time.perf_counter()
             fp32 = export_pipeline(pipeline, tmp / f"L{layer}.onnx", metadata=meta)
             export_s = time.perf_counter() - t0
-            dyn = quantize_dynamic_matmul(fp32, tmp / f"L{layer}-int8.onnx")
+            paths = {"fp32": fp32}
+            for name in graphs:
+                if name == "int8":
+                    paths[name] = quantize_dynamic_matmul(fp32, tmp / f"L{layer}-int8.onnx")
+                elif name in recipes:
+                    class Reader:
+                        def __init__(self):
+                            self.items = iter([{"waveform": c[None]} for c in calibration])
 
-            class Reader:
-                def __init__(self):
-                    self.items = iter([{"waveform": c[None]} for c in calibration])
+                        def get_next(self):
+                            return next(self.items, None)
 
-                def get_next(self):
-                    return next(self.items, None)
-
-            static = quantize_static_qdq(fp32, tmp / f"L{layer}-int8-static.onnx", Reader())
+                    paths[name] = quantize_static_qdq(fp32, tmp / f"L{layer}-{name}.onnx", Reader(), recipes[name])
+            sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                        for name, path in paths.items()}
             x = torch.from_numpy(clip)
-            cells = {"eager": rate(lambda: pipeline.predict(x), args.clip_seconds, args.budget)}
-            probs = {}
-            for name, path in (("fp32", fp32), ("int8", dyn), ("int8-static", static)):
-                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-                cells[name] = rate(lambda: session.run(["probabilities"], {"waveform": clip}), args.clip_seconds,
-                                   args.budget)
-                probs[name] = session.run(["probabilities"], {"waveform": calls(4, 3.0, seed=2)})[0]
-                cells[name + "_mb"] = path.stat().st_size / 1e6
-            row = (layer, cells, export_s, float(np.abs(probs["int8"] - probs["fp32"]).max()),
-                   float(np.abs(probs["int8-static"] - probs["fp32"]).max()))
-            rows.append(row)
-            print(f"L={layer:2d}: eager {cells['eager']:5.1f}x  ort fp32 {cells['fp32']:5.1f}x  int8 {cells['int8']:5.1f}x"
-                  f"  int8-static {cells['int8-static']:5.1f}x  (export {export_s:.0f} s)", flush=True)
-    print("\n| L | eager | ORT fp32 | int8 MatMul | int8 static | MB fp32 / int8 / static | max dp int8 / static |")
-    print("|---|---|---|---|---|---|---|")
-    for layer, c, _, d_dyn, d_static in rows:
-        print(f"| {layer} | {c['eager']:.1f}x | {c['fp32']:.1f}x | {c['int8']:.1f}x | {c['int8-static']:.1f}x | "
-              f"{c['fp32_mb']:.0f} / {c['int8_mb']:.0f} / {c['int8-static_mb']:.0f} | {d_dyn:.3f} / {d_static:.3f} |")
+            runs = {name: (lambda s=session: s.run(["probabilities"], {"waveform": clip}))
+                    for name, session in sessions.items()}
+            runs["eager"] = lambda: pipeline.predict(x)
+            cells: dict[str, float] = {}
+            for _ in range(args.rounds):
+                for name in variants:
+                    cells[name] = max(cells.get(name, 0.0), rate(runs[name], args.clip_seconds, args.budget))
+            probs, embeddings = {}, {}
+            for name, session in sessions.items():
+                probs[name] = session.run(["probabilities"], {"waveform": probe_clips})[0]
+                embeddings[name] = np.concatenate([session.run(["embedding"], {"waveform": c[None]})[0]
+                                                   for c in accuracy_clips])
+            spread = embeddings["fp32"].std(axis=0) + 1e-12
+            accuracy = {}
+            for name in graphs:
+                if name == "fp32":
+                    continue
+                rel = np.abs(embeddings[name] - embeddings["fp32"]) / spread
+                accuracy[name] = (float(np.abs(probs[name] - probs["fp32"]).max()), float(np.median(rel)),
+                                  float(np.percentile(rel, 95)), paths[name].stat().st_size / 1e6)
+            rows.append((layer, cells, accuracy, paths["fp32"].stat().st_size / 1e6))
+            print(f"L={layer:2d}: " + "  ".join(f"{name} {cells[name]:5.1f}x" for name in variants)
+                  + f"  (export {export_s:.0f} s)", flush=True)
+    print("\n| L | " + " | ".join(variants) + " |")
+    print("|---|" + "---|" * len(variants))
+    for layer, cells, _, _ in rows:
+        print(f"| {layer} | " + " | ".join(f"{cells[name]:.1f}x" for name in variants) + " |")
+    print("\n| L | graph | MB | max dp | emb err / spread: median | p95 |")
+    print("|---|---|---|---|---|---|")
+    for layer, _, accuracy, fp32_mb in rows:
+        print(f"| {layer} | fp32 | {fp32_mb:.0f} | - | - | - |")
+        for name, (dp, med, p95, mb) in accuracy.items():
+            print(f"| {layer} | {name} | {mb:.0f} | {dp:.3f} | {med:.3f} | {p95:.3f} |")
 
 
 if __name__ == "__main__":

@@ -330,8 +330,8 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
                 log("quantizing: dynamic int8, MatMul only")
                 q.quantize_dynamic_matmul(fp32, quantized)
             else:
-                log(f"quantizing: static int8 (QDQ, Conv + MatMul), calibrated on up to {calibration_clips} "
-                    "Train clips")
+                log(f"quantizing: static int8 (QDQ: {q.DEFAULT_STATIC_RECIPE.describe()}), calibrated on up to "
+                    f"{calibration_clips} Train clips")
                 q.quantize_static_qdq(fp32, quantized, q.TrainClipReader(manifest, max_clips=calibration_clips,
                                                                          max_samples=chunk_samples))
             if parity:

@@ -3,31 +3,158 @@
 * ``quantize_dynamic_matmul``: dynamic int8 restricted to MatMul (transformer projections, feed-forward, probe).
   The default ``quantize_dynamic`` also turns the CNN's Conv into ConvInteger, which runs about 2x SLOWER on CPU,
   so Conv stays fp32 here. The graph is pre-processed first (``quant_pre_process``: shape inference + fusions).
-* ``quantize_static_qdq``: static int8 in QDQ format of Conv AND MatMul, activation ranges calibrated on the study's
-  Train clips (``TrainClipReader``). The CNN front end is most of the cost at small layers, so this is the mode that
-  can go faster than fp32 there; its accuracy must be checked with ``vocalprobe validate``.
+* ``quantize_static_qdq``: static int8 in QDQ format, activation ranges calibrated on the study's Train clips
+  (``TrainClipReader``). What is quantized, and how, is a ``StaticRecipe``; ``DEFAULT_STATIC_RECIPE`` is the one
+  ``--quantize int8-static`` uses: the CNN's convolutions static int8 (all but the input conv), the MatMuls dynamic
+  int8 (as ``int8``), the head fp32. The CNN front end is most of the cost at small layers, so this is the mode that
+  goes faster than fp32 there (HuBERT-base geometry, 2 cores: ~45x real time at L=3 vs ~22x fp32 / ~24x ``int8``).
 
-The parity check of a quantized graph uses the family's ``atol_int8`` against the PyTorch fp32 pipeline; the
-deciding number is the UAR change reported by ``validate``.
+  Accuracy, measured (README "int8"): static int8 of the CNN's activations is NOT accurate on the untrained
+  backbones this project can test offline: on the embedded demo it changes 13-15% of the clips' decisions (the
+  export's parity guard refuses two of the three tiny backbones), whatever the calibration (MinMax, Percentile,
+  Entropy), range or symmetry option. The CNN's inter-layer activations are heavy-tailed (max ~ 40 x std after each
+  GELU, with no normalisation in between), so 8-bit per-tensor activations are coarse, and a probe z-scores pooled
+  features by their between-clip spread, which small errors already cross. Use ``int8`` unless ``validate`` shows
+  the static graph within tolerance on your (trained) backbone.
+
+Which nodes a recipe keeps in fp32 is decided from the graph's structure (``static_plan``), not from node names:
+
+* the *input conv*: a Conv that no other Conv feeds (the CNN's first layer, which sees the waveform). Quantizing its
+  input would store the peak-normalised waveform in 8 bits (quiet calls fall to a few levels), and the GroupNorm that
+  follows it amplifies whatever error its per-channel-small outputs get. It is ~1% of the CNN's FLOPs.
+* the *positional conv*: a grouped Conv (``group > 1``, the transformer's convolutional position embedding).
+* the *head*: every node fed, directly or not, by the state inputs ``prior_count`` / ``prior_mean`` / ``prior_m2``
+  (the statistics merge, z-scoring, MLP, softmax). The pooling before the merge has no Conv or MatMul.
+
+The parity check of a quantized graph uses the family's ``atol_int8`` / ``atol_int8_static`` against the PyTorch fp32
+pipeline; the deciding number is the UAR change reported by ``validate``.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from vocalprobe.runtime.errors import VocalprobeError
 
-__all__ = ["QuantizationError", "quantize_dynamic_matmul", "quantize_static_qdq", "TrainClipReader"]
+__all__ = ["QuantizationError", "quantize_dynamic_matmul", "quantize_static_qdq", "TrainClipReader", "StaticRecipe",
+           "StaticPlan", "static_plan", "DEFAULT_STATIC_RECIPE", "STATE_INPUTS"]
+
+#: The graph's optional accumulator inputs; everything they feed is the head (see the module docs).
+STATE_INPUTS = ("prior_count", "prior_mean", "prior_m2")
+_CALIBRATIONS = ("MinMax", "Percentile", "Entropy")
+_MODES = ("static", "dynamic", "fp32")
 
 
 class QuantizationError(VocalprobeError):
-    """onnxruntime's quantizer could not process the graph."""
+    """onnxruntime's quantizer could not process the graph, or a recipe is invalid."""
 
 
-def _carry_metadata(source: Path, target: Path, kind: str) -> None:
+@dataclass(frozen=True)
+class StaticRecipe:
+    """How ``quantize_static_qdq`` quantizes a graph.
+
+    ``conv`` / ``matmul``: "static" (QDQ, calibrated activations), "dynamic" (MatMul only: int8 weights, activations
+    quantized at run time) or "fp32". ``fp32_input_conv`` / ``fp32_positional_conv`` / ``fp32_head``: keep those nodes
+    in fp32 (module docs). ``calibration``: MinMax, Percentile (``percentile``) or Entropy. ``per_channel``: per
+    output-channel weight scales. ``reduce_range``: 7-bit weights (avoids int16 overflow of older VNNI-less
+    kernels). ``activation_symmetric``: symmetric activation ranges. ``matmul_const_b_only``: statically quantize only
+    MatMuls with a constant (weight) operand, not attention's activation x activation products.
+    ``conv_output_quantized``: False leaves Conv outputs in fp32 (one rounding less per layer, but onnxruntime then
+    cannot fuse the Conv into QLinearConv).
+    """
+
+    conv: str = "static"
+    matmul: str = "dynamic"
+    fp32_input_conv: bool = True
+    fp32_positional_conv: bool = False
+    fp32_head: bool = True
+    calibration: str = "MinMax"
+    percentile: float = 99.999
+    per_channel: bool = True
+    reduce_range: bool = False
+    activation_symmetric: bool = False
+    matmul_const_b_only: bool = False
+    conv_output_quantized: bool = True
+
+    def __post_init__(self):
+        if self.conv not in ("static", "fp32"):
+            raise QuantizationError(f"recipe conv must be 'static' or 'fp32', got {self.conv!r}")
+        if self.matmul not in _MODES:
+            raise QuantizationError(f"recipe matmul must be one of {', '.join(_MODES)}, got {self.matmul!r}")
+        if self.calibration not in _CALIBRATIONS:
+            raise QuantizationError(f"recipe calibration must be one of {', '.join(_CALIBRATIONS)}, "
+                                    f"got {self.calibration!r}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise QuantizationError(f"recipe percentile must be in (50, 100], got {self.percentile}")
+
+    def with_(self, **changes) -> "StaticRecipe":
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        kept = [name for name, keep in (("input conv", self.fp32_input_conv),
+                                        ("positional conv", self.fp32_positional_conv), ("head", self.fp32_head)) if keep]
+        calib = self.calibration + (f" {self.percentile:g}" if self.calibration == "Percentile" else "")
+        return (f"Conv {self.conv}, MatMul {self.matmul}; fp32: {', '.join(kept) or 'nothing'}; {calib} calibration"
+                + (", per-channel weights" if self.per_channel else "") + (", reduce_range" if self.reduce_range else "")
+                + (", symmetric activations" if self.activation_symmetric else "")
+                + (", MatMul with constant B only" if self.matmul_const_b_only else "")
+                + ("" if self.conv_output_quantized else ", fp32 Conv outputs"))
+
+
+#: ``--quantize int8-static``: Conv static QDQ except the input conv, MatMul dynamic, head fp32 (measurements and the
+#: choice: the README's "int8" section and benchmarks/bench_export.py).
+DEFAULT_STATIC_RECIPE = StaticRecipe()
+
+
+@dataclass
+class StaticPlan:
+    """Node names a recipe keeps in fp32, by reason (``static_plan``)."""
+
+    input_convs: list[str] = field(default_factory=list)
+    positional_convs: list[str] = field(default_factory=list)
+    head: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)  # the union the recipe asks for, in graph order
+
+
+def _downstream(graph, sources: set[str]) -> list:
+    """Nodes fed (directly or not) by the values ``sources``, in graph (topological) order."""
+    reached, nodes = set(sources), []
+    for node in graph.node:
+        if any(name in reached for name in node.input):
+            nodes.append(node)
+            reached.update(node.output)
+    return nodes
+
+
+def static_plan(model, recipe: StaticRecipe = DEFAULT_STATIC_RECIPE) -> StaticPlan:
+    """Which nodes of ``model`` (an ``onnx.ModelProto``) ``recipe`` keeps in fp32; names must be unique and set."""
+    graph = model.graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    conv_outputs = {o for n in convs for o in n.output}
+    fed_by_conv = {id(n) for n in _downstream(graph, conv_outputs)}
+    plan = StaticPlan()
+    plan.input_convs = [n.name for n in convs if id(n) not in fed_by_conv]
+    plan.positional_convs = [n.name for n in convs
+                             if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    inputs = {i.name for i in graph.input}
+    plan.head = [n.name for n in _downstream(graph, {name for name in STATE_INPUTS if name in inputs})]
+    chosen = set()
+    for keep, names in ((recipe.fp32_input_conv, plan.input_convs),
+                        (recipe.fp32_positional_conv, plan.positional_convs), (recipe.fp32_head, plan.head)):
+        if keep:
+            chosen.update(names)
+    if "" in chosen:
+        raise QuantizationError("the graph has unnamed nodes; static_plan needs node names")
+    plan.excluded = [n.name for n in graph.node if n.name in chosen]
+    return plan
+
+
+def _carry_metadata(source: Path, target: Path, kind: str, extra: dict[str, str] | None = None) -> None:
     import onnx
 
     from vocalprobe.export.metadata import get_metadata, set_metadata
@@ -35,7 +162,7 @@ def _carry_metadata(source: Path, target: Path, kind: str) -> None:
 
     meta = get_metadata(onnx.load(str(source), load_external_data=False))
     model = onnx.load(str(target))
-    set_metadata(model, {**meta, "quantization": kind})
+    set_metadata(model, {**meta, "quantization": kind, **(extra or {})})
     save_model(model, target)
 
 
@@ -50,16 +177,35 @@ def _preprocess(source: Path, work: Path) -> Path:
     return out
 
 
-def quantize_dynamic_matmul(source: str | Path, target: str | Path) -> Path:
-    """Dynamic int8 (weights int8, activations quantized at run time) of every MatMul; Conv stays fp32."""
+class _DropAlreadyQuantizedWarning(logging.Filter):
+    """onnxruntime warns on the root logger when a graph has Q/DQ nodes already; the hybrid recipe does that on
+    purpose (static Conv, then dynamic MatMul)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "already quantized" not in record.getMessage()
+
+
+def _dynamic_matmul(source: Path, out: Path, *, nodes_to_exclude=()) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # the dynamic quantizer first rewrites every Gemm as MatMul + Add (named ``<gemm>_MatMul``): exclude those too
+    excluded = [name for node in nodes_to_exclude for name in (node, f"{node}_MatMul")]
+    root, quiet = logging.getLogger(), _DropAlreadyQuantizedWarning()
+    root.addFilter(quiet)
+    try:
+        quantize_dynamic(str(source), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                         per_channel=False, nodes_to_exclude=excluded)
+    finally:
+        root.removeFilter(quiet)
+
+
+def quantize_dynamic_matmul(source: str | Path, target: str | Path) -> Path:
+    """Dynamic int8 (weights int8, activations quantized at run time) of every MatMul; Conv stays fp32."""
     source, target = Path(source), Path(target)
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp:
         pre = _preprocess(source, Path(tmp))
         out = Path(tmp) / "int8.onnx"
-        quantize_dynamic(str(pre), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         per_channel=False)
+        _dynamic_matmul(pre, out)
         _carry_metadata(source, out, "int8")
         out.replace(target)
     return target
@@ -105,24 +251,67 @@ class TrainClipReader:
         self._iter = None
 
 
-def quantize_static_qdq(source: str | Path, target: str | Path, reader) -> Path:
-    """Static int8 QDQ of Conv and MatMul (per-channel int8 weights, uint8 activations), calibrated on ``reader``."""
+class _EqualLengthWindows:
+    """The calibration inputs cut into windows of the shortest one's length (at most ``per_clip`` per clip):
+    onnxruntime's histogram calibrators (Percentile, Entropy) stack all activations and need equal shapes."""
+
+    def __init__(self, reader, per_clip: int = 4):
+        waves = []
+        while (item := reader.get_next()) is not None:
+            waves.append(np.asarray(item["waveform"], dtype=np.float32))
+        if not waves:
+            raise QuantizationError("no calibration clip could be read")
+        n = min(w.shape[-1] for w in waves)
+        self.items = [{"waveform": np.ascontiguousarray(w[..., i * n:(i + 1) * n])}
+                      for w in waves for i in range(min(per_clip, w.shape[-1] // n))]
+        self._iter = iter(self.items)
+
+    def get_next(self):
+        return next(self._iter, None)
+
+
+def quantize_static_qdq(source: str | Path, target: str | Path, reader,
+                        recipe: StaticRecipe = DEFAULT_STATIC_RECIPE) -> Path:
+    """Static int8 QDQ of ``source`` following ``recipe`` (int8 weights, uint8 activations), calibrated on
+    ``reader`` (an object with ``get_next() -> {"waveform": [1, samples]} | None``)."""
+    import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
     source, target = Path(source), Path(target)
+    if recipe.calibration != "MinMax":
+        reader = _EqualLengthWindows(reader)
 
     class _Reader(CalibrationDataReader):  # onnxruntime checks the base class
         def get_next(self):
             return reader.get_next()
 
+    op_types = (["Conv"] if recipe.conv == "static" else []) + (["MatMul"] if recipe.matmul == "static" else [])
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp:
         pre = _preprocess(source, Path(tmp))
+        plan = static_plan(onnx.load(str(pre)), recipe)
         out = Path(tmp) / "int8-static.onnx"
-        quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["Conv", "MatMul"], activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"CalibTensorRangeSymmetric": False})
-        _carry_metadata(source, out, "int8-static")
+        if op_types:
+            extra = {"CalibTensorRangeSymmetric": False, "ActivationSymmetric": recipe.activation_symmetric,
+                     "MatMulConstBOnly": recipe.matmul_const_b_only}
+            if not recipe.conv_output_quantized:
+                extra["OpTypesToExcludeOutputQuantization"] = ["Conv"]
+            if recipe.calibration == "Percentile":
+                extra["CalibPercentile"] = recipe.percentile
+            try:
+                quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=op_types, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, per_channel=recipe.per_channel,
+                                reduce_range=recipe.reduce_range, nodes_to_exclude=plan.excluded,
+                                calibrate_method=getattr(CalibrationMethod, recipe.calibration), extra_options=extra)
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+                raise QuantizationError(f"{source}: static quantization failed ({exc})") from exc
+        else:
+            onnx.save(onnx.load(str(pre)), str(out))
+        if recipe.matmul == "dynamic":
+            dynamic = Path(tmp) / "int8-mixed.onnx"
+            _dynamic_matmul(out, dynamic, nodes_to_exclude=static_plan(onnx.load(str(out)), recipe).excluded)
+            out = dynamic
+        _carry_metadata(source, out, "int8-static", {"quantization_recipe": recipe.describe()})
         out.replace(target)
     return target
