@@ -21,10 +21,11 @@ Which nodes a recipe keeps in fp32 is decided from the graph's structure (``stat
 
 * the *input conv*: a Conv that no other Conv feeds (the CNN's first layer, which sees the waveform). Quantizing its
   input would store the peak-normalised waveform in 8 bits (quiet calls fall to a few levels), and the GroupNorm that
-  follows it amplifies whatever error its per-channel-small outputs get. It is ~1% of the CNN's FLOPs.
+  follows it amplifies whatever error its per-channel-small outputs get. It is under 1% of the CNN's FLOPs.
 * the *positional conv*: a grouped Conv (``group > 1``, the transformer's convolutional position embedding).
 * the *head*: every node fed, directly or not, by the state inputs ``prior_count`` / ``prior_mean`` / ``prior_m2``
-  (the statistics merge, z-scoring, MLP, softmax). The pooling before the merge has no Conv or MatMul.
+  (the statistics merge, z-scoring, MLP, softmax). The pooling before the merge has no Conv or MatMul. Excluding it
+  matters: onnxruntime's dynamic quantizer rewrites the MLP's Gemm as MatMul + Add and would quantize it.
 
 The parity check of a quantized graph uses the family's ``atol_int8`` / ``atol_int8_static`` against the PyTorch fp32
 pipeline; the deciding number is the UAR change reported by ``validate``.
