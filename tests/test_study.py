@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -12,11 +13,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from vocalprobe.runtime.manifest import ManifestRow, read_manifest, write_manifest
 from vocalprobe.runtime.metrics import uar
-from vocalprobe.training.study import (DatasetSpec, StudyConfig, StudyError, dataset_from_manifest, load_summary,
-                                       parse_layers, run_study)
+from vocalprobe.training.study import (
+    DatasetSpec,
+    StudyConfig,
+    StudyError,
+    dataset_from_manifest,
+    load_summary,
+    parse_layers,
+    run_study,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS = {"chirp": 500.0, "hoot": 1500.0, "trill": 4000.0}
@@ -268,7 +275,6 @@ def test_unsplit_manifest_and_too_deep_layer_are_clear_errors(tmp_path, tiny_che
 
 def test_cli_flags_and_config_override(study, tmp_path, tiny_checkpoints):
     from typer.testing import CliRunner
-
     from vocalprobe.cli import app
 
     config, _ = study
@@ -303,7 +309,6 @@ def test_paper_figures_are_drawn_for_the_paper_backbones(study, tmp_path):
     import dataclasses
 
     import matplotlib.image
-
     from vocalprobe.training.report import write_figures
 
     _, summary = study
@@ -337,3 +342,20 @@ def test_unreadable_clip_is_reported_and_the_rest_finishes(tmp_path, tiny_checkp
     from vocalprobe.training.study import probe_checkpoint
 
     assert probe_checkpoint(config.out_dir, "tones", "hubert", 0, 0).is_file()
+
+
+def test_reduced_precision_is_measured_and_saved(tmp_path, tiny_checkpoints):
+    """--dtype bfloat16: probes train on bf16 features and the difference to float32 is kept beside them."""
+    torch.set_num_threads(1)
+    manifest = make_tones(tmp_path / "tones")
+    config = StudyConfig(name="bf16", datasets=(DatasetSpec("tones", manifest),),
+                         backbones=(str(tiny_checkpoints["hubert"]),), layers=(1,), seeds=1, device="cpu",
+                         dtype="bfloat16", out_root=tmp_path / "studies", cache_dir=tmp_path / "cache",
+                         bootstrap_resamples=20)
+    run_study(config, progress=False)
+    saved = list((tmp_path / "studies" / "bf16").rglob("precision.json"))
+    assert len(saved) == 1
+    precision = json.loads(saved[0].read_text())
+    assert precision["dtype"] == "bfloat16" and 0 < precision["max_abs_diff"] < 1.0
+    with pytest.raises(StudyError, match="dtype must be"):
+        StudyConfig(name="x", datasets=(DatasetSpec("tones", manifest),), backbones=("hubert",), dtype="int8")

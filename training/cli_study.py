@@ -29,6 +29,9 @@ NameOpt = Annotated[Optional[str], typer.Option("--name", help="Study folder nam
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", min=1, help="CPU threads for torch (default: torch's own choice; the demo uses 1). On a shared "
     "machine more threads than free cores can make small models tens of times slower.")]
+DtypeOpt = Annotated[Optional[str], typer.Option(
+    "--dtype", help="Backbone precision: float32 (default), or bfloat16 / float16 on a GPU; the difference to "
+    "float32 on the first clips is printed and saved as precision.json beside the probes.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 
 
@@ -43,6 +46,7 @@ def study(
     out: OutOpt = None,
     name: NameOpt = None,
     threads: ThreadsOpt = None,
+    dtype: DtypeOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Probe every layer of every backbone on every dataset, pick the best layers, fuse them, write the report.
@@ -58,7 +62,7 @@ def study(
             overrides["layers"] = parse_layers(layers)
         except ValueError as exc:
             raise StudyError(f"--layers: {exc}") from None
-    for key, value in (("seeds", seeds), ("device", device), ("out_root", out), ("name", name)):
+    for key, value in (("seeds", seeds), ("device", device), ("out_root", out), ("name", name), ("dtype", dtype)):
         if value is not None:
             overrides[key] = value
 

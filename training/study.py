@@ -71,6 +71,7 @@ class StudyConfig:
     cache_dir: Path | None = DEFAULT_CACHE_DIR  # feature cache (None: no cache)
     chunk_seconds: float = 20.0  # long clips go through the backbone in chunks of this length
     batch_size: int = 8  # clips per backbone forward pass
+    dtype: str = "float32"  # backbone precision: float32, or bfloat16 / float16 on a GPU (difference reported)
     bootstrap_resamples: int = 1000  # for the Test-UAR confidence intervals
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # seed and device are set per probe by the study
     description: str = ""  # free text at the top of report.md
@@ -95,6 +96,8 @@ class StudyConfig:
             raise StudyError(f"seeds must be >= 1, got {self.seeds}")
         if self.layers is not None and (not self.layers or min(self.layers) < 0):
             raise StudyError(f"layers must be non-negative layer numbers, got {list(self.layers)}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise StudyError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.bootstrap_resamples < 10:
             raise StudyError(f"bootstrap_resamples must be >= 10, got {self.bootstrap_resamples}")
 
@@ -125,6 +128,7 @@ class StudyConfig:
             "cache_dir": "" if self.cache_dir is None else str(self.cache_dir),
             "chunk_seconds": self.chunk_seconds,
             "batch_size": self.batch_size,
+            "dtype": self.dtype,
             "bootstrap_resamples": self.bootstrap_resamples,
             "datasets": [{"name": d.name, "manifest": str(d.manifest)} for d in self.datasets],
             "probe": probe,
@@ -540,7 +544,8 @@ def _probe_backbone(config: StudyConfig, ds: DatasetSpec, manifest: Manifest, ba
     """Train (or reuse) every (layer, seed) probe of one dataset x backbone."""
     run_dir = _run_dir(config, ds, backbone)
     data_key = {"manifest": manifest.content_hash(), "backbone": backbone_key(backbone),
-                "chunk_seconds": config.chunk_seconds, "format": RESULT_FORMAT}
+                "chunk_seconds": config.chunk_seconds, "format": RESULT_FORMAT,
+                **({"dtype": config.dtype} if config.dtype != "float32" else {})}
     key = _digest({**data_key, "layers": config.layers})
     # a probe depends on its layer's features, not on which other layers were extracted with it
     probe_key_base = {"data": _digest(data_key), "probe": {k: v for k, v in probe_cfg.to_dict().items()
@@ -589,7 +594,10 @@ def _extract(config: StudyConfig, ds: DatasetSpec, manifest: Manifest, backbone_
     if too_deep:
         raise StudyError(f"{backbone.name} has layers 0..{backbone.num_layers}; cannot probe layer(s) {too_deep}")
     fs = extract_features(manifest, backbone, layers=layers, device=device, cache_dir=config.cache_dir,
-                          chunk_seconds=config.chunk_seconds, batch_size=config.batch_size, progress=progress)
+                          chunk_seconds=config.chunk_seconds, batch_size=config.batch_size, dtype=config.dtype,
+                          progress=progress)
+    if fs.precision is not None:  # reduced precision: keep the measured difference to float32 beside the probes
+        _write_json(_run_dir(config, ds, backbone_name) / "precision.json", fs.precision)
     if list(fs.layers) != layers:
         raise StudyError(f"feature extraction returned layers {list(fs.layers)}, expected {layers}")
     failed = [{"path": f.path, "problem": f.error} for f in fs.failed]
