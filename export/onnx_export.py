@@ -19,15 +19,17 @@ metadata (``export.metadata``). Files are written atomically; a failed parity ch
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import statistics
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-
 from vocalprobe.runtime.atomic import atomic_write_bytes
 from vocalprobe.runtime.errors import VocalprobeError
 from vocalprobe.runtime.resample import MODEL_SAMPLE_RATE
@@ -67,6 +69,30 @@ def _value_names(graph) -> set[str]:
     return names
 
 
+#: Notices the exporter prints on every export that say nothing about this graph (torchvision ops we never use,
+#: internal deprecations, axis renaming, the optimizer skipping multi-output ops). Real errors still raise.
+_EXPORTER_NOISE = (
+    (r".*axis name.*will not be used.*", UserWarning),
+    (r".*isinstance\(treespec, LeafSpec\).*", FutureWarning),
+)
+_EXPORTER_LOGGERS = ("torch.onnx._internal.exporter._registration", "onnxscript.optimizer._constant_folding")
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    levels = {name: logging.getLogger(name).level for name in _EXPORTER_LOGGERS}
+    with warnings.catch_warnings():
+        for message, category in _EXPORTER_NOISE:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        for name in _EXPORTER_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
 def to_onnx_model(pipeline, *, opset: int = 18, example_samples: int = MODEL_SAMPLE_RATE, optimize: bool = True):
     """``ProbePipeline`` -> ``onnx.ModelProto`` following the graph contract (no metadata yet).
 
@@ -75,7 +101,6 @@ def to_onnx_model(pipeline, *, opset: int = 18, example_samples: int = MODEL_SAM
     import torch
     from onnx import numpy_helper
     from torch.export import Dim
-
     from vocalprobe.training.pipeline import INPUT_NAMES, OUTPUT_NAMES, default_state
 
     pipeline = pipeline.eval()
@@ -87,7 +112,7 @@ def to_onnx_model(pipeline, *, opset: int = 18, example_samples: int = MODEL_SAM
     samples = Dim("samples", min=1, max=2**31 - 2)
     shapes = {"waveform": {0: batch, 1: samples}, **{name: {0: batch} for name in INPUT_NAMES[1:]}}
     temporary = [f"vocalprobe_out_{name}" for name in OUTPUT_NAMES]
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(pipeline, args, None, dynamo=True, input_names=list(INPUT_NAMES),
                                     output_names=temporary, dynamic_shapes=shapes, opset_version=opset,
                                     optimize=optimize, verbose=False)
@@ -260,7 +285,6 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
     ``atol_int8_static``).
     """
     import torch
-
     from vocalprobe.export.families import family_of
     from vocalprobe.export.metadata import build_metadata, read_metadata
     from vocalprobe.export.parity import check_parity

@@ -33,6 +33,7 @@ pipeline; the deciding number is the UAR change reported by ``validate``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -167,6 +168,19 @@ def _carry_metadata(source: Path, target: Path, kind: str, extra: dict[str, str]
     save_model(model, target)
 
 
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """The quantizer's own sessions warn that our optional state inputs are initializers (they are overridable
+    on purpose, see training.pipeline); keep those lines out of the user's terminal, restore the default after."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
+
+
 def _preprocess(source: Path, work: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -203,7 +217,7 @@ def _dynamic_matmul(source: Path, out: Path, *, nodes_to_exclude=()) -> None:
 def quantize_dynamic_matmul(source: str | Path, target: str | Path) -> Path:
     """Dynamic int8 (weights int8, activations quantized at run time) of every MatMul; Conv stays fp32."""
     source, target = Path(source), Path(target)
-    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp, _quiet_onnxruntime():
         pre = _preprocess(source, Path(tmp))
         out = Path(tmp) / "int8.onnx"
         _dynamic_matmul(pre, out)
@@ -288,7 +302,7 @@ def quantize_static_qdq(source: str | Path, target: str | Path, reader,
             return reader.get_next()
 
     op_types = (["Conv"] if recipe.conv == "static" else []) + (["MatMul"] if recipe.matmul == "static" else [])
-    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp, _quiet_onnxruntime():
         pre = _preprocess(source, Path(tmp))
         plan = static_plan(onnx.load(str(pre)), recipe)
         out = Path(tmp) / "int8-static.onnx"

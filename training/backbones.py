@@ -11,6 +11,7 @@ embedded default study use it (it is labelled untrained in its config and README
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -71,6 +72,20 @@ REGISTRY: dict[str, BackboneSpec] = {
                      "PT+FT", 94.38, 768, 12),
     )
 }
+
+
+@contextlib.contextmanager
+def _no_transformers_progress():
+    """transformers draws a bar for every tiny load/save; our own progress bars say what is going on."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def aves_dir() -> Path:
@@ -231,7 +246,8 @@ def load_backbone(name_or_path: str | os.PathLike, *, revision: str | None = Non
                             "If you are offline, download the model once or pass a local folder") from exc
     model_class = _model_class(getattr(config, "model_type", None), display)
     try:
-        model, info = model_class.from_pretrained(source, config=config, output_loading_info=True, **kwargs)
+        with _no_transformers_progress():
+            model, info = model_class.from_pretrained(source, config=config, output_loading_info=True, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise BackboneError(f"{display}: cannot load the weights from {source!r}: {_first_line(exc)}") from exc
     missing = [k for k in info.get("missing_keys", ()) if not any(h in k for h in _HARMLESS_MISSING)]
@@ -302,7 +318,8 @@ def make_tiny_checkpoint(family: str, out_dir: str | Path, *, seed: int = 0, hid
     model.eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    with _no_transformers_progress():
+        model.save_pretrained(out_dir, safe_serialization=True)
     atomic_write_text(out_dir / "README.md", (
         f"# Tiny untrained {family} checkpoint\n\n"
         "Randomly initialised weights (not trained on anything), written by "
