@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
 from vocalprobe.runtime.atomic import atomic_write_bytes
 from vocalprobe.runtime.errors import VocalprobeError
 from vocalprobe.runtime.resample import MODEL_SAMPLE_RATE
