@@ -6,8 +6,11 @@ clips ``[batch, samples]``:
 1. preprocessing, identical to ``vocalprobe.runtime.preprocess``: peak normalisation per clip, then clips shorter
    than ``MIN_SAMPLES`` are tiled (repeated) up to it;
 2. the backbone's CNN, feature projection and transformer layers, run ONCE for all requested layers. Layer 0 is
-   the transformer's input (``hidden_states[0]`` of transformers), layer k the output of transformer layer k,
-   before any final encoder LayerNorm (so ``hidden_states[k]`` exactly, also for stable-layer-norm checkpoints);
+   the transformer's input (``hidden_states[0]`` of transformers), layer k the output of transformer layer k
+   (``hidden_states[k]``). One exception, by choice: for stable-layer-norm ("large"-style) checkpoints transformers
+   applies the final encoder LayerNorm to its LAST hidden state only; we leave it out at every layer, so all layers
+   are raw block outputs and a truncated export equals the full model's features. The paper's base models are not
+   stable-layer-norm, so for them every layer is ``hidden_states[k]`` exactly;
 3. for every requested layer the mean and the POPULATION standard deviation over frames, concatenated:
    ``[batch, n_layers, 2 * D]`` with the mean in ``[..., :D]`` and the std in ``[..., D:]``.
 
