@@ -101,8 +101,8 @@ def stream(
     from vocalprobe.runtime.ensemble import load_models
     from vocalprobe.runtime.errors import AudioError
     from vocalprobe.runtime.sources import FolderWatcher, StdinSource, collect_files
-    from vocalprobe.runtime.state import RunState, file_sha256
-    from vocalprobe.runtime.stream import DetectConfig, Outputs, run_sources
+    from vocalprobe.runtime.state import RunState
+    from vocalprobe.runtime.stream import DetectConfig, Outputs, output_settings, run_sources
     from vocalprobe.runtime.windows import WindowPlan
     from vocalprobe.runtime.writers import parse_formats
 
@@ -133,13 +133,7 @@ def stream(
         with _Progress(None, None) as progress:
             summary = run_sources([source], net, config, outputs, None, progress=progress, log=_say)
     else:
-        members = getattr(net, "members", [net])
-        settings = {"models": [file_sha256(m.path) for m in members],
-                    "weights": [float(w) for w in getattr(net, "weights", [1.0])],
-                    "window": plan.window, "hop": plan.hop, "final_window": plan.final_window,
-                    "min_conf": min_conf, "top_k": top_k, "merge": merge, "formats": list(formats),
-                    "ignore": sorted(ignore or [])}
-        state = RunState(out, settings)
+        state = RunState(out, output_settings(net, config, formats))
         if watch is not None:
             watcher = FolderWatcher(watch, settle_s=settle)
             _say(f"watching {watch} (a file is read once it has not changed for {settle:g} s; Ctrl-C to stop)")

@@ -164,6 +164,18 @@ class DetectConfig:
             raise WindowSpecError(f"--top-k must be >= 1, got {self.top_k}")
 
 
+def output_settings(model: Model, config: DetectConfig, formats: Sequence[str]) -> dict:
+    """Everything that shapes a run's outputs (not batch, threads or provider): what a resumed run must match."""
+    from vocalprobe.runtime.state import file_sha256
+
+    members = getattr(model, "members", [model])
+    return {"models": [file_sha256(m.path) for m in members],
+            "weights": [float(w) for w in getattr(model, "weights", [1.0])],
+            "window": config.plan.window, "hop": config.plan.hop, "final_window": config.plan.final_window,
+            "min_conf": config.min_conf, "top_k": config.top_k, "merge": config.merge, "formats": list(formats),
+            "ignore": sorted(config.ignore)}
+
+
 @dataclass
 class SourceResult:
     name: str

@@ -233,18 +233,17 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, graph):
     assert clean.exit_code == 0, clean.output
 
     # Interrupt the second file half-way through, with the same settings the CLI stores in its state.
-    from vocalprobe.runtime.state import file_sha256
+    from vocalprobe.runtime.stream import output_settings
 
     model = OnnxModel(graph)
     plan = WindowPlan.from_seconds(0.5, None, 16_000)
-    settings = {"models": [file_sha256(graph)], "weights": [1.0], "window": plan.window, "hop": plan.hop,
-                "final_window": "pad", "min_conf": 0.8, "top_k": None, "merge": True,
-                "formats": ["raven", "csv", "jsonl"], "ignore": []}
+    config = DetectConfig(plan, batch=1, min_conf=0.8, merge=True)
+    settings = output_settings(model, config, ("raven", "csv", "jsonl"))
     files = collect_files([folder], block_size=4_096)
     sources = [files[0], _Interrupted(files[1].path, files[1].name, 4_096)] + files[2:]
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        run_sources(sources, model, DetectConfig(plan, batch=1, min_conf=0.8, merge=True),
+        run_sources(sources, model, config,
                     Outputs(out, ("raven", "csv", "jsonl"), 8000), RunState(out, settings))
     assert len(RunState(out, settings).done) == 1
     partial = [json.loads(x)["file"] for x in (out / "detections.jsonl").read_text().splitlines()]
