@@ -30,7 +30,7 @@ from torch import nn
 
 from vocalprobe.runtime.chunking import chunk_bounds
 from vocalprobe.runtime.preprocess import MIN_SAMPLES
-from vocalprobe.training.features import LayerFeatures, combine_stats, pool_stats
+from vocalprobe.training.features import LayerFeatures, clip_features
 from vocalprobe.training.probe import MLPProbe
 
 __all__ = ["ProbePipeline", "PipelineOutput", "INPUT_NAMES", "OUTPUT_NAMES", "build_pipeline", "predict_long",
@@ -131,16 +131,7 @@ def predict_long(pipeline: ProbePipeline, samples: np.ndarray, chunk_samples: in
 
 @torch.no_grad()
 def study_features(features: LayerFeatures, samples: np.ndarray, chunk_samples: int) -> np.ndarray:
-    """The study's features of one clip ``[n_layers, 2D]``: the whole clip's peak, chunks cut by ``chunk_bounds``,
-    per-chunk frame statistics merged in float64 (``combine_stats``), then mean and population std."""
-    samples = np.asarray(samples, dtype=np.float32)
-    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
-    normalized = samples / peak if peak > 0 else samples
-    counts, means, m2s = [], [], []
-    for start, end in chunk_bounds(samples.shape[-1], chunk_samples):
-        chunk = features.repeat_pad(torch.from_numpy(np.ascontiguousarray(normalized[None, start:end])))
-        stats = features.frame_stats(chunk)
-        counts.append(stats.count)
-        means.append(stats.mean[0].double().numpy())
-        m2s.append(stats.m2[0].double().numpy())
-    return pool_stats(*combine_stats(counts, means, m2s))
+    """The study's features of one clip ``[n_layers, 2D]`` (``training.features.clip_features``: the whole clip's
+    peak, chunks cut by ``chunk_bounds``, per-chunk statistics merged in float64)."""
+    with torch.inference_mode():
+        return clip_features(features, samples, chunk_samples)
