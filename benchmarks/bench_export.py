@@ -10,6 +10,10 @@ audio-seconds per second (x real time) on this CPU for the chosen ``--variants``
   conv, dynamic int8 MatMul, fp32 head,
 * ``static-all``: static QDQ of every Conv and MatMul (the first recipe: the input conv quantized too),
 * ``static-qdq-matmul``: as ``int8-static`` but the MatMuls static QDQ too,
+* ``static-conv1`` / ``static-conv12`` / ``static-conv123`` / ``static-conv456``: as ``int8-static`` but only those
+  CNN conv layers static (``cnn_layers``; 1 and 2 are the stride-2 convs after the input conv, at 1600 and 800
+  frames/s, most of the CNN's FLOPs), the other convs (positional conv included) fp32,
+* ``static-a16``: as ``int8-static`` with 16-bit activations (A16W8, ``activations="uint16"``),
 
 calibrated on a few synthetic calls. Each cell is timed ``--rounds`` times, interleaved with the other variants, and
 the best round is reported (on shared cores the best round is the least disturbed one).
@@ -58,7 +62,8 @@ def rate(run, audio_seconds: float, budget: float) -> float:
             return runs * audio_seconds / elapsed
 
 
-VARIANTS = ("eager", "fp32", "int8", "int8-static", "static-all", "static-qdq-matmul")
+_PARTIAL = {"static-conv1": (1,), "static-conv12": (1, 2), "static-conv123": (1, 2, 3), "static-conv456": (4, 5, 6)}
+VARIANTS = ("eager", "fp32", "int8", "int8-static", "static-all", "static-qdq-matmul", *_PARTIAL, "static-a16")
 
 
 def static_recipes():
@@ -66,7 +71,10 @@ def static_recipes():
 
     return {"int8-static": DEFAULT_STATIC_RECIPE,
             "static-all": StaticRecipe(matmul="static", fp32_input_conv=False, fp32_head=False),
-            "static-qdq-matmul": DEFAULT_STATIC_RECIPE.with_(matmul="static")}
+            "static-qdq-matmul": DEFAULT_STATIC_RECIPE.with_(matmul="static"),
+            **{name: DEFAULT_STATIC_RECIPE.with_(cnn_layers=layers, fp32_positional_conv=True)
+               for name, layers in _PARTIAL.items()},
+            "static-a16": DEFAULT_STATIC_RECIPE.with_(activations="uint16")}
 
 
 def main() -> None:

@@ -17,6 +17,12 @@
   features by their between-clip spread, which small errors already cross. Use ``int8`` unless ``validate`` shows
   the static graph within tolerance on your (trained) backbone.
 
+  Partial recipes do not help either (``cnn_layers``, demo, flips vs the fp32 graph out of 48 Test clips): one
+  static conv alone, the first (conv1, 6-10 flips) or the last (conv6, 8-11), is as bad as all of them (12-14); the
+  first two would have been fast enough (38x at L=3; conv1 alone 34x). 16-bit activations (``activations``,
+  A16W8) are about as accurate as ``int8`` (0-3 flips) but run at fp32 speed (19.5x vs 19.6x: onnxruntime's CPU
+  provider has no 16-bit Conv kernel), and raise the graph to opset 21.
+
 Which nodes a recipe keeps in fp32 is decided from the graph's structure (``static_plan``), not from node names:
 
 * the *input conv*: a Conv that no other Conv feeds (the CNN's first layer, which sees the waveform). Quantizing its
@@ -50,6 +56,7 @@ __all__ = ["QuantizationError", "quantize_dynamic_matmul", "quantize_static_qdq"
 STATE_INPUTS = ("prior_count", "prior_mean", "prior_m2")
 _CALIBRATIONS = ("MinMax", "Percentile", "Entropy")
 _MODES = ("static", "dynamic", "fp32")
+_ACTIVATIONS = ("uint8", "uint16", "int16")
 
 
 class QuantizationError(VocalprobeError):
@@ -67,7 +74,11 @@ class StaticRecipe:
     kernels). ``activation_symmetric``: symmetric activation ranges. ``matmul_const_b_only``: statically quantize only
     MatMuls with a constant (weight) operand, not attention's activation x activation products.
     ``conv_output_quantized``: False leaves Conv outputs in fp32 (one rounding less per layer, but onnxruntime then
-    cannot fuse the Conv into QLinearConv).
+    cannot fuse the Conv into QLinearConv). ``cnn_layers``: which of the CNN's conv layers are static (0 = the input
+    conv, then 1, 2, ... in graph order; the positional conv is not one of them); the others stay fp32. None = all
+    (the input conv still subject to ``fp32_input_conv``). ``activations``: "uint8", or "uint16" / "int16" for
+    16-bit activations with int8 weights (A16W8; onnxruntime's CPU provider has no 16-bit Conv kernel, so those
+    Convs run as fp32 between Q/DQ pairs: accuracy experiments only).
     """
 
     conv: str = "static"
@@ -82,8 +93,20 @@ class StaticRecipe:
     activation_symmetric: bool = False
     matmul_const_b_only: bool = False
     conv_output_quantized: bool = True
+    cnn_layers: tuple[int, ...] | None = None
+    activations: str = "uint8"
 
     def __post_init__(self):
+        if self.cnn_layers is not None:
+            layers = tuple(self.cnn_layers)
+            if any(not isinstance(i, int) or i < 0 for i in layers) or len(set(layers)) != len(layers):
+                raise QuantizationError(f"recipe cnn_layers must be distinct indices >= 0, got {self.cnn_layers!r}")
+            if 0 in layers and self.fp32_input_conv:
+                raise QuantizationError("recipe cnn_layers includes 0 (the input conv) but fp32_input_conv is set")
+            object.__setattr__(self, "cnn_layers", tuple(sorted(layers)))
+        if self.activations not in _ACTIVATIONS:
+            raise QuantizationError(f"recipe activations must be one of {', '.join(_ACTIVATIONS)}, "
+                                    f"got {self.activations!r}")
         if self.conv not in ("static", "fp32"):
             raise QuantizationError(f"recipe conv must be 'static' or 'fp32', got {self.conv!r}")
         if self.matmul not in _MODES:
@@ -105,7 +128,10 @@ class StaticRecipe:
                 + (", per-channel weights" if self.per_channel else "") + (", reduce_range" if self.reduce_range else "")
                 + (", symmetric activations" if self.activation_symmetric else "")
                 + (", MatMul with constant B only" if self.matmul_const_b_only else "")
-                + ("" if self.conv_output_quantized else ", fp32 Conv outputs"))
+                + ("" if self.conv_output_quantized else ", fp32 Conv outputs")
+                + ("" if self.cnn_layers is None else
+                   f", static CNN convs {','.join(map(str, self.cnn_layers)) or 'none'} only")
+                + ("" if self.activations == "uint8" else f", {self.activations} activations"))
 
 
 #: ``--quantize int8-static``: Conv static QDQ except the input conv, MatMul dynamic, head fp32 (measurements and the
@@ -118,6 +144,8 @@ class StaticPlan:
     """Node names a recipe keeps in fp32, by reason (``static_plan``)."""
 
     input_convs: list[str] = field(default_factory=list)
+    cnn_convs: list[str] = field(default_factory=list)  # the CNN's convs in graph order, the input conv first
+    unselected_convs: list[str] = field(default_factory=list)  # CNN convs outside ``recipe.cnn_layers``
     positional_convs: list[str] = field(default_factory=list)
     head: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)  # the union the recipe asks for, in graph order
@@ -143,11 +171,19 @@ def static_plan(model, recipe: StaticRecipe = DEFAULT_STATIC_RECIPE) -> StaticPl
     plan.input_convs = [n.name for n in convs if id(n) not in fed_by_conv]
     plan.positional_convs = [n.name for n in convs
                              if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    plan.cnn_convs = [n.name for n in convs if n.name not in plan.positional_convs]
+    if recipe.cnn_layers is not None:
+        if recipe.cnn_layers and recipe.cnn_layers[-1] >= len(plan.cnn_convs):
+            raise QuantizationError(f"recipe cnn_layers {recipe.cnn_layers} but the graph's CNN has "
+                                    f"{len(plan.cnn_convs)} conv layers (0..{len(plan.cnn_convs) - 1})")
+        plan.unselected_convs = [name for i, name in enumerate(plan.cnn_convs)
+                                 if i not in recipe.cnn_layers and name not in plan.input_convs]
     inputs = {i.name for i in graph.input}
     plan.head = [n.name for n in _downstream(graph, {name for name in STATE_INPUTS if name in inputs})]
     chosen = set()
     for keep, names in ((recipe.fp32_input_conv, plan.input_convs),
-                        (recipe.fp32_positional_conv, plan.positional_convs), (recipe.fp32_head, plan.head)):
+                        (recipe.fp32_positional_conv, plan.positional_convs), (recipe.fp32_head, plan.head),
+                        (True, plan.unselected_convs)):
         if keep:
             chosen.update(names)
     if "" in chosen:
@@ -301,6 +337,8 @@ def quantize_static_qdq(source: str | Path, target: str | Path, reader,
         def get_next(self):
             return reader.get_next()
 
+    activation_type = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16,
+                       "int16": QuantType.QInt16}[recipe.activations]
     op_types = (["Conv"] if recipe.conv == "static" else []) + (["MatMul"] if recipe.matmul == "static" else [])
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp, _quiet_onnxruntime():
         pre = _preprocess(source, Path(tmp))
@@ -315,7 +353,7 @@ def quantize_static_qdq(source: str | Path, target: str | Path, reader,
                 extra["CalibPercentile"] = recipe.percentile
             try:
                 quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
-                                op_types_to_quantize=op_types, activation_type=QuantType.QUInt8,
+                                op_types_to_quantize=op_types, activation_type=activation_type,
                                 weight_type=QuantType.QInt8, per_channel=recipe.per_channel,
                                 reduce_range=recipe.reduce_range, nodes_to_exclude=plan.excluded,
                                 calibrate_method=getattr(CalibrationMethod, recipe.calibration), extra_options=extra)

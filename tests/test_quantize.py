@@ -150,6 +150,49 @@ def test_recipe_options_give_runnable_graphs(exported, tmp_path, recipe):
     check_parity(pipeline, out, [tone_clip(1.1, seed=7)], chunk_samples=CHUNK, atol=0.5, label="int8-static")
 
 
+def _is_static(node, producers) -> bool:
+    return producers[node.input[0]].op_type == "DequantizeLinear" if node.input[0] in producers else False
+
+
+def test_cnn_layers_quantize_only_the_chosen_convs(exported, tmp_path):
+    import onnx
+
+    pipeline, path = exported
+    plan = static_plan(onnx.load(str(path)))
+    assert len(plan.cnn_convs) == 7 and plan.cnn_convs[0] == plan.input_convs[0]  # the CNN, input conv first
+    assert not set(plan.cnn_convs) & set(plan.positional_convs)
+    recipe = DEFAULT_STATIC_RECIPE.with_(cnn_layers=(5, 1), fp32_positional_conv=True)
+    assert recipe.cnn_layers == (1, 5) and "static CNN convs 1,5 only" in recipe.describe()
+    assert static_plan(onnx.load(str(path)), recipe).unselected_convs == [plan.cnn_convs[i] for i in (2, 3, 4, 6)]
+    out = quantize_static_qdq(path, tmp_path / "partial.onnx", Clips(), recipe)
+    graph = _graph(out)
+    producers = _producers(graph)
+    convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
+    found = static_plan(onnx.load(str(out)))  # structurally, in the quantized graph
+    assert len(found.cnn_convs) == 7 and found.positional_convs
+    assert [i for i, name in enumerate(found.cnn_convs) if _is_static(convs[name], producers)] == [1, 5]
+    assert not [name for name in found.positional_convs if _is_static(convs[name], producers)]
+    check_parity(pipeline, out, [tone_clip(1.1, seed=7)], chunk_samples=CHUNK, atol=0.5, label="int8-static")
+    with pytest.raises(QuantizationError, match="7 conv layers"):
+        quantize_static_qdq(path, tmp_path / "bad.onnx", Clips(), DEFAULT_STATIC_RECIPE.with_(cnn_layers=(7,)))
+
+
+def test_16_bit_activations(exported, tmp_path):
+    import onnx
+
+    pipeline, path = exported
+    out = quantize_static_qdq(path, tmp_path / "a16.onnx", Clips(), DEFAULT_STATIC_RECIPE.with_(activations="uint16"))
+    graph = _graph(out)
+    initializers = {i.name: i for i in graph.initializer}
+    producers = _producers(graph)
+    conv = [n for n in graph.node if n.op_type == "Conv"][1]
+    activation_dq, weight_dq = producers[conv.input[0]], producers[conv.input[1]]
+    assert initializers[activation_dq.input[2]].data_type == onnx.TensorProto.UINT16  # 16-bit zero point
+    assert initializers[weight_dq.input[0]].data_type == onnx.TensorProto.INT8  # int8 weights
+    report = check_parity(pipeline, out, [tone_clip(1.3, seed=5)], chunk_samples=CHUNK, atol=0.5, label="a16")
+    assert report.max_diff("probabilities") > 0
+
+
 def test_invalid_recipes_are_refused():
     with pytest.raises(QuantizationError, match="calibration"):
         StaticRecipe(calibration="Median")
@@ -157,3 +200,12 @@ def test_invalid_recipes_are_refused():
         StaticRecipe(matmul="int4")
     with pytest.raises(QuantizationError, match="percentile"):
         StaticRecipe(calibration="Percentile", percentile=101.0)
+    with pytest.raises(QuantizationError, match="input conv"):
+        StaticRecipe(cnn_layers=(0, 1))
+    with pytest.raises(QuantizationError, match="distinct"):
+        StaticRecipe(cnn_layers=(1, 1))
+    with pytest.raises(QuantizationError, match="distinct"):
+        StaticRecipe(cnn_layers=(-1,))
+    with pytest.raises(QuantizationError, match="activations"):
+        StaticRecipe(activations="int4")
+    assert StaticRecipe(cnn_layers=(0, 2), fp32_input_conv=False).cnn_layers == (0, 2)
