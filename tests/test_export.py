@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from signals import tone_clip
 from vocalprobe.export.metadata import MetadataError, build_metadata, get_metadata, read_metadata, set_metadata
 from vocalprobe.export.onnx_export import export_pipeline, save_model
 from vocalprobe.export.parity import ParityError, check_parity
@@ -23,17 +24,6 @@ CHUNK = 2 * SR  # a small chunk limit, so the long-clip path is cheap
 CLASSES = ("bark", "chirp", "hoot", "trill")
 # (checkpoint, layer): layer 0 and the last layer (2), all three families, and a stable-layer-norm model
 CASES = [("hubert", 0), ("hubert", 2), ("wav2vec2", 1), ("wavlm", 2), ("wav2vec2-stable", 1)]
-
-
-def tone_clip(seconds: float, seed: int) -> np.ndarray:
-    """A call-like signal: a frequency-modulated tone with harmonics, an envelope and noise."""
-    rng = np.random.default_rng(seed)
-    n = max(1, int(round(seconds * SR)))
-    t = np.arange(n) / SR
-    f0 = rng.uniform(300, 3000)
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.2 * np.sin(2 * np.pi * rng.uniform(1, 8) * t))) / SR
-    x = np.sin(phase) + 0.3 * np.sin(2 * phase) + 0.05 * rng.standard_normal(n)
-    return (rng.uniform(0.1, 0.9) * x * np.hanning(n + 2)[1:-1] ** 0.3).astype(np.float32)
 
 
 def random_probe(n_features: int, seed: int) -> MLPProbe:

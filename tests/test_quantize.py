@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from signals import tone_clip as _tone_clip
 from vocalprobe.export.metadata import build_metadata, read_metadata
 from vocalprobe.export.onnx_export import export_pipeline
 from vocalprobe.export.parity import check_parity
@@ -23,13 +24,8 @@ QDQ = {"QuantizeLinear", "DequantizeLinear"}
 
 
 def tone_clip(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    n = max(1, int(round(seconds * SR)))
-    t = np.arange(n) / SR
-    f0 = rng.uniform(300, 3000)
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.2 * np.sin(2 * np.pi * rng.uniform(1, 8) * t))) / SR
-    x = np.sin(phase) + 0.3 * np.sin(2 * phase) + 0.05 * rng.standard_normal(n)
-    return (rng.uniform(0.1, 0.9) * x).astype(np.float32)
+    """The shared test tone without its fade in/out (the calibration and parity clips these tests were tuned on)."""
+    return _tone_clip(seconds, seed, envelope=False)
 
 
 class Clips:
