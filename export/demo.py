@@ -51,15 +51,11 @@ class FieldScore:
     out_dir: Path
 
 
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-
-
 def export_graphs(study_dir: Path, models_dir: Path, log: Callable[[str], None]) -> list[tuple[str, str, Path]]:
     """Fusion of the best layers (keeping its fp32 members as per-backbone graphs), then each member's int8."""
     from vocalprobe.export.fusion import fusion_from_study
     from vocalprobe.export.onnx_export import export_from_study
-    from vocalprobe.training.study import load_summary
+    from vocalprobe.training.study import load_summary, safe_name
 
     choices = load_summary(study_dir).choices
     if models_dir.exists():
@@ -70,11 +66,11 @@ def export_graphs(study_dir: Path, models_dir: Path, log: Callable[[str], None])
     fusion_from_study(study_dir, fused, keep_members=True, log=lambda m: log(f"  {m}"))
     graphs = []
     for i, choice in enumerate(choices):
-        fp32 = models_dir / f"{_safe(choice.backbone)}.onnx"
+        fp32 = models_dir / f"{safe_name(choice.backbone)}.onnx"
         fused.with_name(f"{fused.stem}.member{i}.onnx").replace(fp32)
         graphs.append((choice.backbone, f"L{choice.best_layer}", fp32))
     for choice in choices:
-        int8 = models_dir / f"{_safe(choice.backbone)}.int8.onnx"
+        int8 = models_dir / f"{safe_name(choice.backbone)}.int8.onnx"
         log(f"export: {choice.backbone} layer {choice.best_layer}, dynamic int8 (MatMul)")
         export_from_study(study_dir, int8, backbone=choice.backbone, quantize="int8", log=lambda m: log(f"  {m}"))
         graphs.append((f"{choice.backbone} int8", f"L{choice.best_layer}", int8))

@@ -183,7 +183,7 @@ class ExportResult:
 def select_probe(study_dir: str | Path, *, dataset: str | None, backbone: str | None,
                  layer: str | int = "best") -> ProbeSelection:
     """Find the probe of (dataset, backbone, layer) in a study folder; errors list what the study has."""
-    from vocalprobe.training.study import _probe_name, _safe, load_summary
+    from vocalprobe.training.study import load_summary, probe_checkpoint
 
     study_dir = Path(study_dir)
     summary = load_summary(study_dir)
@@ -224,7 +224,7 @@ def select_probe(study_dir: str | Path, *, dataset: str | None, backbone: str | 
     results = [r for r in summary.results
                if r.dataset == dataset and r.backbone == choice.backbone and r.layer == number]
     best = max(results, key=lambda r: (r.val_uar, -r.seed))  # best Val UAR; ties -> the lowest seed
-    path = study_dir / "runs" / _safe(dataset) / _safe(choice.backbone) / f"{_probe_name(number, best.seed)}.safetensors"
+    path = probe_checkpoint(study_dir, dataset, choice.backbone, number, best.seed)
     return ProbeSelection(dataset, choice.backbone, choice.backbone_name, number, best.seed, path,
                           number == choice.best_layer, chunk_seconds, Path(ds_info.manifest))
 

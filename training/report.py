@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from vocalprobe.runtime.atomic import atomic_open, atomic_write_text
-from vocalprobe.training.study import FusionResult, LayerChoice, StudySummary
+from vocalprobe.training.study import FusionResult, LayerChoice, StudySummary, safe_name
 
 RESULT_COLUMNS = ("dataset", "backbone", "type", "layer", "seed", "val_uar", "test_uar", "test_ci_low",
                   "test_ci_high", "best_epoch", "epochs_run", "n_train", "n_val", "n_test")
@@ -215,7 +215,7 @@ def write_figures(fig_dir: Path, summary: StudySummary) -> list[tuple[str, str]]
     """Write the PNGs; returns [(caption, path relative to the study folder)]."""
     figures: list[tuple[str, str]] = []
     for info in summary.datasets:
-        path = fig_dir / f"layers_{_safe(info.name)}.png"
+        path = fig_dir / f"layers_{safe_name(info.name)}.png"
         _layerwise(path, summary, info.name)
         figures.append((f"Layer-wise Val and Test UAR of every backbone on {info.name} (mean ± std over seeds; "
                         "★ = best layer on Val)", f"figures/{path.name}"))
@@ -235,10 +235,6 @@ def write_figures(fig_dir: Path, summary: StudySummary) -> list[tuple[str, str]]
     figures.append(("Fig. 5: confusion matrices of the best layers' fusion on Test (row-normalised, summed over "
                     "seeds)", f"figures/{path.name}"))
     return figures
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _save(fig, path: Path) -> None:

@@ -215,8 +215,8 @@ def _read_json(path: Path) -> Any | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _safe(name: str) -> str:
-    """A label as a folder name: keep letters, digits, '-', '_' and '.'."""
+def safe_name(name: str) -> str:
+    """A label as a file or folder name: keep letters, digits, '-', '_' and '.'."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
@@ -292,7 +292,7 @@ def run_study(config: StudyConfig, *, progress: bool = True, write_outputs: bool
 
 
 def _run_dir(config: StudyConfig, ds: DatasetSpec, backbone: str) -> Path:
-    return config.out_dir / "runs" / _safe(ds.name) / _safe(backbone_label(backbone))
+    return config.out_dir / "runs" / safe_name(ds.name) / safe_name(backbone_label(backbone))
 
 
 def _probe_name(layer: int, seed: int) -> str:
@@ -301,7 +301,8 @@ def _probe_name(layer: int, seed: int) -> str:
 
 def probe_checkpoint(study_dir: str | Path, dataset: str, backbone: str, layer: int, seed: int) -> Path:
     """The saved probe of any (dataset, backbone label, layer, seed) of a study, e.g. to export a non-best layer."""
-    return Path(study_dir) / "runs" / _safe(dataset) / _safe(backbone) / f"{_probe_name(layer, seed)}.safetensors"
+    run_dir = Path(study_dir) / "runs" / safe_name(dataset) / safe_name(backbone)
+    return run_dir / f"{_probe_name(layer, seed)}.safetensors"
 
 
 def _probe_backbone(config: StudyConfig, ds: DatasetSpec, manifest: Manifest, backbone: str,
@@ -446,8 +447,8 @@ def _choose_layer(config: StudyConfig, ds: DatasetSpec, backbone: str, table: _C
 
     run_dir = _run_dir(config, ds, backbone)
     label = backbone_label(backbone)
-    probe_dir = config.out_dir / "probes" / _safe(ds.name)
-    probe_stem = probe_dir / _safe(label)
+    probe_dir = config.out_dir / "probes" / safe_name(ds.name)
+    probe_stem = probe_dir / safe_name(label)
     src = run_dir / _probe_name(best, seed)
     for suffix in (".safetensors", ".json"):
         _copy_atomic(src.with_name(src.name + suffix), probe_stem.with_name(probe_stem.name + suffix))
@@ -483,7 +484,7 @@ def _fuse(config: StudyConfig, ds: DatasetSpec, choices: list[LayerChoice]) -> F
     label_of = dict(zip(first.rows, first.labels))
     y = np.array([label_of[int(r)] for r in common], dtype=np.int64)
 
-    fusion_dir = config.out_dir / "fusion" / _safe(ds.name)
+    fusion_dir = config.out_dir / "fusion" / safe_name(ds.name)
     _save_npy(fusion_dir / "test_rows.npy", common)
     _save_npy(fusion_dir / "test_labels.npy", y)
     n_classes = None
