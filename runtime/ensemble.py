@@ -97,12 +97,17 @@ class Ensemble:
         parts = [f"{m.describe()} weight {w:.3g}" for m, w in zip(self.members, self.weights)]
         return f"fusion of {len(self.members)} models: " + "; ".join(parts)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def combine(self, member_probs: Sequence[np.ndarray]) -> np.ndarray:
+        """Weighted mean of the members' probabilities (``[..., classes]`` each, in that member's class order),
+        in this ensemble's class order."""
         total = None
-        for model, order, weight in zip(self.members, self._orders, self.weights):
-            probs = model.predict(batch)[:, order].astype(np.float64)
-            total = probs * weight if total is None else total + probs * weight
+        for probs, order, weight in zip(member_probs, self._orders, self.weights):
+            aligned = np.asarray(probs)[..., order].astype(np.float64) * weight
+            total = aligned if total is None else total + aligned
         return total.astype(np.float32)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.combine([model.predict(batch) for model in self.members])
 
 
 def load_models(paths: Sequence[str], *, weights: str | None = None, provider: str = "auto",

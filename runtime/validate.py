@@ -41,11 +41,8 @@ def predict_clip(model: OnnxModel, samples: np.ndarray) -> np.ndarray:
     members = getattr(model, "members", None)
     if members is None:
         return predict_long(model, samples, limit)[0]
-    total = np.zeros(len(model.classes), dtype=np.float64)
-    for member, weight in zip(members, model.weights):
-        probs = predict_long(member, samples, member.max_chunk_samples or samples.shape[-1])[0]
-        total += weight * probs[[member.classes.index(name) for name in model.classes]]
-    return total.astype(np.float32)
+    return model.combine([predict_long(member, samples, member.max_chunk_samples or samples.shape[-1])[0]
+                          for member in members])
 
 
 @dataclass
