@@ -33,10 +33,11 @@ DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="Dataset na
                                                    "study has several).")]
 BackboneOpt = Annotated[Optional[str], typer.Option("--backbone", help="Backbone label or name as in the study "
                                                     "(needed when the dataset has several).")]
-QuantizeOpt = Annotated[str, typer.Option("--quantize", help="none | int8 (dynamic int8 MatMuls: the safe "
-                                          "choice) | int8-static (also the CNN's convolutions, static QDQ calibrated on "
-                                          "Train clips; first conv and head fp32: ~2x faster, check its UAR with "
-                                          "`vocalprobe validate`).")]
+QuantizeOpt = Annotated[str, typer.Option("--quantize", help="none | int8 (dynamic int8 MatMuls) | int8-conv "
+                                          "(int8 MatMuls and CNN convolutions, one activation range per frame: ~2x "
+                                          "faster than fp32 at small layers) | int8-static (static QDQ calibrated on "
+                                          "Train clips: fastest, but changed 13-15% of the demo's decisions). Check "
+                                          "any of them with `vocalprobe validate --reference FP32.onnx`.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch while "
                                                    "exporting and checking parity.")]
 
@@ -67,7 +68,7 @@ def study(
                                                    "calibrate int8-static.")] = 32,
     quant_tolerance: Annotated[Optional[float], typer.Option(
         "--quant-tolerance", min=0.0, help="Max |Δprobability| of a quantized graph against PyTorch fp32 (default "
-        "0.25 for int8, 0.5 for int8-static); the UAR change is measured with `vocalprobe validate`.")] = None,
+        "0.25 for int8 and int8-conv, 0.5 for int8-static); the UAR change is measured with `vocalprobe validate`.")] = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Export one probe of a study as ONE graph: preprocessing, backbone truncated after the layer, pooling, MLP.

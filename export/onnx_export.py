@@ -38,7 +38,7 @@ from vocalprobe.runtime.resample import MODEL_SAMPLE_RATE
 __all__ = ["ExportError", "ExportResult", "export_pipeline", "export_from_study", "select_probe", "QUANTIZE_CHOICES",
            "parity_clips", "PARITY_SECONDS"]
 
-QUANTIZE_CHOICES = ("none", "int8", "int8-static")
+QUANTIZE_CHOICES = ("none", "int8", "int8-conv", "int8-static")
 #: Parity clip lengths in seconds; the longest is replaced by 1.25 x the chunk limit (see ``parity_clips``).
 PARITY_SECONDS = (0.1, 1.0, 7.0)
 
@@ -282,8 +282,8 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
                       log: Callable[[str], None] | None = None) -> ExportResult:
     """Export a study's probe (default: the best layer on Val) as one ONNX graph at ``out_path``.
 
-    ``quant_tolerance``: max |Δprobability| allowed for a quantized graph (default: the family's ``atol_int8`` or
-    ``atol_int8_static``).
+    ``quant_tolerance``: max |Δprobability| allowed for a quantized graph (default: the family's ``atol_int8``,
+    ``atol_int8_conv`` or ``atol_int8_static``).
     """
     import torch
     from vocalprobe.export.families import family_of
@@ -354,14 +354,17 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
             if quantize == "int8":
                 log("quantizing: dynamic int8, MatMul only")
                 q.quantize_dynamic_matmul(fp32, quantized)
+            elif quantize == "int8-conv":
+                log("quantizing: dynamic int8 MatMuls, CNN convolutions int8 with one activation range per frame")
+                q.quantize_int8_conv(fp32, quantized)
             else:
                 log(f"quantizing: static int8 (QDQ: {q.DEFAULT_STATIC_RECIPE.describe()}), calibrated on up to "
                     f"{calibration_clips} Train clips")
                 q.quantize_static_qdq(fp32, quantized, q.TrainClipReader(manifest, max_clips=calibration_clips,
                                                                          max_samples=chunk_samples))
             if parity:
-                tolerance = quant_tolerance if quant_tolerance is not None else (
-                    family.atol_int8 if quantize == "int8" else family.atol_int8_static)
+                tolerance = quant_tolerance if quant_tolerance is not None else {
+                    "int8": family.atol_int8, "int8-conv": family.atol_int8_conv}.get(quantize, family.atol_int8_static)
                 quant_report = check_parity(pipeline, quantized, clips, chunk_samples=chunk_samples,
                                             atol=tolerance, atol_embedding=None, label=quantize)
             final = quantized

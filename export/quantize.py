@@ -49,7 +49,7 @@ import numpy as np
 
 from vocalprobe.runtime.errors import VocalprobeError
 
-__all__ = ["QuantizationError", "quantize_dynamic_matmul", "quantize_static_qdq", "TrainClipReader", "StaticRecipe",
+__all__ = ["QuantizationError", "quantize_dynamic_matmul", "quantize_int8_conv", "quantize_static_qdq", "TrainClipReader", "StaticRecipe",
            "StaticPlan", "static_plan", "DEFAULT_STATIC_RECIPE", "STATE_INPUTS"]
 
 #: The graph's optional accumulator inputs; everything they feed is the head (see the module docs).
@@ -258,6 +258,38 @@ def quantize_dynamic_matmul(source: str | Path, target: str | Path) -> Path:
         out = Path(tmp) / "int8.onnx"
         _dynamic_matmul(pre, out)
         _carry_metadata(source, out, "int8")
+        out.replace(target)
+    return target
+
+
+def quantize_int8_conv(source: str | Path, target: str | Path) -> Path:
+    """``--quantize int8-conv``: ``int8`` plus the CNN's convolutions (all but the input conv) as int8 products
+    with one activation range per frame (``export.conv_int8``); GELU chains fused. No calibration data needed."""
+    import onnx
+
+    from vocalprobe.export.conv_int8 import convs_as_int8_matmuls
+    from vocalprobe.export.graph_rewrites import cancel_transposes, clear_value_info, fuse_gelu
+
+    source, target = Path(source), Path(target)
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp, _quiet_onnxruntime():
+        pre = _preprocess(source, Path(tmp))
+        dynamic = Path(tmp) / "int8.onnx"
+        _dynamic_matmul(pre, dynamic, nodes_to_exclude=static_plan(onnx.load(str(pre))).head)
+        model = onnx.load(str(dynamic))
+        plan = static_plan(model)
+        fuse_gelu(model)
+        rewrite = convs_as_int8_matmuls(model, [name for name in plan.cnn_convs if name not in plan.input_convs])
+        if not rewrite.rewritten:
+            raise QuantizationError(f"{source}: no convolution of the feature encoder could be rewritten "
+                                    f"({'; '.join(f'{k}: {v}' for k, v in rewrite.skipped.items()) or 'none found'})")
+        cancel_transposes(model)
+        clear_value_info(model)
+        out = Path(tmp) / "int8-conv.onnx"
+        onnx.save(model, str(out))
+        recipe = (f"{len(rewrite.rewritten)} CNN convs int8 with per-frame activation ranges"
+                  + (f" ({len(rewrite.skipped)} kept fp32)" if rewrite.skipped else "")
+                  + "; MatMuls dynamic int8; fp32: input conv, positional conv, head")
+        _carry_metadata(source, out, "int8-conv", {"quantization_recipe": recipe})
         out.replace(target)
     return target
 

@@ -170,7 +170,11 @@ def validate(
     model: Annotated[Path, typer.Argument(help="Exported .onnx graph.")],
     manifest: Annotated[Path, typer.Argument(help="Manifest CSV with a split column.")],
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
-    tolerance: Annotated[float, typer.Option(help="Allowed |UAR difference| with the study, in UAR points.")] = 0.5,
+    tolerance: Annotated[float, typer.Option(help="Allowed |UAR difference| with the study (or the reference), "
+                                             "in UAR points.")] = 0.5,
+    reference: Annotated[Optional[Path], typer.Option(
+        "--reference", help="Compare with this graph's UAR on the same clips instead of the study's (e.g. a "
+        "quantized graph against its fp32 graph; works on any labelled manifest).")] = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Report folder (default: MODEL.validate-SPLIT next to the model).")] = None,
     provider: ProviderOpt = "auto",
@@ -187,18 +191,25 @@ def validate(
 
     net = OnnxModel(model, provider=provider, threads=threads)
     _say(f"model: {net.describe()}")
+    reference_net = None
+    if reference is not None:
+        reference_net = OnnxModel(reference, provider=provider, threads=threads)
+        _say(f"reference: {reference_net.describe()}")
     n_clips = len(read_manifest(manifest).split(split))
     with Progress(transient=True) as progress:
         task = progress.add_task(f"validate {split}", total=n_clips)
         report = run_validate(net, manifest, split=split, tolerance_points=tolerance, n_resamples=resamples,
-                              on_clip=lambda: progress.advance(task))
+                              on_clip=lambda: progress.advance(task), reference_model=reference_net)
     out = out if out is not None else model.with_name(f"{model.stem}.validate-{split}")
     json_path, png_path, note = write_report(report, out)
     if report.uar is not None:
         lo, hi = report.uar_ci95
         typer.echo(f"ONNX UAR on {split}: {report.uar * 100:.2f} (95% CI {lo * 100:.2f}-{hi * 100:.2f}) "
                    f"over {report.n_scored} of {report.n_clips} clips")
-    if report.reference_uar is not None:
+    if report.reference_uar is not None and report.reference_model is not None:
+        typer.echo(f"reference UAR ({report.reference_key}): {report.reference_uar * 100:.2f}; decisions changed: "
+                   f"{report.decisions_changed} of {report.n_scored} clips")
+    elif report.reference_uar is not None:
         typer.echo(f"study UAR ({report.reference_key}): {report.reference_uar * 100:.2f}")
     if report.difference_points is not None:
         typer.echo(f"difference: {report.difference_points:+.2f} points (tolerance {tolerance:g})")
@@ -208,8 +219,8 @@ def validate(
         typer.secho(f"note: {line}", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"report: {json_path}" + (f", confusion matrix: {png_path}" if png_path else ""))
     if report.passed is False:
-        raise fail(f"the ONNX UAR differs from the study's by {report.difference_points:+.2f} points "
-                   f"(more than --tolerance {tolerance:g})")
+        raise fail(f"the ONNX UAR differs from the {'reference' if reference else 'study'}'s by "
+                   f"{report.difference_points:+.2f} points (more than --tolerance {tolerance:g})")
     if report.uar is None:
         raise fail("no clip could be read")
 

@@ -1,5 +1,6 @@
 """`vocalprobe validate`: score an exported graph with onnxruntime alone on a manifest split, and compare the UAR
-with the one the study measured in PyTorch (stored in the graph's metadata).
+with the one the study measured in PyTorch (stored in the graph's metadata), or with a reference graph's UAR on the
+same clips (``reference=``: e.g. a quantized graph against its fp32 graph, on any labelled manifest).
 
 Each clip is fed whole, resampled to the model's rate, one at a time (``predict_clip``). Clips that cannot be read
 are listed in the report and counted; the UAR is over the clips that could be read, and the report says so.
@@ -64,6 +65,8 @@ class ValidationReport:
     confusion: list[list[int]]
     unreadable: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reference_model: str | None = None  # the graph compared with, when not the study's UAR
+    decisions_changed: int | None = None  # clips whose predicted class differs from the reference graph's
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -71,7 +74,10 @@ class ValidationReport:
 
 def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test",
              tolerance_points: float = DEFAULT_TOLERANCE_POINTS, n_resamples: int = 1000, seed: int = 0,
-             on_clip: Callable[[], None] | None = None) -> ValidationReport:
+             on_clip: Callable[[], None] | None = None, reference_model: OnnxModel | None = None
+             ) -> ValidationReport:
+    """Score ``model`` on ``split``; compare with the study's UAR in its metadata, or with ``reference_model``'s
+    UAR on the same clips when one is given (its classes are matched by name)."""
     if tolerance_points < 0:
         raise ManifestError(f"--tolerance must be >= 0 UAR points, got {tolerance_points}")
     manifest = read_manifest(manifest_path)
@@ -83,7 +89,13 @@ def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test"
     if unknown:
         raise ModelError(f"{manifest_path}: label(s) {', '.join(unknown)} are not classes of {model.path.name} "
                          f"({', '.join(model.classes)}); is this the manifest the model was trained on?")
-    y_true, y_pred, unreadable = [], [], []
+    to_model_class = None
+    if reference_model is not None:
+        if set(reference_model.classes) != set(model.classes) or reference_model.sample_rate != model.sample_rate:
+            raise ModelError(f"the reference {reference_model.path.name} has other classes or another sample rate "
+                             f"than {model.path.name}; compare graphs of the same probe")
+        to_model_class = np.array([index[name] for name in reference_model.classes])
+    y_true, y_pred, y_ref, unreadable = [], [], [], []
     for row in subset:
         try:
             samples = load_row(manifest, row, model.sample_rate)
@@ -92,12 +104,14 @@ def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test"
         else:
             y_true.append(index[row.label])
             y_pred.append(int(np.argmax(predict_clip(model, samples))))
+            if reference_model is not None:
+                y_ref.append(int(to_model_class[np.argmax(predict_clip(reference_model, samples))]))
         if on_clip is not None:
             on_clip()
     notes = []
     meta = model.info.metadata
     manifest_matches = None
-    if "manifest_sha256" in meta:
+    if "manifest_sha256" in meta and reference_model is None:
         manifest_matches = meta["manifest_sha256"] == manifest.content_hash()
         if not manifest_matches:
             notes.append("the manifest differs from the one the study used (manifest_sha256): the UARs may not be "
@@ -106,7 +120,13 @@ def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test"
         notes.append(f"{len(unreadable)} clip(s) could not be read and are not scored")
     reference_key = _REFERENCE_KEY.get(split)
     reference = getattr(model.info, reference_key) if reference_key else None
-    if reference is None:
+    changed = None
+    if reference_model is not None:
+        reference_key = f"{reference_model.path.name} on the same clips"
+        reference = uar(np.asarray(y_true), np.asarray(y_ref)) if y_true else None
+        changed = int(np.sum(np.asarray(y_pred) != np.asarray(y_ref)))
+        manifest_matches = None
+    if reference is None and reference_model is None:
         notes.append(f"the model's metadata has no {reference_key or 'reference UAR for split ' + split!s}; "
                      "nothing to compare with")
     score = ci = diff = None
@@ -123,7 +143,8 @@ def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test"
         (len(model.classes),) * 2, dtype=np.int64)
     return ValidationReport(str(model.path), str(manifest_path), split, len(subset), len(y_true), score, ci,
                             reference_key if reference is not None else None, reference, diff, tolerance_points,
-                            passed, manifest_matches, list(model.classes), matrix.tolist(), unreadable, notes)
+                            passed, manifest_matches, list(model.classes), matrix.tolist(), unreadable, notes,
+                            None if reference_model is None else str(reference_model.path), changed)
 
 
 def write_report(report: ValidationReport, out_dir: str | Path) -> tuple[Path, Path | None, str | None]:

@@ -76,6 +76,19 @@ def test_study_export_validate(tiny_study):
     report8 = validated(root, out8, manifest)
     assert report8["reference_uar"] == report["reference_uar"] and report8["uar"] is not None
 
+    # int8-conv, validated against the fp32 graph on the same clips (the UAR change quantization costs)
+    out_conv = root / "hubert-int8conv.onnx"
+    code, output = run("export", study_dir, "--backbone", "hubert", "--quantize", "int8-conv", "--out", out_conv)
+    assert code == 0, output
+    assert _metadata(out_conv)["quantization"] == "int8-conv"
+    code, output = run("validate", out_conv, manifest, "--reference", out, "--tolerance", "100", "--out",
+                       root / "conv-vs-fp32")
+    assert code == 0, output
+    against = json.loads((root / "conv-vs-fp32" / "report.json").read_text())
+    assert against["reference_model"] == str(out) and against["reference_uar"] == pytest.approx(report["uar"])
+    assert 0 <= against["decisions_changed"] <= against["n_scored"]
+    assert f"decisions changed: {against['decisions_changed']} of {against['n_scored']}" in output
+
 
 def test_layer_choice_and_bad_options(tiny_study, tmp_path):
     root, manifest, study_dir, summary = tiny_study

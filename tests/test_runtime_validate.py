@@ -128,3 +128,26 @@ def test_score_events_cli(tmp_path):
     assert result.exit_code == 0, result.output
     assert "precision 1.000 (4/4), recall 1.000 (4/4)" in result.output
     assert "chance (labels shuffled)" in result.output
+
+
+def test_validate_against_a_reference_graph(tmp_path, manifest):
+    graph = build_band_graph(tmp_path / "m.onnx")
+    # the same detector with its classes in another order: same decisions once classes are matched by name
+    same = build_band_graph(tmp_path / "same.onnx", classes=DEFAULT_CLASSES[::-1], freqs=DEFAULT_FREQS[::-1])
+    report = validate(OnnxModel(graph), manifest, reference_model=OnnxModel(same), n_resamples=50)
+    assert report.reference_model.endswith("same.onnx") and report.decisions_changed == 0
+    assert report.reference_uar == pytest.approx(EXPECTED_UAR) and report.passed is True
+    assert report.manifest_matches_study is None  # the study's manifest is not what is compared
+    # a detector that confuses low and mid: 4 of the 6 readable clips change class, its UAR is lower
+    swapped = build_band_graph(tmp_path / "swapped.onnx", freqs=(DEFAULT_FREQS[1], DEFAULT_FREQS[0], DEFAULT_FREQS[2]))
+    report = validate(OnnxModel(graph), manifest, reference_model=OnnxModel(swapped), n_resamples=50)
+    assert report.decisions_changed == 4
+    assert report.reference_uar == pytest.approx((0 + 0 + 1) / 3)
+    assert report.difference_points == pytest.approx((EXPECTED_UAR - 1 / 3) * 100) and report.passed is False
+    result = runner.invoke(app, ["validate", str(graph), str(manifest), "--reference", str(swapped),
+                                 "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "decisions changed: 4 of 6" in result.output
+    assert "differs from the reference's" in result.output
+    other = build_band_graph(tmp_path / "other.onnx", classes=("a", "b", "c"))
+    with pytest.raises(ModelError, match="other classes"):
+        validate(OnnxModel(graph), manifest, reference_model=OnnxModel(other))
