@@ -7,6 +7,7 @@
     python benchmarks/bench_stream.py                       # a small test graph (overhead dominates: a floor)
     python benchmarks/bench_stream.py A.onnx B.onnx C.onnx --fuse
     python benchmarks/bench_stream.py --stand-in 3 --stand-in 12   # needs torch + transformers
+    python benchmarks/bench_stream.py --stand-in 3 --quantize int8-conv   # the stand-in, quantized as export does
 
 ``--stand-in L`` exports a *randomly initialised* HuBERT-base truncated after layer L with vocalprobe's exporter and
 a random probe: exactly the graph `vocalprobe export` writes for a base model at layer L, for timing.
@@ -62,6 +63,16 @@ def stand_in(layer: int, folder: Path, n_classes: int = 7) -> Path:
     return path
 
 
+def quantized(path: Path, mode: str) -> Path:
+    """``path`` quantized as ``vocalprobe export --quantize mode`` does (cached next to it)."""
+    from vocalprobe.export import quantize as q
+
+    out = path.with_name(f"{path.stem}.{mode}.onnx")
+    if not out.exists():
+        {"int8": q.quantize_dynamic_matmul, "int8-conv": q.quantize_int8_conv}[mode](path, out)
+    return out
+
+
 def report(model, args) -> None:
     window = args.window if args.window is not None else model.sample_duration
     alone = bench_model(model, window_s=window, batch=args.batch, seconds=args.seconds)
@@ -78,6 +89,8 @@ def main() -> None:
     parser.add_argument("models", nargs="*", type=Path, help="exported .onnx graphs")
     parser.add_argument("--stand-in", type=int, action="append", default=[], metavar="L",
                         help="also time a random-init HuBERT-base truncated at layer L (torch needed)")
+    parser.add_argument("--quantize", choices=("none", "int8", "int8-conv"), default="none",
+                        help="quantize the stand-ins as `vocalprobe export --quantize` does")
     parser.add_argument("--fuse", action="store_true", help="also time the fusion of all the models")
     parser.add_argument("--fuse-copies", type=int, default=0, metavar="N",
                         help="time an N-member fusion of each model with itself (the cost of N models)")
@@ -88,7 +101,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "vocalprobe-bench")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
-    paths = list(args.models) + [stand_in(layer, args.cache) for layer in args.stand_in]
+    stand_ins = [stand_in(layer, args.cache) for layer in args.stand_in]
+    if args.quantize != "none":
+        stand_ins = [quantized(path, args.quantize) for path in stand_ins]
+    paths = list(args.models) + stand_ins
     if not paths:
         paths = [small_graph(args.cache)]
     models = [OnnxModel(p, threads=args.threads) for p in paths]

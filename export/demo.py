@@ -3,8 +3,9 @@
 ``vocalprobe demo`` is what a new user runs first. Every step is the public command's own code path:
 
 1. the embedded study (``training.default_study``): synthetic calls, tiny UNTRAINED backbones of the three families;
-2. every backbone's best layer exported as one ONNX graph (fp32, with the export-time parity check), its dynamic
-   int8 version, and the paper's fusion of all best layers;
+2. every backbone's best layer exported as one ONNX graph (fp32, with the export-time parity check), its ``int8``
+   (dynamic int8 MatMuls) and ``int8-conv`` (convolutions too, per-frame ranges) versions, and the paper's fusion of
+   all best layers;
 3. ``validate`` on each graph (onnxruntime only): its Test UAR next to the study's;
 4. the fused graph streams the synthetic 10-minute AudioMoth recording into Raven/CSV/JSONL tables, and the events
    are scored against the recording's ground truth (precision / recall, and the same detections with shuffled
@@ -52,7 +53,8 @@ class FieldScore:
 
 
 def export_graphs(study_dir: Path, models_dir: Path, log: Callable[[str], None]) -> list[tuple[str, str, Path]]:
-    """Fusion of the best layers (keeping its fp32 members as per-backbone graphs), then each member's int8."""
+    """Fusion of the best layers (keeping its fp32 members as per-backbone graphs), then each member's int8 and
+    int8-conv versions."""
     from vocalprobe.export.fusion import fusion_from_study
     from vocalprobe.export.onnx_export import export_from_study
     from vocalprobe.training.study import load_summary, safe_name
@@ -69,11 +71,12 @@ def export_graphs(study_dir: Path, models_dir: Path, log: Callable[[str], None])
         fp32 = models_dir / f"{safe_name(choice.backbone)}.onnx"
         fused.with_name(f"{fused.stem}.member{i}.onnx").replace(fp32)
         graphs.append((choice.backbone, f"L{choice.best_layer}", fp32))
-    for choice in choices:
-        int8 = models_dir / f"{safe_name(choice.backbone)}.int8.onnx"
-        log(f"export: {choice.backbone} layer {choice.best_layer}, dynamic int8 (MatMul)")
-        export_from_study(study_dir, int8, backbone=choice.backbone, quantize="int8", log=lambda m: log(f"  {m}"))
-        graphs.append((f"{choice.backbone} int8", f"L{choice.best_layer}", int8))
+    for mode, what in (("int8", "dynamic int8 MatMuls"), ("int8-conv", "int8 MatMuls and convolutions")):
+        for choice in choices:
+            path = models_dir / f"{safe_name(choice.backbone)}.{mode}.onnx"
+            log(f"export: {choice.backbone} layer {choice.best_layer}, {what} ({mode})")
+            export_from_study(study_dir, path, backbone=choice.backbone, quantize=mode, log=lambda m: log(f"  {m}"))
+            graphs.append((f"{choice.backbone} {mode}", f"L{choice.best_layer}", path))
     graphs.append(("fusion", "best", fused))
     return graphs
 
@@ -135,8 +138,9 @@ def render_report(study_dir: Path, checks: list[GraphCheck], field: FieldScore |
         verdict = {True: "yes", False: "**no**", None: "–"}[c.passed]
         lines.append(f"| {c.name} | {c.layer} | {_pct(c.study_uar)} | {_pct(c.onnx_uar)} | {diff} "
                      f"| {verdict} |")
-    lines += ["", "fp32 graphs must match the study (they are the study's probes on the same clips); int8 graphs show "
-              f"what quantization costs. Graphs: `{rel(checks[0].path.parent)}/`; per-graph reports (JSON + confusion "
+    lines += ["", "fp32 graphs must match the study (they are the study's probes on the same clips); int8 and "
+              "int8-conv graphs show what quantization costs (one Test clip of 48 moves the UAR by about 2 points; "
+              "`benchmarks/bench_quantize_accuracy.py` measures it on 1,600 held-out clips). Graphs: `{rel(checks[0].path.parent)}/`; per-graph reports (JSON + confusion "
               "matrix): `artifacts/demo/validate/`."]
     if field is not None:
         lines += ["", "## Streaming the 10-minute field recording (fused graph)", "",
@@ -162,7 +166,7 @@ def run_demo(root: str | Path = ".", *, log: Callable[[str], None] = print, prog
     study_dir = run_default_study(root, progress=progress)
     manifest = Path(default_study_config(root).datasets[0].manifest)
     demo_dir = root / "artifacts" / "demo"
-    log("2/4 export: best layers (fp32 + int8) and their fusion, each checked against PyTorch")
+    log("2/4 export: best layers (fp32, int8, int8-conv) and their fusion, each checked against PyTorch")
     graphs = export_graphs(study_dir, demo_dir / "models", log)
     log("3/4 validate: every graph on the Test split with onnxruntime")
     checks = validate_graphs(graphs, manifest, demo_dir / "validate")

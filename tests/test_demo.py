@@ -29,8 +29,9 @@ def test_demo_runs_every_step(tmp_path, monkeypatch):
     text = report.read_text()
     models = tmp_path / "artifacts" / "demo" / "models"
     names = sorted(p.name for p in models.glob("*.onnx"))
-    assert names == ["fusion.onnx", "tiny-hubert.int8.onnx", "tiny-hubert.onnx", "tiny-wav2vec2.int8.onnx",
-                     "tiny-wav2vec2.onnx", "tiny-wavlm.int8.onnx", "tiny-wavlm.onnx"]
+    assert names == ["fusion.onnx", "tiny-hubert.int8-conv.onnx", "tiny-hubert.int8.onnx", "tiny-hubert.onnx",
+                     "tiny-wav2vec2.int8-conv.onnx", "tiny-wav2vec2.int8.onnx", "tiny-wav2vec2.onnx",
+                     "tiny-wavlm.int8-conv.onnx", "tiny-wavlm.int8.onnx", "tiny-wavlm.onnx"]
     fp32_rows = [line for line in text.splitlines() if line.startswith("| tiny-") and "int8" not in line
                  or line.startswith("| fusion")]
     assert len(fp32_rows) == 4
