@@ -38,6 +38,7 @@ def export_all(study_dir: Path, out_dir: Path, modes: list[str]) -> dict[tuple[s
     """{(graph name, mode): path} for each backbone's best layer and the fusion, fp32 ("none") and each mode."""
     from vocalprobe.export.fusion import fusion_from_study
     from vocalprobe.export.onnx_export import ExportError, export_from_study
+    from vocalprobe.export.parity import ParityError
     from vocalprobe.training.study import load_summary, safe_name
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -47,16 +48,18 @@ def export_all(study_dir: Path, out_dir: Path, modes: list[str]) -> dict[tuple[s
             path = out_dir / f"{safe_name(choice.backbone)}.{mode}.onnx"
             try:
                 export_from_study(study_dir, path, backbone=choice.backbone, quantize=mode)
-            except ExportError as exc:  # the parity guard refused it: measure it anyway, and say so
-                print(f"note: {choice.backbone} {mode}: {exc}; exported without the guard", flush=True)
+            except (ExportError, ParityError) as exc:  # the parity guard refused it: measure it anyway, say so
+                print(f"note: {choice.backbone} {mode}: refused by the parity guard ({str(exc).splitlines()[-1]}); "
+                      "exported without the guard to measure it", flush=True)
                 export_from_study(study_dir, path, backbone=choice.backbone, quantize=mode, parity=False)
             graphs[(f"{choice.backbone} L{choice.best_layer}", mode)] = path
     for mode in ["none", *modes]:
         path = out_dir / f"fusion.{mode}.onnx"
         try:
             fusion_from_study(study_dir, path, quantize=mode)
-        except ExportError as exc:
-            print(f"note: fusion {mode}: {exc}; not measured", flush=True)
+        except (ExportError, ParityError) as exc:
+            print(f"note: fusion {mode}: refused by the parity guard ({str(exc).splitlines()[0]}); not measured",
+                  flush=True)
             continue
         graphs[("fusion", mode)] = path
     return graphs

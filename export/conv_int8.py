@@ -19,9 +19,10 @@ How, for a Conv1d with kernel k and stride s (group 1, no padding, no dilation) 
 * the output goes back to ``[B, O, T']`` with the conv's output name; ``graph_rewrites.cancel_transposes`` then
   removes the transposes that meet across the GELU between two rewritten convs.
 
-Apart from the rounding of weights and activations everything is exact. Per-frame ranges also make a clip's
-result independent of the batch it is in (a per-tensor range is shared by the batch). The graph needs onnxruntime
-(``com.microsoft`` ops), which is what vocalprobe's runtime is.
+Apart from the rounding of weights and activations everything is exact. Per-frame ranges also keep the convolutions'
+share of a clip's result independent of the batch it is in (the transformer's dynamic int8 MatMuls still share one
+range per batch, as in ``int8``). The graph needs onnxruntime (``com.microsoft`` ops), which is what vocalprobe's
+runtime is.
 """
 
 from __future__ import annotations
