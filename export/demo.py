@@ -38,6 +38,8 @@ class GraphCheck:
     onnx_uar: float | None
     difference_points: float | None
     passed: bool | None
+    n_scored: int = 0
+    changed_vs_fp32: int | None = None  # quantized graphs: Test clips whose class differs from the fp32 graph's
 
 
 @dataclass
@@ -52,9 +54,10 @@ class FieldScore:
     out_dir: Path
 
 
-def export_graphs(study_dir: Path, models_dir: Path, log: Callable[[str], None]) -> list[tuple[str, str, Path]]:
+def export_graphs(study_dir: Path, models_dir: Path, log: Callable[[str], None]
+                  ) -> list[tuple[str, str, Path, Path | None]]:
     """Fusion of the best layers (keeping its fp32 members as per-backbone graphs), then each member's int8 and
-    int8-conv versions."""
+    int8-conv versions. Returns ``(name, layer, graph, its fp32 graph or None)``."""
     from vocalprobe.export.fusion import fusion_from_study
     from vocalprobe.export.onnx_export import export_from_study
     from vocalprobe.training.study import load_summary, safe_name
@@ -70,27 +73,36 @@ def export_graphs(study_dir: Path, models_dir: Path, log: Callable[[str], None])
     for i, choice in enumerate(choices):
         fp32 = models_dir / f"{safe_name(choice.backbone)}.onnx"
         fused.with_name(f"{fused.stem}.member{i}.onnx").replace(fp32)
-        graphs.append((choice.backbone, f"L{choice.best_layer}", fp32))
+        graphs.append((choice.backbone, f"L{choice.best_layer}", fp32, None))
     for mode, what in (("int8", "dynamic int8 MatMuls"), ("int8-conv", "int8 MatMuls and convolutions")):
         for choice in choices:
             path = models_dir / f"{safe_name(choice.backbone)}.{mode}.onnx"
             log(f"export: {choice.backbone} layer {choice.best_layer}, {what} ({mode})")
             export_from_study(study_dir, path, backbone=choice.backbone, quantize=mode, log=lambda m: log(f"  {m}"))
-            graphs.append((f"{choice.backbone} {mode}", f"L{choice.best_layer}", path))
-    graphs.append(("fusion", "best", fused))
+            graphs.append((f"{choice.backbone} {mode}", f"L{choice.best_layer}", path,
+                           models_dir / f"{safe_name(choice.backbone)}.onnx"))
+    graphs.append(("fusion", "best", fused, None))
     return graphs
 
 
-def validate_graphs(graphs: list[tuple[str, str, Path]], manifest: Path, reports_dir: Path) -> list[GraphCheck]:
+def validate_graphs(graphs: list[tuple[str, str, Path, Path | None]], manifest: Path, reports_dir: Path
+                    ) -> list[GraphCheck]:
+    """Each graph against the study's Test UAR; a quantized one also against its fp32 graph (decisions changed)."""
     from vocalprobe.runtime.onnx_model import OnnxModel
     from vocalprobe.runtime.validate import validate, write_report
 
     checks = []
-    for name, layer, path in graphs:
-        report = validate(OnnxModel(path), manifest, split="test")
+    for name, layer, path, fp32 in graphs:
+        model = OnnxModel(path)
+        report = validate(model, manifest, split="test")
         write_report(report, reports_dir / path.stem)
+        changed = None
+        if fp32 is not None:
+            against = validate(model, manifest, split="test", reference_model=OnnxModel(fp32))
+            write_report(against, reports_dir / f"{path.stem}.vs-fp32")
+            changed = against.decisions_changed
         checks.append(GraphCheck(name, path, layer, report.reference_uar, report.uar, report.difference_points,
-                                 report.passed))
+                                 report.passed, report.n_scored, changed))
     return checks
 
 
@@ -131,17 +143,21 @@ def render_report(study_dir: Path, checks: list[GraphCheck], field: FieldScore |
              "they say nothing about the paper.", "",
              f"- study: [{rel(study_dir / 'report.md')}]({rel(study_dir / 'report.md')})", "",
              "## Exported graphs, validated with onnxruntime on the Test split", "",
-             "| graph | layer | study Test UAR [%] | ONNX Test UAR [%] | Δ [points] | within 0.5 points |",
-             "|---|---|---:|---:|---:|---|"]
+             "UAR in %, Δ in points; the last column counts the Test clips whose class differs from the fp32 "
+             "graph's.", "",
+             "| graph | layer | study UAR | ONNX UAR | Δ | within 0.5 | changed vs fp32 |",
+             "|---|---|---:|---:|---:|---|---:|"]
     for c in checks:
         diff = "–" if c.difference_points is None else f"{c.difference_points:+.2f}"
         verdict = {True: "yes", False: "**no**", None: "–"}[c.passed]
+        changed = "–" if c.changed_vs_fp32 is None else f"{c.changed_vs_fp32} of {c.n_scored}"
         lines.append(f"| {c.name} | {c.layer} | {_pct(c.study_uar)} | {_pct(c.onnx_uar)} | {diff} "
-                     f"| {verdict} |")
+                     f"| {verdict} | {changed} |")
     lines += ["", "fp32 graphs must match the study (they are the study's probes on the same clips); int8 and "
               "int8-conv graphs show what quantization costs (one Test clip of 48 moves the UAR by about 2 points; "
-              "`benchmarks/bench_quantize_accuracy.py` measures it on 1,600 held-out clips). Graphs: `{rel(checks[0].path.parent)}/`; per-graph reports (JSON + confusion "
-              "matrix): `artifacts/demo/validate/`."]
+              "`benchmarks/bench_quantize_accuracy.py` measures it on 1,600 held-out clips)."
+              f" Graphs: `{rel(checks[0].path.parent)}/`; per-graph reports (JSON + confusion matrix): "
+              "`artifacts/demo/validate/`."]
     if field is not None:
         lines += ["", "## Streaming the 10-minute field recording (fused graph)", "",
                   f"{FIELD_WINDOW_S:g} s windows every {FIELD_HOP_S:g} s, min-conf {FIELD_MIN_CONF:g}, consecutive "

@@ -37,6 +37,10 @@ def test_demo_runs_every_step(tmp_path, monkeypatch):
     assert len(fp32_rows) == 4
     for row in fp32_rows:  # fp32 graphs score exactly what the study promised
         assert "| +0.00 | yes |" in row, row
+    quantized_rows = [line for line in text.splitlines() if line.startswith("| tiny-") and "int8" in line]
+    assert len(quantized_rows) == 6  # int8 and int8-conv of each backbone, each compared with its fp32 graph
+    assert all(re.search(r"\| \d+ of \d+ \|$", row) for row in quantized_rows), quantized_rows
+    assert "{rel(" not in text
     stream = tmp_path / "artifacts" / "demo" / "stream"
     assert (stream / "detections.csv").is_file() and list(stream.rglob("*.selection.table.txt"))
     field_row = re.search(r"\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|", text)
