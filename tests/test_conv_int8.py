@@ -241,3 +241,19 @@ def test_int8_conv_graph_stays_close_to_pytorch(pipelines, tmp_path, name, layer
     clips = [tone_clip(s, seed=i) for i, s in enumerate((0.1, 1.0, 2.3, 4.5))]  # 4.5 s > CHUNK: chunked
     report = check_parity(pipeline, out, clips, chunk_samples=CHUNK, atol=0.25, label="int8-conv")
     assert report.max_diff("probabilities") > 0
+
+
+def test_int8_conv_members_fuse(pipelines, tmp_path):
+    import onnxruntime as ort
+
+    from vocalprobe.export.fusion import fuse_models
+    from vocalprobe.export.quantize import quantize_int8_conv
+
+    members = [quantize_int8_conv(pipelines(name, layer)[1], tmp_path / f"{name}.onnx")
+               for name, layer in (("hubert", 0), ("wavlm", 2))]
+    fused = fuse_models(members, tmp_path / "fused.onnx")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    run = lambda path: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        ["probabilities"], {"waveform": tone_clip(1.3, seed=5)[None]})[0]
+    np.testing.assert_allclose(run(fused), np.mean([run(m) for m in members], axis=0), atol=1e-6)
