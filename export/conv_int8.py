@@ -39,7 +39,8 @@ __all__ = ["ConvRewrite", "convs_as_int8_matmuls", "conv_int8_support"]
 
 @dataclass
 class ConvRewrite:
-    """What ``convs_as_int8_matmuls`` did: rewritten convs, helper MatMuls that must stay fp32, convs left alone."""
+    """What ``convs_as_int8_matmuls`` did: rewritten convs, helper MatMuls (the zero-point corrections) that a
+    quantizer run afterwards must leave fp32, and the convs left alone with the reason."""
 
     rewritten: list[str] = field(default_factory=list)
     fp32_matmuls: list[str] = field(default_factory=list)
@@ -178,7 +179,6 @@ def convs_as_int8_matmuls(model, names) -> ConvRewrite:
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
     wanted, result, nodes, constants = set(names), ConvRewrite(), [], []
-    producers_of = {}
     for node in graph.node:
         if node.name not in wanted:
             nodes.append(node)
@@ -193,8 +193,7 @@ def convs_as_int8_matmuls(model, names) -> ConvRewrite:
         builder, correction = _rewrite(node, weight, bias)
         nodes.extend(builder.nodes)
         constants.extend(builder.constants)
-        producers_of.update({n.output[0]: n.name for n in builder.nodes})
-        result.fp32_matmuls.append(producers_of[correction])
+        result.fp32_matmuls.append(correction)  # a builder node's output carries the node's name
         result.rewritten.append(node.name)
     if not result.rewritten:
         return result

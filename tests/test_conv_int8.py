@@ -85,7 +85,8 @@ def rewritten(weight, stride, bias=None):
     model = conv_model(weight, stride, bias)
     result = convs_as_int8_matmuls(model, ["conv"])
     assert result.rewritten == ["conv"] and not result.skipped
-    assert "Conv" not in {n.op_type for n in model.graph.node}
+    ops = {n.name: n.op_type for n in model.graph.node}
+    assert "Conv" not in ops.values() and [ops[name] for name in result.fp32_matmuls] == ["MatMul"]
     return model
 
 
