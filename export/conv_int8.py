@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vocalprobe.export.graph_rewrites import MS_DOMAIN, use_ms_domain
+from vocalprobe.export.graph_rewrites import MS_DOMAIN, attribute, use_ms_domain
 
 __all__ = ["ConvRewrite", "convs_as_int8_matmuls", "conv_int8_support"]
 
@@ -47,15 +47,6 @@ class ConvRewrite:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def _attribute(node, name, default):
-    from onnx import helper
-
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
-
-
 def conv_int8_support(node, initializers: dict) -> str | None:
     """Why ``node`` cannot be rewritten (None: it can)."""
     if node.op_type != "Conv":
@@ -65,11 +56,11 @@ def conv_int8_support(node, initializers: dict) -> str | None:
         return "its weight is not a constant initializer"
     if len(weight.dims) != 3:
         return f"not a 1-D convolution (weight rank {len(weight.dims)})"
-    if _attribute(node, "group", 1) != 1:
+    if attribute(node, "group", 1) != 1:
         return "grouped convolution"
-    if any(d != 1 for d in _attribute(node, "dilations", [1])):
+    if any(d != 1 for d in attribute(node, "dilations", [1])):
         return "dilated convolution"
-    if any(p != 0 for p in _attribute(node, "pads", [0, 0])) or _attribute(node, "auto_pad", b"NOTSET") not in (
+    if any(p != 0 for p in attribute(node, "pads", [0, 0])) or attribute(node, "auto_pad", b"NOTSET") not in (
             b"NOTSET", b"VALID", "NOTSET", "VALID"):
         return "padded convolution"
     if len(node.input) > 2 and node.input[2] and node.input[2] not in initializers:
@@ -116,7 +107,7 @@ def _rewrite(node, weight: np.ndarray, bias: str | None) -> tuple[_Builder, str]
     from onnx import TensorProto
 
     out_channels, in_channels, kernel = weight.shape
-    stride = int(_attribute(node, "strides", [1])[0])
+    stride = int(attribute(node, "strides", [1])[0])
     blocks = math.ceil(kernel / stride)
     b = _Builder(f"{node.name}/int8conv")
     frames = b.op("Transpose", [node.input[0]], perm=[0, 2, 1])  # [B, T, C]

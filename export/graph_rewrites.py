@@ -17,12 +17,23 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fuse_gelu", "cancel_transposes", "clear_value_info", "scalar_values", "MS_DOMAIN", "use_ms_domain"]
+__all__ = ["fuse_gelu", "cancel_transposes", "clear_value_info", "scalar_values", "attribute", "MS_DOMAIN",
+           "use_ms_domain"]
 
 MS_DOMAIN = "com.microsoft"
 _SQRT2 = float(np.sqrt(2.0))
 #: ops that act on each element independently (with scalar operands they do not care about the layout)
 _ELEMENTWISE = {"Abs", "Add", "Div", "Erf", "Gelu", "Identity", "Mul", "Neg", "Relu", "Sigmoid", "Sqrt", "Sub", "Tanh"}
+
+
+def attribute(node, name: str, default=None):
+    """The value of ``node``'s attribute ``name`` (ints, floats, strings as bytes...), or ``default``."""
+    from onnx import helper
+
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
 
 
 def use_ms_domain(model) -> None:
@@ -49,11 +60,13 @@ def scalar_values(graph) -> dict[str, float]:
     return values
 
 
-def _consumers(graph) -> dict[str, list]:
+def _consumers(graph, removed: set[int] = frozenset()) -> dict[str, list]:
+    """``{value name: nodes reading it}``, leaving out nodes whose id is in ``removed``."""
     consumers: dict[str, list] = {}
     for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+        if id(node) not in removed:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
     return consumers
 
 
@@ -128,10 +141,7 @@ def fuse_gelu(model) -> int:
 
 
 def _is_swap(node) -> bool:
-    if node.op_type != "Transpose":
-        return False
-    perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
-    return perm == [[0, 2, 1]]
+    return node.op_type == "Transpose" and list(attribute(node, "perm", [])) == [0, 2, 1]
 
 
 def cancel_transposes(model) -> int:
@@ -179,19 +189,10 @@ def cancel_transposes(model) -> int:
             removed.add(id(end))
         removed.add(id(first))
         cancelled += 1
-        consumers = _consumers_after(graph, removed)
+        consumers = _consumers(graph, removed)
     if removed:
         _replace_nodes(graph, removed, {})
     return cancelled
-
-
-def _consumers_after(graph, removed: set[int]) -> dict[str, list]:
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        if id(node) not in removed:
-            for name in node.input:
-                consumers.setdefault(name, []).append(node)
-    return consumers
 
 
 def clear_value_info(model) -> None:

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vocalprobe.export.graph_rewrites import attribute
 from vocalprobe.runtime.errors import VocalprobeError
 
 __all__ = ["QuantizationError", "quantize_dynamic_matmul", "quantize_int8_conv", "quantize_static_qdq", "TrainClipReader", "StaticRecipe",
@@ -174,8 +175,7 @@ def static_plan(model, recipe: StaticRecipe = DEFAULT_STATIC_RECIPE) -> StaticPl
     fed_by_conv = {id(n) for n in _downstream(graph, conv_outputs)}
     plan = StaticPlan()
     plan.input_convs = [n.name for n in convs if id(n) not in fed_by_conv]
-    plan.positional_convs = [n.name for n in convs
-                             if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    plan.positional_convs = [n.name for n in convs if attribute(n, "group", 1) > 1]
     plan.cnn_convs = [n.name for n in convs if n.name not in plan.positional_convs]
     if recipe.cnn_layers is not None:
         if recipe.cnn_layers and recipe.cnn_layers[-1] >= len(plan.cnn_convs):

@@ -125,7 +125,6 @@ def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test"
         reference_key = f"{reference_model.path.name} on the same clips"
         reference = uar(np.asarray(y_true), np.asarray(y_ref)) if y_true else None
         changed = int(np.sum(np.asarray(y_pred) != np.asarray(y_ref)))
-        manifest_matches = None
     if reference is None and reference_model is None:
         notes.append(f"the model's metadata has no {reference_key or 'reference UAR for split ' + split!s}; "
                      "nothing to compare with")
