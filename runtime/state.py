@@ -8,12 +8,12 @@ The settings that shape the outputs are stored too; resuming into the same folde
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from vocalprobe.runtime.atomic import atomic_write_text
+from vocalprobe.runtime.digests import json_sha256
 from vocalprobe.runtime.errors import VocalprobeError
 
 STATE_NAME = ".vocalprobe-stream-state.json"
@@ -22,18 +22,6 @@ STATE_VERSION = 1
 
 class StateError(VocalprobeError):
     """An output folder whose state file is unreadable or was written with other settings."""
-
-
-def settings_digest(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fingerprint(path: Path) -> dict:
@@ -59,7 +47,7 @@ class RunState:
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
             raise StateError(f"{self.path}: not a vocalprobe run state (version {data.get('version')!r}); "
                              "delete it to start this folder over")
-        if data.get("settings_sha256") != settings_digest(self.settings):
+        if data.get("settings_sha256") != json_sha256(self.settings):
             changed = sorted(k for k in set(self.settings) | set(data.get("settings", {}))
                              if self.settings.get(k) != data.get("settings", {}).get(k))
             raise StateError(f"{self.out_dir} holds results made with other settings (changed: {', '.join(changed)}); "
@@ -103,6 +91,6 @@ class RunState:
         return {record["name"] for record in self.done.values()}
 
     def save(self) -> None:
-        data = {"version": STATE_VERSION, "settings_sha256": settings_digest(self.settings),
+        data = {"version": STATE_VERSION, "settings_sha256": json_sha256(self.settings),
                 "settings": self.settings, "done": self.done, "failed": self.failed}
         atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")

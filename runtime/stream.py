@@ -166,7 +166,7 @@ class DetectConfig:
 
 def output_settings(model: Model, config: DetectConfig, formats: Sequence[str]) -> dict:
     """Everything that shapes a run's outputs (not batch, threads or provider): what a resumed run must match."""
-    from vocalprobe.runtime.state import file_sha256
+    from vocalprobe.runtime.digests import file_sha256
 
     members = getattr(model, "members", [model])
     return {"models": [file_sha256(m.path) for m in members],

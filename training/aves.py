@@ -25,7 +25,6 @@ classes to unpickle raises ``ForeignPickleError`` with the steps to re-save it. 
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import math
 import os
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from vocalprobe import __version__
 from vocalprobe.runtime.atomic import atomic_write_text
+from vocalprobe.runtime.digests import file_sha256
 from vocalprobe.runtime.errors import VocalprobeError
 from vocalprobe.training.backbones import AVES_DIR_ENV, DEFAULT_AVES_DIR, aves_dir  # noqa: F401 (re-exported)
 
@@ -638,14 +638,6 @@ def verify_directory(out_dir: str | Path, arch: Mapping[str, Any], source_get: C
 # The conversion
 # ---------------------------------------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _sibling_config(checkpoint: Path) -> Path | None:
     """AVES' naming: ``x.torchaudio.pt`` comes with ``x.torchaudio.model_config.json``."""
     candidate = checkpoint.with_name(checkpoint.stem + ".model_config.json")
@@ -721,7 +713,7 @@ def convert_aves(checkpoint: str | Path, out_dir: str | Path | None = None, *, c
         say(f"checking hidden states against the reference: {reference}")
         max_diff, tolerance = verify_directory(tmp, ta_config, source_get, torchaudio_model)
         report = ConversionReport(
-            source=str(checkpoint), source_sha256=_sha256(checkpoint), layout=layout, config_source=config_source,
+            source=str(checkpoint), source_sha256=file_sha256(checkpoint), layout=layout, config_source=config_source,
             out_dir=str(out_dir), num_tensors=len(mapped), dropped=dropped, reference=reference,
             max_abs_diff=max_diff, tolerance=tolerance)
         atomic_write_text(tmp / "conversion.json", report.to_json())

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vocalprobe.runtime.atomic import atomic_write_text
+from vocalprobe.runtime.digests import update_with_file
 from vocalprobe.runtime.errors import VocalprobeError
 
 if TYPE_CHECKING:  # torch and transformers are imported lazily: importing this module stays cheap
@@ -203,9 +204,7 @@ def weights_fingerprint(folder: str | Path) -> str:
     digest = hashlib.sha256()
     for p in files:
         digest.update(p.name.encode())
-        with p.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        update_with_file(digest, p)
     return digest.hexdigest()
 
 

@@ -19,7 +19,6 @@ shards load with ``allow_pickle=False``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ import torch
 from vocalprobe.runtime.atomic import atomic_open, atomic_write_text
 from vocalprobe.runtime.audio import seconds_to_samples
 from vocalprobe.runtime.clips import load_row
+from vocalprobe.runtime.digests import json_sha256
 from vocalprobe.runtime.errors import VocalprobeError
 from vocalprobe.runtime.manifest import Manifest, read_manifest
 from vocalprobe.runtime.preprocess import MIN_SAMPLES, repeat_pad
@@ -102,7 +102,7 @@ def cache_settings(backbone: Backbone, manifest: Manifest, *, layers: Sequence[i
 
 
 def cache_key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:24]
+    return json_sha256(settings)[:24]
 
 
 class _Cache:

@@ -17,7 +17,6 @@ Everything is written atomically; the study folder holds no pickle (JSON, .npy, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +27,7 @@ import numpy as np
 
 from vocalprobe import __version__
 from vocalprobe.runtime.atomic import atomic_open, atomic_write_text
+from vocalprobe.runtime.digests import json_sha256
 from vocalprobe.runtime.manifest import SPLITS, Manifest, read_manifest
 from vocalprobe.runtime.metrics import bootstrap_uar_ci, confusion_matrix, uar
 from vocalprobe.training.probe import ProbeConfig
@@ -192,7 +192,7 @@ def load_summary(study_dir: str | Path) -> StudySummary:
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_sha256(obj)[:16]
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
