@@ -42,3 +42,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_open(path, "wb") as handle:
         handle.write(data)
+
+
+def atomic_save_npy(path: str | Path, array) -> None:
+    """``np.save`` without pickle (``allow_pickle=False``: caches must not carry code), atomically."""
+    import numpy as np
+
+    with atomic_open(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)

@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from vocalprobe.runtime.atomic import atomic_open, atomic_write_text
+from vocalprobe.runtime.atomic import atomic_save_npy, atomic_write_text
 from vocalprobe.runtime.audio import seconds_to_samples
 from vocalprobe.runtime.clips import load_row
 from vocalprobe.runtime.digests import json_sha256
@@ -156,8 +156,7 @@ class _Cache:
             self.features.update(zip(rows, array))
             if self.folder is not None:
                 name = f"shard-{len(self.shards):05d}.npy"
-                with atomic_open(self.folder / name, "wb") as handle:
-                    np.save(handle, array, allow_pickle=False)
+                atomic_save_npy(self.folder / name, array)
                 self.shards.append({"file": name, "rows": rows})
         self.write_index()
 

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vocalprobe import __version__
-from vocalprobe.runtime.atomic import atomic_open, atomic_write_text
+from vocalprobe.runtime.atomic import atomic_open, atomic_save_npy, atomic_write_text
 from vocalprobe.runtime.digests import json_sha256
 from vocalprobe.runtime.manifest import SPLITS, Manifest, read_manifest
 from vocalprobe.runtime.metrics import bootstrap_uar_ci, confusion_matrix, uar
@@ -193,11 +193,6 @@ def load_summary(study_dir: str | Path) -> StudySummary:
 
 def _digest(obj: Any) -> str:
     return json_sha256(obj)[:16]
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_open(path, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -418,7 +413,7 @@ def _train_probes(config: StudyConfig, ds: DatasetSpec, manifest: Manifest, back
                              hidden_sizes=probe_cfg.hidden_sizes, val_uar=val_uar, test_uar=test_uar, seed=seed,
                              dataset=ds.name, probe_config=replace(probe_cfg, seed=seed).to_dict())
             save_probe(run_dir / name, clf.model_, info)
-            _save_npy(run_dir / f"{name}.test_proba.npy", proba.astype(np.float32))
+            atomic_save_npy(run_dir / f"{name}.test_proba.npy", proba.astype(np.float32))
             # the key is written last: a probe counts as done only when all its files exist
             _write_json(run_dir / f"{name}.json", {
                 "key": _digest({**probe_key_base, "seed": seed}), "result": result.to_dict(),
@@ -455,9 +450,10 @@ def _choose_layer(config: StudyConfig, ds: DatasetSpec, backbone: str, table: _C
     posteriors = probe_stem.with_name(probe_stem.name + ".test_posteriors.npy")
     _copy_atomic(src.with_name(src.name + ".test_proba.npy"), posteriors)
     test_idx = table.index("test")
-    _save_npy(probe_stem.with_name(probe_stem.name + ".test_rows.npy"), np.asarray(table.rows, np.int64)[test_idx])
-    _save_npy(probe_stem.with_name(probe_stem.name + ".test_labels.npy"),
-              np.asarray(table.labels, np.int64)[test_idx])
+    atomic_save_npy(probe_stem.with_name(probe_stem.name + ".test_rows.npy"),
+                    np.asarray(table.rows, np.int64)[test_idx])
+    atomic_save_npy(probe_stem.with_name(probe_stem.name + ".test_labels.npy"),
+                    np.asarray(table.labels, np.int64)[test_idx])
     return LayerChoice(
         dataset=ds.name, backbone=label, backbone_name=backbone, kind=table.kind, layers=tuple(table.layers),
         val_mean=tuple(float(v) for v in val_mean), val_std=tuple(float(v) for v in val.std(1)),
@@ -485,8 +481,8 @@ def _fuse(config: StudyConfig, ds: DatasetSpec, choices: list[LayerChoice]) -> F
     y = np.array([label_of[int(r)] for r in common], dtype=np.int64)
 
     fusion_dir = config.out_dir / "fusion" / safe_name(ds.name)
-    _save_npy(fusion_dir / "test_rows.npy", common)
-    _save_npy(fusion_dir / "test_labels.npy", y)
+    atomic_save_npy(fusion_dir / "test_rows.npy", common)
+    atomic_save_npy(fusion_dir / "test_labels.npy", y)
     n_classes = None
     scores, cis, posterior_paths, sources = [], [], [], []
     confusion = None
@@ -504,7 +500,7 @@ def _fuse(config: StudyConfig, ds: DatasetSpec, choices: list[LayerChoice]) -> F
         scores.append(uar(y, pred))
         cis.append(bootstrap_uar_ci(y, pred, n_resamples=config.bootstrap_resamples, seed=seed))
         out_path = fusion_dir / f"s{seed}.test_posteriors.npy"
-        _save_npy(out_path, fused)
+        atomic_save_npy(out_path, fused)
         posterior_paths.append(str(out_path.relative_to(config.out_dir)))
         sources.append(tuple(seed_sources))
         cm = confusion_matrix(y, pred, n_classes)
