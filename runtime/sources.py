@@ -112,6 +112,12 @@ class StdinSource:
         yield from _resampled(self.raw_blocks(), self.sample_rate, target_rate)
 
 
+def _is_listed_audio(path: Path, root: Path) -> bool:
+    """An audio file below ``root`` that is not hidden: ``._NAME.WAV`` files macOS writes onto SD cards, and
+    anything in a hidden folder, are not recordings."""
+    return is_audio_file(path) and not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_SIZE) -> list[FileSource]:
     """Expand files and folders (recursively, sorted) into sources with distinct output names.
 
@@ -122,8 +128,7 @@ def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_audio_file(p)
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_listed_audio(p, path))
             if not found:
                 raise SourceError(f"{path}: no .wav/.flac/.ogg files in this folder or below")
             sources.extend(FileSource(p, p.relative_to(path).as_posix(), block_size) for p in found)
@@ -168,8 +173,7 @@ class FolderWatcher:
         now = self.clock()
         out = []
         for path in sorted(self.folder.rglob("*")):
-            if (path in self._given or not is_audio_file(path)
-                    or any(part.startswith(".") for part in path.relative_to(self.folder).parts)):
+            if path in self._given or not _is_listed_audio(path, self.folder):
                 continue
             try:
                 stat = path.stat()
