@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from vocalprobe.runtime.errors import AudioError
-from vocalprobe.runtime.windows import Window, WindowPlan, WindowSpecError
+from vocalprobe.runtime.windows import Window, WindowPlan, WindowSpecError, final_window
 from vocalprobe.runtime.writers import (
     CSV_SUFFIX,
     RAVEN_SUFFIX,
@@ -61,13 +61,14 @@ class Windower:
         self._buffer_start += drop
 
     def finish(self) -> Iterator[tuple[Window, np.ndarray]]:
-        """The final incomplete window, per the plan's ``final_window`` policy."""
-        if self.plan.final_window == "drop" or self._next >= self.total:
+        """The final incomplete window, per the plan's ``final_window`` policy (``windows.final_window``)."""
+        last = final_window(self.total, self.plan)
+        if last is None:
             return
-        tail = self._buffer[self._next - self._buffer_start:]
+        tail = self._buffer[last.start - self._buffer_start:]
         if self.plan.final_window == "pad":
             tail = np.concatenate([tail, np.zeros(self.plan.window - len(tail), dtype=np.float32)])
-        yield Window(self._index, self._next, self.total), tail.copy()
+        yield last, tail.copy()
 
 
 def window_probabilities(blocks: Iterable[np.ndarray], model: Model, plan: WindowPlan,
