@@ -116,7 +116,8 @@ def fusion(
 
     Members must have the same class names (reordered if needed), sample rate and chunk limit.
     """
-    from vocalprobe.export.fusion import FusionError, fuse_models, fusion_from_study, parse_weights
+    from vocalprobe.export.fusion import FusionError, fuse_models, fusion_from_study
+    from vocalprobe.runtime.ensemble import parse_weights
     from vocalprobe.export.metadata import read_metadata
 
     if from_study is not None:

@@ -19,26 +19,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from vocalprobe.runtime.ensemble import normalized_weights
 from vocalprobe.runtime.errors import VocalprobeError
 
-__all__ = ["FusionError", "fuse_models", "fusion_from_study", "parse_weights"]
+__all__ = ["FusionError", "fuse_models", "fusion_from_study"]
 
 
 class FusionError(VocalprobeError):
     """Graphs that cannot be fused, or fusion options that make no sense."""
-
-
-def parse_weights(text: str | None, n_models: int) -> list[float] | None:
-    """``"2,1,1"`` -> ``[2.0, 1.0, 1.0]``; None or empty -> None (equal weights)."""
-    if text is None or not str(text).strip():
-        return None
-    try:
-        weights = [float(w) for w in str(text).split(",")]
-    except ValueError:
-        raise FusionError(f"--weights must be comma-separated numbers, got {text!r}") from None
-    if len(weights) != n_models:
-        raise FusionError(f"--weights has {len(weights)} value(s) for {n_models} member graph(s)")
-    return weights
 
 
 @dataclass
@@ -121,12 +109,7 @@ def fuse_models(paths: Sequence[str | Path], out_path: str | Path, *, weights: S
         raise FusionError(f"fusion needs at least 2 member graphs, got {len(paths)}")
     members = [_load_member(p) for p in paths]
     _check_compatible(members, sample_duration)
-    if weights is None:
-        weights = [1.0] * len(members)
-    w = np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(members),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise FusionError(f"weights must be {len(members)} numbers >= 0 with a positive sum, got {list(weights)}")
-    w = w / w.sum()
+    w = normalized_weights(weights, len(members))
     opsets = _opset_imports(members)
     classes = list(members[0].info.classes)
 

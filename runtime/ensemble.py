@@ -18,7 +18,8 @@ class ModelMismatchError(ModelError):
 
 
 def parse_weights(text: str | None, n_models: int) -> tuple[float, ...] | None:
-    """``--weights 2,1,1`` -> normalised weights; ``None`` means equal weights."""
+    """``--weights 2,1,1`` -> ``(2.0, 1.0, 1.0)`` (``normalized_weights`` checks and normalises them);
+    ``None`` or empty means equal weights."""
     if text is None or not text.strip():
         return None
     try:
@@ -28,6 +29,17 @@ def parse_weights(text: str | None, n_models: int) -> tuple[float, ...] | None:
     if len(weights) != n_models:
         raise ModelMismatchError(f"--weights has {len(weights)} value(s) but {n_models} model(s) were given")
     return weights
+
+
+def normalized_weights(weights: Sequence[float] | None, n_models: int) -> np.ndarray:
+    """Fusion weights summing to 1 (``None``: equal weights); refused unless ``n_models`` finite numbers >= 0 with
+    a positive sum. Used by the runtime's ``Ensemble`` and by ``export fusion``, so both accept the same weights."""
+    if weights is None:
+        weights = [1.0] * n_models
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n_models,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ModelMismatchError(f"weights must be {n_models} numbers >= 0 with a positive sum, got {list(weights)}")
+    return w / w.sum()
 
 
 class Ensemble:
@@ -53,14 +65,7 @@ class Ensemble:
             self._orders.append(np.array([position[name] for name in first.classes], dtype=np.int64))
         if problems:
             raise ModelMismatchError("cannot fuse these models: " + "; ".join(problems))
-        if weights is None:
-            weights = [1.0] * len(self.members)
-        weights = np.asarray(weights, dtype=np.float64)
-        if weights.shape != (len(self.members),):
-            raise ModelMismatchError(f"{weights.size} weight(s) for {len(self.members)} model(s)")
-        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
-            raise ModelMismatchError(f"weights must be >= 0 with a positive sum, got {weights.tolist()}")
-        self.weights = weights / weights.sum()
+        self.weights = normalized_weights(weights, len(self.members))
 
     @property
     def classes(self) -> tuple[str, ...]:
