@@ -230,9 +230,10 @@ def fusion_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
     choices = [c for c in summary.choices if c.dataset == dataset]
     if len(choices) < 2:
         raise FusionError(f"{study_dir}: dataset {dataset!r} has {len(choices)} backbone(s); fusion needs 2 or more")
-    w = np.ones(len(choices)) if weights is None else np.asarray(weights, np.float64)
-    if w.shape != (len(choices),):
-        raise FusionError(f"{len(w)} weight(s) for {len(choices)} backbones ({', '.join(c.backbone for c in choices)})")
+    if weights is not None and len(weights) != len(choices):
+        raise FusionError(f"{len(weights)} weight(s) for {len(choices)} backbones "
+                          f"({', '.join(c.backbone for c in choices)})")
+    w = normalized_weights(weights, len(choices))  # refused here, before any member is exported
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".fusion-", dir=out_path.parent) as tmp:
         member_paths = []
@@ -242,7 +243,7 @@ def fusion_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
             log(f"member {i}: {c.backbone} layer {c.best_layer}")
             export_from_study(study_dir, path, dataset=dataset, backbone=c.backbone, quantize=quantize, log=log)
             member_paths.append(path)
-        reference = fused_test_uar(study_dir, choices, w / w.sum())
+        reference = fused_test_uar(study_dir, choices, w)
         fuse_models(member_paths, out_path, weights=list(w),
                     extra_metadata={"test_uar": repr(reference), "fusion_of": "best layers on Val"})
         if keep_members:
