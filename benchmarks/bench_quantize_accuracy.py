@@ -35,14 +35,18 @@ def heldout_manifest(folder: Path, *, seed: int, clips_per_class: int) -> Path:
 
 
 def export_all(study_dir: Path, out_dir: Path, modes: list[str]) -> dict[tuple[str, str], Path]:
-    """{(graph name, mode): path} for each backbone's best layer and the fusion, fp32 ("none") and each mode."""
-    from vocalprobe.export.fusion import fusion_from_study
+    """{(graph name, mode): path} for each backbone's best layer and the fusion, fp32 ("none") and each mode.
+
+    The fusion of a mode is built from that mode's member graphs exported here (the paper's fusion: the mean of
+    the best layers' posteriors), so no member is exported twice."""
+    from vocalprobe.export.fusion import fuse_models
     from vocalprobe.export.onnx_export import ExportError, export_from_study
     from vocalprobe.export.parity import ParityError
     from vocalprobe.training.study import load_summary, safe_name
 
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs = {}
+    members: dict[str, list[Path]] = {}
     for choice in load_summary(study_dir).choices:
         for mode in ["none", *modes]:
             path = out_dir / f"{safe_name(choice.backbone)}.{mode}.onnx"
@@ -53,15 +57,9 @@ def export_all(study_dir: Path, out_dir: Path, modes: list[str]) -> dict[tuple[s
                       "exported without the guard to measure it", flush=True)
                 export_from_study(study_dir, path, backbone=choice.backbone, quantize=mode, parity=False)
             graphs[(f"{choice.backbone} L{choice.best_layer}", mode)] = path
-    for mode in ["none", *modes]:
-        path = out_dir / f"fusion.{mode}.onnx"
-        try:
-            fusion_from_study(study_dir, path, quantize=mode)
-        except (ExportError, ParityError) as exc:
-            print(f"note: fusion {mode}: refused by the parity guard ({str(exc).splitlines()[0]}); not measured",
-                  flush=True)
-            continue
-        graphs[("fusion", mode)] = path
+            members.setdefault(mode, []).append(path)
+    for mode, paths in members.items():
+        graphs[("fusion", mode)] = fuse_models(paths, out_dir / f"fusion.{mode}.onnx")
     return graphs
 
 
