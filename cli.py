@@ -6,12 +6,17 @@ is instant and the runtime commands work where torch is not installed.
 
 from __future__ import annotations
 
+import logging
+
 import typer
 
 from vocalprobe import __version__
-from vocalprobe.runtime import cli_data, cli_runtime
-from vocalprobe.export import cli_demo, cli_export
-from vocalprobe.training import cli_aves, cli_study
+from vocalprobe import demo
+from vocalprobe.export import cli as export_cli
+from vocalprobe.runtime.datasets import cli as data_cli
+from vocalprobe.runtime.field import cli as field_cli
+from vocalprobe.training.aves import cli as aves_cli
+from vocalprobe.training.study import cli as study_cli
 
 app = typer.Typer(
     name="vocalprobe",
@@ -22,15 +27,15 @@ app = typer.Typer(
     add_completion=False,
 )
 # In the order of the workflow: the demo, then data -> study -> export -> validate -> field runtime.
-app.command("demo")(cli_demo.demo)
-app.add_typer(cli_data.app, name="data")
-app.command("study")(cli_study.study)
-app.command("convert-aves")(cli_aves.convert_aves)
-app.add_typer(cli_export.app, name="export")
-app.command("validate")(cli_runtime.validate)
-app.command("stream")(cli_runtime.stream)
-app.command("bench")(cli_runtime.bench)
-app.command("score-events")(cli_runtime.score_events)
+app.command("demo")(demo.demo_command)
+app.add_typer(data_cli.app, name="data")
+app.command("study")(study_cli.study)
+app.command("convert-aves")(aves_cli.convert_aves)
+app.add_typer(export_cli.app, name="export")
+app.command("validate")(field_cli.validate)
+app.command("stream")(field_cli.stream)
+app.command("bench")(field_cli.bench)
+app.command("score-events")(field_cli.score_events)
 
 
 def _version(value: bool) -> None:
@@ -46,4 +51,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
+    # Library modules warn through logging; the terminal shows each warning as one line.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logging.getLogger("vocalprobe").addHandler(handler)
     app()

@@ -107,7 +107,7 @@ def main() -> None:
     from vocalprobe.export.onnx_export import export_pipeline
     from vocalprobe.export.quantize import quantize_dynamic_matmul, quantize_int8_conv, quantize_static_qdq
     from vocalprobe.training.backbones import load_backbone
-    from vocalprobe.training.pipeline import ProbePipeline
+    from vocalprobe.training.deployable import ProbePipeline
     from vocalprobe.training.probe import MLPProbe
 
     torch.set_num_threads(args.threads)

@@ -28,8 +28,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from vocalprobe.runtime.manifest import ManifestRow, write_manifest
-from vocalprobe.runtime.preprocess import repeat_pad
+from vocalprobe.runtime.core.manifest import ManifestRow, write_manifest
+from vocalprobe.runtime.core.preprocess import repeat_pad
 from vocalprobe.training.backbones import Backbone, resolve_device
 from vocalprobe.training.extract import extract_features
 from vocalprobe.training.features import LayerFeatures

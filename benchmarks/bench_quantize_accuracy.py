@@ -25,7 +25,7 @@ from pathlib import Path
 def heldout_manifest(folder: Path, *, seed: int, clips_per_class: int) -> Path:
     """A synthetic set from another seed, every clip in the Test split."""
     from vocalprobe.runtime.datasets.synthetic import generate_dataset
-    from vocalprobe.runtime.manifest import read_manifest, write_manifest
+    from vocalprobe.runtime.core.manifest import read_manifest, write_manifest
 
     source = generate_dataset(folder, seed=seed, clips_per_class=clips_per_class, field_minutes=0)
     rows = [row.with_split("test") for row in read_manifest(source).rows]
@@ -42,7 +42,7 @@ def export_all(study_dir: Path, out_dir: Path, modes: list[str]) -> dict[tuple[s
     from vocalprobe.export.fusion import fuse_models
     from vocalprobe.export.onnx_export import ExportError, export_from_study
     from vocalprobe.export.parity import ParityError
-    from vocalprobe.training.study import load_summary, safe_name
+    from vocalprobe.training.study.runner import load_summary, safe_name
 
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs = {}
@@ -76,9 +76,9 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from vocalprobe.runtime.onnx_model import OnnxModel
-    from vocalprobe.runtime.validate import validate
-    from vocalprobe.training.default_study import default_study_config, run_default_study
+    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.field.validate import validate
+    from vocalprobe.training.study.default import default_study_config, run_default_study
 
     torch.set_num_threads(args.threads)
     ort.set_default_logger_severity(3)

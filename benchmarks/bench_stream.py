@@ -1,6 +1,6 @@
 """How much does streaming add on top of the model? Prints, per model (and for their fusion):
 
-- the graph alone: x real time and per-window latency (``vocalprobe.runtime.bench.bench_model``);
+- the graph alone: x real time and per-window latency (``vocalprobe.runtime.field.bench.bench_model``);
 - the whole pipeline on a synthetic 48 kHz 16-bit WAV (read, resample, window, batch, model, detections, Raven +
   CSV + JSONL writers): x real time, and the time outside the model as a share of the model time (target < 10 %).
 
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vocalprobe.runtime.bench import bench_model, bench_stream
-from vocalprobe.runtime.ensemble import Ensemble
-from vocalprobe.runtime.onnx_model import OnnxModel
+from vocalprobe.runtime.field.bench import bench_model, bench_stream
+from vocalprobe.runtime.field.ensemble import Ensemble
+from vocalprobe.runtime.field.onnx_model import OnnxModel
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,7 +44,7 @@ def stand_in(layer: int, folder: Path, n_classes: int = 7) -> Path:
 
     from vocalprobe.export.metadata import build_metadata
     from vocalprobe.export.onnx_export import export_pipeline
-    from vocalprobe.training.pipeline import ProbePipeline
+    from vocalprobe.training.deployable import ProbePipeline
     from vocalprobe.training.probe import MLPProbe
 
     path = folder / f"hubert-base-random-L{layer}.onnx"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vocalprobe.runtime.errors import VocalprobeError
+from vocalprobe.runtime.core.errors import VocalprobeError
 
 __all__ = ["ExportFamily", "FAMILIES", "family_of", "INPUT_NAME", "DYNAMIC_AXES"]
 

@@ -4,7 +4,7 @@ The fused graph keeps the graph contract: one ``waveform`` input (shared by ever
 ``peak``, and ``probabilities`` ``[batch, classes]`` = sum_i w_i * p_i with every member's columns reordered (by class
 name) to the first member's order. ``embedding`` is the members' embeddings concatenated in member order. Every
 member's state stays available under its prefix (inputs ``m0_prior_*``, outputs ``m0_stats_*``), so
-``vocalprobe.runtime.long_clips`` feeds long clips to a fused graph exactly as to a single one.
+``vocalprobe.runtime.field.long_clips`` feeds long clips to a fused graph exactly as to a single one.
 
 Members must share their class names (any order) and sample rate, chunk limit and default window; anything else is
 refused with an error naming the files and the difference. The metadata key ``members`` lists each member's file,
@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from vocalprobe.runtime.ensemble import normalized_weights
-from vocalprobe.runtime.errors import VocalprobeError
+from vocalprobe.runtime.field.ensemble import normalized_weights
+from vocalprobe.runtime.core.errors import VocalprobeError
 
 __all__ = ["FusionError", "fuse_models", "fusion_from_study"]
 
@@ -41,7 +41,7 @@ def _load_member(path: str | Path) -> _Member:
     from google.protobuf.message import DecodeError
 
     from vocalprobe.export.metadata import get_metadata
-    from vocalprobe.runtime.onnx_model import parse_metadata
+    from vocalprobe.runtime.field.onnx_model import parse_metadata
 
     path = Path(path)
     if not path.is_file():
@@ -185,7 +185,7 @@ def fuse_models(paths: Sequence[str | Path], out_path: str | Path, *, weights: S
 def fused_test_uar(study_dir: str | Path, choices, weights: np.ndarray) -> float:
     """UAR on Test of the weighted mean of the saved probes' Test posteriors, over the clips every probe scored:
     what the fused graph of exactly these probes must reproduce."""
-    from vocalprobe.runtime.metrics import uar
+    from vocalprobe.runtime.core.metrics import uar
 
     study_dir = Path(study_dir)
     posteriors, rows, labels = [], [], []
@@ -217,7 +217,7 @@ def fusion_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
     import tempfile
 
     from vocalprobe.export.onnx_export import export_from_study, select_probe
-    from vocalprobe.training.study import load_summary
+    from vocalprobe.training.study.runner import load_summary
 
     log = log or (lambda message: None)
     study_dir, out_path = Path(study_dir), Path(out_path)

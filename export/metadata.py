@@ -2,11 +2,11 @@
 
 Keys (all strings, in ``ModelProto.metadata_props``; onnxruntime shows them as ``custom_metadata_map``):
 
-* what the runtime needs (``vocalprobe.runtime.onnx_model.REQUIRED_METADATA``) and what OpenSoundscape's
+* what the runtime needs (``vocalprobe.runtime.field.onnx_model.REQUIRED_METADATA``) and what OpenSoundscape's
   ``ONNXModel`` reads: ``classes`` (JSON list, output column order), ``sample_rate``, ``sample_duration`` (the
   default analysis window in seconds: the median Train clip), ``class_outputs_key``, ``embedding_outputs_key``;
 * ``max_chunk_samples``: clips longer than this are fed chunk by chunk with carried statistics
-  (``vocalprobe.runtime.long_clips``), exactly as the study extracted them;
+  (``vocalprobe.runtime.field.long_clips``), exactly as the study extracted them;
 * provenance: ``backbone``, ``backbone_id``, ``backbone_revision``, ``backbone_fingerprint``, ``layer``, ``dataset``,
   ``preprocessing`` (JSON), ``val_uar`` / ``test_uar`` (fractions, the study's PyTorch scores),
   ``manifest_sha256``, ``quantization``, ``vocalprobe_version``, ``graph_inputs`` / ``graph_outputs`` (JSON);
@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from vocalprobe.runtime.errors import VocalprobeError
+from vocalprobe.runtime.core.errors import VocalprobeError
 
 __all__ = ["build_metadata", "set_metadata", "get_metadata", "read_metadata", "MetadataError"]
 

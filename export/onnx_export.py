@@ -31,9 +31,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vocalprobe.runtime.atomic import atomic_write_bytes
-from vocalprobe.runtime.errors import VocalprobeError
-from vocalprobe.runtime.resample import MODEL_SAMPLE_RATE
+from vocalprobe.runtime.core.atomic import atomic_write_bytes
+from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.resample import MODEL_SAMPLE_RATE
 
 __all__ = ["ExportError", "ExportResult", "export_pipeline", "export_from_study", "select_probe", "QUANTIZE_CHOICES",
            "parity_clips", "PARITY_SECONDS"]
@@ -102,7 +102,7 @@ def to_onnx_model(pipeline, *, opset: int = 18, example_samples: int = MODEL_SAM
     import torch
     from onnx import numpy_helper
     from torch.export import Dim
-    from vocalprobe.training.pipeline import INPUT_NAMES, OUTPUT_NAMES, default_state
+    from vocalprobe.training.deployable import INPUT_NAMES, OUTPUT_NAMES, default_state
 
     pipeline = pipeline.eval()
     # batch 2 and a length that is no constant of the model, so the exporter specialises neither
@@ -183,7 +183,7 @@ class ExportResult:
 def select_probe(study_dir: str | Path, *, dataset: str | None, backbone: str | None,
                  layer: str | int = "best") -> ProbeSelection:
     """Find the probe of (dataset, backbone, layer) in a study folder; errors list what the study has."""
-    from vocalprobe.training.study import load_summary, probe_checkpoint
+    from vocalprobe.training.study.runner import load_summary, probe_checkpoint
 
     study_dir = Path(study_dir)
     summary = load_summary(study_dir)
@@ -231,7 +231,7 @@ def select_probe(study_dir: str | Path, *, dataset: str | None, backbone: str | 
 
 def median_train_duration(manifest) -> float:
     """The default analysis window: the median duration of the Train clips, in seconds."""
-    from vocalprobe.runtime.audio import audio_info
+    from vocalprobe.runtime.core.audio import audio_info
 
     durations = []
     for row in manifest.split("train").rows:
@@ -253,7 +253,7 @@ def median_train_duration(manifest) -> float:
 def parity_clips(manifest, chunk_samples: int, *, split: str = "test", seconds: Sequence[float] = PARITY_SECONDS,
                  max_rows: int = 20) -> list[np.ndarray]:
     """Real clips of the manifest, cut or tiled to each parity length, plus one of 1.25 x the chunk limit."""
-    from vocalprobe.runtime.clips import load_row
+    from vocalprobe.runtime.core.clips import load_row
 
     pool: list[np.ndarray] = []
     for row in manifest.split(split).rows[:max_rows]:
@@ -289,10 +289,10 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
     from vocalprobe.export.families import family_of
     from vocalprobe.export.metadata import build_metadata, read_metadata
     from vocalprobe.export.parity import check_parity
-    from vocalprobe.runtime.audio import seconds_to_samples
-    from vocalprobe.runtime.manifest import read_manifest
+    from vocalprobe.runtime.core.audio import seconds_to_samples
+    from vocalprobe.runtime.core.manifest import read_manifest
     from vocalprobe.training.backbones import load_backbone
-    from vocalprobe.training.pipeline import ProbePipeline
+    from vocalprobe.training.deployable import ProbePipeline
     from vocalprobe.training.probe import load_probe
 
     log = log or (lambda message: None)

@@ -6,7 +6,7 @@ PyTorch reference, and the maximum absolute difference of every output is record
 * clips up to the chunk limit: ``b`` clips of equal length (the clip and ``b - 1`` circular shifts of it, so every
   row differs) in ONE onnxruntime call, against the pipeline run on each clip alone (batching must not change a
   clip's result);
-* clips longer than the chunk limit: ``vocalprobe.runtime.long_clips.predict_long`` (onnxruntime, chunk by chunk
+* clips longer than the chunk limit: ``vocalprobe.runtime.field.long_clips.predict_long`` (onnxruntime, chunk by chunk
   with carried statistics) against the study's definition (``training.pipeline.study_features``: float64 merge of
   per-chunk statistics) followed by the probe.
 
@@ -22,8 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vocalprobe.runtime.errors import VocalprobeError
-from vocalprobe.runtime.resample import MODEL_SAMPLE_RATE
+from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.resample import MODEL_SAMPLE_RATE
 
 __all__ = ["ParityError", "ParityCase", "ParityReport", "check_parity"]
 
@@ -88,9 +88,9 @@ def check_parity(pipeline, onnx_path: str | Path, clips: Sequence[np.ndarray], *
     """
     import torch
 
-    from vocalprobe.runtime.long_clips import predict_long
-    from vocalprobe.runtime.onnx_model import OnnxModel
-    from vocalprobe.training.pipeline import study_features
+    from vocalprobe.runtime.field.long_clips import predict_long
+    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.training.deployable import study_features
 
     model = OnnxModel(onnx_path, provider="cpu")
     report = ParityReport(str(onnx_path), label)

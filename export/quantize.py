@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from vocalprobe.export.graph_rewrites import attribute
-from vocalprobe.runtime.errors import VocalprobeError
+from vocalprobe.runtime.core.errors import VocalprobeError
 
 __all__ = ["QuantizationError", "quantize_dynamic_matmul", "quantize_int8_conv", "quantize_static_qdq", "TrainClipReader", "StaticRecipe",
            "StaticPlan", "static_plan", "DEFAULT_STATIC_RECIPE", "STATE_INPUTS"]
@@ -318,7 +318,7 @@ class TrainClipReader:
         self._iter = None
 
     def _clips(self):
-        from vocalprobe.runtime.clips import load_row
+        from vocalprobe.runtime.core.clips import load_row
 
         for row in self.rows:
             try:

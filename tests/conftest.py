@@ -79,7 +79,7 @@ def write_wav():
 
 def _synthetic_manifest(root, durations, *, sample_rate: int = 16_000, labels=None, splits=None, seed: int = 0
                         ) -> Path:
-    from vocalprobe.runtime.manifest import ManifestRow, write_manifest
+    from vocalprobe.runtime.core.manifest import ManifestRow, write_manifest
 
     root = Path(root)
     rng = np.random.default_rng(seed)

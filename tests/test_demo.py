@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from vocalprobe.export import demo as demo_module
-from vocalprobe.training import default_study
+from vocalprobe import demo as demo_module
+from vocalprobe.training.study import default as default_study
 
 
 @pytest.mark.slow

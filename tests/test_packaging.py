@@ -28,7 +28,7 @@ def test_regular_install_gives_namespaced_imports(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
                     str(target), str(ROOT)], check=True, capture_output=True)
     assert not (target / "runtime").exists() and not (target / "export").exists()
-    code = ("import vocalprobe, vocalprobe.runtime.audio, vocalprobe.training, vocalprobe.export, vocalprobe.cli; "
+    code = ("import vocalprobe, vocalprobe.runtime.core.audio, vocalprobe.training, vocalprobe.export, vocalprobe.cli; "
             "print(vocalprobe.__file__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}).stdout

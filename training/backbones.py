@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vocalprobe.runtime.atomic import atomic_write_text
-from vocalprobe.runtime.digests import update_with_file
-from vocalprobe.runtime.errors import VocalprobeError
+from vocalprobe.runtime.core.atomic import atomic_write_text
+from vocalprobe.runtime.core.digests import update_with_file
+from vocalprobe.runtime.core.errors import VocalprobeError
 
 if TYPE_CHECKING:  # torch and transformers are imported lazily: importing this module stays cheap
     import torch

@@ -30,14 +30,14 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from vocalprobe.runtime.atomic import atomic_save_npy, atomic_write_text
-from vocalprobe.runtime.audio import seconds_to_samples
-from vocalprobe.runtime.clips import load_row
-from vocalprobe.runtime.digests import json_sha256
-from vocalprobe.runtime.errors import VocalprobeError
-from vocalprobe.runtime.manifest import Manifest, read_manifest
-from vocalprobe.runtime.preprocess import MIN_SAMPLES, repeat_pad
-from vocalprobe.runtime.resample import MODEL_SAMPLE_RATE, QUALITY
+from vocalprobe.runtime.core.atomic import atomic_save_npy, atomic_write_text
+from vocalprobe.runtime.core.audio import seconds_to_samples
+from vocalprobe.runtime.core.clips import load_row
+from vocalprobe.runtime.core.digests import json_sha256
+from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.manifest import Manifest, read_manifest
+from vocalprobe.runtime.core.preprocess import MIN_SAMPLES, repeat_pad
+from vocalprobe.runtime.core.resample import MODEL_SAMPLE_RATE, QUALITY
 from vocalprobe.training.backbones import Backbone, load_backbone, resolve_device
 from vocalprobe.training.features import LayerFeatures, clip_features
 

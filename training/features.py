@@ -3,7 +3,7 @@
 ``LayerFeatures`` is a torch module built from a loaded backbone. Its forward does, for a batch of equal-length
 clips ``[batch, samples]``:
 
-1. preprocessing, identical to ``vocalprobe.runtime.preprocess``: peak normalisation per clip, then clips shorter
+1. preprocessing, identical to ``vocalprobe.runtime.core.preprocess``: peak normalisation per clip, then clips shorter
    than ``MIN_SAMPLES`` are tiled (repeated) up to it;
 2. the backbone's CNN, feature projection and transformer layers, run ONCE for all requested layers. Layer 0 is
    the transformer's input (``hidden_states[0]`` of transformers), layer k the output of transformer layer k
@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vocalprobe.runtime.chunking import chunk_bounds  # torch-free, shared with the runtime; re-exported here
-from vocalprobe.runtime.preprocess import MIN_SAMPLES
+from vocalprobe.runtime.core.chunking import chunk_bounds  # torch-free, shared with the runtime; re-exported here
+from vocalprobe.runtime.core.preprocess import MIN_SAMPLES
 
 __all__ = ["LayerFeatures", "FrameStats", "chunk_bounds", "clip_features", "combine_stats", "pool_stats",
            "num_frames", "select_layers"]

@@ -31,11 +31,11 @@ import torch
 from torch import nn
 
 from vocalprobe import __version__
-from vocalprobe.runtime.atomic import atomic_write_bytes, atomic_write_text
-from vocalprobe.runtime.errors import VocalprobeError
-from vocalprobe.runtime.metrics import uar
-from vocalprobe.runtime.preprocess import MIN_SAMPLES
-from vocalprobe.runtime.resample import MODEL_SAMPLE_RATE
+from vocalprobe.runtime.core.atomic import atomic_write_bytes, atomic_write_text
+from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.metrics import uar
+from vocalprobe.runtime.core.preprocess import MIN_SAMPLES
+from vocalprobe.runtime.core.resample import MODEL_SAMPLE_RATE
 
 #: Version of the probe checkpoint layout; bumped when a key changes meaning.
 CHECKPOINT_FORMAT = 1
@@ -385,7 +385,7 @@ class ProbeInfo:
         return cls(**data)
 
 
-#: How clips are turned into model input before the backbone (see vocalprobe.runtime.preprocess).
+#: How clips are turned into model input before the backbone (see vocalprobe.runtime.core.preprocess).
 DEFAULT_PREPROCESSING: dict[str, Any] = {
     "sample_rate": MODEL_SAMPLE_RATE,  # every clip is resampled to this rate
     "peak_normalize": True,  # divide by the peak absolute amplitude

@@ -1,1 +1,2 @@
-"""Dataset preparers (folders, Watkins, InfantMarmosetsVox, Abzaliev) and the synthetic embedded default."""
+"""Dataset tools: preparers (folders, Watkins, InfantMarmosetsVox, Abzaliev), the synthetic embedded default,
+seeded splits and the dataset summary (`vocalprobe data`)."""

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
-from vocalprobe.runtime.audio import audio_info, is_audio_file
-from vocalprobe.runtime.errors import AudioError, DatasetError
-from vocalprobe.runtime.manifest import ManifestRow
+from vocalprobe.runtime.core.audio import audio_info, is_audio_file
+from vocalprobe.runtime.core.errors import AudioError, DatasetError
+from vocalprobe.runtime.core.manifest import ManifestRow
 
 MAX_LISTED = 5
 IMV_DROPPED_LABELS = {"silence", "noise"}

@@ -19,9 +19,9 @@ from typing import Callable
 import numpy as np
 import soundfile as sf
 
-from vocalprobe.runtime.atomic import atomic_write_text
-from vocalprobe.runtime.manifest import ManifestRow, write_manifest
-from vocalprobe.runtime.splits import assign_splits
+from vocalprobe.runtime.core.atomic import atomic_write_text
+from vocalprobe.runtime.core.manifest import ManifestRow, write_manifest
+from vocalprobe.runtime.datasets.splits import assign_splits
 
 Rng = np.random.Generator
 

@@ -1,0 +1,2 @@
+"""The shared torch-free core: audio I/O, resampling, preprocessing, chunking, manifests, clips, metrics, errors,
+atomic writes and digests. The study, the exporter and the field runtime all stand on it."""

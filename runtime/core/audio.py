@@ -1,0 +1,166 @@
+"""Reading audio files: any sample rate, bit depth and channel count, whole files, segments and blocks.
+
+Everything returns mono float32 in [-1, 1] at the file's own rate; resampling is ``resample.py``'s job.
+Segments and blocks are read with ``seek``, so memory follows the segment, never the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+
+from vocalprobe.runtime.core.errors import (
+    AudioFileNotFound,
+    CorruptAudioError,
+    EmptyAudioError,
+    InvalidSamplesError,
+    SegmentOutOfRange,
+)
+
+Seconds = float
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+
+
+def is_audio_file(path: str | Path) -> bool:
+    """True for the extensions we read, in any case (recorders write ``.WAV``)."""
+    return Path(path).suffix.lower() in AUDIO_EXTENSIONS
+
+
+def seconds_to_samples(duration: Seconds, sample_rate: int) -> int:
+    """The one place seconds become sample counts (rounded to the nearest sample)."""
+    return int(round(duration * sample_rate))
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int
+    subtype: str
+
+    @property
+    def duration(self) -> Seconds:
+        return self.frames / self.sample_rate
+
+
+def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:
+    """(declared, present) bytes of a RIFF/WAVE data chunk cut short, else None.
+
+    libsndfile silently shortens a truncated WAV (a recorder whose battery died mid-file); we say so instead.
+    Streaming writers that leave the size unknown (0 or 0xFFFFFFFF) are not truncated.
+    """
+    with path.open("rb") as handle:
+        if handle.read(12)[8:12] != b"WAVE":
+            return None
+        handle.seek(0)
+        if handle.read(4) != b"RIFF":
+            return None
+        handle.seek(12)
+        size = path.stat().st_size
+        while True:
+            header = handle.read(8)
+            if len(header) < 8:
+                return None
+            chunk, length = header[:4], int.from_bytes(header[4:], "little")
+            if chunk == b"data":
+                present = size - handle.tell()
+                return (length, present) if 0 < length < 0xFFFFFFFF and present < length else None
+            handle.seek(length + (length & 1), 1)
+
+
+def _open(path: str | Path) -> sf.SoundFile:
+    path = Path(path)
+    if not path.exists():
+        raise AudioFileNotFound(path, "file not found")
+    if path.is_dir():
+        raise CorruptAudioError(path, "is a folder, not an audio file")
+    try:
+        handle = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise CorruptAudioError(path, f"not a readable wav/flac/ogg file ({exc})") from exc
+    shortfall = _wav_data_shortfall(path) if handle.format == "WAV" else None
+    if shortfall:
+        handle.close()
+        raise CorruptAudioError(path, f"truncated: the header declares {shortfall[0]} bytes of audio, the file holds "
+                                f"{shortfall[1]} (an interrupted recording or copy; re-copy it from the card)")
+    return handle
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Header-only facts about a file (no samples are read)."""
+    with _open(path) as f:
+        return AudioInfo(str(path), int(f.samplerate), int(f.channels), int(f.frames), str(f.subtype))
+
+
+def _to_mono(block: np.ndarray) -> np.ndarray:
+    """Average the channels: the paper's clips are mono and any channel may hold the call."""
+    return block.mean(axis=1, dtype=np.float64).astype(np.float32) if block.shape[1] > 1 else block[:, 0].copy()
+
+
+def _check_finite(path: str | Path, samples: np.ndarray, offset: int = 0) -> None:
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        first = int(np.argmax(bad)) + offset
+        raise InvalidSamplesError(path, f"{int(bad.sum())} NaN/inf samples (first at sample {first}); "
+                                  "re-export the recording or drop it from the manifest")
+
+
+def read_audio(path: str | Path, start: Seconds | None = None, end: Seconds | None = None) -> tuple[np.ndarray, int]:
+    """Read ``path`` (or the ``start``..``end`` seconds of it) as mono float32 at the file's sample rate."""
+    with _open(path) as f:
+        sr, total = int(f.samplerate), int(f.frames)
+        if total == 0:
+            raise EmptyAudioError(path, "contains no audio (0 samples)")
+        first = 0 if start is None else seconds_to_samples(start, sr)
+        last = total if end is None else seconds_to_samples(end, sr)
+        if start is not None and (start < 0 or first >= total):
+            raise SegmentOutOfRange(path, f"start {start:.3f} s is outside the file (0..{total / sr:.3f} s)")
+        # Label times are rounded by annotation tools: an end up to 10 ms past the file is clamped, not refused.
+        if end is not None and (last > total + sr // 100 or end <= 0):
+            raise SegmentOutOfRange(path, f"end {end:.3f} s is outside the file (0..{total / sr:.3f} s)")
+        last = min(last, total)
+        if last <= first:
+            raise SegmentOutOfRange(path, f"empty segment: end ({end}) must be after start ({start})")
+        f.seek(first)
+        try:
+            block = f.read(last - first, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise CorruptAudioError(path, f"read failed ({exc})") from exc
+    if block.shape[0] < last - first:
+        raise CorruptAudioError(path, f"truncated: header promises {last - first} samples from {first}, "
+                                f"only {block.shape[0]} could be read")
+    mono = _to_mono(block)
+    _check_finite(path, mono, first)
+    return mono, sr
+
+
+def iter_blocks(path: str | Path, block_size: int) -> Iterator[np.ndarray]:
+    """Yield the file as consecutive mono float32 blocks of ``block_size`` samples (the last may be shorter).
+
+    Memory is bounded by ``block_size``; a 24-hour recording streams like a 1-second one.
+    """
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    with _open(path) as f:
+        if f.frames == 0:
+            raise EmptyAudioError(path, "contains no audio (0 samples)")
+        done, expected = 0, int(f.frames)
+        while True:
+            try:
+                block = f.read(block_size, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise CorruptAudioError(path, f"read failed after {done} samples ({exc})") from exc
+            if block.shape[0] == 0:
+                break
+            mono = _to_mono(block)
+            _check_finite(path, mono, done)
+            done += block.shape[0]
+            yield mono
+        if done < expected:
+            raise CorruptAudioError(path, f"truncated: header promises {expected} samples, only {done} could be read")

@@ -1,0 +1,156 @@
+"""Dataset manifests: a CSV with ``path,label`` and optional ``start,end,split,group`` columns.
+
+Paths are relative to the manifest's folder, so a dataset folder can be moved or copied whole. Rows are small
+frozen dataclasses; reading validates every row and names the line of the first problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from vocalprobe.runtime.core.atomic import atomic_write_text
+from vocalprobe.runtime.core.errors import ManifestError
+
+REQUIRED_COLUMNS = ("path", "label")
+OPTIONAL_COLUMNS = ("start", "end", "split", "group")
+COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    path: str  # relative to the manifest's folder (or absolute)
+    label: str
+    start: float | None = None  # seconds into the file, for calls inside long recordings
+    end: float | None = None
+    split: str | None = None  # train / val / test
+    group: str | None = None  # e.g. the caller or the recording individual
+
+    def with_split(self, split: str | None) -> "ManifestRow":
+        return replace(self, split=split)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    rows: tuple[ManifestRow, ...]
+    root: Path  # the folder relative paths are resolved against
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[ManifestRow]:
+        return iter(self.rows)
+
+    def audio_path(self, row: ManifestRow) -> Path:
+        path = Path(row.path)
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def labels(self) -> list[str]:
+        """Sorted class names: the class index order every probe and exported graph uses."""
+        return sorted({row.label for row in self.rows})
+
+    def split(self, name: str) -> "Manifest":
+        if name not in SPLITS:
+            raise ManifestError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
+        if any(row.split is None for row in self.rows):
+            raise ManifestError("the manifest has no split column; run `vocalprobe data split MANIFEST` first")
+        return Manifest(tuple(r for r in self.rows if r.split == name), self.root)
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        used = [c for c in COLUMNS if c in REQUIRED_COLUMNS or any(getattr(r, c) is not None for r in self.rows)]
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(used)
+        for row in self.rows:
+            writer.writerow([_format(getattr(row, c)) for c in used])
+        return buffer.getvalue()
+
+    def content_hash(self) -> str:
+        """sha256 of the canonical CSV: changes whenever any row, label, time or split changes."""
+        return hashlib.sha256(self.to_csv().encode("utf-8")).hexdigest()
+
+
+def _format(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:.1f}"
+    return str(value)
+
+
+def _parse_seconds(text: str, column: str, where: str) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ManifestError(f"{where}: {column} must be a number of seconds, got {text!r}") from None
+    if value < 0 or value != value:
+        raise ManifestError(f"{where}: {column} must be >= 0 seconds, got {text!r}")
+    return value
+
+
+def parse_manifest(text: str, root: Path, source: str = "<manifest>") -> Manifest:
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    unknown = [c for c in header if c not in COLUMNS]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing column(s) {', '.join(missing)}")
+        if unknown:
+            parts.append(f"unknown column(s) {', '.join(unknown)}")
+        raise ManifestError(f"{source}: {'; '.join(parts)}. A manifest has columns {', '.join(COLUMNS)} "
+                            "(path and label required)")
+    rows = []
+    for line_no, record in enumerate(reader, start=2):
+        where = f"{source} line {line_no}"
+        path, label = (record.get("path") or "").strip(), (record.get("label") or "").strip()
+        if not path or not label:
+            raise ManifestError(f"{where}: path and label must not be empty")
+        start = _parse_seconds(record.get("start") or "", "start", where)
+        end = _parse_seconds(record.get("end") or "", "end", where)
+        if start is not None and end is not None and end <= start:
+            raise ManifestError(f"{where}: end ({end}) must be after start ({start})")
+        split = (record.get("split") or "").strip().lower() or None
+        if split is not None and split not in SPLITS:
+            raise ManifestError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
+        group = (record.get("group") or "").strip() or None
+        rows.append(ManifestRow(path, label, start, end, split, group))
+    if not rows:
+        raise ManifestError(f"{source}: the manifest has no rows")
+    return Manifest(tuple(rows), root)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path} (create one with `vocalprobe data prepare`)")
+    return parse_manifest(path.read_text(encoding="utf-8-sig"), path.resolve().parent, str(path))
+
+
+def write_manifest(path: str | Path, rows: Iterable[ManifestRow] | Manifest) -> Manifest:
+    """Write atomically; relative row paths are kept relative to the new manifest's folder."""
+    path = Path(path)
+    manifest = rows if isinstance(rows, Manifest) else Manifest(tuple(rows), path.resolve().parent)
+    atomic_write_text(path, manifest.to_csv())
+    return Manifest(manifest.rows, path.resolve().parent)
+
+
+def relative_to_root(paths: Sequence[Path], root: Path) -> list[str]:
+    """Paths as manifest entries: POSIX-style and relative to ``root`` when they lie under it."""
+    out = []
+    for p in paths:
+        try:
+            out.append(Path(p).resolve().relative_to(root.resolve()).as_posix())
+        except ValueError:
+            out.append(Path(p).resolve().as_posix())
+    return out

@@ -1,0 +1,282 @@
+"""`vocalprobe stream`, `validate`, `bench` and `score-events`: the torch-free commands a recorder runs.
+
+Commands parse options and call ``stream.py``, ``validate.py``, ``bench.py`` and ``events.py``; onnxruntime is
+imported inside the command bodies (through ``onnx_model``), never when the CLI is imported.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vocalprobe.runtime.core.cli_common import fail, friendly_errors
+
+ModelOpt = Annotated[list[Path], typer.Option("--model", "-m", help="Exported .onnx graph; repeat it to fuse "
+                                                                     "several models (probabilities averaged).")]
+WindowOpt = Annotated[Optional[float], typer.Option(help="Analysis window in seconds (default: the model's "
+                                                          "sample_duration).")]
+BatchOpt = Annotated[int, typer.Option(help="Windows per model call (throughput; memory is window x batch).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads (default: onnxruntime's).")]
+ProviderOpt = Annotated[str, typer.Option(help="auto (CUDA when onnxruntime-gpu finds a GPU, else CPU), cpu or cuda.")]
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+class _Progress:
+    """Audio hours done and speed as x real time, on stderr (rich)."""
+
+    def __init__(self, total_seconds: float | None, n_files: int | None):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.started = time.perf_counter()
+        self.audio_s = 0.0
+        self.files = 0
+        self.total = total_seconds
+        self.n_files = n_files
+        columns = [TextColumn("[bold]stream"), BarColumn() if total_seconds else TextColumn(""),
+                   TextColumn("{task.fields[text]}"), TimeElapsedColumn()]
+        self._progress = Progress(*columns, console=Console(stderr=True), transient=False)
+        self._task = self._progress.add_task("stream", total=total_seconds or None, text="")
+
+    def __enter__(self):
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._progress.__exit__(*exc)
+
+    def _text(self) -> str:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        hours = f"{self.audio_s / 3600:.3f}" + (f"/{self.total / 3600:.3f}" if self.total else "")
+        files = f"{self.files}" + (f"/{self.n_files}" if self.n_files else "")
+        return f"{hours} h audio, {files} files, {self.audio_s / elapsed:.1f}x real time"
+
+    def audio(self, seconds: float) -> None:
+        self.audio_s += seconds
+        self._progress.update(self._task, advance=seconds, text=self._text())
+
+    def file_done(self) -> None:
+        self.files += 1
+        self._progress.update(self._task, text=self._text())
+
+
+@friendly_errors
+def stream(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        help="Audio files, folders (recursive; wav/flac/ogg in any case), or - for raw PCM on stdin.")] = None,
+    model: ModelOpt = ...,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (re-running into it resumes).")] = ...,
+    format: Annotated[str, typer.Option("--format", help="Comma-separated: raven, csv, jsonl.")] = "raven,csv,jsonl",
+    window: WindowOpt = None,
+    hop: Annotated[Optional[float], typer.Option(help="Hop between windows in seconds (default: the window).")] = None,
+    final_window: Annotated[str, typer.Option(
+        help="Last incomplete window: pad (zero-pad to the window), drop, or shorter.")] = "pad",
+    batch: BatchOpt = 8,
+    threads: ThreadsOpt = None,
+    provider: ProviderOpt = "auto",
+    min_conf: Annotated[float, typer.Option(help="Report classes with probability >= this, per window.")] = 0.5,
+    top_k: Annotated[Optional[int], typer.Option(help="At most this many classes per window.")] = None,
+    merge: Annotated[bool, typer.Option(help="Join consecutive windows of the same class into one event.")] = False,
+    ignore: Annotated[Optional[list[str]], typer.Option(
+        help="Never report this class (repeatable), e.g. a detector's background/noise class.")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Fusion weights, e.g. 2,1,1 (one per --model).")] = None,
+    sample_rate: Annotated[Optional[int], typer.Option(help="stdin only: sample rate of the raw PCM.")] = None,
+    channels: Annotated[int, typer.Option(help="stdin only: interleaved channels (averaged to mono).")] = 1,
+    dtype: Annotated[str, typer.Option(help="stdin only: s16, s32 or f32 (little-endian).")] = "s16",
+    watch: Annotated[Optional[Path], typer.Option(help="Follow a folder a recorder writes into.")] = None,
+    settle: Annotated[float, typer.Option(help="--watch: seconds a file must stop growing before it is read.")] = 5.0,
+    poll: Annotated[float, typer.Option(help="--watch: seconds between folder scans.")] = 1.0,
+    idle_exit: Annotated[Optional[float], typer.Option(
+        help="--watch: stop after this many seconds without a new file (default: run until interrupted).")] = None,
+    block_size: Annotated[int, typer.Option(hidden=True, help="Samples read per block (results do not depend on it).")]
+    = 65_536,
+) -> None:
+    """Detect calls in field recordings with exported models, in constant memory, resumable."""
+    from vocalprobe.runtime.field.ensemble import load_models
+    from vocalprobe.runtime.core.errors import AudioError
+    from vocalprobe.runtime.field.sources import FolderWatcher, StdinSource, collect_files
+    from vocalprobe.runtime.field.run_state import RunState
+    from vocalprobe.runtime.field.stream import DetectConfig, Outputs, output_settings, run_sources
+    from vocalprobe.runtime.field.windows import WindowPlan
+    from vocalprobe.runtime.field.writers import parse_formats
+
+    inputs = inputs or []
+    if not inputs and watch is None:
+        raise fail("give audio files or folders, - for stdin, or --watch DIR")
+    if watch is not None and inputs:
+        raise fail("--watch follows one folder; give no other inputs with it")
+    if "-" in inputs and len(inputs) > 1:
+        raise fail("- (stdin) cannot be mixed with files or folders")
+    formats = parse_formats(format)
+    net = load_models([str(p) for p in model], weights=weights, provider=provider, threads=threads)
+    window_s = window if window is not None else net.sample_duration
+    plan = WindowPlan.from_seconds(window_s, hop, net.sample_rate, final_window)
+    unknown = sorted(set(ignore or []) - set(net.classes))
+    if unknown:
+        raise fail(f"--ignore {', '.join(unknown)}: not a class of the model (classes: {', '.join(net.classes)})")
+    config = DetectConfig(plan, batch=batch, min_conf=min_conf, top_k=top_k, merge=merge,
+                          ignore=frozenset(ignore or []))
+    _say(f"model: {net.describe()}")
+    _say(f"providers in use: {', '.join(net.providers)}")
+    _say(f"windows: {plan.window / net.sample_rate:g} s, hop {plan.hop / net.sample_rate:g} s, final window "
+         f"{plan.final_window}; batch {batch}; min-conf {min_conf:g}{'; merged events' if merge else ''}")
+    outputs = Outputs(out, formats, net.sample_rate / 2)
+
+    if inputs == ["-"]:
+        source = StdinSource(sample_rate, channels, dtype, block_frames=block_size)
+        with _Progress(None, None) as progress:
+            summary = run_sources([source], net, config, outputs, None, progress=progress, log=_say)
+    else:
+        state = RunState(out, output_settings(net, config, formats))
+        if watch is not None:
+            watcher = FolderWatcher(watch, settle_s=settle)
+            _say(f"watching {watch} (a file is read once it has not changed for {settle:g} s; Ctrl-C to stop)")
+            sources = (watcher.source(p, block_size) for p in watcher.follow(poll_s=poll, idle_exit_s=idle_exit))
+            with _Progress(None, None) as progress:
+                summary = run_sources(sources, net, config, outputs, state, progress=progress, log=_say)
+        else:
+            files = collect_files(inputs, block_size)
+            todo = [s for s in files if not state.is_done(s.path)]
+            total = 0.0
+            for s in todo:
+                try:
+                    total += s.duration()
+                except AudioError:  # reported (and listed in errors.csv) when the file's turn comes
+                    continue
+            if len(todo) < len(files):
+                _say(f"resuming: {len(files) - len(todo)} of {len(files)} files already done in {out}")
+            with _Progress(total, len(todo)) as progress:
+                summary = run_sources(files, net, config, outputs, state, progress=progress, log=_say)
+
+    speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
+    _say(f"done: {len(summary.done)} file(s), {summary.detections} detection(s), "
+         f"{summary.audio_seconds / 3600:.3f} h of audio at {speed:.1f}x real time -> {out}")
+    if summary.failed_all:
+        earlier = len(summary.failed_all) - len(summary.failed)
+        _say(f"{len(summary.failed_all)} file(s) could not be read"
+             + (f" ({earlier} in an earlier run; they are retried once they change)" if earlier else "")
+             + f", listed in {out / 'errors.csv'}")
+        raise typer.Exit(2)
+
+
+@friendly_errors
+def validate(
+    model: Annotated[Path, typer.Argument(help="Exported .onnx graph.")],
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV with a split column.")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    tolerance: Annotated[float, typer.Option(help="Allowed |UAR difference| with the study (or the reference), "
+                                             "in UAR points.")] = 0.5,
+    reference: Annotated[Optional[Path], typer.Option(
+        "--reference", help="Compare with this graph's UAR on the same clips instead of the study's (e.g. a "
+        "quantized graph against its fp32 graph; works on any labelled manifest).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Report folder (default: MODEL.validate-SPLIT next to the model).")] = None,
+    provider: ProviderOpt = "auto",
+    threads: ThreadsOpt = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CI.")] = 1000,
+) -> None:
+    """Score an exported graph with onnxruntime only and compare with the study's UAR (exit 1 when off)."""
+    from rich.progress import Progress
+
+    from vocalprobe.runtime.core.manifest import read_manifest
+    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.field.validate import validate as run_validate
+    from vocalprobe.runtime.field.validate import write_report
+
+    net = OnnxModel(model, provider=provider, threads=threads)
+    _say(f"model: {net.describe()}")
+    reference_net = None
+    if reference is not None:
+        reference_net = OnnxModel(reference, provider=provider, threads=threads)
+        _say(f"reference: {reference_net.describe()}")
+    n_clips = len(read_manifest(manifest).split(split))
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"validate {split}", total=n_clips)
+        report = run_validate(net, manifest, split=split, tolerance_points=tolerance, n_resamples=resamples,
+                              on_clip=lambda: progress.advance(task), reference_model=reference_net)
+    out = out if out is not None else model.with_name(f"{model.stem}.validate-{split}")
+    json_path, png_path, note = write_report(report, out)
+    if report.uar is not None:
+        lo, hi = report.uar_ci95
+        typer.echo(f"ONNX UAR on {split}: {report.uar * 100:.2f} (95% CI {lo * 100:.2f}-{hi * 100:.2f}) "
+                   f"over {report.n_scored} of {report.n_clips} clips")
+    if report.reference_uar is not None and report.reference_model is not None:
+        typer.echo(f"reference UAR ({report.reference_key}): {report.reference_uar * 100:.2f}; decisions changed: "
+                   f"{report.decisions_changed} of {report.n_scored} clips")
+    elif report.reference_uar is not None:
+        typer.echo(f"study UAR ({report.reference_key}): {report.reference_uar * 100:.2f}")
+    if report.difference_points is not None:
+        typer.echo(f"difference: {report.difference_points:+.2f} points (tolerance {tolerance:g})")
+    for item in report.unreadable:
+        typer.secho(f"unreadable: {item['path']}: {item['problem']}", fg=typer.colors.YELLOW, err=True)
+    for line in report.notes + ([note] if note else []):
+        typer.secho(f"note: {line}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"report: {json_path}" + (f", confusion matrix: {png_path}" if png_path else ""))
+    if report.passed is False:
+        raise fail(f"the ONNX UAR differs from the {'reference' if reference else 'study'}'s by "
+                   f"{report.difference_points:+.2f} points (more than --tolerance {tolerance:g})")
+    if report.uar is None:
+        raise fail("no clip could be read")
+
+
+@friendly_errors
+def bench(
+    model: Annotated[list[Path], typer.Argument(help="Exported .onnx graph(s); several are also timed as a fusion.")],
+    window: WindowOpt = None,
+    batch: BatchOpt = 8,
+    threads: ThreadsOpt = None,
+    provider: ProviderOpt = "auto",
+    seconds: Annotated[float, typer.Option(help="Seconds of synthetic audio per measurement.")] = 60.0,
+    pipeline: Annotated[bool, typer.Option(help="Also time the whole streaming pipeline and its overhead.")] = True,
+) -> None:
+    """Speed (x real time), per-window latency and peak memory of models on this machine, with synthetic audio."""
+    from vocalprobe.runtime.field.bench import bench_model, bench_stream
+    from vocalprobe.runtime.field.ensemble import Ensemble
+    from vocalprobe.runtime.field.onnx_model import OnnxModel
+
+    nets = [OnnxModel(p, provider=provider, threads=threads) for p in model]
+    candidates = list(nets) + ([Ensemble(nets)] if len(nets) > 1 else [])
+    typer.echo(f"providers in use: {', '.join(sorted({p for n in nets for p in n.providers}))}; "
+               f"threads: {threads or 'onnxruntime default'}; batch {batch}")
+    for net in candidates:
+        window_s = window if window is not None else net.sample_duration
+        result = bench_model(net, window_s=window_s, batch=batch, seconds=seconds)
+        memory = f"{result.peak_rss_mb:.0f} MB" if result.peak_rss_mb is not None else "n/a"
+        typer.echo(f"{net.name}: {result.x_realtime:.1f}x real time ({result.x_realtime:.1f} audio-s/s), "
+                   f"window {window_s:g} s latency {result.latency_ms_median:.1f} ms "
+                   f"(p95 {result.latency_ms_p95:.1f}), peak RSS {memory}")
+        if pipeline:
+            s = bench_stream(net, window_s=window_s, batch=batch, seconds=seconds)
+            typer.echo(f"  streaming a 48 kHz file: {s.x_realtime:.1f}x real time, overhead "
+                       f"{s.overhead * 100:.1f}% of model time")
+
+
+@friendly_errors
+def score_events(
+    detections: Annotated[Path, typer.Argument(help="Detections CSV (file,start_s,end_s,label,...).")],
+    truth: Annotated[Path, typer.Argument(help="Ground-truth CSV (file,start_s,end_s,label).")],
+) -> None:
+    """Precision/recall of detected events against a ground-truth table (same label, overlapping in time)."""
+    from vocalprobe.runtime.field.events import chance_score, read_events, score_events as score
+
+    detected, reference = read_events(detections), read_events(truth)
+    files = {e.file for e in reference}
+    outside = [d for d in detected if d.file not in files]
+    if outside:
+        typer.secho(f"note: {len(outside)} detection(s) in files the ground truth does not cover are not scored",
+                    fg=typer.colors.YELLOW, err=True)
+    detected = [d for d in detected if d.file in files]
+    result = score(detected, reference)
+    chance_p, chance_r = chance_score(detected, reference)
+    typer.echo(f"events: {result.n_detected} detected, {result.n_truth} in the ground truth")
+    typer.echo(f"precision {result.precision:.3f} ({result.n_correct}/{result.n_detected}), recall "
+               f"{result.recall:.3f} ({result.n_found}/{result.n_truth}), F1 {result.f1:.3f}")
+    typer.echo(f"chance (labels shuffled): precision {chance_p:.3f}, recall {chance_r:.3f}")
+    for label, (p, r, nd, nt) in result.per_class.items():
+        typer.echo(f"  {label}: precision {p:.3f} of {nd}, recall {r:.3f} of {nt}")

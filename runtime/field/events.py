@@ -1,0 +1,164 @@
+"""Detections and events: the classes a window reports (``window_hits``), consecutive windows joined into events
+(``EventMerger``), and events scored against a ground-truth table (``file,start_s,end_s,label``).
+
+A detection is correct when a ground-truth event of the same file (compared by file name) and the same label
+overlaps it in time; a ground-truth event is found when such a detection overlaps it. Precision is the share of
+correct detections, recall the share of found ground-truth events. The chance baseline re-scores the same
+detections with their labels shuffled among them, so it keeps the detector's timing and class frequencies.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from vocalprobe.runtime.core.errors import VocalprobeError
+
+if TYPE_CHECKING:
+    from vocalprobe.runtime.field.windows import Window
+
+EVENT_COLUMNS = ("file", "start_s", "end_s", "label")
+
+
+@dataclass(frozen=True)
+class Detection:
+    file: str  # the input's name (relative to the folder given on the command line)
+    start_s: float
+    end_s: float
+    label: str
+    confidence: float
+
+
+def window_hits(probs: np.ndarray, classes: Sequence[str], min_conf: float,
+                top_k: int | None = None, ignore: frozenset[str] = frozenset()) -> list[tuple[str, float]]:
+    """Classes of one window at or above ``min_conf``, best first, at most ``top_k`` of them.
+
+    ``ignore`` names classes that are never reported (a detector's background / noise class).
+    """
+    order = np.argsort(-probs, kind="stable")
+    hits = [(classes[i], float(probs[i])) for i in order if probs[i] >= min_conf and classes[i] not in ignore]
+    return hits[:top_k] if top_k is not None else hits
+
+
+class EventMerger:
+    """Join detections of one class in consecutive windows into one event (confidence: the maximum).
+
+    Without merging every (window, class) hit is its own event. Events come out as soon as they are final.
+    """
+
+    def __init__(self, file: str, sample_rate: int, merge: bool):
+        self.file, self.sample_rate, self.merge = file, sample_rate, merge
+        self._open: dict[str, list] = {}  # label -> [start_s, end_s, confidence, last window index]
+
+    def push(self, window: Window, hits: Sequence[tuple[str, float]]) -> list[Detection]:
+        start, end = window.seconds(self.sample_rate)
+        if not self.merge:
+            return [Detection(self.file, start, end, label, conf) for label, conf in hits]
+        closed = [self._close(label) for label, event in list(self._open.items())
+                  if event[3] != window.index - 1 or label not in dict(hits)]
+        for label, conf in hits:
+            event = self._open.get(label)
+            if event is None:
+                self._open[label] = [start, end, conf, window.index]
+            else:
+                event[1], event[2], event[3] = end, max(event[2], conf), window.index
+        return sorted(closed, key=lambda d: (d.start_s, d.label))
+
+    def _close(self, label: str) -> Detection:
+        start, end, conf, _ = self._open.pop(label)
+        return Detection(self.file, start, end, label, conf)
+
+    def finish(self) -> list[Detection]:
+        return sorted((self._close(label) for label in list(self._open)), key=lambda d: (d.start_s, d.label))
+
+
+class EventTableError(VocalprobeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Event:
+    file: str  # file name (no folder)
+    start_s: float
+    end_s: float
+    label: str
+
+
+def read_events(path: str | Path) -> list[Event]:
+    """Read a detections CSV or a ground-truth table; extra columns (confidence, start_time) are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise EventTableError(f"{path}: file not found")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in EVENT_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise EventTableError(f"{path}: missing column(s) {', '.join(missing)}; an event table has columns "
+                                  f"{', '.join(EVENT_COLUMNS)}")
+        events = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                start, end = float(row["start_s"]), float(row["end_s"])
+            except ValueError:
+                raise EventTableError(f"{path} line {line}: start_s/end_s must be numbers") from None
+            if end < start:
+                raise EventTableError(f"{path} line {line}: end_s ({end}) is before start_s ({start})")
+            events.append(Event(Path(row["file"]).name, start, end, row["label"]))
+    return events
+
+
+@dataclass(frozen=True)
+class EventScore:
+    precision: float
+    recall: float
+    f1: float
+    n_detected: int
+    n_correct: int
+    n_truth: int
+    n_found: int
+    per_class: dict[str, tuple[float, float, int, int]]  # label -> (precision, recall, n_detected, n_truth)
+
+
+def _overlaps(a: Event, b: Event) -> bool:
+    return a.start_s < b.end_s and b.start_s < a.end_s
+
+
+def score_events(detected: Sequence[Event], truth: Sequence[Event]) -> EventScore:
+    by_key: dict[tuple[str, str], list[Event]] = defaultdict(list)
+    for event in truth:
+        by_key[(event.file, event.label)].append(event)
+    correct = [any(_overlaps(d, t) for t in by_key[(d.file, d.label)]) for d in detected]
+    det_by_key: dict[tuple[str, str], list[Event]] = defaultdict(list)
+    for event in detected:
+        det_by_key[(event.file, event.label)].append(event)
+    found = [any(_overlaps(t, d) for d in det_by_key[(t.file, t.label)]) for t in truth]
+    precision = float(np.mean(correct)) if detected else 0.0
+    recall = float(np.mean(found)) if truth else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    per_class = {}
+    for label in sorted({e.label for e in truth} | {e.label for e in detected}):
+        c = [ok for d, ok in zip(detected, correct) if d.label == label]
+        f = [ok for t, ok in zip(truth, found) if t.label == label]
+        per_class[label] = (float(np.mean(c)) if c else 0.0, float(np.mean(f)) if f else 0.0, len(c), len(f))
+    return EventScore(precision, recall, f1, len(detected), int(sum(correct)), len(truth), int(sum(found)), per_class)
+
+
+def chance_score(detected: Sequence[Event], truth: Sequence[Event], *, n_shuffles: int = 20,
+                 seed: int = 0) -> tuple[float, float]:
+    """Mean (precision, recall) of the same detections with labels shuffled among them."""
+    if not detected:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    labels = [d.label for d in detected]
+    scores = []
+    for _ in range(n_shuffles):
+        shuffled = rng.permutation(labels)
+        fake = [Event(d.file, d.start_s, d.end_s, str(lab)) for d, lab in zip(detected, shuffled)]
+        s = score_events(fake, truth)
+        scores.append((s.precision, s.recall))
+    return tuple(float(v) for v in np.mean(scores, axis=0))

@@ -1,0 +1,248 @@
+"""A torch-free wrapper around one exported vocalprobe graph, run with onnxruntime.
+
+The graph contract (written by ``vocalprobe.export``): input ``waveform`` float32 ``[batch, samples]`` of raw mono
+audio at the model's rate (the graph peak-normalises and repeat-pads itself), outputs ``probabilities``
+``[batch, classes]`` and ``embedding`` ``[batch, 2D]``; everything the runtime needs is in the ONNX metadata
+(``session.get_modelmeta().custom_metadata_map``). Loading checks that metadata and names every missing key at once,
+like OpenSoundscape's ``ONNXModel``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vocalprobe.runtime.core.errors import VocalprobeError
+
+INPUT_NAME = "waveform"
+#: Keys the runtime cannot work without.
+REQUIRED_METADATA = ("classes", "sample_rate", "sample_duration", "class_outputs_key")
+#: Keys a study export always writes; read when present (``val_uar``/``test_uar`` are absent for non-study graphs).
+OPTIONAL_METADATA = ("embedding_outputs_key", "backbone", "layer", "dataset", "preprocessing", "val_uar", "test_uar",
+                     "vocalprobe_version", "manifest_sha256", "members", "max_chunk_samples")
+PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+class ModelError(VocalprobeError):
+    """An .onnx file is missing, unreadable or does not follow the vocalprobe graph contract."""
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ModuleNotFoundError as exc:  # the base install has it; say how to fix a broken one
+        raise ModelError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from exc
+    return onnxruntime
+
+
+def _ort_load_errors(ort) -> tuple[type[BaseException], ...]:
+    """The exception types onnxruntime raises for a file it cannot load (they do not share a base class)."""
+    state = ort.capi.onnxruntime_pybind11_state
+    names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel", "NoSuchFile", "NotFound",
+             "NotImplemented", "RuntimeException", "EPFail")
+    return tuple(getattr(state, n) for n in names if hasattr(state, n)) + (RuntimeError, OSError)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The checked metadata of one graph."""
+
+    classes: tuple[str, ...]
+    sample_rate: int
+    sample_duration: float  # seconds: the default analysis window
+    class_outputs_key: str
+    embedding_outputs_key: str | None
+    val_uar: float | None
+    test_uar: float | None
+    max_chunk_samples: int | None
+    metadata: dict[str, str]  # everything, as stored
+
+
+def parse_metadata(metadata: dict[str, str], source: str) -> ModelInfo:
+    """Check the metadata map of ``source``; raises one ModelError listing every missing or malformed key."""
+    problems = []
+    missing = [k for k in REQUIRED_METADATA if k not in metadata]
+    if missing:
+        problems.append(f"missing metadata key(s) {', '.join(missing)}")
+    classes: tuple[str, ...] = ()
+    if "classes" in metadata:
+        try:
+            parsed = json.loads(metadata["classes"])
+        except json.JSONDecodeError:
+            parsed = None
+        if not (isinstance(parsed, list) and parsed and all(isinstance(c, str) and c for c in parsed)):
+            problems.append(f"'classes' must be a JSON list of class names, got {metadata['classes'][:80]!r}")
+        elif len(set(parsed)) != len(parsed):
+            problems.append(f"'classes' has duplicate names: {parsed}")
+        else:
+            classes = tuple(parsed)
+
+    def number(key: str, kind, positive: bool = True):
+        if key not in metadata:
+            return None
+        try:
+            value = kind(metadata[key])
+        except ValueError:
+            problems.append(f"'{key}' must be a {kind.__name__}, got {metadata[key]!r}")
+            return None
+        if not math.isfinite(value) or (positive and value <= 0):
+            problems.append(f"'{key}' must be a positive number, got {metadata[key]!r}")
+            return None
+        return value
+
+    sample_rate = number("sample_rate", int)
+    duration = number("sample_duration", float)
+    max_chunk = number("max_chunk_samples", int)
+    uars = {}
+    for key in ("val_uar", "test_uar"):
+        value = number(key, float, positive=False)
+        if value is not None and not 0.0 <= value <= 1.0:
+            problems.append(f"'{key}' must be a fraction in 0..1, got {metadata[key]!r}")
+            value = None
+        uars[key] = value
+    if problems:
+        raise ModelError(f"{source}: not a vocalprobe graph: {'; '.join(problems)}. Export it with "
+                         "`vocalprobe export`, which writes this metadata")
+    return ModelInfo(classes, int(sample_rate), float(duration), metadata["class_outputs_key"],
+                     metadata.get("embedding_outputs_key"), uars["val_uar"], uars["test_uar"], max_chunk,
+                     dict(metadata))
+
+
+def choose_providers(requested: str, available: Sequence[str]) -> list[str]:
+    """Execution providers to ask onnxruntime for: ``auto`` takes CUDA when this onnxruntime build has it."""
+    if requested not in PROVIDER_CHOICES:
+        raise ModelError(f"unknown provider {requested!r}; expected one of {', '.join(PROVIDER_CHOICES)}")
+    if requested == "cuda":
+        if _CUDA not in available:
+            raise ModelError("--provider cuda: this onnxruntime has no CUDA provider (available: "
+                             f"{', '.join(available)}). pip uninstall -y onnxruntime && pip install onnxruntime-gpu")
+        return [_CUDA, _CPU]
+    if requested == "auto" and _CUDA in available:
+        return [_CUDA, _CPU]
+    return [_CPU]
+
+
+class OnnxModel:
+    """One exported graph. ``predict(batch)`` maps ``[b, samples]`` float32 audio to ``[b, classes]`` probabilities."""
+
+    def __init__(self, path: str | Path, *, provider: str = "auto", threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: model file not found")
+        if threads is not None and threads < 1:
+            raise ModelError(f"threads must be >= 1, got {threads}")
+        ort = _import_onnxruntime()
+        options = ort.SessionOptions()
+        # errors only: vocalprobe graphs have optional inputs (inputs with a default initializer), which
+        # onnxruntime reports with a warning on every load
+        options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        requested = choose_providers(provider, ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=requested)
+        except _ort_load_errors(ort) as exc:
+            raise ModelError(f"{self.path}: not a loadable ONNX model ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        #: What onnxruntime really uses: onnxruntime-gpu keeps CUDA listed as available without a GPU.
+        self.providers: list[str] = list(self.session.get_providers())
+        if provider == "cuda" and _CUDA not in self.providers:
+            raise ModelError(f"{self.path}: --provider cuda was asked for but onnxruntime fell back to "
+                             f"{', '.join(self.providers)} (no usable GPU / CUDA libraries)")
+        self.info = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        self._check_signature()
+
+    def _check_signature(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        problems = []
+        if INPUT_NAME not in inputs:
+            problems.append(f"no input named {INPUT_NAME!r} (inputs: {', '.join(inputs)})")
+        elif inputs[INPUT_NAME].type != "tensor(float)" or len(inputs[INPUT_NAME].shape) != 2:
+            problems.append(f"input {INPUT_NAME!r} must be float32 [batch, samples], got "
+                            f"{inputs[INPUT_NAME].type} {inputs[INPUT_NAME].shape}")
+        key = self.info.class_outputs_key
+        if key not in outputs:
+            problems.append(f"class_outputs_key {key!r} is not an output (outputs: {', '.join(outputs)})")
+        else:
+            shape = outputs[key].shape
+            if len(shape) != 2:
+                problems.append(f"output {key!r} must be [batch, classes], got {shape}")
+            elif isinstance(shape[1], int) and shape[1] != len(self.info.classes):
+                problems.append(f"output {key!r} has {shape[1]} classes but metadata lists "
+                                f"{len(self.info.classes)}")
+        emb = self.info.embedding_outputs_key
+        if emb is not None and emb not in outputs:
+            problems.append(f"embedding_outputs_key {emb!r} is not an output (outputs: {', '.join(outputs)})")
+        if problems:
+            raise ModelError(f"{self.path}: does not follow the vocalprobe graph contract: {'; '.join(problems)}")
+
+    # The interface shared with ``Ensemble``.
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.info.classes
+
+    @property
+    def sample_rate(self) -> int:
+        return self.info.sample_rate
+
+    @property
+    def sample_duration(self) -> float:
+        return self.info.sample_duration
+
+    @property
+    def max_chunk_samples(self) -> int | None:
+        return self.info.max_chunk_samples
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def describe(self) -> str:
+        meta = self.info.metadata
+        bits = [f"{self.path.name}"]
+        if "members" in meta:
+            try:
+                members = json.loads(meta["members"])
+                bits.append("fusion of " + " + ".join(f"{m.get('backbone', '?')} L{m.get('layer', '?')}"
+                                                      for m in members))
+            except (ValueError, TypeError, AttributeError):
+                bits.append("fusion graph")
+        elif "backbone" in meta:
+            bits.append(f"{meta['backbone']} layer {meta.get('layer', '?')}")
+        bits.append(f"{len(self.classes)} classes, {self.sample_duration:g} s window, "
+                    f"on {', '.join(self.providers)}")
+        return ": ".join(bits[:1]) + " (" + "; ".join(bits[1:]) + ")"
+
+    def _run(self, batch: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 2 or batch.shape[0] == 0 or batch.shape[1] == 0:
+            raise ModelError(f"{self.path.name}: expected a [batch, samples] array with batch, samples >= 1, "
+                             f"got shape {batch.shape}")
+        return self.session.run(outputs, {INPUT_NAME: batch})
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[b, classes]`` (float32) for ``b`` windows of raw audio at ``sample_rate``."""
+        (probs,) = self._run(batch, [self.info.class_outputs_key])
+        if probs.shape != (batch.shape[0], len(self.classes)):
+            raise ModelError(f"{self.path.name}: expected probabilities of shape "
+                             f"{(batch.shape[0], len(self.classes))}, the graph returned {probs.shape}")
+        return probs.astype(np.float32, copy=False)
+
+    def predict_with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.info.embedding_outputs_key is None:
+            raise ModelError(f"{self.path.name}: the metadata names no embedding_outputs_key")
+        probs, emb = self._run(batch, [self.info.class_outputs_key, self.info.embedding_outputs_key])
+        return probs.astype(np.float32, copy=False), emb.astype(np.float32, copy=False)
+
+
+def load_model(path: str | Path, *, provider: str = "auto", threads: int | None = None) -> OnnxModel:
+    return OnnxModel(path, provider=provider, threads=threads)

@@ -1,0 +1,217 @@
+"""Where streamed audio comes from: files, folders, a raw PCM stream on stdin, or a folder a recorder writes into.
+
+Every source yields mono float32 blocks already resampled to the model's rate. Resampling is a soxr stream, so the
+size of the blocks read never changes a sample of the output (``tests/test_runtime_stream.py`` holds it to exact
+equality), and memory is bounded by the block size, never by the length of a recording.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, Sequence
+
+import numpy as np
+
+from vocalprobe.runtime.core.audio import audio_info, is_audio_file, iter_blocks
+from vocalprobe.runtime.core.errors import AudioFileNotFound, InvalidSamplesError, VocalprobeError
+from vocalprobe.runtime.core.resample import StreamResampler
+
+#: Samples read from a file at a time (at its own rate): about 1.4 s at 48 kHz.
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_SIZE = 65_536
+#: Raw PCM sample formats on stdin: numpy dtype and the full-scale value (as libsndfile scales them).
+PCM_DTYPES = {"s16": ("<i2", 32768.0), "s32": ("<i4", 2147483648.0), "f32": ("<f4", 1.0)}
+STDIN_NAME = "stdin"
+
+
+class SourceError(VocalprobeError):
+    """Inputs that cannot be streamed (missing paths, bad stdin options, clashing output names)."""
+
+
+def _resampled(blocks: Iterator[np.ndarray], sample_rate: int, target_rate: int) -> Iterator[np.ndarray]:
+    resampler = StreamResampler(sample_rate, target_rate)
+    for block in blocks:
+        out = resampler.process(block)
+        if out.size:
+            yield out
+    tail = resampler.flush()
+    if tail.size:
+        yield tail
+
+
+@dataclass(frozen=True)
+class FileSource:
+    path: Path
+    name: str  # how outputs refer to it: relative to the folder given on the command line, POSIX-style
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+    def duration(self) -> float:
+        return audio_info(self.path).duration
+
+    def blocks(self, target_rate: int) -> Iterator[np.ndarray]:
+        info = audio_info(self.path)
+        yield from _resampled(iter_blocks(self.path, self.block_size), info.sample_rate, target_rate)
+
+
+@dataclass(frozen=True)
+class StdinSource:
+    """Raw interleaved little-endian PCM, e.g. ``arecord -f S16_LE -r 48000 -c 1 -t raw | vocalprobe stream -``."""
+
+    sample_rate: int
+    channels: int = 1
+    dtype: str = "s16"
+    stream: BinaryIO | None = None  # default: sys.stdin.buffer
+    block_frames: int = DEFAULT_BLOCK_SIZE
+    name: str = STDIN_NAME
+
+    def __post_init__(self):
+        if self.dtype not in PCM_DTYPES:
+            raise SourceError(f"--dtype must be one of {', '.join(PCM_DTYPES)}, got {self.dtype!r}")
+        if self.sample_rate is None or self.sample_rate <= 0:
+            raise SourceError("reading raw audio from stdin needs --sample-rate (e.g. --sample-rate 48000)")
+        if self.channels < 1:
+            raise SourceError(f"--channels must be >= 1, got {self.channels}")
+
+    def duration(self) -> None:
+        return None
+
+    def raw_blocks(self) -> Iterator[np.ndarray]:
+        """Mono float32 blocks at the stream's own rate, scaled like soundfile reads the same samples from a file."""
+        stream = self.stream if self.stream is not None else sys.stdin.buffer
+        dtype, full_scale = PCM_DTYPES[self.dtype]
+        frame_bytes = np.dtype(dtype).itemsize * self.channels
+        want = self.block_frames * frame_bytes
+        pending = b""
+        done = 0
+        while True:
+            chunk = stream.read(want)  # blocks until `want` bytes or the end of the stream
+            if not chunk:
+                break
+            pending += chunk
+            usable = len(pending) - len(pending) % frame_bytes
+            if usable == 0:
+                continue
+            data, pending = pending[:usable], pending[usable:]
+            frames = np.frombuffer(data, dtype=dtype).reshape(-1, self.channels)
+            if self.dtype == "f32":
+                block = frames.astype(np.float32)
+                if not np.all(np.isfinite(block)):
+                    raise InvalidSamplesError(self.name, f"NaN/inf samples after {done} frames")
+            else:
+                block = frames.astype(np.float32) / np.float32(full_scale)
+            done += block.shape[0]
+            yield (block.mean(axis=1, dtype=np.float64).astype(np.float32) if self.channels > 1
+                   else block[:, 0].copy())
+        if pending:
+            log.warning("stdin ended with %d byte(s) that do not make a whole frame; ignored", len(pending))
+
+    def blocks(self, target_rate: int) -> Iterator[np.ndarray]:
+        yield from _resampled(self.raw_blocks(), self.sample_rate, target_rate)
+
+
+def _is_listed_audio(path: Path, root: Path) -> bool:
+    """An audio file below ``root`` that is not hidden: ``._NAME.WAV`` files macOS writes onto SD cards, and
+    anything in a hidden folder, are not recordings."""
+    return is_audio_file(path) and not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_SIZE) -> list[FileSource]:
+    """Expand files and folders (recursively, sorted) into sources with distinct output names.
+
+    Folders contribute files with a wav/flac/ogg extension in any case; hidden files (names starting with ``.``,
+    such as the ``._NAME.WAV`` files macOS writes onto SD cards) are not audio and are left out.
+    """
+    sources: list[FileSource] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_listed_audio(p, path))
+            if not found:
+                raise SourceError(f"{path}: no .wav/.flac/.ogg files in this folder or below")
+            sources.extend(FileSource(p, p.relative_to(path).as_posix(), block_size) for p in found)
+        elif path.exists():
+            sources.append(FileSource(path, path.name, block_size))
+        else:
+            raise AudioFileNotFound(path, "input not found (give audio files, folders, or - for stdin)")
+    seen: dict[str, Path] = {}
+    for source in sources:
+        key = str(Path(source.name).with_suffix("")).lower()
+        if key in seen and seen[key].resolve() != source.path.resolve():
+            raise SourceError(f"{seen[key]} and {source.path} would write the same output files "
+                              f"({source.name}); run them separately or give their common parent folder")
+        seen[key] = source.path
+    unique = {s.path.resolve(): s for s in sources}
+    return list(unique.values())
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime_ns: int
+    stable_since: float
+
+
+class FolderWatcher:
+    """Follow a folder a recorder writes into; a file is ready once its size and mtime stop changing for ``settle_s``.
+
+    ``ready()`` returns each file once per watcher; the run state (``state.py``) makes it once across restarts.
+    """
+
+    def __init__(self, folder: str | Path, *, settle_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise SourceError(f"--watch {self.folder}: not a folder")
+        self.settle_s = settle_s
+        self.clock = clock
+        self._seen: dict[Path, _Seen] = {}
+        self._given: set[Path] = set()
+
+    def ready(self) -> list[Path]:
+        now = self.clock()
+        out = []
+        for path in sorted(self.folder.rglob("*")):
+            if path in self._given or not _is_listed_audio(path, self.folder):
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # deleted between listing and stat
+                continue
+            if not path.is_file():
+                continue
+            seen = self._seen.get(path)
+            if seen is None or (seen.size, seen.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+                self._seen[path] = _Seen(stat.st_size, stat.st_mtime_ns, now)
+                continue
+            if now - seen.stable_since >= self.settle_s and stat.st_size > 0:
+                out.append(path)
+                self._given.add(path)
+                del self._seen[path]
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Files seen but not yet settled."""
+        return len(self._seen)
+
+    def source(self, path: Path, block_size: int = DEFAULT_BLOCK_SIZE) -> FileSource:
+        return FileSource(path, path.relative_to(self.folder).as_posix(), block_size)
+
+    def follow(self, *, poll_s: float = 1.0, idle_exit_s: float | None = None,
+               sleep: Callable[[float], None] = time.sleep) -> Iterator[Path]:
+        """Yield settled files forever (or until nothing new has settled for ``idle_exit_s`` seconds)."""
+        last_new = self.clock()
+        while True:
+            new = self.ready()
+            for path in new:
+                yield path
+            if new:
+                last_new = self.clock()
+            elif idle_exit_s is not None and self.clock() - last_new >= idle_exit_s and not self.pending:
+                return
+            sleep(poll_s)

@@ -1,0 +1,185 @@
+"""`vocalprobe validate`: score an exported graph with onnxruntime alone on a manifest split, and compare the UAR
+with the one the study measured in PyTorch (stored in the graph's metadata), or with a reference graph's UAR on the
+same clips (``reference=``: e.g. a quantized graph against its fp32 graph, on any labelled manifest).
+
+Each clip is fed whole, resampled to the model's rate, one at a time (``predict_clip``). Clips that cannot be read
+are listed in the report and counted; the UAR is over the clips that could be read, and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from vocalprobe.runtime.core.atomic import atomic_write_text
+from vocalprobe.runtime.core.clips import load_row
+from vocalprobe.runtime.core.errors import AudioError, ManifestError
+from vocalprobe.runtime.core.manifest import read_manifest
+from vocalprobe.runtime.core.metrics import bootstrap_uar_ci, confusion_matrix, uar
+from vocalprobe.runtime.field.onnx_model import ModelError, OnnxModel
+
+#: Default allowed |ONNX UAR - study UAR|, in UAR points (percent).
+DEFAULT_TOLERANCE_POINTS = 0.5
+_REFERENCE_KEY = {"test": "test_uar", "val": "val_uar"}
+
+
+def predict_clip(model: OnnxModel, samples: np.ndarray) -> np.ndarray:
+    """Probabilities ``[classes]`` of one whole clip at the model's rate.
+
+    The one place that decides how a clip is fed. A clip longer than the graph's ``max_chunk_samples`` metadata is
+    fed chunk by chunk with carried statistics (``runtime.long_clips.predict_long``), exactly as the study
+    extracted it; an ensemble does that per member and averages.
+    """
+    limit = model.max_chunk_samples
+    if limit is None or samples.shape[-1] <= limit:
+        return model.predict(samples[None, :])[0]
+    from vocalprobe.runtime.field.long_clips import predict_long
+
+    members = getattr(model, "members", None)
+    if members is None:
+        return predict_long(model, samples, limit)[0]
+    return model.combine([predict_long(member, samples, member.max_chunk_samples or samples.shape[-1])[0]
+                          for member in members])
+
+
+@dataclass
+class ValidationReport:
+    model: str
+    manifest: str
+    split: str
+    n_clips: int
+    n_scored: int
+    uar: float | None
+    uar_ci95: tuple[float, float] | None
+    reference_key: str | None
+    reference_uar: float | None
+    difference_points: float | None  # (onnx - reference) x 100
+    tolerance_points: float
+    passed: bool | None  # None: nothing to compare with
+    manifest_matches_study: bool | None
+    classes: list[str]
+    confusion: list[list[int]]
+    unreadable: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    reference_model: str | None = None  # the graph compared with, when not the study's UAR
+    decisions_changed: int | None = None  # clips whose predicted class differs from the reference graph's
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test",
+             tolerance_points: float = DEFAULT_TOLERANCE_POINTS, n_resamples: int = 1000, seed: int = 0,
+             on_clip: Callable[[], None] | None = None, reference_model: OnnxModel | None = None
+             ) -> ValidationReport:
+    """Score ``model`` on ``split``; compare with the study's UAR in its metadata, or with ``reference_model``'s
+    UAR on the same clips when one is given (its classes are matched by name)."""
+    if tolerance_points < 0:
+        raise ManifestError(f"--tolerance must be >= 0 UAR points, got {tolerance_points}")
+    manifest = read_manifest(manifest_path)
+    subset = manifest.split(split)
+    if len(subset) == 0:
+        raise ManifestError(f"{manifest_path}: the {split!r} split is empty")
+    index = {name: i for i, name in enumerate(model.classes)}
+    unknown = sorted({row.label for row in subset} - set(index))
+    if unknown:
+        raise ModelError(f"{manifest_path}: label(s) {', '.join(unknown)} are not classes of {model.path.name} "
+                         f"({', '.join(model.classes)}); is this the manifest the model was trained on?")
+    to_model_class = None
+    if reference_model is not None:
+        if set(reference_model.classes) != set(model.classes) or reference_model.sample_rate != model.sample_rate:
+            raise ModelError(f"the reference {reference_model.path.name} has other classes or another sample rate "
+                             f"than {model.path.name}; compare graphs of the same probe")
+        to_model_class = np.array([index[name] for name in reference_model.classes])
+    y_true, y_pred, y_ref, unreadable = [], [], [], []
+    for row in subset:
+        try:
+            samples = load_row(manifest, row, model.sample_rate)
+        except AudioError as exc:
+            unreadable.append({"path": row.path, "start": row.start, "end": row.end, "problem": exc.problem})
+        else:
+            y_true.append(index[row.label])
+            y_pred.append(int(np.argmax(predict_clip(model, samples))))
+            if reference_model is not None:
+                y_ref.append(int(to_model_class[np.argmax(predict_clip(reference_model, samples))]))
+        if on_clip is not None:
+            on_clip()
+    notes = []
+    meta = model.info.metadata
+    manifest_matches = None
+    if "manifest_sha256" in meta and reference_model is None:
+        manifest_matches = meta["manifest_sha256"] == manifest.content_hash()
+        if not manifest_matches:
+            notes.append("the manifest differs from the one the study used (manifest_sha256): the UARs may not be "
+                         "comparable")
+    if unreadable:
+        notes.append(f"{len(unreadable)} clip(s) could not be read and are not scored")
+    reference_key = _REFERENCE_KEY.get(split)
+    reference = getattr(model.info, reference_key) if reference_key else None
+    changed = None
+    if reference_model is not None:
+        reference_key = f"{reference_model.path.name} on the same clips"
+        reference = uar(np.asarray(y_true), np.asarray(y_ref)) if y_true else None
+        changed = int(np.sum(np.asarray(y_pred) != np.asarray(y_ref)))
+    if reference is None and reference_model is None:
+        notes.append(f"the model's metadata has no {reference_key or 'reference UAR for split ' + split!s}; "
+                     "nothing to compare with")
+    score = ci = diff = None
+    y_true_a, y_pred_a = np.asarray(y_true), np.asarray(y_pred)
+    if y_true:
+        score = uar(y_true_a, y_pred_a)
+        ci = bootstrap_uar_ci(y_true_a, y_pred_a, n_resamples=n_resamples, seed=seed)
+        if reference is not None:
+            diff = (score - reference) * 100.0
+    else:
+        notes.append("no clip could be read: no UAR")
+    passed = None if reference is None else (diff is not None and abs(diff) <= tolerance_points)
+    matrix = confusion_matrix(y_true_a, y_pred_a, len(model.classes)) if y_true else np.zeros(
+        (len(model.classes),) * 2, dtype=np.int64)
+    return ValidationReport(str(model.path), str(manifest_path), split, len(subset), len(y_true), score, ci,
+                            reference_key if reference is not None else None, reference, diff, tolerance_points,
+                            passed, manifest_matches, list(model.classes), matrix.tolist(), unreadable, notes,
+                            None if reference_model is None else str(reference_model.path), changed)
+
+
+def write_report(report: ValidationReport, out_dir: str | Path) -> tuple[Path, Path | None, str | None]:
+    """report.json, and confusion.png when matplotlib is installed (else a note saying why there is none)."""
+    out_dir = Path(out_dir)
+    json_path = out_dir / "report.json"
+    atomic_write_text(json_path, report.to_json())
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        return json_path, None, "matplotlib is not installed: no confusion-matrix PNG (pip install matplotlib)"
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from vocalprobe.runtime.core.atomic import atomic_open
+
+    matrix = np.asarray(report.confusion)
+    n = len(report.classes)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * n, 1.2 + 0.5 * n))
+    rows = matrix.sum(axis=1, keepdims=True)
+    ax.imshow(np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0), cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            if matrix[i, j]:
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(n), report.classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), report.classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("reference")
+    title = f"{Path(report.model).name} on {report.split}"
+    if report.uar is not None:
+        title += f": UAR {report.uar * 100:.1f}"
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    png_path = out_dir / "confusion.png"
+    with atomic_open(png_path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120)
+    plt.close(fig)
+    return json_path, png_path, None

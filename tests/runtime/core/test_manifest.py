@@ -1,0 +1,59 @@
+"""Manifests (runtime/core/manifest.py): round trip, content hash, invalid files; atomic outputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from vocalprobe.runtime.core.errors import ManifestError
+from vocalprobe.runtime.core.manifest import ManifestRow, read_manifest, write_manifest
+
+
+def rows(n_per_class: dict[str, int]) -> list[ManifestRow]:
+    return [ManifestRow(f"{label}/{i}.wav", label) for label, n in n_per_class.items() for i in range(n)]
+
+
+def test_round_trip_and_relative_paths(tmp_path):
+    original = [ManifestRow("a/1.wav", "x", 1.5, 2.25, "train", "caller1"), ManifestRow("b/2.wav", "y")]
+    path = tmp_path / "sub" / "manifest.csv"
+    write_manifest(path, original)
+    loaded = read_manifest(path)
+    assert list(loaded.rows) == original
+    assert loaded.audio_path(loaded.rows[0]) == (tmp_path / "sub" / "a" / "1.wav").resolve()
+    assert loaded.labels == ["x", "y"]
+    assert not list(path.parent.glob(".*tmp"))  # atomic write leaves no temp file behind
+
+
+def test_content_hash_changes_with_any_field(tmp_path):
+    base = write_manifest(tmp_path / "m.csv", rows({"a": 3}))
+    changed = write_manifest(tmp_path / "n.csv", [r.with_split("val") if i == 0 else r for i, r in enumerate(base)])
+    assert base.content_hash() != changed.content_hash()
+    assert base.content_hash() == read_manifest(tmp_path / "m.csv").content_hash()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("path,lable\na.wav,x\n", "missing column\\(s\\) label; unknown column\\(s\\) lable"),
+    ("path,label\n", "no rows"),
+    ("path,label\na.wav,\n", "line 2: path and label must not be empty"),
+    ("path,label,start,end\na.wav,x,2,1\n", "line 2: end \\(1.0\\) must be after start"),
+    ("path,label,start\na.wav,x,abc\n", "start must be a number"),
+    ("path,label,split\na.wav,x,dev\n", "split must be one of"),
+])
+def test_invalid_manifests(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(path)
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from vocalprobe.runtime.core.atomic import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "table.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "table.txt").stat().st_mode) == 0o644

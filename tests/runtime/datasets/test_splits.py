@@ -1,0 +1,52 @@
+"""Seeded 70:20:10 splits (runtime/datasets/splits.py)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from vocalprobe.runtime.core.errors import ManifestError
+from vocalprobe.runtime.core.manifest import ManifestRow, write_manifest
+from vocalprobe.runtime.datasets.splits import assign_splits
+
+
+def rows(n_per_class: dict[str, int]) -> list[ManifestRow]:
+    return [ManifestRow(f"{label}/{i}.wav", label) for label, n in n_per_class.items() for i in range(n)]
+
+
+def test_split_requires_split_column(tmp_path):
+    manifest = write_manifest(tmp_path / "m.csv", rows({"a": 3}))
+    with pytest.raises(ManifestError, match="no split column"):
+        manifest.split("train")
+
+
+def test_split_is_70_20_10_and_seeded():
+    data = rows({"a": 50, "b": 30, "c": 20})
+    first, _ = assign_splits(data, seed=42)
+    again, _ = assign_splits(data, seed=42)
+    other, _ = assign_splits(data, seed=7)
+    assert [r.split for r in first] == [r.split for r in again]
+    assert [r.split for r in first] != [r.split for r in other]
+    assert Counter(r.split for r in first) == {"train": 70, "val": 20, "test": 10}
+    assert [r.path for r in first] == [r.path for r in data]  # order kept
+
+
+def test_stratified_split_keeps_class_proportions():
+    out, report = assign_splits(rows({"a": 50, "b": 30, "c": 20}), seed=1, stratify=True)
+    counts = report.counts
+    assert counts["a"] == {"train": 35, "val": 10, "test": 5}
+    assert counts["b"] == {"train": 21, "val": 6, "test": 3}
+    assert counts["c"] == {"train": 14, "val": 4, "test": 2}
+
+
+def test_tiny_classes_are_kept_and_reported():
+    out, report = assign_splits(rows({"big": 40, "rare": 2, "single": 1}), seed=0, stratify=True)
+    assert Counter(r.label for r in out) == {"big": 40, "rare": 2, "single": 1}
+    assert set(report.incomplete_classes) == {"rare", "single"}
+    assert any("'single' (1 clips) has no clips in val, test" in w for w in report.warnings())
+
+
+def test_bad_ratios():
+    with pytest.raises(ManifestError, match="summing to 1"):
+        assign_splits(rows({"a": 3}), ratios=(0.5, 0.2, 0.2))

@@ -1,0 +1,19 @@
+"""`vocalprobe bench` (runtime/field/bench.py): speed, latency and memory figures of a graph."""
+
+from __future__ import annotations
+
+import pytest
+from runtime_graphs import build_band_graph
+
+from vocalprobe.runtime.field.bench import bench_model, bench_stream
+from vocalprobe.runtime.field.onnx_model import OnnxModel
+
+
+def test_bench_reports_speed_latency_memory(tmp_path):
+    model = OnnxModel(build_band_graph(tmp_path / "m.onnx"), threads=1)
+    result = bench_model(model, window_s=1.0, batch=4, seconds=8, latency_runs=5)
+    assert result.audio_seconds == 8 and result.x_realtime > 0 and result.latency_ms_median > 0
+    assert result.peak_rss_mb is not None and result.peak_rss_mb > 10
+    stream = bench_stream(model, window_s=1.0, batch=4, seconds=8, work_dir=tmp_path)
+    assert stream.audio_seconds == pytest.approx(8, abs=0.01)
+    assert 0 < stream.model_seconds < stream.wall_seconds

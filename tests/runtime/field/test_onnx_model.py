@@ -1,0 +1,80 @@
+"""The ONNX wrapper (runtime/field/onnx_model.py): the graph contract read at load, clear errors, providers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from runtime_graphs import DEFAULT_CLASSES, DEFAULT_FREQS, build_band_graph, tone_track
+
+from vocalprobe.runtime.field.onnx_model import ModelError, OnnxModel, choose_providers
+
+
+def three_tones(sr=16_000):
+    x = tone_track([(0, 1, DEFAULT_FREQS[0]), (1, 2, DEFAULT_FREQS[1]), (2, 3, DEFAULT_FREQS[2])], 4, sr)
+    return x.reshape(4, sr)
+
+
+def test_model_reads_contract_and_predicts(graph):
+    model = OnnxModel(graph)
+    assert model.classes == DEFAULT_CLASSES
+    assert (model.sample_rate, model.sample_duration) == (16_000, 1.0)
+    assert model.info.test_uar == pytest.approx(0.9)
+    assert model.providers == ["CPUExecutionProvider"]
+    probs = model.predict(three_tones())
+    assert probs.shape == (4, 3) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert probs[:3].argmax(axis=1).tolist() == [0, 1, 2]
+    assert probs[3].max() < 0.5  # noise only
+    probs2, emb = model.predict_with_embedding(three_tones())
+    np.testing.assert_allclose(probs2, probs)
+    assert emb.shape == (4, 6)
+
+
+def test_missing_metadata_keys_are_all_named(tmp_path):
+    path = build_band_graph(tmp_path / "bare.onnx", drop_keys=("classes", "sample_rate", "sample_duration"))
+    with pytest.raises(ModelError) as info:
+        OnnxModel(path)
+    message = str(info.value)
+    for key in ("classes", "sample_rate", "sample_duration"):
+        assert key in message
+    assert "bare.onnx" in message
+
+
+def test_malformed_metadata_and_class_count(tmp_path):
+    path = build_band_graph(tmp_path / "bad.onnx", metadata={"classes": "low,mid,high", "test_uar": "93.1"})
+    with pytest.raises(ModelError, match="JSON list") as info:
+        OnnxModel(path)
+    assert "test_uar" in str(info.value)
+    path = build_band_graph(tmp_path / "count.onnx", metadata={"classes": json.dumps(["a", "b"])})
+    with pytest.raises(ModelError, match="3 classes but metadata lists 2"):
+        OnnxModel(path)
+    path = build_band_graph(tmp_path / "key.onnx", metadata={"class_outputs_key": "logits"})
+    with pytest.raises(ModelError, match="'logits' is not an output"):
+        OnnxModel(path)
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        OnnxModel(tmp_path / "nope.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07not a protobuf at all" * 10)
+    with pytest.raises(ModelError, match="corrupt.onnx: not a loadable ONNX model"):
+        OnnxModel(corrupt)
+
+
+def test_bad_batches_are_refused(graph):
+    model = OnnxModel(graph)
+    with pytest.raises(ModelError, match=r"\[batch, samples\]"):
+        model.predict(np.zeros(16_000, dtype=np.float32))
+
+
+def test_provider_choice():
+    assert choose_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert choose_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+    assert choose_providers("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(ModelError, match="no CUDA provider"):
+        choose_providers("cuda", ["CPUExecutionProvider"])
+    with pytest.raises(ModelError, match="unknown provider"):
+        choose_providers("tpu", ["CPUExecutionProvider"])

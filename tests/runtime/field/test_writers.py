@@ -1,0 +1,71 @@
+"""Detection tables (runtime/field/writers.py): Raven, CSV with recorder time, JSONL, formats."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+
+import pytest
+
+from vocalprobe.runtime.field.writers import (
+    CSV_COLUMNS,
+    RAVEN_COLUMNS,
+    Detection,
+    JsonlWriter,
+    parse_formats,
+    parse_recorder_timestamp,
+    write_csv,
+    write_raven,
+)
+
+DETECTIONS = [Detection("site1/20210502_040000.WAV", 1.5, 3.0, "low", 0.91234),
+              Detection("site1/20210502_040000.WAV", 62.25, 63.0, "high", 0.5)]
+
+
+def test_raven_table_columns_exact(tmp_path):
+    path = tmp_path / "t.selection.table.txt"
+    write_raven(DETECTIONS, path, begin_file="20210502_040000.WAV", high_freq_hz=8000)
+    lines = path.read_text().splitlines()
+    assert lines[0].split("\t") == ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
+                                    "Low Freq (Hz)", "High Freq (Hz)", "Begin File", "File Offset (s)", "Class",
+                                    "Confidence"]
+    assert list(RAVEN_COLUMNS) == lines[0].split("\t")
+    assert lines[1].split("\t") == ["1", "Spectrogram 1", "1", "1.500", "3.000", "0.0", "8000.0",
+                                    "20210502_040000.WAV", "1.500", "low", "0.9123"]
+    assert lines[2].split("\t")[0] == "2" and len(lines) == 3
+
+
+def test_csv_with_recorder_time(tmp_path):
+    path = tmp_path / "d.csv"
+    write_csv(DETECTIONS, path, recording_start=parse_recorder_timestamp(DETECTIONS[0].file))
+    rows = list(csv.reader(path.open()))
+    assert rows[0] == list(CSV_COLUMNS) + ["start_time"]
+    assert rows[2] == ["site1/20210502_040000.WAV", "62.250", "63.000", "high", "0.5000", "2021-05-02T04:01:02.250"]
+    write_csv(DETECTIONS, path)
+    assert next(csv.reader(path.open())) == list(CSV_COLUMNS)
+
+
+def test_recorder_timestamps():
+    assert parse_recorder_timestamp("20210502_040000.WAV") == datetime(2021, 5, 2, 4, 0, 0)
+    assert parse_recorder_timestamp("SMA01234_20210502_235959.wav") == datetime(2021, 5, 2, 23, 59, 59)
+    assert parse_recorder_timestamp("20210502T040000.flac") == datetime(2021, 5, 2, 4)
+    assert parse_recorder_timestamp("recording_12.wav") is None
+    assert parse_recorder_timestamp("99999999_999999.wav") is None
+
+
+def test_jsonl_drops_events_of_unfinished_files(tmp_path):
+    path = tmp_path / "e.jsonl"
+    with JsonlWriter(path, set()) as writer:
+        writer.write(Detection("a.wav", 0, 1, "low", 0.9))
+        writer.write(Detection("b.wav", 0, 1, "low", 0.9))
+    with path.open("a") as handle:
+        handle.write('{"file": "b.wav", "start_s')  # a line cut by a kill
+    JsonlWriter(path, {"a.wav"}).close()
+    assert [json.loads(line)["file"] for line in path.read_text().splitlines()] == ["a.wav"]
+
+
+def test_formats():
+    assert parse_formats("csv, RAVEN,csv") == ("csv", "raven")
+    with pytest.raises(Exception, match="unknown format"):
+        parse_formats("csv,xlsx")

@@ -1,0 +1,110 @@
+"""`vocalprobe study`: the paper's layer-wise study from flags, a TOML config, or (with neither) the embedded demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vocalprobe.runtime.core.cli_common import friendly_errors
+
+DataOpt = Annotated[Optional[list[str]], typer.Option(
+    "--data", help="Manifest with train/val/test splits; repeat for several datasets. NAME=PATH names the dataset "
+    "(default: the manifest's folder name).")]
+BackboneOpt = Annotated[Optional[list[str]], typer.Option(
+    "--backbone", help="Registry name (aves-bio, hubert, wav2vec2, wav2vec2-100h, wav2vec2-960h, wavlm, "
+    "wavlm-100h), hub id or checkpoint folder; repeat for several.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="Study config (TOML), e.g. configs/paper.toml. Flags given on the command line override it.")]
+LayersOpt = Annotated[Optional[str], typer.Option("--layers", help="'all' or layer numbers like 0,3,6 or 0-4 "
+                                                  "(0 = transformer input).")]
+SeedsOpt = Annotated[Optional[int], typer.Option("--seeds", min=1, help="Train each probe with this many seeds; "
+                                                 "scores are mean ± std.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Folder that holds study folders "
+                                                "(default: artifacts/studies).")]
+NameOpt = Annotated[Optional[str], typer.Option("--name", help="Study folder name under --out (default: the "
+                                                "config's name; 'default' for the demo, else 'study').")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="CPU threads for torch (default: torch's own choice; the demo uses 1). On a shared "
+    "machine more threads than free cores can make small models tens of times slower.")]
+DtypeOpt = Annotated[Optional[str], typer.Option(
+    "--dtype", help="Backbone precision: float32 (default), or bfloat16 / float16 on a GPU; the difference to "
+    "float32 on the first clips is printed and saved as precision.json beside the probes.")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+
+
+@friendly_errors
+def study(
+    data: DataOpt = None,
+    backbone: BackboneOpt = None,
+    config: ConfigOpt = None,
+    layers: LayersOpt = None,
+    seeds: SeedsOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    name: NameOpt = None,
+    threads: ThreadsOpt = None,
+    dtype: DtypeOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Probe every layer of every backbone on every dataset, pick the best layers, fuse them, write the report.
+
+    With no --data, --backbone or --config this runs the embedded demo: synthetic calls and three tiny UNTRAINED
+    backbones, offline, in a few minutes on a laptop CPU. Re-running a study reuses every finished probe.
+    """
+    from vocalprobe.training.study.runner import StudyConfig, StudyError, dataset_from_manifest, parse_layers
+
+    overrides: dict = {}
+    if layers is not None:
+        try:
+            overrides["layers"] = parse_layers(layers)
+        except ValueError as exc:
+            raise StudyError(f"--layers: {exc}") from None
+    for key, value in (("seeds", seeds), ("device", device), ("out_root", out), ("name", name), ("dtype", dtype)):
+        if value is not None:
+            overrides[key] = value
+
+    demo = config is None and not data and not backbone
+    if threads is not None or demo:
+        import torch
+
+        torch.set_num_threads(threads or 1)  # this process only: the command is the program's entry point
+
+    if demo:
+        from vocalprobe.training.study.default import run_default_study
+
+        typer.echo("No --data/--backbone/--config: running the embedded demo study (synthetic data, tiny UNTRAINED "
+                   "backbones; its scores say nothing about the paper).", err=True)
+        summary_dir = run_default_study(progress=progress, **overrides)
+        typer.echo(f"report: {summary_dir / 'report.md'}")
+        return
+
+    if config is not None:
+        cfg = StudyConfig.from_toml(config)
+        changes = dict(overrides)
+        if data:
+            changes["datasets"] = tuple(dataset_from_manifest(d) for d in data)
+        if backbone:
+            changes["backbones"] = tuple(backbone)
+        cfg = StudyConfig.from_dict({**_as_fields(cfg), **changes}, source=str(config))
+    else:
+        if not data:
+            raise StudyError("--backbone given without --data: pass at least one manifest (--data MANIFEST)")
+        if not backbone:
+            raise StudyError("--data given without --backbone: pass at least one backbone (e.g. --backbone hubert)")
+        cfg = StudyConfig.from_dict({"name": "study", **overrides,
+                                     "datasets": tuple(dataset_from_manifest(d) for d in data),
+                                     "backbones": tuple(backbone)}, source="command line")
+
+    from vocalprobe.training.study.runner import run_study
+
+    run_study(cfg, progress=progress)
+    typer.echo(f"report: {cfg.out_dir / 'report.md'}")
+
+
+def _as_fields(cfg) -> dict:
+    from dataclasses import fields
+
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}

@@ -1,0 +1,90 @@
+"""The embedded demo study (``vocalprobe study`` with no arguments): synthetic calls, tiny UNTRAINED backbones.
+
+It makes sure its inputs exist, then runs ``configs/default.toml``:
+
+* the synthetic dataset (``vocalprobe.runtime.datasets.synthetic``, seed 42) under ``artifacts/data/synthetic``;
+* three small randomly initialised checkpoints, HuBERT, wav2vec2 and WavLM architectures, saved with
+  ``save_pretrained`` under ``artifacts/models/tiny-<family>`` and loaded through the normal backbone loader.
+
+Nothing is downloaded. Existing inputs are reused, so a second run only redoes what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vocalprobe.training.study.runner import StudyConfig, run_study
+
+#: Architecture of the demo backbones: small enough for 2 CPU cores, deep enough for a layer-wise curve.
+TINY_FAMILIES = ("hubert", "wav2vec2", "wavlm")
+TINY_SHAPE = dict(hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128, conv_channels=64)
+DATASET_SEED = 42
+
+
+def default_config_text() -> str:
+    """The packaged ``configs/default.toml``."""
+    return resources.files("vocalprobe").joinpath("configs", "default.toml").read_text(encoding="utf-8")
+
+
+def default_study_config(root: str | Path = ".", **overrides: Any) -> StudyConfig:
+    """``configs/default.toml`` with its relative paths resolved against ``root``; ``overrides`` replace fields."""
+    import tomllib
+
+    root = Path(root)
+    data = tomllib.loads(default_config_text())
+    data["backbones"] = [str(root / b) for b in data["backbones"]]
+    data["datasets"] = [{**d, "manifest": str(root / d["manifest"])} for d in data["datasets"]]
+    data["out_root"] = str(root / data["out_root"])
+    data["cache_dir"] = str(root / data["cache_dir"])
+    config = StudyConfig.from_dict(data, source="configs/default.toml")
+    if overrides:
+        config = StudyConfig.from_dict({**config.to_dict(), "probe": config.probe, **overrides},
+                                       source="configs/default.toml")
+    return config
+
+
+def ensure_inputs(config: StudyConfig) -> None:
+    """Generate the synthetic dataset and build the tiny checkpoints the demo config names, where missing."""
+    from vocalprobe.runtime.datasets.synthetic import generate_dataset, is_current
+
+    for ds in config.datasets:
+        # synthetic.json is written last: present, current and with our seed means complete and up to date
+        if not is_current(Path(ds.manifest).parent, seed=DATASET_SEED):
+            generate_dataset(Path(ds.manifest).parent, seed=DATASET_SEED)
+    for seed, path in enumerate(config.backbones):
+        folder = Path(path)
+        family = folder.name.removeprefix("tiny-")
+        if family not in TINY_FAMILIES:
+            raise ValueError(f"the demo builds tiny-<family> checkpoints ({', '.join(TINY_FAMILIES)}), got {folder}")
+        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+            continue
+        _build_tiny(family, folder, seed=seed)
+
+
+def _build_tiny(family: str, folder: Path, *, seed: int) -> None:
+    """Write the checkpoint into a temporary folder beside ``folder``, then rename: never a half checkpoint."""
+    from vocalprobe.training.backbones import make_tiny_checkpoint
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        make_tiny_checkpoint(family, tmp, seed=seed, **TINY_SHAPE)
+        if folder.exists():
+            shutil.rmtree(folder)  # an incomplete folder from an older interrupted run
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def run_default_study(root: str | Path = ".", *, progress: bool = True, **overrides: Any) -> Path:
+    """Create the demo inputs if needed, run (or resume) the demo study; returns the study folder."""
+    config = default_study_config(root, **overrides)
+    ensure_inputs(config)
+    run_study(config, progress=progress)
+    return config.out_dir
