@@ -22,6 +22,7 @@ transformers = pytest.importorskip("transformers")
 from typer.testing import CliRunner  # noqa: E402
 
 from vocalprobe.runtime.core.errors import VocalprobeError  # noqa: E402
+from vocalprobe.training.aves import checkpoints, reference  # noqa: E402
 from vocalprobe.training.aves import convert as aves  # noqa: E402
 
 torch.set_num_threads(1)
@@ -240,7 +241,7 @@ def test_fairseq_state_dict_alone_needs_config(tmp_path):
     original = reference_model(config)
     ckpt = tmp_path / "weights.pt"
     torch.save(to_fairseq(original, config), ckpt)
-    with pytest.raises(aves.AvesConversionError, match="--config"):
+    with pytest.raises(checkpoints.AvesConversionError, match="--config"):
         aves.convert_aves(ckpt, tmp_path / "out")
     cfg_json = tmp_path / "fairseq_model_cfg.json"
     cfg_json.write_text(json.dumps(fairseq_cfg(config)))
@@ -256,7 +257,7 @@ def test_reference_matches_hf_model_directly():
         x = torch.randn(2, 7000, dtype=torch.float64)
         with torch.no_grad():
             want = model(x, output_hidden_states=True)
-            got, got_last = aves.reference_hidden_states(state.__getitem__, torchaudio_json(config), x)
+            got, got_last = reference.reference_hidden_states(state.__getitem__, torchaudio_json(config), x)
         assert len(got) == len(want.hidden_states) == 3
         for a, b in zip(got[:2] + [got_last], want.hidden_states[:2] + (want.last_hidden_state,)):
             assert (a - b).abs().max().item() < 1e-10
@@ -281,7 +282,7 @@ def test_config_translation_error_is_caught_and_nothing_written(tmp_path, monkey
         return hf
 
     monkeypatch.setattr(aves, "hubert_config_from_torchaudio", mistranslate)
-    with pytest.raises(aves.AvesConversionError, match="differs from the|hidden state shape"):
+    with pytest.raises(checkpoints.AvesConversionError, match="differs from the|hidden state shape"):
         aves.convert_aves(ckpt, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []  # temp dir cleaned up
@@ -297,7 +298,7 @@ def test_leftover_missing_and_mismatched_keys_are_named(tmp_path):
     ckpt = tmp_path / "bad.torchaudio.pt"
     torch.save(state, ckpt)
     (tmp_path / "bad.torchaudio.model_config.json").write_text(json.dumps(torchaudio_json(config)))
-    with pytest.raises(aves.AvesConversionError) as err:
+    with pytest.raises(checkpoints.AvesConversionError) as err:
         aves.convert_aves(ckpt, tmp_path / "out")
     message = str(err.value)
     assert "encoder.transformer.layers.0.attention.extra.weight" in message
@@ -307,8 +308,8 @@ def test_leftover_missing_and_mismatched_keys_are_named(tmp_path):
 
 
 def test_unknown_config_keys_are_rejected(tmp_path):
-    with pytest.raises(aves.AvesConversionError, match="unknown encoder_typo"):
-        aves.hubert_config_from_torchaudio(torchaudio_json(tiny_config()) | {"encoder_typo": 1}, mask_embedding=False)
+    with pytest.raises(checkpoints.AvesConversionError, match="unknown encoder_typo"):
+        checkpoints.hubert_config_from_torchaudio(torchaudio_json(tiny_config()) | {"encoder_typo": 1}, mask_embedding=False)
 
 
 _UNPICKLED: list[str] = []
@@ -329,7 +330,7 @@ def test_foreign_pickle_is_refused_with_instructions(tmp_path):
     ckpt = tmp_path / "aves-base-bio.pt"
     torch.save({"model": to_fairseq(reference_model(config), config),
                 "args": argparse.Namespace(encoder_layers=2), "trap": _Trap()}, ckpt)
-    with pytest.raises(aves.ForeignPickleError) as err:
+    with pytest.raises(checkpoints.ForeignPickleError) as err:
         aves.convert_aves(ckpt, tmp_path / "out")
     message = str(err.value)
     assert isinstance(err.value, VocalprobeError)
@@ -340,10 +341,10 @@ def test_foreign_pickle_is_refused_with_instructions(tmp_path):
 
 
 def test_conv_layer_spec_is_parsed_without_eval():
-    assert aves._literal_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == \
+    assert checkpoints._literal_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == \
         [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2
-    with pytest.raises(aves.AvesConversionError):
-        aves._literal_conv_layers("__import__('os').system('true')")
+    with pytest.raises(checkpoints.AvesConversionError):
+        checkpoints._literal_conv_layers("__import__('os').system('true')")
 
 
 def test_existing_output_needs_force(tmp_path):
@@ -352,7 +353,7 @@ def test_existing_output_needs_force(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(aves.AvesConversionError, match="--force"):
+    with pytest.raises(checkpoints.AvesConversionError, match="--force"):
         aves.convert_aves(ckpt, out)
     assert (out / "keep.txt").exists()
     aves.convert_aves(ckpt, out, overwrite=True)
