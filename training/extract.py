@@ -256,13 +256,15 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
     done = cache.done
     todo = [i for i in range(len(manifest)) if i not in done]
 
-    from tqdm.auto import tqdm
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     started = time.perf_counter()
     audio_seconds = 0.0
-    bar = tqdm(total=len(manifest), initial=len(done), unit="clip", desc=f"features {_short_name(backbone)}",
-               disable=not progress, dynamic_ncols=True)
-    try:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[rate]}"))
+    with Progress(*columns, disable=not progress, transient=False) as progress_bar:
+        bar = _Bar(progress_bar, progress_bar.add_task(f"features {_short_name(backbone)}", total=len(manifest),
+                                                       completed=len(done), rate=""))
         for first in range(0, len(todo), shard_size):
             block = todo[first:first + shard_size]
             rows, features, failed, seconds = _extract_block(manifest, block, runner, chunk_samples, batch_size,
@@ -272,17 +274,16 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
                 cache.precision = runner.precision
             cache.add_shard(rows, features, failed)
             elapsed = max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(audio_s_per_s=f"{audio_seconds / elapsed:.1f}", failed=len(cache.failed))
-    finally:
-        bar.close()
+            bar.describe(f"{audio_seconds / elapsed:.1f} audio-s/s, {len(cache.failed)} failed")
+        if cache.precision is not None and progress:
+            progress_bar.console.print(
+                f"{dtype} vs float32 on {cache.precision['clips']} clips: max abs diff "
+                f"{cache.precision['max_abs_diff']:.3g}, max relative L2 diff {cache.precision['max_rel_l2_diff']:.3g}")
     elapsed = time.perf_counter() - started
     if cache.failed:
         log.warning("%d of %d clips could not be read and were left out (first: %s)", len(cache.failed),
                     len(manifest), next(iter(sorted(cache.failed.values(), key=lambda f: f.row))).error)
-    if cache.precision is not None and progress:
-        tqdm.write(f"{dtype} vs float32 on {cache.precision['clips']} clips: max abs diff "
-                   f"{cache.precision['max_abs_diff']:.3g}, max relative L2 diff {cache.precision['max_rel_l2_diff']:.3g}")
-    elif cache.precision is not None:
+    if cache.precision is not None and not progress:
         log.info("%s vs float32 on %d clips: max abs diff %.3g, max relative L2 diff %.3g", dtype,
                  cache.precision["clips"], cache.precision["max_abs_diff"], cache.precision["max_rel_l2_diff"])
     return _assemble(manifest, backbone, module.layers, cache, {
@@ -292,12 +293,25 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
         "audio_s_per_s": audio_seconds / elapsed if elapsed > 0 else 0.0})
 
 
+class _Bar:
+    """One rich progress task, with the ``update(n)`` the block loop calls."""
+
+    def __init__(self, progress, task):
+        self._progress, self._task = progress, task
+
+    def update(self, n: int) -> None:
+        self._progress.update(self._task, advance=n)
+
+    def describe(self, rate: str) -> None:
+        self._progress.update(self._task, rate=rate)
+
+
 def _short_name(backbone: Backbone) -> str:
     return backbone.spec.name if backbone.spec is not None else Path(backbone.name.rstrip("/\\")).name or backbone.name
 
 
 def _extract_block(manifest: Manifest, block: list[int], runner: _Runner, chunk_samples: int, batch_size: int,
-                   bar) -> tuple[list[int], list[np.ndarray], list[FailedClip], float]:
+                   bar: _Bar) -> tuple[list[int], list[np.ndarray], list[FailedClip], float]:
     """Features of the rows in ``block`` (those that could be read), in row order, plus the failures."""
     results: dict[int, np.ndarray] = {}
     failed: list[FailedClip] = []
