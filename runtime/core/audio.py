@@ -6,6 +6,7 @@ Segments and blocks are read with ``seek``, so memory follows the segment, never
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,11 +20,17 @@ from vocalprobe.runtime.core.errors import (
     EmptyAudioError,
     InvalidSamplesError,
     SegmentOutOfRange,
+    UnreadableAudioError,
+    os_reason,
 )
 
 Seconds = float
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+# Extension -> the libsndfile format that reads it. MP3 needs libsndfile >= 1.1, so it is listed only where the
+# installed library reads it (a folder scan must never list a file that every read would then refuse).
+_FORMAT_OF_EXTENSION = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3"}
+AUDIO_EXTENSIONS = tuple(ext for ext, fmt in _FORMAT_OF_EXTENSION.items() if fmt in sf.available_formats())
+READABLE_KINDS = "/".join(ext[1:] for ext in AUDIO_EXTENSIONS)
 
 
 def is_audio_file(path: str | Path) -> bool:
@@ -80,10 +87,17 @@ def _open(path: str | Path) -> sf.SoundFile:
         raise AudioFileNotFound(path, "file not found")
     if path.is_dir():
         raise CorruptAudioError(path, "is a folder, not an audio file")
+    try:  # libsndfile reports every OS refusal as "System error."; open() first says which one it was
+        with path.open("rb") as raw:
+            empty = not raw.read(1)
+    except OSError as exc:
+        raise UnreadableAudioError(path, f"cannot be opened: {os_reason(exc)}") from exc
+    if empty:
+        raise EmptyAudioError(path, "is an empty file (0 bytes)")
     try:
         handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise CorruptAudioError(path, f"not a readable wav/flac/ogg file ({exc})") from exc
+        raise CorruptAudioError(path, f"not a readable {READABLE_KINDS} file ({exc})") from exc
     shortfall = _wav_data_shortfall(path) if handle.format == "WAV" else None
     if shortfall:
         handle.close()
@@ -113,6 +127,9 @@ def _check_finite(path: str | Path, samples: np.ndarray, offset: int = 0) -> Non
 
 def read_audio(path: str | Path, start: Seconds | None = None, end: Seconds | None = None) -> tuple[np.ndarray, int]:
     """Read ``path`` (or the ``start``..``end`` seconds of it) as mono float32 at the file's sample rate."""
+    for name, value in (("start", start), ("end", end)):
+        if value is not None and not math.isfinite(value):
+            raise SegmentOutOfRange(path, f"{name} {value} is not a finite number of seconds")
     with _open(path) as f:
         sr, total = int(f.samplerate), int(f.frames)
         if total == 0:
@@ -164,3 +181,18 @@ def iter_blocks(path: str | Path, block_size: int) -> Iterator[np.ndarray]:
             yield mono
         if done < expected:
             raise CorruptAudioError(path, f"truncated: header promises {expected} samples, only {done} could be read")
+
+
+CHECK_BLOCK = 1 << 16
+
+
+def check_audio(path: str | Path) -> AudioInfo:
+    """Decode the whole file once, block by block, and return its header facts.
+
+    A header can look fine while the audio is not: a truncated WAV, a FLAC frame that fails to decode, NaN samples.
+    Data preparation calls this on every file so such a file is refused before it reaches a manifest.
+    """
+    info = audio_info(path)
+    for _ in iter_blocks(path, CHECK_BLOCK):
+        pass
+    return info

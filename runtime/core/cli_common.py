@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from typing import Callable, TypeVar
 
 import typer
 
-from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.errors import VocalprobeError, os_reason
 
 F = TypeVar("F", bound=Callable)
 
@@ -18,8 +19,20 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def os_error_line(exc: OSError) -> str:
+    """One line for an OS refusal: the file it concerns and what the OS said (permission denied, disk full ...)."""
+    reason = os_reason(exc)
+    if exc.errno == errno.ENOSPC:
+        reason += "; free some space and re-run (finished outputs are kept)"
+    if exc.filename is None:
+        return reason
+    target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+    return f"{target}: {reason}"
+
+
 def friendly_errors(func: F) -> F:
-    """Turn the errors a user can fix (bad files, bad options, missing extras) into a one-line message."""
+    """Turn the errors a user can fix (bad files, bad options, missing extras, a full disk, a folder they may not
+    write) into a one-line message. Anything else is a bug and keeps its traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -33,6 +46,8 @@ def friendly_errors(func: F) -> F:
                 raise fail(f"this command needs `{exc.name}`, which is not installed. Install the training extra: "
                            "pip install torch==2.13.0 && pip install 'vocalprobe[train]'") from None
             raise
+        except OSError as exc:
+            raise fail(os_error_line(exc)) from None
         except KeyboardInterrupt:
             typer.secho("interrupted; finished outputs are kept, re-run the command to resume", err=True)
             sys.exit(130)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -26,6 +27,10 @@ class CorruptAudioError(AudioError):
     """Unreadable, corrupt or truncated file."""
 
 
+class UnreadableAudioError(AudioError):
+    """The OS refused to open the file (permissions, I/O error): the audio itself may be fine."""
+
+
 class EmptyAudioError(AudioError):
     pass
 
@@ -44,3 +49,12 @@ class ManifestError(VocalprobeError):
 
 class DatasetError(VocalprobeError):
     """A dataset source folder does not look like what its preparer expects."""
+
+
+def os_reason(exc: OSError) -> str:
+    """What the OS said, in words a user acts on ("permission denied", not libsndfile's "System error.")."""
+    words = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+             errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
+             errno.ENOENT: "not found", errno.EISDIR: "is a folder", errno.ENOTDIR: "a parent is not a folder",
+             errno.ELOOP: "too many levels of symbolic links (a symlink loop)", errno.EIO: "input/output error"}
+    return words.get(exc.errno, exc.strerror or type(exc).__name__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -92,7 +93,9 @@ def _parse_seconds(text: str, column: str, where: str) -> float | None:
         value = float(text)
     except ValueError:
         raise ManifestError(f"{where}: {column} must be a number of seconds, got {text!r}") from None
-    if value < 0 or value != value:
+    if not math.isfinite(value):  # "inf", "nan" and overflowing numbers such as 1e400
+        raise ManifestError(f"{where}: {column} must be a finite number of seconds, got {text!r}")
+    if value < 0:
         raise ManifestError(f"{where}: {column} must be >= 0 seconds, got {text!r}")
     return value
 
@@ -111,8 +114,11 @@ def parse_manifest(text: str, root: Path, source: str = "<manifest>") -> Manifes
         raise ManifestError(f"{source}: {'; '.join(parts)}. A manifest has columns {', '.join(COLUMNS)} "
                             "(path and label required)")
     rows = []
-    for line_no, record in enumerate(reader, start=2):
-        where = f"{source} line {line_no}"
+    for record in reader:
+        where = f"{source} line {reader.line_num}"
+        if None in record:  # DictReader's restkey: more fields than the header names
+            raise ManifestError(f"{where}: {len(header) + len(record[None])} fields, the header has {len(header)} "
+                                "(a comma inside a label or path? put that field in double quotes)")
         path, label = (record.get("path") or "").strip(), (record.get("label") or "").strip()
         if not path or not label:
             raise ManifestError(f"{where}: path and label must not be empty")
@@ -134,14 +140,25 @@ def read_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path} (create one with `vocalprobe data prepare`)")
-    return parse_manifest(path.read_text(encoding="utf-8-sig"), path.resolve().parent, str(path))
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ManifestError(f"{path}: manifest is not UTF-8 (line {line}): re-save it as UTF-8") from None
+    return parse_manifest(text, path.resolve().parent, str(path))
 
 
 def write_manifest(path: str | Path, rows: Iterable[ManifestRow] | Manifest) -> Manifest:
     """Write atomically; relative row paths are kept relative to the new manifest's folder."""
     path = Path(path)
     manifest = rows if isinstance(rows, Manifest) else Manifest(tuple(rows), path.resolve().parent)
-    atomic_write_text(path, manifest.to_csv())
+    try:
+        atomic_write_text(path, manifest.to_csv())
+    except OSError as exc:  # a full disk fails inside write/fsync, where the error carries no file name
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
     return Manifest(manifest.rows, path.resolve().parent)
 
 

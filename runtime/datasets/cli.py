@@ -46,12 +46,22 @@ def prepare(
                                                               "sounds.")] = None,
     clips_per_class: Annotated[int, typer.Option(help="synthetic: clips per call type.")] = 60,
     field_minutes: Annotated[float, typer.Option(help="synthetic: length of the field recording (0: none).")] = 10.0,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave unusable files (empty, text, truncated, NaN, "
+                                                              "undecodable, refused links) out of the manifest, "
+                                                              "report them and go on, instead of stopping.")] = False,
+    follow_links: Annotated[bool, typer.Option("--follow-links", help="Also use symlinks (and listed paths) that lead "
+                                                                      "outside the source folder.")] = False,
 ) -> None:
-    """Write OUT/manifest.csv for a dataset, with a seeded Train/Val/Test split, and print its Table I summary."""
+    """Write OUT/manifest.csv for a dataset, with a seeded Train/Val/Test split, and print its Table I summary.
+
+    Every audio file is decoded once; if any is unusable, each is listed (and written to OUT/errors.csv) and no
+    manifest is written, unless --skip-bad.
+    """
     from vocalprobe.runtime.datasets import preparers, synthetic
     from vocalprobe.runtime.datasets.describe import render, summarize
     from vocalprobe.runtime.core.errors import DatasetError
     from vocalprobe.runtime.core.manifest import read_manifest, write_manifest
+    from vocalprobe.runtime.datasets.scan import describe_skipped
     from vocalprobe.runtime.datasets.splits import assign_splits
 
     manifest_path = out / "manifest.csv"
@@ -64,8 +74,16 @@ def prepare(
             raise DatasetError(f"`data prepare {kind.value}` needs the dataset folder: "
                                f"vocalprobe data prepare {kind.value} SOURCE_DIR --out DIR")
         out.mkdir(parents=True, exist_ok=True)
-        rows = preparers.PREPARERS[kind.value](source, out)
-        rows = preparers.drop_labels(rows, exclude or [])
+        prepared = preparers.PREPARERS[kind.value](source, out, follow_links=follow_links)
+        for line in describe_skipped(prepared.skipped):
+            typer.echo(line, err=True)
+        errors_csv = preparers.write_problems(out, prepared.problems)
+        for problem in prepared.problems:
+            typer.secho(f"{'left out' if skip_bad else 'problem'}: {problem}", fg=typer.colors.YELLOW, err=True)
+        if prepared.problems and not skip_bad:
+            raise DatasetError(f"{len(prepared.problems)} unusable file(s) or folder(s) in {source}, listed above and "
+                               f"in {errors_csv}; fix them, or pass --skip-bad to leave them out (no manifest written)")
+        rows = preparers.drop_labels(prepared.rows, exclude or [])
         if not rows:
             raise DatasetError(f"{source}: no clips left after preparing")
         rows, report = assign_splits(rows, seed=seed, stratify=stratify)

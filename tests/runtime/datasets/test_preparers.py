@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from vocalprobe.runtime.core.audio import READABLE_KINDS
 from vocalprobe.runtime.core.clips import load_row
 from vocalprobe.runtime.core.errors import DatasetError
 from vocalprobe.runtime.core.manifest import write_manifest
@@ -40,7 +41,7 @@ def test_folders(tmp_path):
     for label in ("owl", "frog"):
         for i in range(3):
             wav(tmp_path / "src" / label / "deep" / f"{i}.WAV")
-    rows = preparers.prepare_folders(tmp_path / "src", tmp_path / "out")
+    rows = preparers.prepare_folders(tmp_path / "src", tmp_path / "out").rows
     assert Counter(r.label for r in rows) == {"owl": 3, "frog": 3}
     manifest = write_manifest(tmp_path / "out" / "manifest.csv", rows)
     assert all(manifest.audio_path(r).is_file() for r in manifest)
@@ -49,7 +50,7 @@ def test_folders(tmp_path):
 def test_folders_empty_class_is_an_error(tmp_path):
     wav(tmp_path / "src" / "owl" / "a.wav")
     (tmp_path / "src" / "frog").mkdir()
-    with pytest.raises(DatasetError, match="class folders without any wav/flac/ogg file: 1: frog"):
+    with pytest.raises(DatasetError, match=f"class folders without any {READABLE_KINDS} file: 1: frog"):
         preparers.prepare_folders(tmp_path / "src", tmp_path)
 
 
@@ -58,7 +59,7 @@ def test_watkins_annotations(tmp_path):
     wav(src / "audio" / "a.wav")
     wav(src / "audio" / "b.wav")
     (src / "annotations.csv").write_text("path,species\naudio/a.wav,Orcinus orca\naudio/b.wav,Tursiops\n")
-    rows = preparers.prepare_watkins(src, tmp_path)
+    rows = preparers.prepare_watkins(src, tmp_path).rows
     assert [r.label for r in rows] == ["Orcinus orca", "Tursiops"]
 
 
@@ -78,7 +79,7 @@ def test_watkins_validates(tmp_path):
 
 
 def test_imv_segments_and_dropped_rows(tmp_path):
-    rows = preparers.prepare_imv(imv_layout(tmp_path), tmp_path / "out")
+    rows = preparers.prepare_imv(imv_layout(tmp_path), tmp_path / "out").rows
     assert [(r.label, r.start, r.end, r.group) for r in rows] == [("Phee", 0.1, 0.3, "A1"), ("Trill", 1.0, 1.2, "B2")]
     manifest = write_manifest(tmp_path / "out" / "manifest.csv", rows)
     clip = load_row(manifest, manifest.rows[0])
@@ -100,7 +101,7 @@ def test_abzaliev_layout(tmp_path):
     wav(src / "Luna" / "bark_stranger" / "1.wav")
     wav(src / "Luna" / "growl" / "2.wav")
     wav(src / "Max" / "growl" / "3.wav")
-    rows = preparers.prepare_abzaliev(src, tmp_path)
+    rows = preparers.prepare_abzaliev(src, tmp_path).rows
     assert sorted((r.group, r.label) for r in rows) == [("Luna", "bark_stranger"), ("Luna", "growl"),
                                                        ("Max", "growl")]
     wav(src / "loose.wav")
