@@ -94,6 +94,9 @@ def stream(
     poll: Annotated[float, typer.Option(help="--watch: seconds between folder scans.")] = 1.0,
     idle_exit: Annotated[Optional[float], typer.Option(
         help="--watch: stop after this many seconds without a new file (default: run until interrupted).")] = None,
+    rewrite_outputs: Annotated[bool, typer.Option(
+        help="Re-analyse files an earlier run into --out finished with other output options (--format, --min-conf, "
+             "--top-k, --merge, --ignore), so every file's outputs follow this run's.")] = False,
     block_size: Annotated[int, typer.Option(hidden=True, help="Samples read per block (results do not depend on it).")]
     = 65_536,
 ) -> None:
@@ -102,7 +105,7 @@ def stream(
     from vocalprobe.runtime.core.errors import AudioError
     from vocalprobe.runtime.field.sources import FolderWatcher, StdinSource, collect_files
     from vocalprobe.runtime.field.run_state import RunState
-    from vocalprobe.runtime.field.stream import DetectConfig, Outputs, output_settings, run_sources
+    from vocalprobe.runtime.field.stream import DetectConfig, Outputs, output_options, run_settings, run_sources
     from vocalprobe.runtime.field.windows import WindowPlan
     from vocalprobe.runtime.field.writers import parse_formats
 
@@ -122,37 +125,44 @@ def stream(
         raise fail(f"--ignore {', '.join(unknown)}: not a class of the model (classes: {', '.join(net.classes)})")
     config = DetectConfig(plan, batch=batch, min_conf=min_conf, top_k=top_k, merge=merge,
                           ignore=frozenset(ignore or []))
+    watcher = FolderWatcher(watch, settle_s=settle) if watch is not None else None
+    files = collect_files(inputs, block_size) if inputs and inputs != ["-"] else None
     _say(f"model: {net.describe()}")
     _say(f"providers in use: {', '.join(net.providers)}")
     _say(f"windows: {plan.window / net.sample_rate:g} s, hop {plan.hop / net.sample_rate:g} s, final window "
          f"{plan.final_window}; batch {batch}; min-conf {min_conf:g}{'; merged events' if merge else ''}")
-    outputs = Outputs(out, formats, net.sample_rate / 2)
 
-    if inputs == ["-"]:
-        source = StdinSource(sample_rate, channels, dtype, block_frames=block_size)
-        with _Progress(None, None) as progress:
-            summary = run_sources([source], net, config, outputs, None, progress=progress, log=_say)
-    else:
-        state = RunState(out, output_settings(net, config, formats))
-        if watch is not None:
-            watcher = FolderWatcher(watch, settle_s=settle)
-            _say(f"watching {watch} (a file is read once it has not changed for {settle:g} s; Ctrl-C to stop)")
-            sources = (watcher.source(p, block_size) for p in watcher.follow(poll_s=poll, idle_exit_s=idle_exit))
+    with Outputs(out, formats, net.sample_rate / 2) as outputs:  # the folder is ours, or this fails at once
+        if inputs == ["-"]:
+            source = StdinSource(sample_rate, channels, dtype, block_frames=block_size)
             with _Progress(None, None) as progress:
-                summary = run_sources(sources, net, config, outputs, state, progress=progress, log=_say)
+                summary = run_sources([source], net, config, outputs, None, progress=progress, log=_say)
         else:
-            files = collect_files(inputs, block_size)
-            todo = [s for s in files if not state.is_done(s.path)]
-            total = 0.0
-            for s in todo:
-                try:
-                    total += s.duration()
-                except AudioError:  # reported (and listed in errors.csv) when the file's turn comes
-                    continue
-            if len(todo) < len(files):
-                _say(f"resuming: {len(files) - len(todo)} of {len(files)} files already done in {out}")
-            with _Progress(total, len(todo)) as progress:
-                summary = run_sources(files, net, config, outputs, state, progress=progress, log=_say)
+            with RunState(out, run_settings(net, config), output_options(config, formats),
+                          rewrite_outputs=rewrite_outputs) as state:
+                for described, n in state.other_options().items():
+                    _say(f"note: {n} file(s) done earlier were written with other output options ({described}); "
+                         + ("they are analysed again" if rewrite_outputs
+                            else "they keep those outputs (--rewrite-outputs analyses them again)"))
+                if watcher is not None:
+                    _say(f"watching {watch} (a file is read once it has not changed for {settle:g} s and, for WAV, "
+                         "once its header's data size is all there; Ctrl-C to stop)")
+                    sources = state.todo(watcher.source(p, block_size)
+                                         for p in watcher.follow(poll_s=poll, idle_exit_s=idle_exit))
+                    with _Progress(None, None) as progress:
+                        summary = run_sources(sources, net, config, outputs, state, progress=progress, log=_say)
+                else:
+                    todo = list(state.todo(files))
+                    total = 0.0
+                    for s in todo:
+                        try:
+                            total += s.duration()
+                        except AudioError:  # reported (and listed in errors.csv) when the file's turn comes
+                            continue
+                    if state.skipped:
+                        _say(f"resuming: {len(state.skipped)} of {len(files)} files already done in {out}")
+                    with _Progress(total, len(todo)) as progress:
+                        summary = run_sources(todo, net, config, outputs, state, progress=progress, log=_say)
 
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
     _say(f"done: {len(summary.done)} file(s), {summary.detections} detection(s), "

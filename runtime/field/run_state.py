@@ -1,96 +1,338 @@
-"""The run state of `vocalprobe stream --out DIR`: which inputs are done or failed, so a restarted (or watching)
-run continues where it stopped and processes each file exactly once.
+"""The journal of `vocalprobe stream --out DIR`: which recordings are done or failed, so a restarted (or watching)
+run continues where it stopped and analyses each version of a file exactly once.
 
-It is one small JSON file, rewritten atomically after every file. A file counts as done only while its size and
-modification time are what they were when it was processed: a recording that was replaced is analysed again.
-The settings that shape the outputs are stored too; resuming into the same folder with different settings is refused.
+It is an SQLite database in WAL mode, one row per recording, so recording a file costs the same at the first file of
+a season as at the millionth (the JSON state it replaces was rewritten whole after every file). A file counts as done
+only while its size and modification time are what they were when its analysis began: a recording that grew or was
+replaced is analysed again.
+
+Two fingerprints keep a folder honest:
+- the run's (graph digests, fusion weights, sample rate, resampler, window, hop, final-window policy): what changes
+  the numbers. Resuming with another one is refused;
+- the output options (formats, min-conf, top-k, merge, ignored classes): they may change between runs. Files done
+  earlier keep what they were written with; ``rewrite_outputs`` re-analyses those whose options differ.
+
+The journal also records how many bytes of ``detections.jsonl`` are final, so rows of a file whose commit was cut
+short by a kill are dropped, never doubled. A folder holding the JSON state of older versions is migrated once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator, Protocol, Sequence
 
 from vocalprobe.runtime.core.atomic import atomic_write_text
 from vocalprobe.runtime.core.digests import json_sha256
 from vocalprobe.runtime.core.errors import VocalprobeError
 
-STATE_NAME = ".vocalprobe-stream-state.json"
-STATE_VERSION = 1
+JOURNAL_NAME = ".vocalprobe-journal.sqlite"
+JOURNAL_FORMAT = "2"
+LEGACY_STATE_NAME = ".vocalprobe-stream-state.json"  # format 1: one JSON file
+JSONL_OUTPUT = "detections.jsonl"
+DONE, FAILED = "done", "failed"
+#: Keys of format 1's settings that fixed the numbers (the others were output options).
+_LEGACY_RUN_KEYS = ("models", "weights", "window", "hop", "final_window")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS options (id INTEGER PRIMARY KEY, json TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS files (
+    key TEXT PRIMARY KEY,           -- absolute path of the recording
+    name TEXT NOT NULL,             -- how the outputs name it
+    size INTEGER, mtime_ns INTEGER, -- the version analysed (NULL: gone before it could be read)
+    status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    detections INTEGER,
+    outputs TEXT NOT NULL,          -- JSON list of the paths it wrote, relative to the output folder
+    problem TEXT,
+    options_id INTEGER REFERENCES options(id),
+    updated REAL NOT NULL
+);
+"""
 
 
 class StateError(VocalprobeError):
-    """An output folder whose state file is unreadable or was written with other settings."""
+    """An output folder whose journal is unreadable or was written with other numeric settings."""
 
 
-def _fingerprint(path: Path) -> dict:
-    stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+@dataclass(frozen=True)
+class Fingerprint:
+    """The version of a recording: a file that grew or was replaced has another one."""
+
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str | Path) -> "Fingerprint":
+        stat = os.stat(path)
+        return cls(stat.st_size, stat.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    key: str
+    name: str
+    status: str  # DONE or FAILED
+    fingerprint: Fingerprint | None
+    detections: int | None = None
+    outputs: tuple[str, ...] = ()
+    problem: str | None = None
+    options: dict | None = None
+
+    @property
+    def wrote_jsonl(self) -> bool:
+        return JSONL_OUTPUT in self.outputs
+
+
+class HasPath(Protocol):
+    path: Path
+    name: str
+
+
+def _changed(now: dict, before: dict) -> list[str]:
+    return sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+
+
+def _describe(options: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(options.items()))
 
 
 class RunState:
-    def __init__(self, out_dir: str | Path, settings: dict):
-        self.out_dir = Path(out_dir)
-        self.path = self.out_dir / STATE_NAME
-        self.settings = settings
-        self.done: dict[str, dict] = {}
-        self.failed: dict[str, dict] = {}
-        if self.path.exists():
-            self._load()
+    """The journal of one output folder (open it while holding the folder's ``OutputLock``).
 
-    def _load(self) -> None:
+    ``settings``: the run's fingerprint (what changes the numbers); ``options``: the output options of this run.
+    """
+
+    def __init__(self, out_dir: str | Path, settings: dict, options: dict | None = None, *,
+                 rewrite_outputs: bool = False):
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / JOURNAL_NAME
+        self.settings = settings
+        self.options = dict(options or {})
+        self.rewrite_outputs = rewrite_outputs
+        self.skipped: list[str] = []  # names ``todo`` left out as already done
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        legacy_path = self.out_dir / LEGACY_STATE_NAME
+        legacy = self._read_legacy(legacy_path) if legacy_path.exists() else None  # refused before anything is made
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StateError(f"{self.path}: unreadable run state ({exc}); delete it to start this folder over") from exc
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            raise StateError(f"{self.path}: not a vocalprobe run state (version {data.get('version')!r}); "
-                             "delete it to start this folder over")
-        if data.get("settings_sha256") != json_sha256(self.settings):
-            changed = sorted(k for k in set(self.settings) | set(data.get("settings", {}))
-                             if self.settings.get(k) != data.get("settings", {}).get(k))
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; the outputs are fsynced first
+            self._db.executescript(_SCHEMA)
+            self._check_format()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: unreadable journal ({exc}); use another --out folder, "
+                             "or delete this one to start over") from exc
+        self._options_id = self._option_id(self.options)
+        if legacy is not None:
+            self._migrate(legacy_path, legacy)
+
+    # -- opening ----------------------------------------------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def _check_format(self) -> None:
+        found = self._meta("format")
+        if found is None:
+            self._db.execute("BEGIN")
+            self._set_meta("format", JOURNAL_FORMAT)
+            self._set_meta("settings", json.dumps(self.settings, sort_keys=True))
+            self._set_meta("jsonl_committed", "0")
+            self._db.execute("COMMIT")
+            return
+        if found != JOURNAL_FORMAT:
+            raise StateError(f"{self.path}: journal format {found!r} (this vocalprobe reads {JOURNAL_FORMAT!r}); "
+                             "use the vocalprobe that wrote it, or another --out folder")
+        before = json.loads(self._meta("settings") or "{}")
+        if json_sha256(before) != json_sha256(self.settings):
+            raise StateError(f"{self.out_dir} holds results made with other settings (changed: "
+                             f"{', '.join(_changed(self.settings, before))}); use another --out folder, "
+                             "or delete it to start over")
+
+    def _option_id(self, options: dict) -> int:
+        text = json.dumps(options, sort_keys=True)
+        self._db.execute("INSERT OR IGNORE INTO options (json) VALUES (?)", (text,))
+        return self._db.execute("SELECT id FROM options WHERE json = ?", (text,)).fetchone()[0]
+
+    def _read_legacy(self, legacy: Path) -> dict:
+        """The JSON state of format 1, if its numeric settings are this run's."""
+        try:
+            data = json.loads(legacy.read_text(encoding="utf-8"))
+            old = data["settings"]
+            data = {"settings": dict(old), "done": dict(data.get("done", {})), "failed": dict(data.get("failed", {}))}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StateError(f"{legacy}: unreadable run state of an older vocalprobe ({exc}); "
+                             "delete it to start this folder over") from exc
+        changed = [k for k in _LEGACY_RUN_KEYS if old.get(k) != self.settings.get(k)]
+        if changed:
             raise StateError(f"{self.out_dir} holds results made with other settings (changed: {', '.join(changed)}); "
                              "use another --out folder, or delete it to start over")
-        self.done = dict(data.get("done", {}))
-        self.failed = dict(data.get("failed", {}))
+        return data
 
+    def _migrate(self, legacy: Path, data: dict) -> None:
+        """Bring the JSON state of format 1 into the journal, then retire it."""
+        old, done, failed = data["settings"], data["done"], data["failed"]
+        formats = old.get("formats", [])
+        options = {k: v for k, v in old.items() if k not in _LEGACY_RUN_KEYS}
+        jsonl = self.out_dir / JSONL_OUTPUT
+        committed = 0
+        if "jsonl" in formats and jsonl.exists():
+            # Format 1 kept the rows of finished files when it reopened the file; do that once, for good.
+            names = {r["name"] for r in done.values()}
+            kept = []
+            with open(jsonl, encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        if json.loads(line).get("file") in names:
+                            kept.append(line if line.endswith("\n") else line + "\n")
+                    except json.JSONDecodeError:
+                        continue
+            atomic_write_text(jsonl, "".join(kept))
+            committed = jsonl.stat().st_size
+
+        def fingerprint(record: dict) -> Fingerprint | None:
+            fp = record.get("fingerprint")
+            return Fingerprint(fp["size"], fp["mtime_ns"]) if fp else None
+
+        records = [FileRecord(k, r["name"], DONE, fingerprint(r), r.get("detections"),
+                              tuple(r.get("outputs", [])) + ((JSONL_OUTPUT,) if "jsonl" in formats else ()),
+                              options=options) for k, r in done.items()]
+        records += [FileRecord(k, r["name"], FAILED, fingerprint(r), problem=r.get("problem"), options=options)
+                    for k, r in failed.items()]
+        self.merge(records, jsonl_committed=committed)
+        os.replace(legacy, legacy.with_name(legacy.name + ".migrated"))
+
+    # -- reading ----------------------------------------------------------------------------------------------
     @staticmethod
     def key(path: str | Path) -> str:
         return os.path.abspath(path)
 
-    def is_done(self, path: Path) -> bool:
-        """Done, or failed on this very version of the file (a failed file is retried once it changes)."""
-        key = self.key(path)
-        record = self.done.get(key) or self.failed.get(key)
-        if record is None:
+    def _record(self, row: tuple) -> FileRecord:
+        key, name, size, mtime_ns, status, detections, outputs, problem, options = row
+        return FileRecord(key, name, status, Fingerprint(size, mtime_ns) if size is not None else None, detections,
+                          tuple(json.loads(outputs)), problem, json.loads(options) if options else None)
+
+    _SELECT = ("SELECT f.key, f.name, f.size, f.mtime_ns, f.status, f.detections, f.outputs, f.problem, o.json "
+               "FROM files f LEFT JOIN options o ON o.id = f.options_id")
+
+    def lookup(self, path: str | Path) -> FileRecord | None:
+        row = self._db.execute(self._SELECT + " WHERE f.key = ?", (self.key(path),)).fetchone()
+        return self._record(row) if row else None
+
+    def is_done(self, path: str | Path) -> bool:
+        """Done or failed on this very version of the file (a failed file is retried once it changes)."""
+        row = self._db.execute("SELECT size, mtime_ns, status, options_id FROM files WHERE key = ?",
+                               (self.key(path),)).fetchone()
+        if row is None:
+            return False
+        size, mtime_ns, status, options_id = row
+        if self.rewrite_outputs and status == DONE and options_id != self._options_id:
             return False
         try:
-            return record["fingerprint"] == _fingerprint(Path(path))
+            return Fingerprint.of(path) == Fingerprint(size, mtime_ns)
         except FileNotFoundError:
             return True  # gone since: nothing left to do
 
-    def mark_done(self, path: Path, name: str, n_detections: int, outputs: list[str]) -> None:
-        key = self.key(path)
-        self.failed.pop(key, None)
-        self.done[key] = {"name": name, "detections": n_detections, "outputs": outputs,
-                          "fingerprint": _fingerprint(path)}
-        self.save()
+    def todo(self, sources: Iterable[HasPath]) -> Iterator[HasPath]:
+        """The sources not yet done, lazily (a watched folder never ends); the others are listed in ``skipped``."""
+        for source in sources:
+            if self.is_done(source.path):
+                self.skipped.append(source.name)
+            else:
+                yield source
 
-    def mark_failed(self, path: Path, name: str, problem: str) -> None:
-        key = self.key(path)
-        self.done.pop(key, None)
+    @property
+    def jsonl_committed(self) -> int:
+        """Bytes of ``detections.jsonl`` that belong to committed files."""
+        return int(self._meta("jsonl_committed") or 0)
+
+    def count(self, status: str = DONE) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM files WHERE status = ?", (status,)).fetchone()[0]
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(name, problem) of every file that failed, in this run or an earlier one (what errors.csv lists)."""
+        return [tuple(r) for r in self._db.execute(
+            "SELECT name, problem FROM files WHERE status = 'failed' ORDER BY name")]
+
+    def outputs_ending(self, suffix: str) -> list[str]:
+        """The outputs done files wrote that end with ``suffix`` (e.g. every per-file CSV table), sorted."""
+        found = []
+        for (outputs,) in self._db.execute("SELECT outputs FROM files WHERE status = 'done'"):
+            found.extend(o for o in json.loads(outputs) if o.endswith(suffix))
+        return sorted(found)
+
+    def other_options(self) -> dict[str, int]:
+        """Done files written with output options other than this run's: a description of those options -> count."""
+        rows = self._db.execute("SELECT o.json, COUNT(*) FROM files f JOIN options o ON o.id = f.options_id "
+                                "WHERE f.status = 'done' AND f.options_id != ? GROUP BY o.json", (self._options_id,))
+        found = {}
+        for text, n in rows:
+            old = json.loads(text)
+            found[_describe({k: old.get(k) for k in _changed(self.options, old)})] = n
+        return found
+
+    # -- writing ----------------------------------------------------------------------------------------------
+    def _write(self, record: FileRecord, options_id: int, jsonl_end: int | None) -> None:
+        fp = record.fingerprint
+        self._db.execute(
+            "INSERT OR REPLACE INTO files (key, name, size, mtime_ns, status, detections, outputs, problem, "
+            "options_id, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.key, record.name, fp.size if fp else None, fp.mtime_ns if fp else None, record.status,
+             record.detections, json.dumps(list(record.outputs)), record.problem, options_id, time.time()))
+        if jsonl_end is not None:
+            self._set_meta("jsonl_committed", str(jsonl_end))
+
+    def _commit(self, record: FileRecord, jsonl_end: int | None) -> None:
+        self._db.execute("BEGIN")
         try:
-            fingerprint = _fingerprint(path)
-        except FileNotFoundError:
-            fingerprint = None
-        self.failed[key] = {"name": name, "problem": problem, "fingerprint": fingerprint}
-        self.save()
+            self._write(record, self._options_id, jsonl_end)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
-    def done_names(self) -> set[str]:
-        return {record["name"] for record in self.done.values()}
+    def mark_done(self, path: Path, name: str, n_detections: int, outputs: Sequence[str], *,
+                  fingerprint: Fingerprint | None = None, jsonl_end: int | None = None) -> None:
+        """``fingerprint``: the version analysed (taken before reading it); ``jsonl_end``: the committed JSONL size."""
+        fingerprint = fingerprint if fingerprint is not None else Fingerprint.of(path)
+        self._commit(FileRecord(self.key(path), name, DONE, fingerprint, n_detections, tuple(outputs)), jsonl_end)
 
-    def save(self) -> None:
-        data = {"version": STATE_VERSION, "settings_sha256": json_sha256(self.settings),
-                "settings": self.settings, "done": self.done, "failed": self.failed}
-        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    def mark_failed(self, path: Path, name: str, problem: str, *, fingerprint: Fingerprint | None = None,
+                    jsonl_end: int | None = None) -> None:
+        if fingerprint is None:
+            try:
+                fingerprint = Fingerprint.of(path)
+            except FileNotFoundError:
+                fingerprint = None
+        self._commit(FileRecord(self.key(path), name, FAILED, fingerprint, problem=problem), jsonl_end)
+
+    def merge(self, records: Iterable[FileRecord], *, jsonl_committed: int | None = None) -> None:
+        """Write many records in one transaction (a migrated state, or journals of several workers)."""
+        self._db.execute("BEGIN")
+        try:
+            for record in records:
+                options_id = self._option_id(record.options) if record.options is not None else self._options_id
+                self._write(record, options_id, None)
+            if jsonl_committed is not None:
+                self._set_meta("jsonl_committed", str(jsonl_committed))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "RunState":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,14 +1,13 @@
 """Where streamed audio comes from: files, folders, a raw PCM stream on stdin, or a folder a recorder writes into.
 
 Every source yields mono float32 blocks already resampled to the model's rate. Resampling is a soxr stream, so the
-size of the blocks read never changes a sample of the output (``tests/test_runtime_stream.py`` holds it to exact
+size of the blocks read never changes a sample of the output (``tests/runtime/field/test_stream.py`` holds it to exact
 equality), and memory is bounded by the block size, never by the length of a recording.
 """
 
 from __future__ import annotations
 
 import logging
-
 import sys
 import time
 from dataclasses import dataclass
@@ -21,9 +20,9 @@ from vocalprobe.runtime.core.audio import audio_info, is_audio_file, iter_blocks
 from vocalprobe.runtime.core.errors import AudioFileNotFound, InvalidSamplesError, VocalprobeError
 from vocalprobe.runtime.core.resample import StreamResampler
 
-#: Samples read from a file at a time (at its own rate): about 1.4 s at 48 kHz.
 log = logging.getLogger(__name__)
 
+#: Samples read from a file at a time (at its own rate): about 1.4 s at 48 kHz.
 DEFAULT_BLOCK_SIZE = 65_536
 #: Raw PCM sample formats on stdin: numpy dtype and the full-scale value (as libsndfile scales them).
 PCM_DTYPES = {"s16": ("<i2", 32768.0), "s32": ("<i4", 2147483648.0), "f32": ("<f4", 1.0)}
@@ -150,6 +149,35 @@ def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_
     return list(unique.values())
 
 
+def wav_header_complete(path: Path) -> bool | None:
+    """For a RIFF/WAVE file: does it hold all the audio its header declares? None when it cannot tell.
+
+    A recorder that writes the final size into the header before the samples (or rewrites it on close) makes a file
+    that is still being written recognisable whatever pauses its writing has. Placeholder sizes (0 or 0xFFFFFFFF,
+    streaming writers) and other formats say nothing: then only the settle time decides.
+    """
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(12)
+            if len(head) < 12:
+                return False if head and b"RIFF".startswith(head[:4]) else None
+            if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            size = path.stat().st_size
+            while True:
+                header = handle.read(8)
+                if len(header) < 8:
+                    return False  # the data chunk is not even written yet
+                chunk, length = header[:4], int.from_bytes(header[4:], "little")
+                if chunk == b"data":
+                    if length in (0, 0xFFFFFFFF):
+                        return None
+                    return size - handle.tell() >= length
+                handle.seek(length + (length & 1), 1)
+    except OSError:
+        return None
+
+
 @dataclass
 class _Seen:
     size: int
@@ -158,25 +186,44 @@ class _Seen:
 
 
 class FolderWatcher:
-    """Follow a folder a recorder writes into; a file is ready once its size and mtime stop changing for ``settle_s``.
+    """Follow a folder a recorder writes into, handing over each recording once it is finished writing.
 
-    ``ready()`` returns each file once per watcher; the run state (``state.py``) makes it once across restarts.
+    A recording counts as finished when
+    - its name is a recording's: files being written under a temporary name (``.TMP``, ``.part``: AudioMoth and copy
+      tools rename on close) and hidden files are not listed;
+    - its size and mtime have not changed for ``settle_s``;
+    - and, for a WAV whose header declares its data size, the file holds all of it. A WAV that still lacks data after
+      ``abandon_s`` unchanged (a recorder that died mid-file) is handed over anyway; reading reports it as truncated.
+    A file that changes after it was handed over (it grew after a pause, or was replaced) is handed over again once
+    it settles; the journal sees a new version and analyses it again. A watched folder that disappears (a card pulled
+    out) raises ``SourceError``.
     """
 
-    def __init__(self, folder: str | Path, *, settle_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, folder: str | Path, *, settle_s: float = 5.0, abandon_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise SourceError(f"--watch {self.folder}: not a folder")
         self.settle_s = settle_s
+        self.abandon_s = abandon_s if abandon_s is not None else max(60.0, 12 * settle_s)
         self.clock = clock
         self._seen: dict[Path, _Seen] = {}
-        self._given: set[Path] = set()
+        self._given: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns) when handed over
+
+    def _listing(self) -> list[Path]:
+        if not self.folder.is_dir():
+            raise SourceError(f"--watch {self.folder}: the folder disappeared (card removed or unmounted?); "
+                              "outputs so far are kept, re-run to resume")
+        try:
+            return sorted(self.folder.rglob("*"))
+        except OSError as exc:
+            raise SourceError(f"--watch {self.folder}: cannot list the folder ({exc.strerror or exc})") from exc
 
     def ready(self) -> list[Path]:
         now = self.clock()
         out = []
-        for path in sorted(self.folder.rglob("*")):
-            if path in self._given or not _is_listed_audio(path, self.folder):
+        for path in self._listing():
+            if not _is_listed_audio(path, self.folder):
                 continue
             try:
                 stat = path.stat()
@@ -184,14 +231,21 @@ class FolderWatcher:
                 continue
             if not path.is_file():
                 continue
+            version = (stat.st_size, stat.st_mtime_ns)
+            if self._given.get(path) == version:
+                continue
             seen = self._seen.get(path)
-            if seen is None or (seen.size, seen.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+            if seen is None or (seen.size, seen.mtime_ns) != version:
                 self._seen[path] = _Seen(stat.st_size, stat.st_mtime_ns, now)
                 continue
-            if now - seen.stable_since >= self.settle_s and stat.st_size > 0:
-                out.append(path)
-                self._given.add(path)
-                del self._seen[path]
+            stable = now - seen.stable_since
+            if stable < self.settle_s or stat.st_size == 0:
+                continue
+            if wav_header_complete(path) is False and stable < self.abandon_s:
+                continue
+            out.append(path)
+            self._given[path] = version
+            del self._seen[path]
         return out
 
     @property

@@ -2,7 +2,8 @@
 
 - Raven Pro selection table (tab-separated, one per input file), columns ``RAVEN_COLUMNS`` in that order;
 - CSV ``file,start_s,end_s,label,confidence`` (+ ``start_time`` when the file name carries the recorder's clock);
-- JSONL, one event per line, appended and flushed as events are found (``tail -f`` friendly).
+- JSONL, one event per line, only ever appended (``tail -f`` friendly): a recording's rows once it is finished,
+  a live stream's as each event is final.
 
 Tables are written atomically (``vocalprobe.runtime.core.atomic``): a killed run never leaves half a table.
 """
@@ -12,10 +13,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import shutil
+import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import IO, Iterable, Sequence
 
 from vocalprobe.runtime.core.atomic import atomic_write_text
 from vocalprobe.runtime.core.errors import VocalprobeError
@@ -126,34 +130,79 @@ def jsonl_line(detection: Detection, recording_start: datetime | None = None) ->
     return json.dumps(event)
 
 
-class JsonlWriter:
-    """Append events to one JSONL file as they are found, flushing each line.
+class JsonlError(VocalprobeError):
+    """``detections.jsonl`` does not hold what the journal says was committed to it."""
 
-    With ``keep_files``, opening it keeps only the lines of those files (rewritten atomically): the events of a
-    file that was interrupted half-way are dropped, because the resumed run analyses that file again. Without it
-    (a stdin stream has nothing to resume) new events are appended to what is there.
+
+def retract_line(name: str) -> str:
+    """Withdraws every earlier row of ``name``: the recording was analysed again (it grew or was replaced)."""
+    return json.dumps({"retract": name})
+
+
+class JsonlWriter:
+    """Append events to one JSONL file; never rewrites what is there.
+
+    A recording's rows are held (in an unnamed temporary file beside it) until the recording is finished, then
+    appended in one block with ``commit``: a file that fails part-way leaves no rows, and a file analysed again is
+    preceded by a ``{"retract": name}`` line. ``write`` without ``begin`` (a live stdin stream, which has no end)
+    appends and flushes each line at once.
+
+    ``committed``: the size a journal recorded after its last commit; bytes past it are the rows of a commit a kill
+    cut short (the journal does not count that file as done), and are dropped before anything is appended.
     """
 
-    def __init__(self, path: str | Path, keep_files: set[str] | None):
+    def __init__(self, path: str | Path, committed: int | None = None):
         self.path = Path(path)
-        if self.path.exists() and keep_files is not None:
-            kept = []
-            with open(self.path, encoding="utf-8") as handle:
-                for line in handle:
-                    try:
-                        if json.loads(line).get("file") in keep_files:
-                            kept.append(line if line.endswith("\n") else line + "\n")
-                    except json.JSONDecodeError:  # the last line of a killed run may be cut short
-                        continue
-            atomic_write_text(self.path, "".join(kept))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle = open(self.path, "ab")
+        size = self._handle.seek(0, io.SEEK_END)
+        if committed is not None:
+            if size < committed:
+                self._handle.close()
+                raise JsonlError(f"{self.path} holds {size} bytes, the journal counts {committed} as written (was it "
+                                 "edited or cut?); move it away and re-run with --rewrite-outputs, or use another "
+                                 "--out folder")
+            if size > committed:
+                self._handle.truncate(committed)
+                self._handle.seek(committed)
+        self._pending: IO[bytes] | None = None
+
+    @property
+    def size(self) -> int:
+        return self._handle.tell()
+
+    def begin(self) -> None:
+        """Hold the rows written from now on until ``commit`` (or drop them with ``discard``)."""
+        self.discard()
+        self._pending = tempfile.TemporaryFile(dir=self.path.parent, prefix=".detections.jsonl.", suffix=".tmp")
 
     def write(self, detection: Detection, recording_start: datetime | None = None) -> None:
-        self._handle.write(jsonl_line(detection, recording_start) + "\n")
+        line = (jsonl_line(detection, recording_start) + "\n").encode("utf-8")
+        if self._pending is not None:
+            self._pending.write(line)
+        else:
+            self._handle.write(line)
+            self._handle.flush()
+
+    def commit(self, retract: str | None = None) -> int:
+        """Append the held rows (after a retraction of ``retract``'s earlier rows), durably; returns the new size."""
+        if retract is not None:
+            self._handle.write((retract_line(retract) + "\n").encode("utf-8"))
+        if self._pending is not None:
+            self._pending.seek(0)
+            shutil.copyfileobj(self._pending, self._handle)
+            self.discard()
         self._handle.flush()
+        os.fsync(self._handle.fileno())
+        return self._handle.tell()
+
+    def discard(self) -> None:
+        if self._pending is not None:
+            self._pending.close()
+            self._pending = None
 
     def close(self) -> None:
+        self.discard()
         self._handle.close()
 
     def __enter__(self) -> "JsonlWriter":

@@ -18,9 +18,16 @@ from typer.testing import CliRunner
 
 from vocalprobe.cli import app
 from vocalprobe.runtime.field.onnx_model import OnnxModel
-from vocalprobe.runtime.field.run_state import RunState
+from vocalprobe.runtime.field.run_state import DONE, RunState
 from vocalprobe.runtime.field.sources import FileSource, collect_files
-from vocalprobe.runtime.field.stream import DetectConfig, Outputs, run_sources, window_probabilities
+from vocalprobe.runtime.field.stream import (
+    DetectConfig,
+    Outputs,
+    output_options,
+    run_settings,
+    run_sources,
+    window_probabilities,
+)
 from vocalprobe.runtime.field.windows import WindowPlan, plan_windows
 
 LOW, MID, HIGH = DEFAULT_FREQS
@@ -49,6 +56,18 @@ def run_cli(args, **kwargs):
 def events_of(out: Path) -> list[tuple]:
     with open(out / "detections.csv", newline="") as handle:
         return [(r["start_s"], r["end_s"], r["label"], r["confidence"]) for r in csv.DictReader(handle)]
+
+
+def live_rows(jsonl: Path) -> list[tuple]:
+    """The rows a reader of the JSONL keeps: a ``{"retract": file}`` line withdraws that file's earlier rows."""
+    rows = []
+    for line in jsonl.read_text().splitlines():
+        event = json.loads(line)
+        if "retract" in event:
+            rows = [r for r in rows if r[0] != event["retract"]]
+        else:
+            rows.append((event["file"], f"{event['start_s']:.3f}", event["label"]))
+    return rows
 
 
 def make_folder(root: Path, n: int = 4) -> Path:
@@ -201,22 +220,21 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, graph):
     clean = run_cli(["stream", folder, *common, "-o", tmp_path / "clean"])
     assert clean.exit_code == 0, clean.output
 
-    # Interrupt the second file half-way through, with the same settings the CLI stores in its state.
-    from vocalprobe.runtime.field.stream import output_settings
-
+    # Interrupt the second file half-way through, with the same settings the CLI stores in its journal.
     model = OnnxModel(graph)
     plan = WindowPlan.from_seconds(0.5, None, 16_000)
     config = DetectConfig(plan, batch=1, min_conf=0.8, merge=True)
-    settings = output_settings(model, config, ("raven", "csv", "jsonl"))
+    settings = run_settings(model, config)
+    options = output_options(config, ("raven", "csv", "jsonl"))
     files = collect_files([folder], block_size=4_096)
     sources = [files[0], _Interrupted(files[1].path, files[1].name, 4_096)] + files[2:]
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         run_sources(sources, model, config,
-                    Outputs(out, ("raven", "csv", "jsonl"), 8000), RunState(out, settings))
-    assert len(RunState(out, settings).done) == 1
+                    Outputs(out, ("raven", "csv", "jsonl"), 8000), RunState(out, settings, options))
+    assert RunState(out, settings, options).count(DONE) == 1
     partial = [json.loads(x)["file"] for x in (out / "detections.jsonl").read_text().splitlines()]
-    assert files[1].name in partial  # events of the interrupted file were already streamed out
+    assert partial and files[1].name not in partial  # an unfinished file's rows never reach the JSONL
     assert not (out / "night1" / f"{Path(files[1].name).stem}.detections.csv").exists()
 
     resumed = run_cli(["stream", folder, *common, "-o", out])
@@ -229,11 +247,44 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, graph):
     assert not list(out.rglob("*.tmp"))
 
 
-def test_resume_with_other_settings_is_refused(tmp_path, graph):
+def test_resume_with_other_numeric_settings_is_refused(tmp_path, graph):
     folder = make_folder(tmp_path, 1)
     assert run_cli(["stream", folder, "-m", graph, "-o", tmp_path / "out"]).exit_code == 0
-    again = run_cli(["stream", folder, "-m", graph, "-o", tmp_path / "out", "--min-conf", "0.9"])
-    assert again.exit_code == 1 and "changed: min_conf" in again.output
+    again = run_cli(["stream", folder, "-m", graph, "-o", tmp_path / "out", "--hop", "0.25"])
+    assert again.exit_code == 1 and "changed: hop" in again.output
+    again = run_cli(["stream", folder, "-m", graph, "-o", tmp_path / "out", "--final-window", "drop"])
+    assert again.exit_code == 1 and "changed: final_window" in again.output
+    soft = build_band_graph(tmp_path / "soft.onnx", scale=1.0)
+    again = run_cli(["stream", folder, "-m", soft, "-o", tmp_path / "out"])
+    assert again.exit_code == 1 and "changed: models" in again.output
+
+
+def test_output_only_options_may_change_between_runs(tmp_path, graph):
+    folder = make_folder(tmp_path, 2)
+    out = tmp_path / "out"
+    common = ["stream", folder, "-m", graph, "--window", "0.5", "-o", out]
+    assert run_cli([*common, "--min-conf", "0.5"]).exit_code == 0
+    table = out / "night2" / "20210501_040000.detections.csv"
+    first = table.read_bytes()
+    again = run_cli([*common, "--min-conf", "0.95", "--format", "csv", "--merge"])
+    assert again.exit_code == 0, again.output
+    assert "resuming: 2 of 2 files already done" in again.output and "done: 0 file(s)" in again.output
+    assert "2 file(s) done earlier were written with other output options" in again.output
+    assert "min_conf 0.5" in again.output
+    assert table.read_bytes() == first  # done files keep what they were written with, unless asked
+
+    rewritten = run_cli([*common, "--min-conf", "0.95", "--merge", "--rewrite-outputs"])
+    assert rewritten.exit_code == 0, rewritten.output
+    assert "done: 2 file(s)" in rewritten.output
+    confidences = [float(r["confidence"]) for r in csv.DictReader(table.open())]
+    assert confidences and min(confidences) >= 0.95 and len(confidences) < len(first.splitlines()) - 1
+    lines = [json.loads(x) for x in (out / "detections.jsonl").read_text().splitlines()]
+    assert {x["retract"] for x in lines if "retract" in x} == {"night2/20210501_040000.wav",
+                                                                "night1/20210502_040000.wav"}
+    assert live_rows(out / "detections.jsonl") == [
+        (r["file"], r["start_s"], r["label"]) for r in csv.DictReader((out / "detections.csv").open())]
+    same = run_cli([*common, "--min-conf", "0.95", "--merge", "--rewrite-outputs"])
+    assert "done: 0 file(s)" in same.output and "other output options" not in same.output
 
 
 def test_fusion_of_mismatched_models_refused_by_cli(tmp_path, graph, pcm):

@@ -12,6 +12,7 @@ from vocalprobe.runtime.field.writers import (
     CSV_COLUMNS,
     RAVEN_COLUMNS,
     Detection,
+    JsonlError,
     JsonlWriter,
     parse_formats,
     parse_recorder_timestamp,
@@ -56,13 +57,36 @@ def test_recorder_timestamps():
 
 def test_jsonl_drops_events_of_unfinished_files(tmp_path):
     path = tmp_path / "e.jsonl"
-    with JsonlWriter(path, set()) as writer:
+    with JsonlWriter(path, 0) as writer:
+        writer.begin()
         writer.write(Detection("a.wav", 0, 1, "low", 0.9))
-        writer.write(Detection("b.wav", 0, 1, "low", 0.9))
+        committed = writer.commit()
+        writer.begin()
+        writer.write(Detection("b.wav", 0, 1, "low", 0.9))  # b never finishes: held, then dropped on close
+    assert path.stat().st_size == committed
+    prefix = path.read_bytes()
     with path.open("a") as handle:
-        handle.write('{"file": "b.wav", "start_s')  # a line cut by a kill
-    JsonlWriter(path, {"a.wav"}).close()
+        handle.write('{"file": "b.wav", "start_s')  # a commit cut by a kill
+    JsonlWriter(path, committed).close()
+    assert path.read_bytes() == prefix  # appended to, never rewritten: only the uncommitted tail goes
     assert [json.loads(line)["file"] for line in path.read_text().splitlines()] == ["a.wav"]
+    with pytest.raises(JsonlError, match="journal counts"):
+        JsonlWriter(path, committed + 1)
+
+
+def test_jsonl_retraction_precedes_the_new_rows_of_a_file(tmp_path):
+    path = tmp_path / "e.jsonl"
+    with JsonlWriter(path, 0) as writer:
+        writer.begin()
+        writer.write(Detection("a.wav", 0, 1, "low", 0.9))
+        writer.commit()
+        writer.begin()
+        writer.write(Detection("a.wav", 0, 1, "mid", 0.8))
+        writer.commit(retract="a.wav")
+        writer.write(Detection("stdin", 2, 3, "low", 0.7))  # no begin: a live stream's row goes out at once
+        assert path.read_text().splitlines()[-1].startswith('{"file": "stdin"')
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[1] == {"retract": "a.wav"} and lines[2]["label"] == "mid"
 
 
 def test_formats():
