@@ -63,7 +63,7 @@ def export_graphs(study_dir: Path, models_dir: Path, log: Callable[[str], None]
     int8-conv versions. Returns ``(name, layer, graph, its fp32 graph or None)``."""
     from vocalprobe.export.fusion import fusion_from_study
     from vocalprobe.export.onnx_export import export_from_study
-    from vocalprobe.training.study.runner import load_summary, safe_name
+    from vocalprobe.training.study.results import load_summary, safe_name
 
     choices = load_summary(study_dir).choices
     if models_dir.exists():
@@ -202,7 +202,7 @@ def run_demo(root: str | Path = ".", *, log: Callable[[str], None] = print, prog
 
 @friendly_errors
 def demo_command(
-    threads: Annotated[int, typer.Option(help="torch CPU threads for the study and export (1 is fastest on a busy "
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads for the study and export (1 is fastest on a busy "
                                               "2-core machine).")] = 1,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:

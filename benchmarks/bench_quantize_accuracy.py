@@ -42,7 +42,7 @@ def export_all(study_dir: Path, out_dir: Path, modes: list[str]) -> dict[tuple[s
     from vocalprobe.export.fusion import fuse_models
     from vocalprobe.export.onnx_export import ExportError, export_from_study
     from vocalprobe.export.parity import ParityError
-    from vocalprobe.training.study.runner import load_summary, safe_name
+    from vocalprobe.training.study.results import load_summary, safe_name
 
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs = {}

@@ -16,15 +16,9 @@ import torch
 
 from vocalprobe.runtime.core.manifest import ManifestRow, read_manifest, write_manifest
 from vocalprobe.runtime.core.metrics import uar
-from vocalprobe.training.study.runner import (
-    DatasetSpec,
-    StudyConfig,
-    StudyError,
-    dataset_from_manifest,
-    load_summary,
-    parse_layers,
-    run_study,
-)
+from vocalprobe.training.study.config import DatasetSpec, StudyConfig, StudyError, dataset_from_manifest, parse_layers
+from vocalprobe.training.study.results import load_summary
+from vocalprobe.training.study.runner import run_study
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLS = {"chirp": 500.0, "hoot": 1500.0, "trill": 4000.0}
@@ -342,7 +336,7 @@ def test_unreadable_clip_is_reported_and_the_rest_finishes(tmp_path, tiny_checkp
     assert len(failed) == 1 and failed[0]["path"].endswith("broken.wav") and failed[0]["problem"]
     assert summary.datasets[0].n_clips == {"train": 24, "val": 12, "test": 12}
     assert "broken.wav" in (config.out_dir / "report.md").read_text()
-    from vocalprobe.training.study.runner import probe_checkpoint
+    from vocalprobe.training.study.results import probe_checkpoint
 
     assert probe_checkpoint(config.out_dir, "tones", "hubert", 0, 0).is_file()
 

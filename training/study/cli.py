@@ -54,7 +54,7 @@ def study(
     With no --data, --backbone or --config this runs the embedded demo: synthetic calls and three tiny UNTRAINED
     backbones, offline, in a few minutes on a laptop CPU. Re-running a study reuses every finished probe.
     """
-    from vocalprobe.training.study.runner import StudyConfig, StudyError, dataset_from_manifest, parse_layers
+    from vocalprobe.training.study.config import StudyConfig, StudyError, dataset_from_manifest, parse_layers
 
     overrides: dict = {}
     if layers is not None:

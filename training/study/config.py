@@ -72,8 +72,9 @@ class StudyConfig:
             raise StudyError(f"two backbones would share the name {labels}; rename a checkpoint folder")
         if self.seeds < 1:
             raise StudyError(f"seeds must be >= 1, got {self.seeds}")
-        if self.layers is not None and (not self.layers or min(self.layers) < 0):
-            raise StudyError(f"layers must be non-negative layer numbers, got {list(self.layers)}")
+        if self.layers is not None and (not self.layers or min(self.layers) < 0
+                                        or len(set(self.layers)) != len(self.layers)):
+            raise StudyError(f"layers must be distinct non-negative layer numbers, got {list(self.layers)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise StudyError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.bootstrap_resamples < 10:

@@ -18,7 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vocalprobe.training.study.runner import StudyConfig, run_study
+from vocalprobe.training.study.config import StudyConfig, StudyError
+from vocalprobe.training.study.runner import run_study
 
 #: Architecture of the demo backbones: small enough for 2 CPU cores, deep enough for a layer-wise curve.
 TINY_FAMILIES = ("hubert", "wav2vec2", "wavlm")
@@ -52,18 +53,26 @@ def ensure_inputs(config: StudyConfig) -> None:
     """Generate the synthetic dataset and build the tiny checkpoints the demo config names, where missing."""
     from vocalprobe.runtime.datasets.synthetic import generate_dataset, is_current
 
+    families = [_tiny_family(path) for path in config.backbones]  # refuse a wrong config before writing anything
     for ds in config.datasets:
         # synthetic.json is written last: present, current and with our seed means complete and up to date
         if not is_current(Path(ds.manifest).parent, seed=DATASET_SEED):
             generate_dataset(Path(ds.manifest).parent, seed=DATASET_SEED)
-    for seed, path in enumerate(config.backbones):
+    for seed, (path, family) in enumerate(zip(config.backbones, families)):
         folder = Path(path)
-        family = folder.name.removeprefix("tiny-")
-        if family not in TINY_FAMILIES:
-            raise ValueError(f"the demo builds tiny-<family> checkpoints ({', '.join(TINY_FAMILIES)}), got {folder}")
         if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
             continue
         _build_tiny(family, folder, seed=seed)
+
+
+def _tiny_family(path: str | Path) -> str:
+    """The family of a demo backbone folder ``tiny-<family>``; any other name is not one the demo can build."""
+    family = Path(path).name.removeprefix("tiny-")
+    if family not in TINY_FAMILIES:
+        names = ", ".join(f"tiny-{f}" for f in TINY_FAMILIES)
+        raise StudyError(f"the demo study builds its own backbones ({names}) and cannot build {path}; to probe "
+                         "other backbones run `vocalprobe study --backbone NAME --data MANIFEST` or --config FILE")
+    return family
 
 
 def _build_tiny(family: str, folder: Path, *, seed: int) -> None:

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from vocalprobe.runtime.core.atomic import atomic_open, atomic_write_text
-from vocalprobe.training.study.runner import FusionResult, LayerChoice, StudySummary, safe_name
+from vocalprobe.training.study.results import FusionResult, LayerChoice, StudySummary, safe_name
 
 RESULT_COLUMNS = ("dataset", "backbone", "type", "layer", "seed", "val_uar", "test_uar", "test_ci_low",
                   "test_ci_high", "best_epoch", "epochs_run", "n_train", "n_val", "n_test")

@@ -1,221 +1,100 @@
-"""The paper's layer-wise study: for every dataset x backbone, probe every layer with several seeds, pick the best
-layer, fuse the backbones, and save everything the report and export need.
+"""The paper's layer-wise study, read top to bottom: config, data, features, probes, choice, fusion, report.
 
-Flow of ``run_study(config)``:
+``run_study(config)`` runs (or resumes) it, one ``BackboneRun`` per dataset x backbone:
 
-1. per dataset x backbone: extract every requested layer once (mean+std pooled, ``training.extract``; cached);
-2. per layer x seed: train an ``MLPProbe`` on Train, keep its best-Val-UAR epoch, score Val and Test (UAR and a
-   bootstrap 95% CI of Test UAR); each finished probe is saved under ``runs/`` and is not recomputed on a re-run;
-3. best layer per (dataset, backbone) = highest mean Val UAR over seeds (ties -> the lower layer): the honest choice.
-   The best layer on Test (what the paper's Table III reports) is recorded too, and labelled as such;
-4. fusion per dataset and seed: mean of the Test posteriors of every backbone's best-on-Val probe, then argmax;
-5. ``summary.json``, the best probes under ``probes/`` and, via ``training.report``, results.csv, table3.md, figures
-   and report.md.
+1. data: each dataset's manifest, with its train/val/test splits checked;
+2. features: every requested layer of every clip, extracted once (mean+std pooled, ``training.extract``; cached);
+3. probes: per layer x seed, an ``MLPProbe`` trained on Train, kept at its best-Val-UAR epoch and scored on Val and
+   Test (UAR and a bootstrap 95% CI); a finished probe is saved under ``runs/`` and never trained again;
+4. choice: the best layer = highest mean Val UAR over seeds (ties -> the lower layer), the honest choice; the best on
+   Test (what the paper's Table III reports) is recorded too, and labelled as such;
+5. fusion: per dataset and seed, the mean of every backbone's best-on-Val Test posteriors, then argmax;
+6. report: ``summary.json``, the best probes under ``probes/`` and, via ``report``, tables, figures and report.md.
 
-Everything is written atomically; the study folder holds no pickle (JSON, .npy, safetensors only).
+Where each file goes is ``results``' business; everything is written atomically, and no pickle.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from vocalprobe import __version__
 from vocalprobe.runtime.core.atomic import atomic_open, atomic_save_npy, atomic_write_text
 from vocalprobe.runtime.core.digests import json_sha256
 from vocalprobe.runtime.core.manifest import SPLITS, Manifest, read_manifest
 from vocalprobe.runtime.core.metrics import bootstrap_uar_ci, confusion_matrix, uar
+from vocalprobe.runtime.core.records import from_record, to_record
 from vocalprobe.training.probe import ProbeConfig
-from vocalprobe.training.study.config import (  # noqa: F401  (re-exported: the study's public API)
-    DEFAULT_CACHE_DIR,
-    DEFAULT_OUT_ROOT,
+from vocalprobe.training.study.config import (  # noqa: F401  (DatasetSpec, StudyConfig, StudyError: re-exported)
     DatasetSpec,
     StudyConfig,
     StudyError,
     backbone_key,
     backbone_label,
-    dataset_from_manifest,
-    default_dataset_name,
-    dict_to_toml,
-    parse_layers,
+)
+from vocalprobe.training.study.report import write_report
+from vocalprobe.training.study.results import (
+    CLIPS_FILE,
+    FUSION_FILE,
+    PRECISION_FILE,
+    RESULT_FORMAT,
+    STUDY_CONFIG_FILE,
+    DatasetInfo,
+    FusionResult,
+    LayerChoice,
+    ProbeResult,
+    StudySummary,
+    best_probe_stem,
+    fusion_dir,
+    probe_name,
+    read_json,
+    run_dir,
+    with_suffix,
+    write_json,
+    write_summary,
 )
 
-#: Bumped when the meaning of a saved per-probe result changes, so old results are recomputed, not reused.
-RESULT_FORMAT = 1
+
+def run_study(config: StudyConfig, *, progress: bool = True, write_outputs: bool = True) -> StudySummary:
+    """Run (or resume) a study; returns its summary and, with ``write_outputs``, writes the report files."""
+    from vocalprobe.training.backbones import resolve_device
+
+    out = config.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / STUDY_CONFIG_FILE, config.to_toml())
+    probe = replace(config.probe, device=str(resolve_device(config.device)))  # the one device of the whole study
+
+    datasets: list[DatasetInfo] = []
+    results: list[ProbeResult] = []
+    choices: list[LayerChoice] = []
+    fusion: list[FusionResult] = []
+    for spec in config.datasets:
+        manifest = read_manifest(spec.manifest)
+        check_splits(manifest, spec)
+        runs = [BackboneRun(config, spec, manifest, name, probe, progress=progress) for name in config.backbones]
+        spec_choices = []
+        for run in runs:
+            run.ensure_probes()  # features and probes: only what is missing
+            results += run.results
+            spec_choices.append(choose_layer(run))
+        choices += spec_choices
+        fusion.append(fuse(runs, spec_choices))
+        datasets.append(DatasetInfo(spec.name, str(spec.manifest), manifest.labels, runs[-1].clip_counts(),
+                                    [f for run in runs for f in run.failed()]))
+
+    summary = StudySummary(config.to_dict(), datasets, results, choices, fusion)
+    write_summary(out, summary)
+    if write_outputs:
+        write_report(out, summary)
+    return summary
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# results
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """One trained probe: (dataset, backbone, layer, seed)."""
-
-    dataset: str
-    backbone: str  # display label
-    layer: int
-    seed: int
-    val_uar: float
-    test_uar: float
-    test_ci_low: float
-    test_ci_high: float
-    best_epoch: int
-    epochs_run: int
-    n_train: int
-    n_val: int
-    n_test: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class LayerChoice:
-    """The best layer of one (dataset, backbone), chosen on Val, plus the best on Test for the paper's table."""
-
-    dataset: str
-    backbone: str  # display label
-    backbone_name: str  # as given in the config
-    kind: str  # PT | PT+FT | untrained | other
-    layers: tuple[int, ...]
-    val_mean: tuple[float, ...]  # per layer, mean over seeds
-    val_std: tuple[float, ...]
-    test_mean: tuple[float, ...]
-    test_std: tuple[float, ...]
-    best_layer: int  # on Val (honest)
-    best_layer_on_test: int  # on Test (what the paper's Table III reports; optimistic)
-    exported_seed: int  # the seed whose probe is saved under probes/ (best Val UAR at best_layer)
-    probe_path: str  # relative to the study folder
-    posteriors_path: str  # Test posteriors of the saved probe, relative to the study folder
-
-    def score(self, layer: int, split: str = "test") -> tuple[float, float]:
-        i = self.layers.index(layer)
-        return ((self.test_mean[i], self.test_std[i]) if split == "test" else (self.val_mean[i], self.val_std[i]))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("layers", "val_mean", "val_std", "test_mean", "test_std"):
-            d[k] = list(d[k])
-        return d
-
-
-@dataclass(frozen=True)
-class FusionResult:
-    """Fusion of every backbone's best-on-Val probe on one dataset: per seed and mean +- std."""
-
-    dataset: str
-    backbones: tuple[str, ...]
-    layers: tuple[int, ...]  # best layer of each backbone, same order
-    seeds: tuple[int, ...]
-    test_uar: tuple[float, ...]  # per seed
-    test_ci: tuple[tuple[float, float], ...]  # per seed
-    mean: float
-    std: float
-    posteriors: tuple[str, ...]  # per seed: fused Test posteriors (.npy), relative to the study folder
-    sources: tuple[tuple[str, ...], ...]  # per seed: the per-backbone posterior files that were averaged
-    rows: str  # .npy of the Test manifest row indices the posteriors belong to
-    labels: str  # .npy of their reference class indices
-    confusion: tuple[tuple[int, ...], ...]  # summed over seeds; rows = reference, columns = predicted
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["test_ci"] = [list(c) for c in self.test_ci]
-        d["sources"] = [list(s) for s in self.sources]
-        d["confusion"] = [list(r) for r in self.confusion]
-        for k in ("backbones", "layers", "seeds", "test_uar", "posteriors"):
-            d[k] = list(d[k])
-        return d
-
-
-@dataclass
-class DatasetInfo:
-    name: str
-    manifest: str
-    labels: list[str]
-    n_clips: dict[str, int]  # per split, after unreadable clips are dropped
-    failed: list[dict[str, str]]  # {"backbone", "path", "problem"} for clips that could not be used
-
-
-@dataclass
-class StudySummary:
-    """What the report is written from; saved as summary.json in the study folder."""
-
-    config: dict[str, Any]
-    datasets: list[DatasetInfo]
-    results: list[ProbeResult]
-    choices: list[LayerChoice]
-    fusion: list[FusionResult]
-    vocalprobe_version: str = __version__
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"vocalprobe_version": self.vocalprobe_version, "config": self.config,
-                "datasets": [asdict(d) for d in self.datasets],
-                "results": [r.to_dict() for r in self.results],
-                "choices": [c.to_dict() for c in self.choices],
-                "fusion": [f.to_dict() for f in self.fusion]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StudySummary":
-        return cls(
-            config=data["config"],
-            datasets=[DatasetInfo(**d) for d in data["datasets"]],
-            results=[ProbeResult(**r) for r in data["results"]],
-            choices=[LayerChoice(**{**c, **{k: tuple(c[k]) for k in
-                                            ("layers", "val_mean", "val_std", "test_mean", "test_std")}})
-                     for c in data["choices"]],
-            fusion=[FusionResult(**{**f, "backbones": tuple(f["backbones"]), "layers": tuple(f["layers"]),
-                                    "seeds": tuple(f["seeds"]), "test_uar": tuple(f["test_uar"]),
-                                    "test_ci": tuple(tuple(c) for c in f["test_ci"]),
-                                    "posteriors": tuple(f["posteriors"]),
-                                    "sources": tuple(tuple(s) for s in f["sources"]),
-                                    "confusion": tuple(tuple(r) for r in f["confusion"])})
-                    for f in data["fusion"]],
-            vocalprobe_version=data.get("vocalprobe_version", "unknown"),
-        )
-
-
-def load_summary(study_dir: str | Path) -> StudySummary:
-    path = Path(study_dir) / "summary.json"
-    if not path.is_file():
-        raise StudyError(f"{path} not found: run the study first")
-    return StudySummary.from_dict(json.loads(path.read_text(encoding="utf-8")))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the run
-
-
-def _digest(obj: Any) -> str:
-    return json_sha256(obj)[:16]
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def _read_json(path: Path) -> Any | None:
-    """The JSON at ``path``, or None when it does not exist (a result not computed yet)."""
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def safe_name(name: str) -> str:
-    """A label as a file or folder name: keep letters, digits, '-', '_' and '.'."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def _check_splits(manifest: Manifest, name: str, path: Path) -> None:
+def check_splits(manifest: Manifest, spec: DatasetSpec) -> None:
+    name, path = spec.name, spec.manifest
     if any(row.split is None for row in manifest.rows):
         raise StudyError(f"dataset {name} ({path}): the manifest has no split for some rows; "
                          f"run `vocalprobe data split {path}` first")
@@ -228,8 +107,12 @@ def _check_splits(manifest: Manifest, name: str, path: Path) -> None:
         raise StudyError(f"dataset {name} ({path}): needs at least 2 classes, found {manifest.labels}")
 
 
+def _digest(obj: Any) -> str:
+    return json_sha256(obj)[:16]
+
+
 @dataclass
-class _ClipTable:
+class ClipTable:
     """Which manifest rows a (dataset, backbone) pair could use, in feature order (saved as clips.json)."""
 
     key: str
@@ -246,179 +129,164 @@ class _ClipTable:
         return np.flatnonzero(np.asarray(self.splits) == split)
 
 
-def run_study(config: StudyConfig, *, progress: bool = True, write_outputs: bool = True) -> StudySummary:
-    """Run (or resume) a study; returns its summary and, with ``write_outputs``, writes the report files."""
-    from vocalprobe.training.backbones import resolve_device
+@dataclass
+class BackboneRun:
+    """One dataset x backbone of a study: what it reads, where it writes, and what it has found so far."""
 
-    out = config.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "study.toml", config.to_toml())
-    device = str(resolve_device(config.device))
-    probe_cfg = replace(config.probe, device=device)
+    config: StudyConfig
+    dataset: DatasetSpec
+    manifest: Manifest
+    backbone: str  # as given in the config
+    probe: ProbeConfig  # the study's probe settings, on the resolved device
+    progress: bool = True
+    table: ClipTable | None = None  # set by ensure_probes
+    results: list[ProbeResult] = field(default_factory=list)  # per layer x seed, set by ensure_probes
+    _test_proba: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)  # trained this run
 
-    datasets: list[DatasetInfo] = []
-    results: list[ProbeResult] = []
-    choices: list[LayerChoice] = []
-    fusion: list[FusionResult] = []
-    for ds in config.datasets:
-        manifest = read_manifest(ds.manifest)
-        _check_splits(manifest, ds.name, ds.manifest)
-        ds_choices: list[LayerChoice] = []
-        failed: list[dict[str, str]] = []
-        n_clips: dict[str, int] = {}
-        for bb in config.backbones:
-            table, ds_results = _probe_backbone(config, ds, manifest, bb, probe_cfg, device, progress=progress)
-            results += ds_results
-            failed += [{"backbone": backbone_label(bb), **f} for f in table.failed]
-            n_clips = {s: int(len(table.index(s))) for s in SPLITS}
-            choice = _choose_layer(config, ds, bb, table, ds_results)
-            ds_choices.append(choice)
-        choices += ds_choices
-        fusion.append(_fuse(config, ds, ds_choices))
-        datasets.append(DatasetInfo(ds.name, str(ds.manifest), manifest.labels, n_clips, failed))
+    def __post_init__(self) -> None:
+        self.label = backbone_label(self.backbone)
+        self.run_dir = run_dir(self.config.out_dir, self.dataset.name, self.label)
+        c = self.config
+        data_key = {"manifest": self.manifest.content_hash(), "backbone": backbone_key(self.backbone),
+                    "chunk_seconds": c.chunk_seconds, "format": RESULT_FORMAT,
+                    **({"dtype": c.dtype} if c.dtype != "float32" else {})}
+        self.key = _digest({**data_key, "layers": c.layers})  # the features (and so clips.json) of this run
+        # a probe depends on its layer's features, not on which other layers were extracted with it
+        self._probe_key_base = {"data": _digest(data_key), "bootstrap": c.bootstrap_resamples,
+                                "probe": {k: v for k, v in self.probe.to_dict().items()
+                                          if k not in {"device", "seed", "eval_batch_size"}}}
 
-    summary = StudySummary(config.to_dict(), datasets, results, choices, fusion)
-    _write_json(out / "summary.json", summary.to_dict())
-    if write_outputs:
-        from vocalprobe.training.study.report import write_report
+    # -- where --------------------------------------------------------------------------------------------------------
 
-        write_report(out, summary)
-    return summary
+    def probe_stem(self, layer: int, seed: int) -> Path:
+        return self.run_dir / probe_name(layer, seed)
 
+    def proba_path(self, layer: int, seed: int) -> Path:
+        return with_suffix(self.probe_stem(layer, seed), ".test_proba.npy")
 
-def _run_dir(config: StudyConfig, ds: DatasetSpec, backbone: str) -> Path:
-    return config.out_dir / "runs" / safe_name(ds.name) / safe_name(backbone_label(backbone))
+    def probe_key(self, seed: int) -> str:
+        return _digest({**self._probe_key_base, "seed": seed})
 
+    # -- features and probes ------------------------------------------------------------------------------------------
 
-def _probe_name(layer: int, seed: int) -> str:
-    return f"L{layer:02d}_s{seed}"
+    def ensure_probes(self) -> None:
+        """Train every (layer, seed) probe that is not finished yet, extracting features only when one is missing."""
+        saved = read_json(self.run_dir / CLIPS_FILE)
+        self.table = ClipTable(**saved) if saved is not None and saved.get("key") == self.key else None
+        if self.table is None or self._missing():
+            features, self.table = self._extract()
+            write_json(self.run_dir / CLIPS_FILE, asdict(self.table))
+            self._train(features, self._missing())
+        seeds = self.config.seed_list
+        self.results = [self._saved_result(layer, seed) for layer in self.table.layers for seed in seeds]
 
+    def _saved_result(self, layer: int, seed: int) -> ProbeResult:
+        return from_record(ProbeResult, read_json(with_suffix(self.probe_stem(layer, seed), ".json"))["result"])
 
-def probe_checkpoint(study_dir: str | Path, dataset: str, backbone: str, layer: int, seed: int) -> Path:
-    """The saved probe of any (dataset, backbone label, layer, seed) of a study, e.g. to export a non-best layer."""
-    run_dir = Path(study_dir) / "runs" / safe_name(dataset) / safe_name(backbone)
-    return run_dir / f"{_probe_name(layer, seed)}.safetensors"
+    def _missing(self) -> list[tuple[int, int]]:
+        return [(layer, seed) for layer in self.table.layers for seed in self.config.seed_list
+                if not self._is_done(layer, seed)]
 
+    def _is_done(self, layer: int, seed: int) -> bool:
+        stem = self.probe_stem(layer, seed)
+        data = read_json(with_suffix(stem, ".json"))
+        return (data is not None and data.get("key") == self.probe_key(seed)
+                and with_suffix(stem, ".test_proba.npy").is_file() and with_suffix(stem, ".safetensors").is_file())
 
-def _probe_backbone(config: StudyConfig, ds: DatasetSpec, manifest: Manifest, backbone: str,
-                    probe_cfg: ProbeConfig, device: str, *, progress: bool) -> tuple[_ClipTable, list[ProbeResult]]:
-    """Train (or reuse) every (layer, seed) probe of one dataset x backbone."""
-    run_dir = _run_dir(config, ds, backbone)
-    data_key = {"manifest": manifest.content_hash(), "backbone": backbone_key(backbone),
-                "chunk_seconds": config.chunk_seconds, "format": RESULT_FORMAT,
-                **({"dtype": config.dtype} if config.dtype != "float32" else {})}
-    key = _digest({**data_key, "layers": config.layers})
-    # a probe depends on its layer's features, not on which other layers were extracted with it
-    probe_key_base = {"data": _digest(data_key), "probe": {k: v for k, v in probe_cfg.to_dict().items()
-                                              if k not in {"device", "seed", "eval_batch_size"}},
-                      "bootstrap": config.bootstrap_resamples}
+    def _extract(self) -> tuple[np.ndarray, ClipTable]:
+        """Load the backbone and extract the requested layers of every clip once: features (n, n_layers, 2D)."""
+        from vocalprobe.training.backbones import load_backbone
+        from vocalprobe.training.extract import extract_features
 
-    saved = _read_json(run_dir / "clips.json")
-    table = _ClipTable(**saved) if saved is not None and saved.get("key") == key else None
-    todo = None
-    if table is not None:
-        todo = [(layer, seed) for layer in table.layers for seed in config.seed_list
-                if not _is_done(run_dir, layer, seed, _digest({**probe_key_base, "seed": seed}))]
-    if table is None or todo:
-        features, table = _extract(config, ds, manifest, backbone, key, device, progress=progress)
-        _write_json(run_dir / "clips.json", asdict(table))
-        todo = [(layer, seed) for layer in table.layers for seed in config.seed_list
-                if not _is_done(run_dir, layer, seed, _digest({**probe_key_base, "seed": seed}))]
-        _train_probes(config, ds, manifest, backbone, table, features, todo, probe_cfg, probe_key_base, run_dir,
-                      progress=progress)
+        c = self.config
+        backbone = load_backbone(self.backbone, device=self.probe.device)
+        layers = list(range(backbone.num_layers + 1)) if c.layers is None else list(c.layers)
+        too_deep = [layer for layer in layers if layer > backbone.num_layers]
+        if too_deep:
+            raise StudyError(f"{backbone.name} has layers 0..{backbone.num_layers}; cannot probe layer(s) {too_deep}")
+        fs = extract_features(self.manifest, backbone, layers=layers, device=self.probe.device,
+                              cache_dir=c.cache_dir, chunk_seconds=c.chunk_seconds, batch_size=c.batch_size,
+                              dtype=c.dtype, progress=self.progress)
+        if fs.precision is not None:  # reduced precision: keep the measured difference to float32 beside the probes
+            write_json(self.run_dir / PRECISION_FILE, fs.precision)
+        failed = [{"path": f.path, "problem": f.error} for f in fs.failed]
+        kind = backbone.spec.kind if backbone.spec is not None else (
+            "untrained" if getattr(backbone.config, "vocalprobe_untrained", False) else "other")
+        identity = backbone.identity()
+        identity.pop("config", None)
+        table = ClipTable(key=self.key, layers=layers, rows=[int(r) for r in fs.rows],
+                          labels=[int(y) for y in fs.labels], splits=[str(s) for s in fs.splits], failed=failed,
+                          backbone=identity, kind=kind, n_features=int(fs.features.shape[2]))
+        for split in SPLITS:
+            if len(table.index(split)) == 0:
+                raise StudyError(f"dataset {self.dataset.name} with {backbone.name}: no readable {split} clips "
+                                 f"({len(failed)} clip(s) failed, e.g. {failed[:1]})")
+        return np.asarray(fs.features, dtype=np.float32), table
 
-    results = []
-    for layer in table.layers:
-        for seed in config.seed_list:
-            data = _read_json(run_dir / f"{_probe_name(layer, seed)}.json")
-            results.append(ProbeResult(**data["result"]))
-    return table, results
+    def _train(self, features: np.ndarray, todo: Sequence[tuple[int, int]]) -> None:
+        """Train, score and save the ``todo`` probes on ``features`` (n_clips, n_layers, 2D)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        if not todo:
+            return
+        what = f"probes {self.dataset.name} / {self.label}"
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, disable=not self.progress, transient=False) as bar:
+            task = bar.add_task(what, total=len(todo))
+            for layer, seed in todo:
+                bar.update(task, description=f"{what}: layer {layer} seed {seed}")
+                self._train_one(features[:, self.table.layers.index(layer), :], layer, seed)  # (n_clips, 2D)
+                bar.advance(task)
 
-def _is_done(run_dir: Path, layer: int, seed: int, probe_key: str) -> bool:
-    name = _probe_name(layer, seed)
-    data = _read_json(run_dir / f"{name}.json")
-    return (data is not None and data.get("key") == probe_key
-            and (run_dir / f"{name}.test_proba.npy").is_file() and (run_dir / f"{name}.safetensors").is_file())
+    def _train_one(self, x: np.ndarray, layer: int, seed: int) -> None:
+        from vocalprobe.training.probe import ProbeClassifier, ProbeInfo, save_probe
 
+        table, ds = self.table, self.dataset
+        labels = np.asarray(table.labels, dtype=np.int64)
+        train, val, test = (table.index(s) for s in ("train", "val", "test"))
+        probe = replace(self.probe, seed=seed)
+        clf = ProbeClassifier(probe).fit(x[train], labels[train], x[val], labels[val],
+                                         n_classes=len(self.manifest.labels))
+        val_uar = clf.score(x[val], labels[val])
+        proba = clf.predict_proba(x[test], layer=layer)  # (n_test, n_classes)
+        y_test = labels[test]
+        pred = proba.argmax(1)  # decided at full precision; the posteriors are kept as float32
+        test_uar = uar(y_test, pred)
+        ci = bootstrap_uar_ci(y_test, pred, n_resamples=self.config.bootstrap_resamples, seed=seed)
+        result = ProbeResult(ds.name, self.label, layer, seed, val_uar, test_uar, ci[0], ci[1], clf.best_epoch_,
+                             len(clf.history_), len(train), len(val), len(test))
+        info = ProbeInfo(backbone=self.backbone, backbone_id=table.backbone.get("source", self.backbone),
+                         backbone_revision=table.backbone.get("revision"),
+                         backbone_fingerprint=table.backbone.get("fingerprint"), layer=layer,
+                         labels=tuple(self.manifest.labels), n_features=x.shape[1],
+                         hidden_sizes=self.probe.hidden_sizes, val_uar=val_uar, test_uar=test_uar, seed=seed,
+                         dataset=ds.name, probe_config=probe.to_dict())
+        stem = self.probe_stem(layer, seed)
+        save_probe(stem, clf.model_, info)
+        self._test_proba[(layer, seed)] = proba.astype(np.float32)
+        atomic_save_npy(self.proba_path(layer, seed), self._test_proba[(layer, seed)])
+        # the key is written last: a probe counts as done only when all its files exist
+        write_json(with_suffix(stem, ".json"), {
+            "key": self.probe_key(seed), "result": to_record(result),
+            "history": [asdict(h) for h in clf.history_], "stopped_early": clf.stopped_early_})
 
-def _extract(config: StudyConfig, ds: DatasetSpec, manifest: Manifest, backbone_name: str, key: str, device: str,
-             *, progress: bool):
-    """Load the backbone and extract the requested layers of every clip once: features (n, n_layers, 2D)."""
-    from vocalprobe.training.backbones import load_backbone
-    from vocalprobe.training.extract import extract_features
+    # -- what the choice and the fusion need --------------------------------------------------------------------------
 
-    backbone = load_backbone(backbone_name, device=device)
-    available = list(range(backbone.num_layers + 1))
-    layers = available if config.layers is None else list(config.layers)
-    too_deep = [layer for layer in layers if layer > backbone.num_layers]
-    if too_deep:
-        raise StudyError(f"{backbone.name} has layers 0..{backbone.num_layers}; cannot probe layer(s) {too_deep}")
-    fs = extract_features(manifest, backbone, layers=layers, device=device, cache_dir=config.cache_dir,
-                          chunk_seconds=config.chunk_seconds, batch_size=config.batch_size, dtype=config.dtype,
-                          progress=progress)
-    if fs.precision is not None:  # reduced precision: keep the measured difference to float32 beside the probes
-        _write_json(_run_dir(config, ds, backbone_name) / "precision.json", fs.precision)
-    if list(fs.layers) != layers:
-        raise StudyError(f"feature extraction returned layers {list(fs.layers)}, expected {layers}")
-    failed = [{"path": f.path, "problem": f.error} for f in fs.failed]
-    kind = backbone.spec.kind if backbone.spec is not None else (
-        "untrained" if getattr(backbone.config, "vocalprobe_untrained", False) else "other")
-    identity = backbone.identity()
-    identity.pop("config", None)
-    table = _ClipTable(key=key, layers=layers, rows=[int(r) for r in fs.rows], labels=[int(y) for y in fs.labels],
-                       splits=[str(s) for s in fs.splits], failed=failed, backbone=identity, kind=kind,
-                       n_features=int(fs.features.shape[2]))
-    for split in SPLITS:
-        if len(table.index(split)) == 0:
-            raise StudyError(f"dataset {ds.name} with {backbone.name}: no readable {split} clips "
-                             f"({len(failed)} clip(s) failed, e.g. {failed[:1]})")
-    return np.asarray(fs.features, dtype=np.float32), table
+    def test_proba(self, layer: int, seed: int) -> np.ndarray:
+        """Test posteriors (n_test, n_classes) of one probe, in this run's test-row order: from memory when it was
+        trained in this run, else from its file."""
+        if (layer, seed) not in self._test_proba:
+            self._test_proba[(layer, seed)] = np.load(self.proba_path(layer, seed), allow_pickle=False)
+        return self._test_proba[(layer, seed)]
 
+    def test_rows(self) -> np.ndarray:
+        return np.asarray(self.table.rows, np.int64)[self.table.index("test")]
 
-def _train_probes(config: StudyConfig, ds: DatasetSpec, manifest: Manifest, backbone: str, table: _ClipTable,
-                  features: np.ndarray, todo: Sequence[tuple[int, int]], probe_cfg: ProbeConfig,
-                  probe_key_base: dict[str, Any], run_dir: Path, *, progress: bool) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from vocalprobe.training.probe import ProbeClassifier, ProbeInfo, save_probe
+    def clip_counts(self) -> dict[str, int]:
+        return {s: int(len(self.table.index(s))) for s in SPLITS}
 
-    if not todo:
-        return
-    labels = np.asarray(table.labels, dtype=np.int64)
-    idx = {s: table.index(s) for s in SPLITS}
-    n_classes = len(manifest.labels)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task(f"probes {ds.name} / {backbone_label(backbone)}", total=len(todo))
-        for layer, seed in todo:
-            li = table.layers.index(layer)
-            x = features[:, li, :]  # (n_clips, 2D)
-            bar.update(task, description=f"probes {ds.name} / {backbone_label(backbone)}: layer {layer} seed {seed}")
-            clf = ProbeClassifier(replace(probe_cfg, seed=seed)).fit(
-                x[idx["train"]], labels[idx["train"]], x[idx["val"]], labels[idx["val"]], n_classes=n_classes)
-            val_uar = clf.score(x[idx["val"]], labels[idx["val"]])
-            proba = clf.predict_proba(x[idx["test"]], layer=layer)  # (n_test, n_classes)
-            y_test = labels[idx["test"]]
-            pred = proba.argmax(1)
-            test_uar = uar(y_test, pred)
-            ci = bootstrap_uar_ci(y_test, pred, n_resamples=config.bootstrap_resamples, seed=seed)
-            result = ProbeResult(ds.name, backbone_label(backbone), layer, seed, val_uar, test_uar, ci[0], ci[1],
-                                 clf.best_epoch_, len(clf.history_), len(idx["train"]), len(idx["val"]),
-                                 len(idx["test"]))
-            name = _probe_name(layer, seed)
-            info = ProbeInfo(backbone=backbone, backbone_id=table.backbone.get("source", backbone),
-                             backbone_revision=table.backbone.get("revision"),
-                             backbone_fingerprint=table.backbone.get("fingerprint"), layer=layer,
-                             labels=tuple(manifest.labels), n_features=x.shape[1],
-                             hidden_sizes=probe_cfg.hidden_sizes, val_uar=val_uar, test_uar=test_uar, seed=seed,
-                             dataset=ds.name, probe_config=replace(probe_cfg, seed=seed).to_dict())
-            save_probe(run_dir / name, clf.model_, info)
-            atomic_save_npy(run_dir / f"{name}.test_proba.npy", proba.astype(np.float32))
-            # the key is written last: a probe counts as done only when all its files exist
-            _write_json(run_dir / f"{name}.json", {
-                "key": _digest({**probe_key_base, "seed": seed}), "result": result.to_dict(),
-                "history": [asdict(h) for h in clf.history_], "stopped_early": clf.stopped_early_})
-            bar.advance(task)
+    def failed(self) -> list[dict[str, str]]:
+        return [{"backbone": self.label, **f} for f in self.table.failed]
 
 
 def _argmax_lowest(values: Sequence[float]) -> int:
@@ -427,40 +295,33 @@ def _argmax_lowest(values: Sequence[float]) -> int:
     return next(i for i, v in enumerate(values) if v == best)
 
 
-def _choose_layer(config: StudyConfig, ds: DatasetSpec, backbone: str, table: _ClipTable,
-                  results: list[ProbeResult]) -> LayerChoice:
+def choose_layer(run: BackboneRun) -> LayerChoice:
     """Best layer on mean Val UAR (ties -> lower layer); save its best-seed probe and Test posteriors."""
-    by = {(r.layer, r.seed): r for r in results}
-    seeds = config.seed_list
+    table, out = run.table, run.config.out_dir
+    by = {(r.layer, r.seed): r for r in run.results}
+    seeds = run.config.seed_list
     val = np.array([[by[(layer, s)].val_uar for s in seeds] for layer in table.layers])  # (n_layers, n_seeds)
     test = np.array([[by[(layer, s)].test_uar for s in seeds] for layer in table.layers])
     val_mean, test_mean = val.mean(1), test.mean(1)
     best = table.layers[_argmax_lowest(list(val_mean))]
     best_test = table.layers[_argmax_lowest(list(test_mean))]
-    row = val[table.layers.index(best)]
-    seed = seeds[_argmax_lowest(list(row))]
+    seed = seeds[_argmax_lowest(list(val[table.layers.index(best)]))]
 
-    run_dir = _run_dir(config, ds, backbone)
-    label = backbone_label(backbone)
-    probe_dir = config.out_dir / "probes" / safe_name(ds.name)
-    probe_stem = probe_dir / safe_name(label)
-    src = run_dir / _probe_name(best, seed)
+    stem = best_probe_stem(out, run.dataset.name, run.label)
+    src = run.probe_stem(best, seed)
     for suffix in (".safetensors", ".json"):
-        _copy_atomic(src.with_name(src.name + suffix), probe_stem.with_name(probe_stem.name + suffix))
-    posteriors = probe_stem.with_name(probe_stem.name + ".test_posteriors.npy")
-    _copy_atomic(src.with_name(src.name + ".test_proba.npy"), posteriors)
-    test_idx = table.index("test")
-    atomic_save_npy(probe_stem.with_name(probe_stem.name + ".test_rows.npy"),
-                    np.asarray(table.rows, np.int64)[test_idx])
-    atomic_save_npy(probe_stem.with_name(probe_stem.name + ".test_labels.npy"),
-                    np.asarray(table.labels, np.int64)[test_idx])
+        _copy_atomic(with_suffix(src, suffix), with_suffix(stem, suffix))
+    posteriors = with_suffix(stem, ".test_posteriors.npy")
+    _copy_atomic(run.proba_path(best, seed), posteriors)
+    atomic_save_npy(with_suffix(stem, ".test_rows.npy"), run.test_rows())
+    atomic_save_npy(with_suffix(stem, ".test_labels.npy"), np.asarray(table.labels, np.int64)[table.index("test")])
     return LayerChoice(
-        dataset=ds.name, backbone=label, backbone_name=backbone, kind=table.kind, layers=tuple(table.layers),
-        val_mean=tuple(float(v) for v in val_mean), val_std=tuple(float(v) for v in val.std(1)),
-        test_mean=tuple(float(v) for v in test_mean), test_std=tuple(float(v) for v in test.std(1)),
-        best_layer=best, best_layer_on_test=best_test, exported_seed=seed,
-        probe_path=str(probe_stem.with_name(probe_stem.name + ".safetensors").relative_to(config.out_dir)),
-        posteriors_path=str(posteriors.relative_to(config.out_dir)))
+        dataset=run.dataset.name, backbone=run.label, backbone_name=run.backbone, kind=table.kind,
+        layers=tuple(table.layers), val_mean=tuple(float(v) for v in val_mean),
+        val_std=tuple(float(v) for v in val.std(1)), test_mean=tuple(float(v) for v in test_mean),
+        test_std=tuple(float(v) for v in test.std(1)), best_layer=best, best_layer_on_test=best_test,
+        exported_seed=seed, probe_path=str(with_suffix(stem, ".safetensors").relative_to(out)),
+        posteriors_path=str(posteriors.relative_to(out)))
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -468,50 +329,46 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         shutil.copyfileobj(handle, out)
 
 
-def _fuse(config: StudyConfig, ds: DatasetSpec, choices: list[LayerChoice]) -> FusionResult:
+def fuse(runs: Sequence[BackboneRun], choices: Sequence[LayerChoice]) -> FusionResult:
     """Mean of the best-on-Val probes' Test posteriors over backbones, per seed; scored like any probe."""
-    tables = [_ClipTable(**_read_json(_run_dir(config, ds, c.backbone_name) / "clips.json")) for c in choices]
-    test_rows = [np.asarray(t.rows, np.int64)[t.index("test")] for t in tables]
+    config, dataset = runs[0].config, runs[0].dataset.name
+    out = config.out_dir
+    test_rows = [run.test_rows() for run in runs]
     common = test_rows[0]
     for rows in test_rows[1:]:
         common = np.intersect1d(common, rows)  # clips every backbone could read
     common = np.sort(common)
-    first = tables[0]
-    label_of = dict(zip(first.rows, first.labels))
+    label_of = dict(zip(runs[0].table.rows, runs[0].table.labels))
     y = np.array([label_of[int(r)] for r in common], dtype=np.int64)
 
-    fusion_dir = config.out_dir / "fusion" / safe_name(ds.name)
-    atomic_save_npy(fusion_dir / "test_rows.npy", common)
-    atomic_save_npy(fusion_dir / "test_labels.npy", y)
-    n_classes = None
+    folder = fusion_dir(out, dataset)
+    atomic_save_npy(folder / "test_rows.npy", common)
+    atomic_save_npy(folder / "test_labels.npy", y)
     scores, cis, posterior_paths, sources = [], [], [], []
     confusion = None
     for seed in config.seed_list:
-        stack, seed_sources = [], []
-        for choice, rows in zip(choices, test_rows):
-            path = _run_dir(config, ds, choice.backbone_name) / f"{_probe_name(choice.best_layer, seed)}.test_proba.npy"
-            proba = _load_npy(path)  # (n_test, n_classes), in that backbone's test-row order
+        stack = []
+        for run, choice, rows in zip(runs, choices, test_rows):
             position = {int(r): i for i, r in enumerate(rows)}
-            stack.append(proba[[position[int(r)] for r in common]])
-            seed_sources.append(str(path.relative_to(config.out_dir)))
+            stack.append(run.test_proba(choice.best_layer, seed)[[position[int(r)] for r in common]])
         fused = np.mean(np.stack(stack), axis=0).astype(np.float32)  # (n_common, n_classes)
-        n_classes = fused.shape[1]
         pred = fused.argmax(1)
         scores.append(uar(y, pred))
         cis.append(bootstrap_uar_ci(y, pred, n_resamples=config.bootstrap_resamples, seed=seed))
-        out_path = fusion_dir / f"s{seed}.test_posteriors.npy"
-        atomic_save_npy(out_path, fused)
-        posterior_paths.append(str(out_path.relative_to(config.out_dir)))
-        sources.append(tuple(seed_sources))
-        cm = confusion_matrix(y, pred, n_classes)
+        path = folder / f"s{seed}.test_posteriors.npy"
+        atomic_save_npy(path, fused)
+        posterior_paths.append(str(path.relative_to(out)))
+        sources.append(tuple(str(run.proba_path(choice.best_layer, seed).relative_to(out))
+                             for run, choice in zip(runs, choices)))
+        cm = confusion_matrix(y, pred, fused.shape[1])
         confusion = cm if confusion is None else confusion + cm
     result = FusionResult(
-        dataset=ds.name, backbones=tuple(c.backbone for c in choices), layers=tuple(c.best_layer for c in choices),
+        dataset=dataset, backbones=tuple(c.backbone for c in choices), layers=tuple(c.best_layer for c in choices),
         seeds=tuple(config.seed_list), test_uar=tuple(float(s) for s in scores),
         test_ci=tuple((float(a), float(b)) for a, b in cis), mean=float(np.mean(scores)), std=float(np.std(scores)),
         posteriors=tuple(posterior_paths), sources=tuple(sources),
-        rows=str((fusion_dir / "test_rows.npy").relative_to(config.out_dir)),
-        labels=str((fusion_dir / "test_labels.npy").relative_to(config.out_dir)),
+        rows=str((folder / "test_rows.npy").relative_to(out)),
+        labels=str((folder / "test_labels.npy").relative_to(out)),
         confusion=tuple(tuple(int(v) for v in r) for r in confusion))
-    _write_json(fusion_dir / "fusion.json", result.to_dict())
+    write_json(folder / FUSION_FILE, to_record(result))
     return result
