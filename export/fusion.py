@@ -217,7 +217,7 @@ def fusion_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
     import tempfile
 
     from vocalprobe.export.onnx_export import export_from_study, select_probe
-    from vocalprobe.training.study.runner import load_summary
+    from vocalprobe.training.study.results import load_summary
 
     log = log or (lambda message: None)
     study_dir, out_path = Path(study_dir), Path(out_path)

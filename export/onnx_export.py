@@ -183,7 +183,7 @@ class ExportResult:
 def select_probe(study_dir: str | Path, *, dataset: str | None, backbone: str | None,
                  layer: str | int = "best") -> ProbeSelection:
     """Find the probe of (dataset, backbone, layer) in a study folder; errors list what the study has."""
-    from vocalprobe.training.study.runner import load_summary, probe_checkpoint
+    from vocalprobe.training.study.results import load_summary, probe_checkpoint
 
     study_dir = Path(study_dir)
     summary = load_summary(study_dir)
