@@ -11,6 +11,8 @@ import typer
 from vocalprobe.runtime.core.cli_common import friendly_errors
 
 app = typer.Typer(help="Prepare, split and describe datasets (manifests).", no_args_is_help=True)
+# Path arguments are declared readable=False: click would refuse an unreadable path as a usage error (exit 2, a
+# box); the readers say what the OS said instead, as the one-line `error: ...` every command gives.
 
 
 class Kind(str, Enum):
@@ -36,8 +38,8 @@ def _report_splits(report) -> None:
 def prepare(
     kind: Annotated[Kind, typer.Argument(help="Dataset layout: folders (one sub-folder per class), watkins, imv, "
                                               "abzaliev, or synthetic (the embedded default, generated).")],
-    source: Annotated[Optional[Path], typer.Argument(help="Folder of the downloaded dataset (not used by synthetic).")]
-    = None,
+    source: Annotated[Optional[Path], typer.Argument(help="Folder of the downloaded dataset (not used by synthetic).",
+                                                     readable=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder to write manifest.csv into.")] = Path(
         "artifacts/data/synthetic"),
     seed: SeedOpt = 42,
@@ -96,7 +98,7 @@ def prepare(
 @app.command()
 @friendly_errors
 def split(
-    manifest: Annotated[Path, typer.Argument(help="Manifest CSV to (re-)split in place.")],
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV to (re-)split in place.", readable=False)],
     seed: SeedOpt = 42,
     stratify: StratifyOpt = False,
 ) -> None:
@@ -113,7 +115,7 @@ def split(
 
 @app.command()
 @friendly_errors
-def describe(manifest: Annotated[Path, typer.Argument(help="Manifest CSV.")]) -> None:
+def describe(manifest: Annotated[Path, typer.Argument(help="Manifest CSV.", readable=False)]) -> None:
     """Print the paper's Table I for a manifest and its clips per class and split."""
     from vocalprobe.runtime.datasets.describe import render, summarize
     from vocalprobe.runtime.core.manifest import read_manifest

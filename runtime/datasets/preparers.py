@@ -116,7 +116,8 @@ def prepare_folders(source: Path, out_dir: Path, *, follow_links: bool = False) 
                         if not d.name.startswith(".") and str(d) not in refused and d.is_dir())
     if not class_dirs:
         raise DatasetError(f"{source} has no class sub-folders; expected <class>/<file>.wav")
-    empty = [name for name in class_dirs if name not in set(class_of.values())]
+    with_problems = {Path(p.path).relative_to(root).parts[0] for p in listing.problems}
+    empty = [name for name in class_dirs if name not in set(class_of.values()) and name not in with_problems]
     if empty:
         raise DatasetError(_problem_list(f"class folders without any {READABLE_KINDS} file:", empty))
     checker = _Checker(listing)

@@ -152,3 +152,50 @@ def test_info_and_helpers(tmp_path):
     assert info.duration == pytest.approx(0.1)
     assert is_audio_file(path) and is_audio_file("x.Flac") and not is_audio_file("x.mp4")
     assert seconds_to_samples(0.5, 44_100) == 22_050
+
+
+def test_zero_byte_file(tmp_path):
+    path = tmp_path / "zero.wav"
+    path.write_bytes(b"")
+    with pytest.raises(errors.EmptyAudioError, match="zero.wav: is an empty file \\(0 bytes\\)"):
+        audio_info(path)
+
+
+@pytest.mark.parametrize("start,end", [(0.0, float("inf")), (float("inf"), None), (float("nan"), 0.5)])
+def test_non_finite_segment_is_refused(tmp_path, start, end):
+    path = tmp_path / "one.wav"
+    sf.write(path, sine(16_000, 1.0), 16_000)
+    with pytest.raises(errors.SegmentOutOfRange, match="not a finite number of seconds"):
+        read_audio(path, start, end)
+
+
+def test_check_audio_decodes_what_the_header_hides(tmp_path):
+    from vocalprobe.runtime.core.audio import check_audio
+
+    path = tmp_path / "bad.flac"
+    sf.write(path, np.random.default_rng(1).uniform(-.5, .5, 48_000).astype(np.float32), 16_000)
+    data = bytearray(path.read_bytes())
+    for k in range(len(data) // 2, len(data) // 2 + 2000):
+        data[k] = (data[k] * 7 + 13) % 256
+    path.write_bytes(bytes(data))
+    assert audio_info(path).frames == 48_000
+    with pytest.raises(errors.CorruptAudioError, match="bad.flac"):
+        check_audio(path)
+    good = tmp_path / "good.wav"
+    sf.write(good, sine(16_000, 0.5), 16_000)
+    assert check_audio(good).frames == 8_000
+
+
+def test_mp3_extension_follows_libsndfile():
+    from vocalprobe.runtime.core.audio import AUDIO_EXTENSIONS
+
+    assert (".mp3" in AUDIO_EXTENSIONS) == ("MP3" in sf.available_formats())
+    assert is_audio_file("x.MP3") == ("MP3" in sf.available_formats())
+
+
+def test_os_reason_words():
+    import errno
+
+    assert errors.os_reason(PermissionError(errno.EACCES, "Permission denied")) == "permission denied"
+    assert errors.os_reason(OSError(errno.ENOSPC, "No space left on device")) == "no space left on device"
+    assert errors.os_reason(OSError(errno.EBUSY, "Device or resource busy")) == "Device or resource busy"

@@ -37,6 +37,10 @@ def test_content_hash_changes_with_any_field(tmp_path):
     ("path,label,start,end\na.wav,x,2,1\n", "line 2: end \\(1.0\\) must be after start"),
     ("path,label,start\na.wav,x,abc\n", "start must be a number"),
     ("path,label,split\na.wav,x,dev\n", "split must be one of"),
+    ("path,label\na.wav,x\n\nb.wav,owl, juvenile\n", "line 4: 3 fields, the header has 2 .*double quotes"),
+    ("path,label,start,end\na.wav,x,0,inf\n", "line 2: end must be a finite number of seconds, got 'inf'"),
+    ("path,label,start,end\na.wav,x,1e400,\n", "line 2: start must be a finite number of seconds, got '1e400'"),
+    ("path,label,start\na.wav,x,nan\n", "start must be a finite number"),
 ])
 def test_invalid_manifests(tmp_path, text, message):
     path = tmp_path / "bad.csv"
@@ -57,3 +61,31 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "table.txt").stat().st_mode) == 0o644
+
+
+def test_latin1_manifest_names_the_line(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes("path,label\na.wav,owl\nb.wav,mésange\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match="m.csv: manifest is not UTF-8 \\(line 3\\): re-save it as UTF-8"):
+        read_manifest(path)
+
+
+def test_quoted_comma_in_a_label_is_kept(tmp_path):
+    path = tmp_path / "m.csv"
+    write_manifest(path, [ManifestRow("a.wav", "owl, juvenile")])
+    assert read_manifest(path).rows[0].label == "owl, juvenile"
+
+
+def test_full_disk_error_names_the_manifest(tmp_path, monkeypatch):
+    """ENOSPC surfaces in fsync, with no file name; write_manifest adds it so the CLI can name the file."""
+    import errno
+    import os
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError) as caught:
+        write_manifest(tmp_path / "m.csv", rows({"a": 2}))
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "m.csv")
+    assert not list(tmp_path.iterdir())  # no half-written manifest, no temp file

@@ -50,3 +50,29 @@ def test_tiny_classes_are_kept_and_reported():
 def test_bad_ratios():
     with pytest.raises(ManifestError, match="summing to 1"):
         assign_splits(rows({"a": 3}), ratios=(0.5, 0.2, 0.2))
+
+
+def test_duplicate_clips_share_one_split_and_are_reported():
+    unique = rows({"a": 30, "b": 20})
+    doubled = [r for r in unique for _ in range(2)] + [ManifestRow("./a/0.wav", "b")]  # same clip, another label
+    for stratify in (False, True):
+        out, report = assign_splits(doubled, seed=3, stratify=stratify)
+        split_of: dict[str, set[str]] = {}
+        for row in out:
+            split_of.setdefault(row.path.removeprefix("./"), set()).add(row.split)
+        assert all(len(splits) == 1 for splits in split_of.values())
+        assert len(report.duplicates) == 50
+        assert any("a/0.wav is listed 3 times, with different labels (a, b)" in w for w in report.warnings())
+
+
+def test_segments_of_one_file_are_different_clips():
+    segments = [ManifestRow("long.wav", "a", float(i), float(i + 1)) for i in range(10)]
+    out, report = assign_splits(segments, seed=0)
+    assert not report.duplicates and len({r.split for r in out}) > 1
+
+
+def test_without_duplicates_the_split_is_unchanged():
+    """The seeded split of a duplicate-free manifest is what it always was (existing manifests keep their splits)."""
+    out, _ = assign_splits(rows({"a": 6, "b": 4}), seed=42)
+    assert [r.split for r in out] == ["train", "val", "train", "train", "train", "train", "train", "train", "test",
+                                      "val"]  # what assign_splits gave before duplicates were handled
