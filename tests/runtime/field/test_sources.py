@@ -1,4 +1,4 @@
-"""Audio sources (runtime/field/sources.py): raw PCM on stdin, and the folder watcher."""
+"""Audio sources (runtime/field/sources.py): raw PCM on stdin, and the folder watcher (when a recording is finished)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import io
 
 import numpy as np
 import pytest
+import soundfile as sf
 
-from vocalprobe.runtime.field.sources import FolderWatcher, StdinSource
+from vocalprobe.runtime.field.sources import FolderWatcher, SourceError, StdinSource, wav_header_complete
 
 
 def test_stdin_multichannel_and_formats(tmp_path):
@@ -43,3 +44,97 @@ def test_watcher_waits_until_files_stop_growing(tmp_path):
     assert watcher.ready() == [growing]
     now[0] = 20.0
     assert watcher.ready() == []  # once per watcher
+
+
+def wav_bytes(seconds: float, rate: int = 8_000) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(int(seconds * rate), np.int16), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def test_watcher_waits_for_the_data_a_wav_header_declares(tmp_path):
+    """A recorder that pauses longer than the settle time: the header's data size says the file is not finished."""
+    now = [0.0]
+    watcher = FolderWatcher(tmp_path, settle_s=3.0, abandon_s=100.0, clock=lambda: now[0])
+    whole = wav_bytes(10.0)
+    path = tmp_path / "20210502_040000.WAV"
+    path.write_bytes(whole[:len(whole) * 4 // 10])  # 4 s of 10 written, then a pause
+    assert wav_header_complete(path) is False
+    for now[0] in (0.0, 5.0, 20.0):
+        assert watcher.ready() == []  # stable for longer than settle, but still short of its data
+    with path.open("ab") as handle:
+        handle.write(whole[len(path.read_bytes()):])
+    assert wav_header_complete(path) is True
+    now[0] = 21.0
+    assert watcher.ready() == []  # changed: settles again
+    now[0] = 24.0
+    assert watcher.ready() == [path]
+
+
+def test_watcher_hands_over_a_wav_that_stays_short_after_abandon_s(tmp_path):
+    now = [0.0]
+    watcher = FolderWatcher(tmp_path, settle_s=3.0, abandon_s=30.0, clock=lambda: now[0])
+    path = tmp_path / "DEAD.WAV"
+    path.write_bytes(wav_bytes(10.0)[:5000])  # the battery died: it will never be finished
+    assert watcher.ready() == []
+    now[0] = 29.0
+    assert watcher.ready() == [] and watcher.pending == 1
+    now[0] = 30.0
+    assert watcher.ready() == [path]  # reading it reports it as truncated
+
+
+def test_watcher_settle_time_alone_decides_without_a_data_size(tmp_path):
+    now = [0.0]
+    watcher = FolderWatcher(tmp_path, settle_s=3.0, clock=lambda: now[0])
+    streaming = bytearray(wav_bytes(1.0))
+    streaming[40:44] = (0xFFFFFFFF).to_bytes(4, "little")  # a streaming writer's "size unknown"
+    path = tmp_path / "LIVE.WAV"
+    path.write_bytes(bytes(streaming))
+    flac = tmp_path / "A.flac"
+    flac.write_bytes(b"fLaC" + b"\0" * 100)
+    assert wav_header_complete(path) is None and wav_header_complete(flac) is None
+    assert watcher.ready() == []
+    now[0] = 3.0
+    assert watcher.ready() == [flac, path]
+
+
+def test_watcher_lists_a_recording_only_once_renamed_from_its_temporary_name(tmp_path):
+    """AudioMoth (and copy tools) write under a temporary name and rename on close."""
+    now = [0.0]
+    watcher = FolderWatcher(tmp_path, settle_s=1.0, clock=lambda: now[0])
+    for name in ("20210502_040000.TMP", "20210502_050000.WAV.tmp", "20210502_060000.wav.part"):
+        (tmp_path / name).write_bytes(wav_bytes(1.0))
+    assert watcher.ready() == []
+    now[0] = 10.0
+    assert watcher.ready() == [] and watcher.pending == 0
+    final = tmp_path / "20210502_040000.WAV"
+    (tmp_path / "20210502_040000.TMP").rename(final)
+    assert watcher.ready() == []
+    now[0] = 11.0
+    assert watcher.ready() == [final]
+
+
+def test_watcher_hands_over_a_file_again_once_it_changes(tmp_path):
+    now = [0.0]
+    watcher = FolderWatcher(tmp_path, settle_s=1.0, clock=lambda: now[0])
+    path = tmp_path / "A.WAV"
+    path.write_bytes(wav_bytes(1.0))
+    watcher.ready()
+    now[0] = 1.0
+    assert watcher.ready() == [path]
+    now[0] = 5.0
+    assert watcher.ready() == []
+    path.write_bytes(wav_bytes(2.0))  # it grew after it was handed over
+    assert watcher.ready() == [] and watcher.pending == 1
+    now[0] = 6.0
+    assert watcher.ready() == [path]
+
+
+def test_watched_folder_that_disappears_raises(tmp_path):
+    folder = tmp_path / "card"
+    folder.mkdir()
+    watcher = FolderWatcher(folder, settle_s=1.0)
+    assert watcher.ready() == []
+    folder.rmdir()
+    with pytest.raises(SourceError, match="the folder disappeared"):
+        watcher.ready()

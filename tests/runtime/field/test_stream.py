@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from vocalprobe.cli import app
 from vocalprobe.runtime.field.onnx_model import OnnxModel
 from vocalprobe.runtime.field.run_state import DONE, RunState
-from vocalprobe.runtime.field.sources import FileSource, collect_files
+from vocalprobe.runtime.field.sources import FileSource, FolderWatcher, SourceError, collect_files
 from vocalprobe.runtime.field.stream import (
     DetectConfig,
     Outputs,
@@ -373,3 +373,136 @@ def test_ignored_class_is_never_reported(tmp_path, graph):
     assert labels(tmp_path / "b") == labels(tmp_path / "a") - {DEFAULT_CLASSES[0]}
     unknown = run_cli(["stream", folder, "-m", graph, "-o", tmp_path / "c", "--ignore", "noise"])
     assert unknown.exit_code == 1 and "not a class of the model" in unknown.output
+
+
+def corrupt_flac(path: Path) -> Path:
+    """A FLAC whose first seconds decode (a tone at 0.5-2.5 s) and whose middle is garbage: it fails part-way."""
+    x = tone_track([(0.5, 2.5, LOW), (6.0, 8.0, MID)], 10.0, 16_000, seed=1)
+    sf.write(path, x, 16_000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    middle = int(len(data) * 0.6)
+    data[middle:middle + 4000] = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+LOCK_HOLDER = textwrap.dedent("""
+    import sys
+    from vocalprobe.runtime.field.stream import Outputs
+    with Outputs(sys.argv[1], ("csv",), 8000):
+        print("locked", flush=True)
+        sys.stdin.read()   # hold the folder until the test closes our stdin
+""")
+
+
+def test_second_run_into_the_same_folder_fails_at_once(tmp_path, graph, pcm):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = run_cli(["stream", pcm[0], "-m", graph, "--window", "0.5", "-o", out])
+        assert second.exit_code == 1
+        assert f"is in use by another vocalprobe run (pid {holder.pid} on " in second.output
+        assert "started " in second.output and len(second.output.strip().splitlines()[-1]) < 400
+        assert not (out / "detections.jsonl").exists() and not (out / "detections.csv").exists()
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+    after = run_cli(["stream", pcm[0], "-m", graph, "--window", "0.5", "-o", out])  # the lock died with its holder
+    assert after.exit_code == 0, after.output
+
+
+def test_a_file_that_fails_part_way_leaves_no_rows(tmp_path, graph, pcm):
+    folder = tmp_path / "card"
+    folder.mkdir()
+    (folder / "20210502_040000.WAV").write_bytes(pcm[0].read_bytes())
+    bad = corrupt_flac(folder / "20210503_040000.flac")
+    decoded = []
+    with pytest.raises(Exception, match="read failed"):
+        for block in FileSource(bad, bad.name).blocks(16_000):
+            decoded.append(block)
+    assert sum(map(len, decoded)) > 3 * 16_000  # its tone at 0.5-2.5 s was read before it failed
+    out = tmp_path / "out"
+    args = ["stream", folder, "-m", graph, "--window", "0.5", "--min-conf", "0.8", "-o", out]
+    result = run_cli(args)
+    assert result.exit_code == 2, result.output
+    assert [e["file"] for e in csv.DictReader((out / "errors.csv").open())] == [bad.name]
+    jsonl = [json.loads(x)["file"] for x in (out / "detections.jsonl").read_text().splitlines()]
+    assert jsonl and set(jsonl) == {"20210502_040000.WAV"}
+    assert not (out / "20210503_040000.detections.csv").exists()
+
+    # A recording done earlier and replaced by a corrupt copy: its rows are retracted and its tables removed.
+    (folder / "20210502_040000.WAV").write_bytes(corrupt_flac(tmp_path / "x.flac").read_bytes())
+    again = run_cli(args)
+    assert again.exit_code == 2, again.output
+    assert live_rows(out / "detections.jsonl") == []
+    assert json.loads((out / "detections.jsonl").read_text().splitlines()[-1]) == {"retract": "20210502_040000.WAV"}
+    assert sorted(e["file"] for e in csv.DictReader((out / "errors.csv").open())) == [
+        "20210502_040000.WAV", bad.name]
+    assert not (out / "20210502_040000.detections.csv").exists()
+    assert list(csv.DictReader((out / "detections.csv").open())) == []
+
+
+def test_watched_file_that_grows_after_a_pause_is_analysed_again(tmp_path, graph):
+    """A recorder pauses longer than the settle time: the first part is analysed, then the whole file again, and
+    the JSONL retracts the rows of the first part; a restart does not double anything."""
+    watched, out = tmp_path / "card", tmp_path / "out"
+    watched.mkdir()
+    full = tone_track([(0.5, 2.0, LOW), (6.0, 8.0, MID)], 10.0, 16_000, seed=2)
+    name = "20210502_040000.WAV"
+    sf.write(watched / name, full[:4 * 16_000], 16_000, subtype="PCM_16")  # the first 4 s, header patched
+    model = OnnxModel(graph)
+    config = DetectConfig(WindowPlan.from_seconds(0.5, None, 16_000), min_conf=0.8, merge=True)
+    formats = ("csv", "jsonl")
+    now = [0.0]
+    sleeps = []
+
+    def sleep(seconds):  # the recorder goes on writing after the first file was handed over
+        sleeps.append(seconds)
+        now[0] += seconds
+        if len(sleeps) == 3:
+            sf.write(watched / name, full, 16_000, subtype="PCM_16")
+
+    watcher = FolderWatcher(watched, settle_s=3.0, clock=lambda: now[0])
+    with Outputs(out, formats, 8000) as outputs, \
+            RunState(out, run_settings(model, config), output_options(config, formats)) as state:
+        sources = state.todo(watcher.source(p) for p in watcher.follow(poll_s=2.0, idle_exit_s=10.0, sleep=sleep))
+        summary = run_sources(sources, model, config, outputs, state)
+    assert summary.done == [name, name]
+    table = [(r["file"], r["start_s"], r["label"]) for r in csv.DictReader((out / "detections.csv").open())]
+    assert [r[2] for r in table] == ["low", "mid"]
+    assert live_rows(out / "detections.jsonl") == table
+    lines = (out / "detections.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines].count({"retract": name}) == 1
+
+    restarted = run_cli(["stream", "--watch", watched, "--settle", "0", "--poll", "0.05", "--idle-exit", "0.3",
+                         "-m", graph, "--window", "0.5", "--min-conf", "0.8", "--merge", "--format", "csv,jsonl",
+                         "-o", out])
+    assert restarted.exit_code == 0 and "done: 0 file(s)" in restarted.output, restarted.output
+    assert (out / "detections.jsonl").read_text().splitlines() == lines
+
+
+def test_watched_folder_that_disappears_is_reported(tmp_path, graph, pcm):
+    import shutil
+
+    watched, out = tmp_path / "card", tmp_path / "out"
+    watched.mkdir()
+    (watched / "A.WAV").write_bytes(pcm[0].read_bytes())
+    model = OnnxModel(graph)
+    config = DetectConfig(WindowPlan.from_seconds(0.5, None, 16_000), min_conf=0.8)
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+        if now[0] >= 3:
+            shutil.rmtree(watched, ignore_errors=True)  # the card is pulled out
+
+    watcher = FolderWatcher(watched, settle_s=1.0, clock=lambda: now[0])
+    with RunState(out, run_settings(model, config), output_options(config, ("csv",))) as state:
+        with pytest.raises(SourceError, match="the folder disappeared"):
+            run_sources(state.todo(watcher.source(p) for p in watcher.follow(poll_s=1.0, idle_exit_s=30.0, sleep=sleep)), model,
+                        config, Outputs(out, ("csv",), 8000), state)
+        assert state.count(DONE) == 1  # what was done before is kept
+    assert (out / "A.detections.csv").is_file()
