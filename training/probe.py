@@ -22,7 +22,7 @@ import contextlib
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -35,6 +35,7 @@ from vocalprobe.runtime.core.atomic import atomic_write_bytes, atomic_write_text
 from vocalprobe.runtime.core.errors import VocalprobeError
 from vocalprobe.runtime.core.metrics import uar
 from vocalprobe.runtime.core.preprocess import MIN_SAMPLES
+from vocalprobe.runtime.core.records import from_record, to_record
 from vocalprobe.runtime.core.resample import MODEL_SAMPLE_RATE
 
 #: Version of the probe checkpoint layout; bumped when a key changes meaning.
@@ -85,9 +86,7 @@ class ProbeConfig:
             raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["hidden_sizes"] = list(self.hidden_sizes)
-        return d
+        return to_record(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ProbeConfig":
@@ -95,7 +94,7 @@ class ProbeConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown probe setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+        return from_record(cls, data)
 
 
 class MLPProbe(nn.Module):
@@ -367,22 +366,15 @@ class ProbeInfo:
     format: int = CHECKPOINT_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["labels"] = list(self.labels)
-        d["hidden_sizes"] = list(self.hidden_sizes)
-        return d
+        return to_record(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ProbeInfo":
-        known = {f.name for f in fields(cls)}
         required = {"backbone", "backbone_id", "backbone_revision", "layer", "labels", "n_features", "hidden_sizes"}
         missing = sorted(required - set(data))
         if missing:
             raise ProbeCheckpointError(f"probe metadata lacks {', '.join(missing)}")
-        data = {k: v for k, v in data.items() if k in known}
-        data["labels"] = tuple(data["labels"])
-        data["hidden_sizes"] = tuple(data["hidden_sizes"])
-        return cls(**data)
+        return from_record(cls, data, ignore_unknown=True)  # keys of a newer vocalprobe are not ours to read
 
 
 #: How clips are turned into model input before the backbone (see vocalprobe.runtime.core.preprocess).

@@ -206,3 +206,66 @@ def test_load_errors(tmp_path, fitted):
         load_probe(tmp_path / "junk.safetensors")
     with pytest.raises(ProbeCheckpointError, match="does not match the probe"):
         save_probe(tmp_path / "x", fitted.model_, _info(n_features=7))
+
+
+#: A probe's .json as vocalprobe 0.9.0 wrote it (hand-written to_dict, before runtime.core.records).
+OLD_PROBE_JSON = """{
+  "backbone": "hubert",
+  "backbone_fingerprint": "abc",
+  "backbone_id": "facebook/hubert-base-ls960",
+  "backbone_revision": null,
+  "dataset": "tones",
+  "format": 1,
+  "hidden_sizes": [
+    16,
+    8
+  ],
+  "labels": [
+    "chirp",
+    "hoot"
+  ],
+  "layer": 3,
+  "n_features": 64,
+  "preprocessing": {
+    "min_samples": 5000,
+    "peak_normalize": true,
+    "pooling": "mean+std",
+    "sample_rate": 16000
+  },
+  "probe_config": {
+    "batch_size": 16,
+    "device": "cpu",
+    "early_stopping_patience": 10,
+    "eval_batch_size": 4096,
+    "hidden_sizes": [
+      16,
+      8
+    ],
+    "learning_rate": 0.001,
+    "lr_factor": 0.1,
+    "lr_patience": 10,
+    "max_epochs": 30,
+    "seed": 1,
+    "weight_decay": 0.0
+  },
+  "seed": 1,
+  "test_uar": 0.25,
+  "val_uar": 0.5,
+  "vocalprobe_version": "0.9.0"
+}
+"""
+
+
+def test_probe_metadata_written_before_reads_and_rewrites_byte_identically():
+    info = ProbeInfo.from_dict(json.loads(OLD_PROBE_JSON))
+    assert info.labels == ("chirp", "hoot") and info.hidden_sizes == (16, 8) and info.backbone_revision is None
+    assert json.dumps(info.to_dict(), indent=2, sort_keys=True) + "\n" == OLD_PROBE_JSON
+    config = ProbeConfig.from_dict(info.probe_config)
+    assert config == ProbeConfig(hidden_sizes=(16, 8), seed=1)
+    assert config.to_dict() == info.probe_config  # lists, as JSON gives them back
+    # keys a newer vocalprobe may add are skipped, not an error; a missing required key is one
+    assert ProbeInfo.from_dict({**json.loads(OLD_PROBE_JSON), "added_later": 1}) == info
+    with pytest.raises(ProbeCheckpointError, match="lacks labels"):
+        ProbeInfo.from_dict({k: v for k, v in json.loads(OLD_PROBE_JSON).items() if k != "labels"})
+    with pytest.raises(ValueError, match="unknown probe setting.*colour"):
+        ProbeConfig.from_dict({"colour": "red"})

@@ -61,6 +61,56 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+#: A summary.json of vocalprobe 0.9.0 (hand-written to_dict/from_dict), as compact JSON; the file it wrote was this
+#: with indent=2 and sorted keys, whose sha256 is OLD_SUMMARY_SHA256.
+OLD_SUMMARY = (
+    '{"choices": [{"backbone": "hubert", "backbone_name": "/tmp/m/hubert", "best_layer": 1, "best_layer_on_test": 1'
+    ', "dataset": "tones", "exported_seed": 0, "kind": "untrained", "layers": [0, 1], "posteriors_path": "probes/to'
+    'nes/hubert.test_posteriors.npy", "probe_path": "probes/tones/hubert.safetensors", "test_mean": [0.416666666666'
+    '66663, 0.75], "test_std": [0.05, 0.0], "val_mean": [0.5, 0.8333333333333334], "val_std": [0.0, 0.1]}], "config'
+    '": {"backbones": ["a", "b"], "layers": "all", "name": "small", "probe": {"hidden_sizes": [128, 64, 32]}}, "dat'
+    'asets": [{"failed": [{"backbone": "hubert", "path": "clips/broken.wav", "problem": "not audio"}], "labels": ["'
+    'chirp", "hoot"], "manifest": "/tmp/tones/manifest.csv", "n_clips": {"test": 12, "train": 24, "val": 12}, "name'
+    '": "tones"}], "fusion": [{"backbones": ["hubert", "wav2vec2"], "confusion": [[4, 0], [1, 3]], "dataset": "tone'
+    's", "labels": "fusion/tones/test_labels.npy", "layers": [1, 2], "mean": 0.8333333333333333, "posteriors": ["fu'
+    'sion/tones/s0.test_posteriors.npy", "fusion/tones/s1.test_posteriors.npy"], "rows": "fusion/tones/test_rows.np'
+    'y", "seeds": [0, 1], "sources": [["runs/tones/hubert/L01_s0.test_proba.npy", "runs/tones/wav2vec2/L02_s0.test_'
+    'proba.npy"], ["runs/tones/hubert/L01_s1.test_proba.npy", "runs/tones/wav2vec2/L02_s1.test_proba.npy"]], "std":'
+    ' 0.08333333333333331, "test_ci": [[0.5, 1.0], [0.6666666666666666, 1.0]], "test_uar": [0.75, 0.916666666666666'
+    '6]}], "results": [{"backbone": "hubert", "best_epoch": 7, "dataset": "tones", "epochs_run": 18, "layer": 1, "n'
+    '_test": 12, "n_train": 24, "n_val": 12, "seed": 0, "test_ci_high": 1.0, "test_ci_low": 0.5, "test_uar": 0.75, '
+    '"val_uar": 0.8333333333333334}], "vocalprobe_version": "0.9.0"}'
+)
+OLD_SUMMARY_SHA256 = "27e1d0e149f19fb7ed37f6d00d97aa9773a91d4a9fffebdebb9bea145a47292e"
+
+
+def test_summary_written_before_loads_and_rewrites_byte_identically(tmp_path):
+    import hashlib
+
+    from vocalprobe.training.study.results import write_summary
+
+    old = json.dumps(json.loads(OLD_SUMMARY), indent=2, sort_keys=True) + "\n"
+    assert hashlib.sha256(old.encode()).hexdigest() == OLD_SUMMARY_SHA256
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "summary.json").write_text(old)
+    summary = load_summary(tmp_path / "old")
+    fusion, choice = summary.fusion[0], summary.choices[0]
+    assert fusion.test_ci == ((0.5, 1.0), (0.6666666666666666, 1.0)) and fusion.confusion == ((4, 0), (1, 3))
+    assert isinstance(fusion.sources[0], tuple) and choice.layers == (0, 1) and choice.score(1) == (0.75, 0.0)
+    assert summary.datasets[0].n_clips == {"test": 12, "train": 24, "val": 12} and summary.vocalprobe_version == "0.9.0"
+    write_summary(tmp_path / "new", summary)
+    assert (tmp_path / "new" / "summary.json").read_text() == old
+    assert load_summary(tmp_path / "new") == summary
+
+
+def test_unreadable_summary_is_one_study_error(tmp_path):
+    with pytest.raises(StudyError, match="not found: run the study first"):
+        load_summary(tmp_path)
+    (tmp_path / "summary.json").write_text('{"config": {}, "datasets": [], "results": [{"layer": 1}]}')
+    with pytest.raises(StudyError, match="not a study summary.*re-run the study"):
+        load_summary(tmp_path)
+
+
 def test_outputs_exist_and_agree(study):
     config, summary = study
     out = config.out_dir
@@ -193,6 +243,28 @@ def test_report_links_every_output(study):
         assert (config.out_dir / link).is_file(), link
     for choice in summary.choices:
         assert choice.probe_path in report
+
+
+def test_rerun_over_a_finished_study_trains_nothing_and_rewrites_the_same_bytes(study, monkeypatch):
+    """Resuming is free and exact: no backbone, no probe fit, and every file of the study folder is byte-identical."""
+    config, summary = study
+    before = {p: p.read_bytes() for p in config.out_dir.rglob("*") if p.is_file()}
+
+    import vocalprobe.training.backbones as backbones
+    from vocalprobe.training.probe import ProbeClassifier
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished study must not load a backbone or train a probe again")
+
+    monkeypatch.setattr(backbones, "load_backbone", refuse)
+    monkeypatch.setattr(ProbeClassifier, "fit", refuse)
+    again = run_study(config, progress=False)
+    assert again == summary
+    after = {p: p.read_bytes() for p in config.out_dir.rglob("*") if p.is_file()}
+    assert set(after) == set(before)
+    assert [p.relative_to(config.out_dir).as_posix() for p in before if after[p] != before[p]] == []
+    assert (config.out_dir / "summary.json").read_bytes() == json.dumps(
+        json.loads((config.out_dir / "summary.json").read_text()), indent=2, sort_keys=True).encode() + b"\n"
 
 
 def test_rerun_reuses_finished_probes(study, monkeypatch):
@@ -356,3 +428,23 @@ def test_reduced_precision_is_measured_and_saved(tmp_path, tiny_checkpoints):
     assert precision["dtype"] == "bfloat16" and 0 < precision["max_abs_diff"] < 1.0
     with pytest.raises(StudyError, match="dtype must be"):
         StudyConfig(name="x", datasets=(DatasetSpec("tones", manifest),), backbones=("hubert",), dtype="int8")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_demo_study_with_a_backbone_it_cannot_build_is_one_line(tmp_path, monkeypatch):
+    """The embedded study builds only tiny-<family> checkpoints: any other folder is a one-line error, through the
+    CLI, before anything is generated."""
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+    from vocalprobe.training.study import default as default_study
+
+    text = default_study.default_config_text().replace("artifacts/models/tiny-wavlm", "artifacts/models/whisper")
+    monkeypatch.setattr(default_study, "default_config_text", lambda: text)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["study", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output and result.exception.__class__ is SystemExit
+    assert "cannot build artifacts/models/whisper" in errors[0] and "vocalprobe study --backbone" in errors[0]
+    assert not (tmp_path / "artifacts").exists()  # refused before the dataset or any checkpoint was written
