@@ -202,8 +202,8 @@ def run_demo(root: str | Path = ".", *, log: Callable[[str], None] = print, prog
 
 @friendly_errors
 def demo_command(
-    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads for the study and export (1 is fastest on a busy "
-                                              "2-core machine).")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads for the study and export (1 is fastest on "
+                                                     "a busy 2-core machine).")] = 1,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Run the embedded default end to end: study -> export (fp32, int8, fusion) -> validate -> stream + score.

@@ -45,3 +45,14 @@ def test_demo_runs_every_step(tmp_path, monkeypatch):
     assert (stream / "detections.csv").is_file() and list(stream.rglob("*.selection.table.txt"))
     field_row = re.search(r"\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|", text)
     assert field_row and int(field_row.group(2)) > 0
+
+
+def test_demo_threads_below_one_is_a_usage_error_before_any_work(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["demo", "--threads", "0"])
+    assert result.exit_code == 2 and "--threads" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "artifacts").exists()

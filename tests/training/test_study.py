@@ -323,6 +323,15 @@ def test_config_errors(tmp_path):
         StudyConfig.from_toml(tmp_path / "bad.toml")
     with pytest.raises(StudyError, match="at least one dataset"):
         StudyConfig(name="x", datasets=(), backbones=("hubert",))
+    # values that used to fail later, as a traceback from the TOML writer or the feature extractor
+    (tmp_path / "nan.toml").write_text('name = "x"\nbackbones = ["hubert"]\ndatasets = ["m.csv"]\n'
+                                       'chunk_seconds = nan\n')
+    with pytest.raises(StudyError, match="chunk_seconds must be a positive number"):
+        StudyConfig.from_toml(tmp_path / "nan.toml")
+    with pytest.raises(StudyError, match="layers must be distinct"):
+        StudyConfig(name="x", datasets=(DatasetSpec("d", Path("m.csv")),), backbones=("hubert",), layers=(1, 1))
+    with pytest.raises(StudyError, match="batch_size must be"):
+        StudyConfig(name="x", datasets=(DatasetSpec("d", Path("m.csv")),), backbones=("hubert",), batch_size=0)
     assert dataset_from_manifest("imv=data/x.csv") == DatasetSpec("imv", Path("data/x.csv"))
     assert dataset_from_manifest("data/watkins/manifest.csv").name == "watkins"
 

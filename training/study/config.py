@@ -77,6 +77,11 @@ class StudyConfig:
             raise StudyError(f"layers must be distinct non-negative layer numbers, got {list(self.layers)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise StudyError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if not (isinstance(self.chunk_seconds, (int, float)) and math.isfinite(self.chunk_seconds)
+                and self.chunk_seconds > 0):
+            raise StudyError(f"chunk_seconds must be a positive number of seconds, got {self.chunk_seconds!r}")
+        if self.batch_size < 1:
+            raise StudyError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.bootstrap_resamples < 10:
             raise StudyError(f"bootstrap_resamples must be >= 10, got {self.bootstrap_resamples}")
 
@@ -226,7 +231,7 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"cannot write {value} to TOML")
+            raise StudyError(f"cannot write {value} to TOML: use a finite number")
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
