@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS files (
     problem TEXT,
     options_id INTEGER REFERENCES options(id),
     updated REAL NOT NULL
-);
+) WITHOUT ROWID;
 """
 
 
@@ -120,6 +120,7 @@ class RunState:
         legacy = self._read_legacy(legacy_path) if legacy_path.exists() else None  # refused before anything is made
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA page_size=1024")  # a commit rewrites a few pages: small ones spare the card
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; the outputs are fsynced first
             self._db.executescript(_SCHEMA)
