@@ -104,7 +104,7 @@ def stream(
     from vocalprobe.runtime.field.ensemble import load_models
     from vocalprobe.runtime.core.errors import AudioError
     from vocalprobe.runtime.field.sources import FolderWatcher, StdinSource, collect_files
-    from vocalprobe.runtime.field.run_state import RunState
+    from vocalprobe.runtime.field.run_state import JOURNAL_NAME, RunState
     from vocalprobe.runtime.field.stream import DetectConfig, Outputs, output_options, run_settings, run_sources
     from vocalprobe.runtime.field.windows import WindowPlan
     from vocalprobe.runtime.field.writers import parse_formats
@@ -135,6 +135,8 @@ def stream(
     with Outputs(out, formats, net.sample_rate / 2) as outputs:  # the folder is ours, or this fails at once
         if inputs == ["-"]:
             source = StdinSource(sample_rate, channels, dtype, block_frames=block_size)
+            if (out / JOURNAL_NAME).exists():  # its live rows would not be in the journal's count of the JSONL
+                raise fail(f"{out} holds the outputs of a run over files; stream stdin into another --out folder")
             with _Progress(None, None) as progress:
                 summary = run_sources([source], net, config, outputs, None, progress=progress, log=_say)
         else:

@@ -146,7 +146,8 @@ class RunState:
             self._db.execute("BEGIN")
             self._set_meta("format", JOURNAL_FORMAT)
             self._set_meta("settings", json.dumps(self.settings, sort_keys=True))
-            self._set_meta("jsonl_committed", "0")
+            jsonl = self.out_dir / JSONL_OUTPUT  # rows already there (a stdin stream's) are kept as they are
+            self._set_meta("jsonl_committed", str(jsonl.stat().st_size if jsonl.exists() else 0))
             self._db.execute("COMMIT")
             return
         if found != JOURNAL_FORMAT:

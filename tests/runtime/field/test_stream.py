@@ -506,3 +506,20 @@ def test_watched_folder_that_disappears_is_reported(tmp_path, graph, pcm):
                         config, Outputs(out, ("csv",), 8000), state)
         assert state.count(DONE) == 1  # what was done before is kept
     assert (out / "A.detections.csv").is_file()
+
+
+def test_rows_of_a_stdin_stream_survive_a_later_file_run_into_the_folder(tmp_path, graph, pcm):
+    wav, raw = pcm
+    out = tmp_path / "out"
+    common = ["-m", graph, "--window", "0.5", "--min-conf", "0.8", "-o", out]
+    live = run_cli(["stream", "-", "--sample-rate", "44100", *common], input=raw)
+    assert live.exit_code == 0, live.output
+    stdin_rows = (out / "detections.jsonl").read_text()
+    assert stdin_rows
+    files = run_cli(["stream", wav, *common])
+    assert files.exit_code == 0, files.output
+    text = (out / "detections.jsonl").read_text()
+    assert text.startswith(stdin_rows) and len(text) > len(stdin_rows)
+    again = run_cli(["stream", "-", "--sample-rate", "44100", *common], input=raw)
+    assert again.exit_code == 1 and "stream stdin into another --out folder" in again.output
+    assert (out / "detections.jsonl").read_text() == text
