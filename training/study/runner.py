@@ -29,7 +29,7 @@ from vocalprobe.runtime.core.manifest import SPLITS, Manifest, read_manifest
 from vocalprobe.runtime.core.metrics import bootstrap_uar_ci, confusion_matrix, uar
 from vocalprobe.runtime.core.records import from_record, to_record
 from vocalprobe.training.probe import ProbeConfig
-from vocalprobe.training.study.config import (  # noqa: F401  (DatasetSpec, StudyConfig, StudyError: re-exported)
+from vocalprobe.training.study.config import (
     DatasetSpec,
     StudyConfig,
     StudyError,
@@ -73,20 +73,20 @@ def run_study(config: StudyConfig, *, progress: bool = True, write_outputs: bool
     choices: list[LayerChoice] = []
     fusion: list[FusionResult] = []
     for spec in config.datasets:
-        manifest = read_manifest(spec.manifest)
+        manifest = read_manifest(spec.manifest)  # data
         check_splits(manifest, spec)
         runs = [BackboneRun(config, spec, manifest, name, probe, progress=progress) for name in config.backbones]
         spec_choices = []
         for run in runs:
             run.ensure_probes()  # features and probes: only what is missing
             results += run.results
-            spec_choices.append(choose_layer(run))
+            spec_choices.append(choose_layer(run))  # choice
         choices += spec_choices
-        fusion.append(fuse(runs, spec_choices))
+        fusion.append(fuse(runs, spec_choices))  # fusion
         datasets.append(DatasetInfo(spec.name, str(spec.manifest), manifest.labels, runs[-1].clip_counts(),
                                     [f for run in runs for f in run.failed()]))
 
-    summary = StudySummary(config.to_dict(), datasets, results, choices, fusion)
+    summary = StudySummary(config.to_dict(), datasets, results, choices, fusion)  # report
     write_summary(out, summary)
     if write_outputs:
         write_report(out, summary)
