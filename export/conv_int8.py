@@ -29,10 +29,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
 from vocalprobe.export.graph_rewrites import MS_DOMAIN, attribute, use_ms_domain
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["ConvRewrite", "convs_as_int8_matmuls", "conv_int8_support"]
 
@@ -47,7 +51,7 @@ class ConvRewrite:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def conv_int8_support(node, initializers: dict) -> str | None:
+def conv_int8_support(node: "onnx.NodeProto", initializers: Mapping[str, "onnx.TensorProto"]) -> str | None:
     """Why ``node`` cannot be rewritten (None: it can)."""
     if node.op_type != "Conv":
         return "not a Conv"
@@ -103,7 +107,7 @@ def _quantize_weights(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.round(block / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
 
 
-def _rewrite(node, weight: np.ndarray, bias: str | None) -> tuple[_Builder, str]:
+def _rewrite(node: "onnx.NodeProto", weight: np.ndarray, bias: str | None) -> tuple[_Builder, str]:
     from onnx import TensorProto
 
     out_channels, in_channels, kernel = weight.shape
@@ -163,7 +167,7 @@ def _rewrite(node, weight: np.ndarray, bias: str | None) -> tuple[_Builder, str]
     return b, correction
 
 
-def convs_as_int8_matmuls(model, names) -> ConvRewrite:
+def convs_as_int8_matmuls(model: "onnx.ModelProto", names: Iterable[str]) -> ConvRewrite:
     """Rewrite the Conv nodes named in ``names`` (in place); see the module docs. Unsupported ones are kept."""
     from onnx import numpy_helper
 

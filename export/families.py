@@ -1,6 +1,6 @@
 """One declarative entry per backbone family: how its probe pipeline is exported and how closely it must match.
 
-Every family is exported the same way (``torch.onnx.export(dynamo=True)`` of ``training.pipeline.ProbePipeline``);
+Every family is exported the same way (``torch.onnx.export(dynamo=True)`` of ``training.deployable.ProbePipeline``);
 the entries say what differs: the opset, the parity tolerances and how the backbone is truncated after layer L.
 Measured here (torch 2.13, transformers 5.24): the TorchScript exporter cannot trace the symbolic repeat padding
 (``torch.sym_max`` on a traced size), while the dynamo exporter gives a truly dynamic batch and time axis for all
@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.graph_contract import INPUT_AXES, WAVEFORM
 
 __all__ = ["ExportFamily", "FAMILIES", "family_of", "INPUT_NAME", "DYNAMIC_AXES"]
 
-INPUT_NAME = "waveform"
-#: Named dynamic axes of the graph's inputs (the optional state inputs broadcast: batch or 1).
-DYNAMIC_AXES = {"waveform": {0: "batch", 1: "samples"}, "peak": {0: "state_batch"}, "prior_count": {0: "state_batch"},
-                "prior_mean": {0: "state_batch"}, "prior_m2": {0: "state_batch"}}
+#: The graph contract's input name and named dynamic axes, the same for every family.
+INPUT_NAME = WAVEFORM
+DYNAMIC_AXES = INPUT_AXES
 
 
 class UnsupportedFamilyError(VocalprobeError):

@@ -19,8 +19,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from vocalprobe.runtime.field.ensemble import normalized_weights
+from vocalprobe.export.onnx_io import OnnxFileError, get_metadata, load_model, save_model, set_metadata
 from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.graph_contract import (EMBEDDING, MEMBERS, PEAK, PRIOR_INPUTS, PROBABILITIES, QUANTIZATION,
+                                                    STATE_BATCH_AXIS, STATS_OUTPUTS, WAVEFORM, GraphMetadata)
+from vocalprobe.runtime.field.ensemble import normalized_weights
 
 __all__ = ["FusionError", "fuse_models", "fusion_from_study"]
 
@@ -33,32 +36,35 @@ class FusionError(VocalprobeError):
 class _Member:
     path: Path
     model: object  # onnx.ModelProto
-    info: object  # runtime.onnx_model.ModelInfo
+    info: GraphMetadata
 
 
 def _load_member(path: str | Path) -> _Member:
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    from vocalprobe.export.metadata import get_metadata
-    from vocalprobe.runtime.field.onnx_model import parse_metadata
-
     path = Path(path)
-    if not path.is_file():
-        raise FusionError(f"{path}: member graph not found")
     try:
-        model = onnx.load(str(path))
-    except (DecodeError, ValueError, OSError) as exc:
-        raise FusionError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
-    info = parse_metadata(get_metadata(model), str(path))
+        model = load_model(path)
+    except OnnxFileError as exc:
+        raise FusionError(f"member graph {exc}") from None
+    info = GraphMetadata.from_map(get_metadata(model), str(path))
     inputs = {i.name for i in model.graph.input}
     outputs = {o.name for o in model.graph.output}
-    missing = [n for n in ("waveform",) if n not in inputs] + [
+    missing = [n for n in (WAVEFORM,) if n not in inputs] + [
         n for n in (info.class_outputs_key, info.embedding_outputs_key) if n and n not in outputs]
     if missing:
         raise FusionError(f"{path}: lacks {', '.join(missing)}; only graphs written by `vocalprobe export` "
                           "can be fused")
     return _Member(path, model, info)
+
+
+def _refuse_member_as_output(paths: Sequence[str | Path], out_path: str | Path) -> None:
+    """Writing the fused graph over a member would destroy an input silently; compared as resolved paths (and as
+    the same file, for hard links)."""
+    out = Path(out_path)
+    for path in map(Path, paths):
+        same = out.resolve() == path.resolve() or (out.exists() and path.exists() and out.samefile(path))
+        if same:
+            raise FusionError(f"--out {out} is the member graph {path}: the fused graph would overwrite it; "
+                              "choose another --out")
 
 
 def _check_compatible(members: list[_Member], sample_duration: float | None) -> None:
@@ -97,16 +103,17 @@ def _opset_imports(members: list[_Member]) -> dict[str, int]:
 
 def fuse_models(paths: Sequence[str | Path], out_path: str | Path, *, weights: Sequence[float] | None = None,
                 sample_duration: float | None = None, extra_metadata: dict | None = None) -> Path:
-    """Merge the member graphs at ``paths`` into one graph at ``out_path`` (written atomically)."""
+    """Merge the member graphs at ``paths`` into one graph at ``out_path`` (written atomically), which may not be
+    one of the members."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     from onnx.compose import add_prefix
 
-    from vocalprobe.export.metadata import build_metadata, set_metadata
-    from vocalprobe.export.onnx_export import save_model
+    from vocalprobe.export.metadata import build_metadata
 
     if len(paths) < 2:
         raise FusionError(f"fusion needs at least 2 member graphs, got {len(paths)}")
+    _refuse_member_as_output(paths, out_path)
     members = [_load_member(p) for p in paths]
     _check_compatible(members, sample_duration)
     w = normalized_weights(weights, len(members))
@@ -120,20 +127,20 @@ def fuse_models(paths: Sequence[str | Path], out_path: str | Path, *, weights: S
     for i, m in enumerate(members):
         prefix = f"m{i}_"
         graph = add_prefix(m.model, prefix).graph
-        shared = {f"{prefix}waveform": "waveform", f"{prefix}peak": "peak"}
+        shared = {f"{prefix}{WAVEFORM}": WAVEFORM, f"{prefix}{PEAK}": PEAK}
         for node in graph.node:
             node.input[:] = [shared.get(n, n) for n in node.input]
         for init in graph.initializer:
-            if init.name == f"{prefix}peak":
+            if init.name == f"{prefix}{PEAK}":
                 peak_value = init
                 continue
             initializers.append(init)
         nodes.extend(graph.node)
         for value in graph.input:
-            if value.name.startswith(f"{prefix}prior_"):
+            if value.name.removeprefix(prefix) in PRIOR_INPUTS:
                 inputs.append(value)
         for value in graph.output:
-            if value.name.startswith(f"{prefix}stats_"):
+            if value.name.removeprefix(prefix) in STATS_OUTPUTS:
                 outputs.append(value)
         order = [list(m.info.classes).index(c) for c in classes]  # member column of each fused class
         order_name, weight_name = f"{prefix}class_order", f"{prefix}fusion_weight"
@@ -145,15 +152,15 @@ def fuse_models(paths: Sequence[str | Path], out_path: str | Path, *, weights: S
                                    [f"{prefix}probabilities_weighted"], name=f"{prefix}weight")]
         weighted.append(f"{prefix}probabilities_weighted")
         embeddings.append(prefix + m.info.embedding_outputs_key)
-    nodes.append(helper.make_node("Sum", weighted, ["probabilities"], name="fusion_mean"))
-    nodes.append(helper.make_node("Concat", embeddings, ["embedding"], axis=1, name="fusion_embedding"))
-    graph_inputs = [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", "samples"])]
+    nodes.append(helper.make_node("Sum", weighted, [PROBABILITIES], name="fusion_mean"))
+    nodes.append(helper.make_node("Concat", embeddings, [EMBEDDING], axis=1, name="fusion_embedding"))
+    graph_inputs = [helper.make_tensor_value_info(WAVEFORM, TensorProto.FLOAT, ["batch", "samples"])]
     if peak_value is not None:
-        peak_value.name = "peak"
+        peak_value.name = PEAK
         initializers.append(peak_value)
-        graph_inputs.append(helper.make_tensor_value_info("peak", TensorProto.FLOAT, ["state_batch", 1]))
-    graph_outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", len(classes)]),
-                     helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", None])]
+        graph_inputs.append(helper.make_tensor_value_info(PEAK, TensorProto.FLOAT, [STATE_BATCH_AXIS, 1]))
+    graph_outputs = [helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, ["batch", len(classes)]),
+                     helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, ["batch", None])]
     graph = helper.make_graph(nodes, "vocalprobe_fusion", graph_inputs + inputs, graph_outputs + outputs,
                               initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
@@ -163,14 +170,14 @@ def fuse_models(paths: Sequence[str | Path], out_path: str | Path, *, weights: S
     for m, weight in zip(members, w):
         meta = m.info.metadata
         described.append({"file": m.path.name, "backbone": meta.get("backbone"), "layer": meta.get("layer"),
-                          "dataset": meta.get("dataset"), "quantization": meta.get("quantization", "none"),
+                          "dataset": meta.get("dataset"), "quantization": meta.get(QUANTIZATION, "none"),
                           "weight": float(weight)})
     first_meta = members[0].info.metadata
-    extra = {"members": described, "dataset": first_meta.get("dataset"),
+    extra = {MEMBERS: described, "dataset": first_meta.get("dataset"),
              "manifest_sha256": first_meta.get("manifest_sha256")
              if len({m.info.metadata.get("manifest_sha256") for m in members}) == 1 else None,
              "preprocessing": first_meta.get("preprocessing"), "backbone": "fusion",
-             "quantization": ",".join(sorted({d["quantization"] for d in described})),
+             QUANTIZATION: ",".join(sorted({d["quantization"] for d in described})),
              **(extra_metadata or {})}
     metadata = build_metadata(classes=classes, sample_rate=members[0].info.sample_rate,
                               sample_duration=sample_duration or members[0].info.sample_duration,

@@ -15,7 +15,12 @@ The rewrites change the graph only where a pattern is complete and self-containe
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["fuse_gelu", "cancel_transposes", "clear_value_info", "scalar_values", "attribute", "MS_DOMAIN",
            "use_ms_domain"]
@@ -26,7 +31,7 @@ _SQRT2 = float(np.sqrt(2.0))
 _ELEMENTWISE = {"Abs", "Add", "Div", "Erf", "Gelu", "Identity", "Mul", "Neg", "Relu", "Sigmoid", "Sqrt", "Sub", "Tanh"}
 
 
-def attribute(node, name: str, default=None):
+def attribute(node: "onnx.NodeProto", name: str, default=None):
     """The value of ``node``'s attribute ``name`` (ints, floats, strings as bytes...), or ``default``."""
     from onnx import helper
 
@@ -36,7 +41,7 @@ def attribute(node, name: str, default=None):
     return default
 
 
-def use_ms_domain(model) -> None:
+def use_ms_domain(model: "onnx.ModelProto") -> None:
     """Declare onnxruntime's contrib-op domain on ``model`` (idempotent)."""
     from onnx import helper
 
@@ -44,7 +49,7 @@ def use_ms_domain(model) -> None:
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 
 
-def scalar_values(graph) -> dict[str, float]:
+def scalar_values(graph: "onnx.GraphProto") -> dict[str, float]:
     """Values of the graph's one-element constants (initializers and ``Constant`` nodes), by tensor name."""
     from onnx import helper, numpy_helper
 
@@ -81,7 +86,7 @@ def _replace_nodes(graph, removed: set[int], inserted: dict[int, list]) -> None:
     graph.node.extend(nodes)
 
 
-def fuse_gelu(model) -> int:
+def fuse_gelu(model: "onnx.ModelProto") -> int:
     """Replace every complete ``x * 0.5 * (1 + erf(x / sqrt 2))`` chain (any operand order) by ``Gelu(x)``.
 
     Returns the number of chains fused. A chain is fused only when its intermediate values feed nothing else.
@@ -144,7 +149,7 @@ def _is_swap(node) -> bool:
     return node.op_type == "Transpose" and list(attribute(node, "perm", [])) == [0, 2, 1]
 
 
-def cancel_transposes(model) -> int:
+def cancel_transposes(model: "onnx.ModelProto") -> int:
     """Drop ``Transpose(0,2,1)`` pairs around scalar-operand elementwise regions; returns the pairs' count."""
     graph = model.graph
     scalars = set(scalar_values(graph))
@@ -195,6 +200,6 @@ def cancel_transposes(model) -> int:
     return cancelled
 
 
-def clear_value_info(model) -> None:
+def clear_value_info(model: "onnx.ModelProto") -> None:
     """Forget intermediate shape annotations (onnxruntime infers them at load)."""
     del model.graph.value_info[:]

@@ -1,14 +1,14 @@
 """Export a probe pipeline (truncated backbone + pooling + MLP + softmax) to ONE ONNX graph.
 
-``export_pipeline`` is the mechanism: ``torch.onnx.export(dynamo=True)`` of ``training.pipeline.ProbePipeline`` with
-a dynamic batch and time axis, then three edits of the graph:
+``export_pipeline`` is the mechanism: ``torch.onnx.export(dynamo=True)`` of ``training.deployable.ProbePipeline``
+with a dynamic batch and time axis, then three edits of the graph (names from ``runtime.core.graph_contract``):
 
-1. the outputs get their contract names (``probabilities``, ``embedding``, ``stats_count``, ``stats_mean``,
-   ``stats_m2``); an internal value that already has such a name (WavLM's ``embedding`` module) is renamed first;
-2. the state inputs (``peak``, ``prior_count``, ``prior_mean``, ``prior_m2``) get initializers of the same name
-   holding their defaults, which makes them OPTIONAL: a caller that feeds only ``waveform`` gets the clip's own
+1. the outputs get their contract names (``OUTPUT_NAMES``); an internal value that already has such a name (WavLM's
+   ``embedding`` module) is renamed first;
+2. the optional inputs (``OPTIONAL_INPUTS``: peak and the prior statistics) get initializers of the same name
+   holding their defaults, which makes them OPTIONAL: a caller that feeds only the waveform gets the clip's own
    result (the ONNX rule: an input with an initializer may be overridden or omitted; onnxruntime honours it). Their
-   batch axis is ``state_batch``: 1 (broadcast) or the waveform's batch;
+   batch axis is ``STATE_BATCH_AXIS``: 1 (broadcast) or the waveform's batch;
 3. the exporter's intermediate shape annotations are dropped: they tie every batch axis to the waveform's, which
    is false once the state broadcasts, and onnxruntime would reuse buffers of the wrong size.
 
@@ -31,8 +31,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vocalprobe.runtime.core.atomic import atomic_write_bytes
+from vocalprobe.export.onnx_io import save_model, set_metadata
 from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.graph_contract import (INPUT_NAMES, OPTIONAL_INPUTS, OUTPUT_NAMES, QUANTIZATION,
+                                                    STATE_BATCH_AXIS, WAVEFORM, optional_input_defaults)
 from vocalprobe.runtime.core.resample import MODEL_SAMPLE_RATE
 
 __all__ = ["ExportError", "ExportResult", "export_pipeline", "export_from_study", "select_probe", "QUANTIZE_CHOICES",
@@ -102,16 +104,15 @@ def to_onnx_model(pipeline, *, opset: int = 18, example_samples: int = MODEL_SAM
     import torch
     from onnx import numpy_helper
     from torch.export import Dim
-    from vocalprobe.training.deployable import INPUT_NAMES, OUTPUT_NAMES, default_state
 
     pipeline = pipeline.eval()
     # batch 2 and a length that is no constant of the model, so the exporter specialises neither
     waveform = torch.randn(2, int(example_samples), generator=torch.Generator().manual_seed(0))
     state = pipeline.default_state(2)
-    args = (waveform, state["peak"], state["prior_count"], state["prior_mean"], state["prior_m2"])
+    args = (waveform, *(state[name] for name in OPTIONAL_INPUTS))
     batch = Dim("batch")
     samples = Dim("samples", min=1, max=2**31 - 2)
-    shapes = {"waveform": {0: batch, 1: samples}, **{name: {0: batch} for name in INPUT_NAMES[1:]}}
+    shapes = {WAVEFORM: {0: batch, 1: samples}, **{name: {0: batch} for name in OPTIONAL_INPUTS}}
     temporary = [f"vocalprobe_out_{name}" for name in OUTPUT_NAMES]
     with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(pipeline, args, None, dynamo=True, input_names=list(INPUT_NAMES),
@@ -124,29 +125,17 @@ def to_onnx_model(pipeline, *, opset: int = 18, example_samples: int = MODEL_SAM
         if final in taken:
             _rename_value(graph, final, f"{final}__internal")
         _rename_value(graph, tmp, final)
-    defaults = default_state(pipeline.dim)
+    defaults = optional_input_defaults(pipeline.dim)
     for value in graph.input:
         if value.name in defaults:
-            value.type.tensor_type.shape.dim[0].dim_param = "state_batch"
+            value.type.tensor_type.shape.dim[0].dim_param = STATE_BATCH_AXIS
             graph.initializer.append(numpy_helper.from_array(defaults[value.name], value.name))
     del graph.value_info[:]
     return model
 
 
-def save_model(model, path: str | Path) -> Path:
-    """Check and write atomically (a half-written .onnx never appears under ``path``)."""
-    import onnx
-
-    path = Path(path)
-    onnx.checker.check_model(model)
-    atomic_write_bytes(path, model.SerializeToString())
-    return path
-
-
 def export_pipeline(pipeline, out_path: str | Path, *, metadata: dict[str, str], opset: int = 18) -> Path:
     """Export ``pipeline`` with ``metadata`` to ``out_path`` (fp32); returns the path."""
-    from vocalprobe.export.metadata import set_metadata
-
     model = to_onnx_model(pipeline, opset=opset)
     set_metadata(model, metadata)
     return save_model(model, out_path)
@@ -326,9 +315,8 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
         "preprocessing": info.preprocessing, "truncation": family.truncation,
         "val_uar": None if info.val_uar is None else repr(float(info.val_uar)),
         "test_uar": None if info.test_uar is None else repr(float(info.test_uar)),
-        "manifest_sha256": manifest.content_hash(), "quantization": quantize,
-        "graph_inputs": ["waveform", "peak", "prior_count", "prior_mean", "prior_m2"],
-        "graph_outputs": ["probabilities", "embedding", "stats_count", "stats_mean", "stats_m2"],
+        "manifest_sha256": manifest.content_hash(), QUANTIZATION: quantize,
+        "graph_inputs": list(INPUT_NAMES), "graph_outputs": list(OUTPUT_NAMES),
     }
     metadata = build_metadata(classes=list(info.labels), sample_rate=MODEL_SAMPLE_RATE,
                               sample_duration=median_train_duration(manifest), max_chunk_samples=chunk_samples,
@@ -339,7 +327,7 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
         fp32 = Path(tmp) / "fp32.onnx"
         log(f"exporting with torch.onnx (dynamo), opset {family.opset}")
         with torch.no_grad():
-            export_pipeline(pipeline, fp32, metadata={**metadata, "quantization": "none"}, opset=family.opset)
+            export_pipeline(pipeline, fp32, metadata={**metadata, QUANTIZATION: "none"}, opset=family.opset)
         report = quant_report = None
         if parity:
             log("parity: PyTorch vs onnxruntime on real clips of " + ", ".join(

@@ -7,7 +7,7 @@ PyTorch reference, and the maximum absolute difference of every output is record
   row differs) in ONE onnxruntime call, against the pipeline run on each clip alone (batching must not change a
   clip's result);
 * clips longer than the chunk limit: ``vocalprobe.runtime.field.long_clips.predict_long`` (onnxruntime, chunk by chunk
-  with carried statistics) against the study's definition (``training.pipeline.study_features``: float64 merge of
+  with carried statistics) against the study's definition (``training.deployable.study_features``: float64 merge of
   per-chunk statistics) followed by the probe.
 
 All cases run before anything is raised, so the error lists every failing output, e.g.
@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.graph_contract import EMBEDDING, PROBABILITIES
 from vocalprobe.runtime.core.resample import MODEL_SAMPLE_RATE
 
 __all__ = ["ParityError", "ParityCase", "ParityReport", "check_parity"]
@@ -34,7 +35,7 @@ class ParityError(VocalprobeError):
 
 @dataclass(frozen=True)
 class ParityCase:
-    output: str  # "probabilities" or "embedding"
+    output: str  # the graph output compared: PROBABILITIES or EMBEDDING
     samples: int  # clip length
     batch: int
     chunked: bool  # fed chunk by chunk (longer than the chunk limit)
@@ -61,7 +62,7 @@ class ParityReport:
     def passed(self) -> bool:
         return all(c.passed for c in self.cases)
 
-    def max_diff(self, output: str = "probabilities") -> float:
+    def max_diff(self, output: str = PROBABILITIES) -> float:
         return max((c.max_diff for c in self.cases if c.output == output), default=float("nan"))
 
     def to_dict(self) -> dict:
@@ -94,7 +95,7 @@ def check_parity(pipeline, onnx_path: str | Path, clips: Sequence[np.ndarray], *
 
     model = OnnxModel(onnx_path, provider="cpu")
     report = ParityReport(str(onnx_path), label)
-    tolerances = {"probabilities": atol, "embedding": atol_embedding}
+    tolerances = {PROBABILITIES: atol, EMBEDDING: atol_embedding}
     for clip in clips:
         clip = np.ascontiguousarray(clip, dtype=np.float32)
         n = clip.shape[0]
@@ -103,7 +104,7 @@ def check_parity(pipeline, onnx_path: str | Path, clips: Sequence[np.ndarray], *
                 features = study_features(pipeline.features, clip, chunk_samples)[0]  # (2D,)
                 reference_p = torch.softmax(pipeline.probe(torch.from_numpy(features)[None]), -1)[0].numpy()
             got_p, got_e = predict_long(model, clip, chunk_samples)
-            pairs = {"probabilities": (reference_p, got_p), "embedding": (features, got_e)}
+            pairs = {PROBABILITIES: (reference_p, got_p), EMBEDDING: (features, got_e)}
             for output, (ref, got) in pairs.items():
                 report.cases.append(ParityCase(output, n, 1, True, float(np.max(np.abs(ref - got))),
                                                tolerances[output]))
@@ -115,7 +116,7 @@ def check_parity(pipeline, onnx_path: str | Path, clips: Sequence[np.ndarray], *
             reference_p = np.concatenate([r.probabilities.numpy() for r in refs])
             reference_e = np.concatenate([r.embedding.numpy() for r in refs])
             got_p, got_e = model.predict_with_embedding(rows)
-            for output, ref, got in (("probabilities", reference_p, got_p), ("embedding", reference_e, got_e)):
+            for output, ref, got in ((PROBABILITIES, reference_p, got_p), (EMBEDDING, reference_e, got_e)):
                 if ref.shape != got.shape:
                     raise ParityError(f"{onnx_path}: {output} has shape {got.shape}, PyTorch gives {ref.shape}")
                 report.cases.append(ParityCase(output, n, batch, False, float(np.max(np.abs(ref - got))),

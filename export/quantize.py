@@ -1,45 +1,9 @@
 """int8 versions of an exported fp32 graph (onnxruntime.quantization); metadata is carried over.
 
-* ``quantize_dynamic_matmul``: dynamic int8 restricted to MatMul (transformer projections, feed-forward, probe).
-  The default ``quantize_dynamic`` also turns the CNN's Conv into ConvInteger, which runs about 2x SLOWER on CPU,
-  so Conv stays fp32 here. The graph is pre-processed first (``quant_pre_process``: shape inference + fusions).
-* ``quantize_int8_conv``: ``int8`` plus the CNN's convolutions (all but the input conv) as int8 matrix products with
-  one activation range per frame (``export.conv_int8``: why per frame, and how), GELU chains fused into one kernel.
-  No calibration. About 2x faster than fp32 at small layers (HuBERT-base geometry, 2 cores, L=3: ~44x real time vs
-  ~22x fp32), with the accuracy of ``int8`` (README "int8"; ``benchmarks/bench_quantize_accuracy.py``).
-* ``quantize_static_qdq``: static int8 in QDQ format, activation ranges calibrated on the study's Train clips
-  (``TrainClipReader``). What is quantized, and how, is a ``StaticRecipe``; ``DEFAULT_STATIC_RECIPE`` is the one
-  ``--quantize int8-static`` uses: the CNN's convolutions static int8 (all but the input conv), the MatMuls dynamic
-  int8 (as ``int8``), the head fp32. The CNN front end is most of the cost at small layers, so this is the mode that
-  goes faster than fp32 there (HuBERT-base geometry, 2 cores: ~45x real time at L=3 vs ~22x fp32 / ~24x ``int8``).
-
-  Accuracy, measured (README "int8"): static int8 of the CNN's activations is NOT accurate on the untrained
-  backbones this project can test offline: on the embedded demo it changes 13-15% of the clips' decisions (the
-  export's parity guard refuses two of the three tiny backbones), whatever the calibration (MinMax, Percentile,
-  Entropy), range or symmetry option. The CNN's inter-layer activations are heavy-tailed (max ~ 40 x std after each
-  GELU, with no normalisation in between), so 8-bit per-tensor activations are coarse, and a probe z-scores pooled
-  features by their between-clip spread, which small errors already cross. The coarseness is temporal: quiet frames
-  share one range with the loud ones. ``int8-conv`` gives every frame its own range and keeps most of the speed;
-  use ``int8-static`` only when ``validate --reference`` shows it within tolerance on your (trained) backbone.
-
-  Partial recipes do not help either (``cnn_layers``, demo, flips vs the fp32 graph out of 48 Test clips): one
-  static conv alone, the first (conv1, 6-10 flips) or the last (conv6, 8-11), is as bad as all of them (12-14); the
-  first two would have been fast enough (38x at L=3; conv1 alone 34x). 16-bit activations (``activations``,
-  A16W8) are about as accurate as ``int8`` (0-3 flips) but run at fp32 speed (19.5x vs 19.6x: onnxruntime's CPU
-  provider has no 16-bit Conv kernel), and raise the graph to opset 21.
-
-Which nodes a recipe keeps in fp32 is decided from the graph's structure (``static_plan``), not from node names:
-
-* the *input conv*: a Conv that no other Conv feeds (the CNN's first layer, which sees the waveform). Quantizing its
-  input would store the peak-normalised waveform in 8 bits (quiet calls fall to a few levels), and the GroupNorm that
-  follows it amplifies whatever error its per-channel-small outputs get. It is under 1% of the CNN's FLOPs.
-* the *positional conv*: a grouped Conv (``group > 1``, the transformer's convolutional position embedding).
-* the *head*: every node fed, directly or not, by the state inputs ``prior_count`` / ``prior_mean`` / ``prior_m2``
-  (the statistics merge, z-scoring, MLP, softmax). The pooling before the merge has no Conv or MatMul. Excluding it
-  matters: onnxruntime's dynamic quantizer rewrites the MLP's Gemm as MatMul + Add and would quantize it.
-
-The parity check of a quantized graph uses the family's ``atol_int8`` / ``atol_int8_static`` against the PyTorch fp32
-pipeline; the deciding number is the UAR change reported by ``validate``.
+Three modes, because int8 pays on CPUs but the CNN front end's activations are loud-and-quiet within one clip:
+``int8`` (dynamic MatMuls), ``int8-conv`` (also the CNN's convs, one activation range per frame, ``export.conv_int8``)
+and ``int8-static`` (static QDQ, calibrated; fast but inaccurate on the backbones tested). Which nodes stay fp32 is
+decided from the graph's structure (``static_plan``). Measurements and the recipes that failed: docs/quantization.md.
 """
 
 from __future__ import annotations
@@ -49,17 +13,23 @@ import logging
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vocalprobe.export.graph_rewrites import attribute
+from vocalprobe.export.onnx_io import get_metadata, load_model, save_model, set_metadata
 from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.graph_contract import PRIOR_INPUTS, QUANTIZATION, WAVEFORM
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["QuantizationError", "quantize_dynamic_matmul", "quantize_int8_conv", "quantize_static_qdq", "TrainClipReader", "StaticRecipe",
            "StaticPlan", "static_plan", "DEFAULT_STATIC_RECIPE", "STATE_INPUTS"]
 
-#: The graph's optional accumulator inputs; everything they feed is the head (see the module docs).
-STATE_INPUTS = ("prior_count", "prior_mean", "prior_m2")
+#: The graph's accumulator inputs; everything they feed is the head (``static_plan``).
+STATE_INPUTS = PRIOR_INPUTS
 _CALIBRATIONS = ("MinMax", "Percentile", "Entropy")
 _MODES = ("static", "dynamic", "fp32")
 _ACTIVATIONS = ("uint8", "uint16", "int16")
@@ -167,8 +137,16 @@ def _downstream(graph, sources: set[str]) -> list:
     return nodes
 
 
-def static_plan(model, recipe: StaticRecipe = DEFAULT_STATIC_RECIPE) -> StaticPlan:
-    """Which nodes of ``model`` (an ``onnx.ModelProto``) ``recipe`` keeps in fp32; names must be unique and set."""
+def static_plan(model: "onnx.ModelProto", recipe: StaticRecipe = DEFAULT_STATIC_RECIPE) -> StaticPlan:
+    """Which nodes of ``model`` ``recipe`` keeps in fp32, found from the graph's structure, not from node names;
+    names must be unique and set.
+
+    * the *input conv* (no other Conv feeds it): 8 bits of the peak-normalised waveform would leave quiet calls a
+      few levels, and the GroupNorm after it amplifies the error;
+    * the *positional conv* (``group > 1``);
+    * the *head*: every node the state inputs feed (statistics merge, z-scoring, MLP, softmax). onnxruntime's dynamic
+      quantizer would otherwise rewrite the MLP's Gemm as MatMul + Add and quantize it.
+    """
     graph = model.graph
     convs = [n for n in graph.node if n.op_type == "Conv"]
     conv_outputs = {o for n in convs for o in n.output}
@@ -198,21 +176,16 @@ def static_plan(model, recipe: StaticRecipe = DEFAULT_STATIC_RECIPE) -> StaticPl
 
 
 def _carry_metadata(source: Path, target: Path, kind: str, extra: dict[str, str] | None = None) -> None:
-    import onnx
-
-    from vocalprobe.export.metadata import get_metadata, set_metadata
-    from vocalprobe.export.onnx_export import save_model
-
-    meta = get_metadata(onnx.load(str(source), load_external_data=False))
-    model = onnx.load(str(target))
-    set_metadata(model, {**meta, "quantization": kind, **(extra or {})})
+    meta = get_metadata(load_model(source, weights=False))
+    model = load_model(target)
+    set_metadata(model, {**meta, QUANTIZATION: kind, **(extra or {})})
     save_model(model, target)
 
 
 @contextlib.contextmanager
 def _quiet_onnxruntime():
     """The quantizer's own sessions warn that our optional state inputs are initializers (they are overridable
-    on purpose, see training.pipeline); keep those lines out of the user's terminal, restore the default after."""
+    on purpose, see training.deployable); keep those lines out of the user's terminal, restore the default after."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)
@@ -300,7 +273,7 @@ def quantize_int8_conv(source: str | Path, target: str | Path) -> Path:
 
 
 class TrainClipReader:
-    """Calibration data: up to ``max_clips`` Train clips of a manifest, one ``{"waveform": [1, samples]}`` each.
+    """Calibration data: up to ``max_clips`` Train clips of a manifest, one ``{WAVEFORM: [1, samples]}`` each.
 
     Clips longer than ``max_samples`` are cut to their first ``max_samples`` (the graph sees at most one chunk at a
     time). Unreadable clips are skipped and counted in ``skipped``.
@@ -328,7 +301,7 @@ class TrainClipReader:
                 continue
             if self.max_samples is not None:
                 samples = samples[: self.max_samples]
-            yield {"waveform": np.ascontiguousarray(samples[None], dtype=np.float32)}
+            yield {WAVEFORM: np.ascontiguousarray(samples[None], dtype=np.float32)}
 
     def get_next(self):
         if self._iter is None:
@@ -346,11 +319,11 @@ class _EqualLengthWindows:
     def __init__(self, reader, per_clip: int = 4):
         waves = []
         while (item := reader.get_next()) is not None:
-            waves.append(np.asarray(item["waveform"], dtype=np.float32))
+            waves.append(np.asarray(item[WAVEFORM], dtype=np.float32))
         if not waves:
             raise QuantizationError("no calibration clip could be read")
         n = min(w.shape[-1] for w in waves)
-        self.items = [{"waveform": np.ascontiguousarray(w[..., i * n:(i + 1) * n])}
+        self.items = [{WAVEFORM: np.ascontiguousarray(w[..., i * n:(i + 1) * n])}
                       for w in waves for i in range(min(per_clip, w.shape[-1] // n))]
         self._iter = iter(self.items)
 
@@ -361,7 +334,7 @@ class _EqualLengthWindows:
 def quantize_static_qdq(source: str | Path, target: str | Path, reader,
                         recipe: StaticRecipe = DEFAULT_STATIC_RECIPE) -> Path:
     """Static int8 QDQ of ``source`` following ``recipe`` (int8 weights, uint8 activations), calibrated on
-    ``reader`` (an object with ``get_next() -> {"waveform": [1, samples]} | None``)."""
+    ``reader`` (an object with ``get_next() -> {WAVEFORM: [1, samples]} | None``)."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)

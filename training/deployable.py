@@ -5,7 +5,8 @@ padding of short clips), the backbone truncated after layer L (``LayerFeatures(m
 layers are not part of the module), mean + population-std pooling over frames, the probe's z-scoring and MLP, and a
 softmax. ``vocalprobe.export`` exports exactly this module to ONNX.
 
-Long clips: a *resumable accumulator*. Besides ``waveform`` ``[b, samples]`` the forward takes
+Long clips: a *resumable accumulator* (the graph contract, ``vocalprobe.runtime.core.graph_contract``). Besides
+``waveform`` ``[b, samples]`` the forward takes
 
 * ``peak`` ``[b or 1, 1]``: the amplitude to divide by; ``0`` means "this input's own peak" (a whole clip);
 * ``prior_count`` ``[b or 1, 1]``, ``prior_mean`` / ``prior_m2`` ``[b or 1, D]``: frame statistics of the chunks
@@ -29,17 +30,14 @@ import torch
 from torch import nn
 
 from vocalprobe.runtime.core.chunking import chunk_bounds
+from vocalprobe.runtime.core.graph_contract import INPUT_NAMES, OUTPUT_NAMES, PEAK
+from vocalprobe.runtime.core.graph_contract import optional_input_defaults as default_state
 from vocalprobe.runtime.core.preprocess import MIN_SAMPLES
 from vocalprobe.training.features import LayerFeatures, clip_features
 from vocalprobe.training.probe import MLPProbe
 
 __all__ = ["ProbePipeline", "PipelineOutput", "INPUT_NAMES", "OUTPUT_NAMES", "build_pipeline", "predict_long",
            "study_features", "default_state"]
-
-#: Graph inputs, in forward order. Only ``waveform`` is required; the others have defaults (see ``default_state``).
-INPUT_NAMES = ("waveform", "peak", "prior_count", "prior_mean", "prior_m2")
-#: Graph outputs, in forward order.
-OUTPUT_NAMES = ("probabilities", "embedding", "stats_count", "stats_mean", "stats_m2")
 
 
 class PipelineOutput(NamedTuple):
@@ -105,12 +103,6 @@ class ProbePipeline(nn.Module):
         return self(waveform, **self.default_state(waveform.shape[0]))
 
 
-def default_state(dim: int) -> dict[str, np.ndarray]:
-    """Default values of the optional inputs (batch dimension 1, broadcast over any batch)."""
-    return {"peak": np.zeros((1, 1), np.float32), "prior_count": np.zeros((1, 1), np.float32),
-            "prior_mean": np.zeros((1, dim), np.float32), "prior_m2": np.zeros((1, dim), np.float32)}
-
-
 def build_pipeline(backbone_model: nn.Module, probe: MLPProbe, layer: int) -> ProbePipeline:
     return ProbePipeline(backbone_model, probe, layer)
 
@@ -121,7 +113,7 @@ def predict_long(pipeline: ProbePipeline, samples: np.ndarray, chunk_samples: in
     samples = np.asarray(samples, dtype=np.float32)
     peak = float(np.max(np.abs(samples))) if samples.size else 0.0
     state = pipeline.default_state(1)
-    state["peak"] = torch.full((1, 1), peak)
+    state[PEAK] = torch.full((1, 1), peak)
     out = None
     for start, end in chunk_bounds(samples.shape[-1], chunk_samples):
         out = pipeline(torch.from_numpy(samples[None, start:end]), **state)

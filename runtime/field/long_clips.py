@@ -1,13 +1,13 @@
 """Clips longer than a graph's chunk limit, in bounded memory and with the study's exact semantics (no torch).
 
-A vocalprobe graph is a resumable accumulator (see ``vocalprobe.training.deployable``): besides ``waveform`` it takes
-optional inputs ``peak`` and ``prior_*`` and returns, besides ``probabilities`` and ``embedding`` of everything
+A vocalprobe graph is a resumable accumulator (``vocalprobe.runtime.core.graph_contract``): besides the waveform it
+takes the optional inputs ``peak`` and ``prior_*`` and returns, besides the probabilities and embedding of everything
 accumulated so far, the accumulated statistics ``stats_*``. ``predict_long`` cuts a clip with ``chunk_bounds`` (the
 cut the study used), feeds every chunk with the whole clip's peak and the statistics of the chunks before it, and
 returns the last call's outputs: the whole clip's probabilities and embedding, with one chunk in memory at a time.
 
-Feedback rule: every output named ``<prefix>stats_<x>`` goes back into the input ``<prefix>prior_<x>``, so a fused
-graph (members prefixed ``m0_``, ``m1_``...) accumulates each member's statistics the same way.
+The contract's feedback rule (``prior_input_for``) pairs outputs with inputs, so a fused graph (members prefixed
+``m0_``, ``m1_``...) accumulates each member's statistics the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from vocalprobe.runtime.core.chunking import chunk_bounds
-from vocalprobe.runtime.field.onnx_model import INPUT_NAME, ModelError
+from vocalprobe.runtime.core.graph_contract import EMBEDDING, PEAK, PROBABILITIES, WAVEFORM, prior_input_for
+from vocalprobe.runtime.field.onnx_model import ModelError
 
 __all__ = ["predict_long", "state_names", "input_names"]
 
@@ -37,9 +38,9 @@ def state_names(session) -> dict[str, str]:
     inputs = input_names(session)
     pairs = {}
     for output in session.get_outputs():
-        prefix, sep, rest = output.name.rpartition("stats_")
-        if sep and f"{prefix}prior_{rest}" in inputs:
-            pairs[output.name] = f"{prefix}prior_{rest}"
+        prior = prior_input_for(output.name)
+        if prior is not None and prior in inputs:
+            pairs[output.name] = prior
     return pairs
 
 
@@ -48,13 +49,13 @@ def predict_long(session_or_model: Any, samples_16k: np.ndarray, chunk_samples: 
     """One clip ``[samples]`` at the model's rate -> ``(probabilities [classes], embedding [dims] or None)``.
 
     ``session_or_model``: an ``OnnxModel`` (class and embedding keys from its metadata) or an onnxruntime
-    ``InferenceSession`` (outputs ``probabilities`` and ``embedding``). A clip no longer than ``chunk_samples`` is
+    ``InferenceSession`` (the contract's output names). A clip no longer than ``chunk_samples`` is
     one call, identical to feeding it whole.
     """
     session = getattr(session_or_model, "session", session_or_model)
     info = getattr(session_or_model, "info", None)
-    class_key = info.class_outputs_key if info is not None else "probabilities"
-    emb_key = info.embedding_outputs_key if info is not None else "embedding"
+    class_key = info.class_outputs_key if info is not None else PROBABILITIES
+    emb_key = info.embedding_outputs_key if info is not None else EMBEDDING
     outputs = [o.name for o in session.get_outputs()]
     if emb_key not in outputs:
         emb_key = None
@@ -66,17 +67,17 @@ def predict_long(session_or_model: Any, samples_16k: np.ndarray, chunk_samples: 
     bounds = chunk_bounds(samples.size, chunk_samples)
     pairs = state_names(session)
     inputs = input_names(session)
-    if len(bounds) > 1 and (not pairs or "peak" not in inputs):
+    if len(bounds) > 1 and (not pairs or PEAK not in inputs):
         raise ModelError(f"{getattr(session_or_model, 'name', 'this graph')}: the graph has no peak/prior_*/stats_* "
                          "inputs and outputs, so it cannot score a clip longer than its max_chunk_samples "
                          f"({samples.size} > {chunk_samples} samples); re-export it with `vocalprobe export`")
     wanted = [class_key] + ([emb_key] if emb_key else []) + list(pairs)
     feed: dict[str, np.ndarray] = {}
     if len(bounds) > 1:
-        feed["peak"] = np.full((1, 1), float(np.max(np.abs(samples))), dtype=np.float32)
+        feed[PEAK] = np.full((1, 1), float(np.max(np.abs(samples))), dtype=np.float32)
     result = None
     for start, end in bounds:
-        feed[INPUT_NAME] = samples[None, start:end]
+        feed[WAVEFORM] = samples[None, start:end]
         result = dict(zip(wanted, session.run(wanted, feed)))
         for output, input_name in pairs.items():
             feed[input_name] = result[output]

@@ -1,37 +1,31 @@
 """A torch-free wrapper around one exported vocalprobe graph, run with onnxruntime.
 
-The graph contract (written by ``vocalprobe.export``): input ``waveform`` float32 ``[batch, samples]`` of raw mono
-audio at the model's rate (the graph peak-normalises and repeat-pads itself), outputs ``probabilities``
-``[batch, classes]`` and ``embedding`` ``[batch, 2D]``; everything the runtime needs is in the ONNX metadata
-(``session.get_modelmeta().custom_metadata_map``). Loading checks that metadata and names every missing key at once,
-like OpenSoundscape's ``ONNXModel``.
+The graph follows ``vocalprobe.runtime.core.graph_contract`` (written by ``vocalprobe.export``): raw mono audio at the
+model's rate in (the graph peak-normalises and repeat-pads itself), class probabilities and an embedding out;
+everything the runtime needs is in the ONNX metadata (``session.get_modelmeta().custom_metadata_map``). Loading
+checks that metadata with the contract's one parser, which names every missing key at once, like OpenSoundscape's
+``ONNXModel``, and then the graph's signature.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.graph_contract import MEMBERS, WAVEFORM, GraphContractError, GraphMetadata
 
-INPUT_NAME = "waveform"
-#: Keys the runtime cannot work without.
-REQUIRED_METADATA = ("classes", "sample_rate", "sample_duration", "class_outputs_key")
-#: Keys a study export always writes; read when present (``val_uar``/``test_uar`` are absent for non-study graphs).
-OPTIONAL_METADATA = ("embedding_outputs_key", "backbone", "layer", "dataset", "preprocessing", "val_uar", "test_uar",
-                     "vocalprobe_version", "manifest_sha256", "members", "max_chunk_samples")
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
 
 class ModelError(VocalprobeError):
-    """An .onnx file is missing, unreadable or does not follow the vocalprobe graph contract."""
+    """An .onnx file that is missing or unreadable, or a graph that cannot run as asked. (A graph that breaks the
+    contract raises ``graph_contract.GraphContractError``.)"""
 
 
 def _import_onnxruntime():
@@ -48,71 +42,6 @@ def _ort_load_errors(ort) -> tuple[type[BaseException], ...]:
     names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel", "NoSuchFile", "NotFound",
              "NotImplemented", "RuntimeException", "EPFail")
     return tuple(getattr(state, n) for n in names if hasattr(state, n)) + (RuntimeError, OSError)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """The checked metadata of one graph."""
-
-    classes: tuple[str, ...]
-    sample_rate: int
-    sample_duration: float  # seconds: the default analysis window
-    class_outputs_key: str
-    embedding_outputs_key: str | None
-    val_uar: float | None
-    test_uar: float | None
-    max_chunk_samples: int | None
-    metadata: dict[str, str]  # everything, as stored
-
-
-def parse_metadata(metadata: dict[str, str], source: str) -> ModelInfo:
-    """Check the metadata map of ``source``; raises one ModelError listing every missing or malformed key."""
-    problems = []
-    missing = [k for k in REQUIRED_METADATA if k not in metadata]
-    if missing:
-        problems.append(f"missing metadata key(s) {', '.join(missing)}")
-    classes: tuple[str, ...] = ()
-    if "classes" in metadata:
-        try:
-            parsed = json.loads(metadata["classes"])
-        except json.JSONDecodeError:
-            parsed = None
-        if not (isinstance(parsed, list) and parsed and all(isinstance(c, str) and c for c in parsed)):
-            problems.append(f"'classes' must be a JSON list of class names, got {metadata['classes'][:80]!r}")
-        elif len(set(parsed)) != len(parsed):
-            problems.append(f"'classes' has duplicate names: {parsed}")
-        else:
-            classes = tuple(parsed)
-
-    def number(key: str, kind, positive: bool = True):
-        if key not in metadata:
-            return None
-        try:
-            value = kind(metadata[key])
-        except ValueError:
-            problems.append(f"'{key}' must be a {kind.__name__}, got {metadata[key]!r}")
-            return None
-        if not math.isfinite(value) or (positive and value <= 0):
-            problems.append(f"'{key}' must be a positive number, got {metadata[key]!r}")
-            return None
-        return value
-
-    sample_rate = number("sample_rate", int)
-    duration = number("sample_duration", float)
-    max_chunk = number("max_chunk_samples", int)
-    uars = {}
-    for key in ("val_uar", "test_uar"):
-        value = number(key, float, positive=False)
-        if value is not None and not 0.0 <= value <= 1.0:
-            problems.append(f"'{key}' must be a fraction in 0..1, got {metadata[key]!r}")
-            value = None
-        uars[key] = value
-    if problems:
-        raise ModelError(f"{source}: not a vocalprobe graph: {'; '.join(problems)}. Export it with "
-                         "`vocalprobe export`, which writes this metadata")
-    return ModelInfo(classes, int(sample_rate), float(duration), metadata["class_outputs_key"],
-                     metadata.get("embedding_outputs_key"), uars["val_uar"], uars["test_uar"], max_chunk,
-                     dict(metadata))
 
 
 def choose_providers(requested: str, available: Sequence[str]) -> list[str]:
@@ -157,18 +86,18 @@ class OnnxModel:
         if provider == "cuda" and _CUDA not in self.providers:
             raise ModelError(f"{self.path}: --provider cuda was asked for but onnxruntime fell back to "
                              f"{', '.join(self.providers)} (no usable GPU / CUDA libraries)")
-        self.info = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        self.info = GraphMetadata.from_map(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         self._check_signature()
 
     def _check_signature(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
         problems = []
-        if INPUT_NAME not in inputs:
-            problems.append(f"no input named {INPUT_NAME!r} (inputs: {', '.join(inputs)})")
-        elif inputs[INPUT_NAME].type != "tensor(float)" or len(inputs[INPUT_NAME].shape) != 2:
-            problems.append(f"input {INPUT_NAME!r} must be float32 [batch, samples], got "
-                            f"{inputs[INPUT_NAME].type} {inputs[INPUT_NAME].shape}")
+        if WAVEFORM not in inputs:
+            problems.append(f"no input named {WAVEFORM!r} (inputs: {', '.join(inputs)})")
+        elif inputs[WAVEFORM].type != "tensor(float)" or len(inputs[WAVEFORM].shape) != 2:
+            problems.append(f"input {WAVEFORM!r} must be float32 [batch, samples], got "
+                            f"{inputs[WAVEFORM].type} {inputs[WAVEFORM].shape}")
         key = self.info.class_outputs_key
         if key not in outputs:
             problems.append(f"class_outputs_key {key!r} is not an output (outputs: {', '.join(outputs)})")
@@ -183,7 +112,8 @@ class OnnxModel:
         if emb is not None and emb not in outputs:
             problems.append(f"embedding_outputs_key {emb!r} is not an output (outputs: {', '.join(outputs)})")
         if problems:
-            raise ModelError(f"{self.path}: does not follow the vocalprobe graph contract: {'; '.join(problems)}")
+            raise GraphContractError(f"{self.path}: does not follow the vocalprobe graph contract: "
+                                     f"{'; '.join(problems)}")
 
     # The interface shared with ``Ensemble``.
     @property
@@ -209,9 +139,9 @@ class OnnxModel:
     def describe(self) -> str:
         meta = self.info.metadata
         bits = [f"{self.path.name}"]
-        if "members" in meta:
+        if MEMBERS in meta:
             try:
-                members = json.loads(meta["members"])
+                members = json.loads(meta[MEMBERS])
                 bits.append("fusion of " + " + ".join(f"{m.get('backbone', '?')} L{m.get('layer', '?')}"
                                                       for m in members))
             except (ValueError, TypeError, AttributeError):
@@ -227,7 +157,7 @@ class OnnxModel:
         if batch.ndim != 2 or batch.shape[0] == 0 or batch.shape[1] == 0:
             raise ModelError(f"{self.path.name}: expected a [batch, samples] array with batch, samples >= 1, "
                              f"got shape {batch.shape}")
-        return self.session.run(outputs, {INPUT_NAME: batch})
+        return self.session.run(outputs, {WAVEFORM: batch})
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities ``[b, classes]`` (float32) for ``b`` windows of raw audio at ``sample_rate``."""

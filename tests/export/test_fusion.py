@@ -9,8 +9,7 @@ import pytest
 from export_cases import CHUNK, CLASSES
 from signals import tone_clip
 
-from vocalprobe.export.metadata import get_metadata, set_metadata
-from vocalprobe.export.onnx_export import save_model
+from vocalprobe.export.onnx_io import get_metadata, save_model, set_metadata
 from vocalprobe.runtime.field.long_clips import predict_long
 from vocalprobe.runtime.field.onnx_model import OnnxModel
 
@@ -56,3 +55,27 @@ def test_fusion_aligns_classes_by_name_and_weights(exported, tmp_path):
     long_expected = 0.75 * predict_long(OnnxModel(c), clip, CHUNK)[0] + 0.25 * predict_long(
         OnnxModel(b), clip, CHUNK)[0][[CLASSES[::-1].index(name) for name in CLASSES]]
     np.testing.assert_allclose(predict_long(model, clip, CHUNK)[0], long_expected, atol=1e-6)
+
+
+def test_fusion_refuses_to_overwrite_a_member(tmp_path):
+    """`export fusion a.onnx b.onnx --out a.onnx` used to replace member a silently; any spelling of a is refused."""
+    import os
+
+    from runtime_graphs import build_band_graph
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+    from vocalprobe.export.fusion import FusionError, fuse_models
+
+    a, b = build_band_graph(tmp_path / "a.onnx"), build_band_graph(tmp_path / "b.onnx")
+    before = a.read_bytes()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.onnx").symlink_to(a)
+    os.link(a, tmp_path / "hard.onnx")
+    for out in (a, tmp_path / "sub" / ".." / "a.onnx", tmp_path / "link.onnx", tmp_path / "hard.onnx"):
+        with pytest.raises(FusionError, match="would overwrite it"):
+            fuse_models([a, b], out)
+    result = CliRunner().invoke(app, ["export", "fusion", str(a), str(b), "--out", str(a)])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("error: --out") and len(result.output.strip().splitlines()) == 1
+    assert a.read_bytes() == before

@@ -7,7 +7,8 @@ import json
 import pytest
 from export_cases import CHUNK, CLASSES, SR
 
-from vocalprobe.export.metadata import MetadataError, build_metadata, read_metadata
+from vocalprobe.export.metadata import build_metadata, read_metadata
+from vocalprobe.runtime.core.graph_contract import GraphContractError
 from vocalprobe.runtime.field.onnx_model import OnnxModel
 
 
@@ -24,5 +25,14 @@ def test_metadata_round_trip(exported):
 
 
 def test_metadata_rejects_bad_classes():
-    with pytest.raises(MetadataError, match="unique"):
+    with pytest.raises(GraphContractError, match="unique"):
         build_metadata(classes=["a", "a"], sample_rate=SR, sample_duration=1.0, max_chunk_samples=None)
+    with pytest.raises(GraphContractError, match="sample_duration"):
+        build_metadata(classes=["a"], sample_rate=SR, sample_duration=0.0, max_chunk_samples=None)
+
+
+def test_metadata_extras_may_not_break_the_contract():
+    """Export checks what it writes with the runtime's parser: a graph the runtime would refuse is never written."""
+    with pytest.raises(GraphContractError, match="'test_uar' must be a fraction"):
+        build_metadata(classes=["a", "b"], sample_rate=SR, sample_duration=1.0, max_chunk_samples=None,
+                       extra={"test_uar": "93.1"})

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from runtime_graphs import DEFAULT_CLASSES, DEFAULT_FREQS, build_band_graph, tone_track
 
+from vocalprobe.runtime.core.graph_contract import GraphContractError
 from vocalprobe.runtime.field.onnx_model import ModelError, OnnxModel, choose_providers
 
 
@@ -34,7 +35,7 @@ def test_model_reads_contract_and_predicts(graph):
 
 def test_missing_metadata_keys_are_all_named(tmp_path):
     path = build_band_graph(tmp_path / "bare.onnx", drop_keys=("classes", "sample_rate", "sample_duration"))
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(GraphContractError) as info:
         OnnxModel(path)
     message = str(info.value)
     for key in ("classes", "sample_rate", "sample_duration"):
@@ -44,15 +45,34 @@ def test_missing_metadata_keys_are_all_named(tmp_path):
 
 def test_malformed_metadata_and_class_count(tmp_path):
     path = build_band_graph(tmp_path / "bad.onnx", metadata={"classes": "low,mid,high", "test_uar": "93.1"})
-    with pytest.raises(ModelError, match="JSON list") as info:
+    with pytest.raises(GraphContractError, match="JSON list") as info:
         OnnxModel(path)
     assert "test_uar" in str(info.value)
     path = build_band_graph(tmp_path / "count.onnx", metadata={"classes": json.dumps(["a", "b"])})
-    with pytest.raises(ModelError, match="3 classes but metadata lists 2"):
+    with pytest.raises(GraphContractError, match="3 classes but metadata lists 2"):
         OnnxModel(path)
     path = build_band_graph(tmp_path / "key.onnx", metadata={"class_outputs_key": "logits"})
-    with pytest.raises(ModelError, match="'logits' is not an output"):
+    with pytest.raises(GraphContractError, match="'logits' is not an output"):
         OnnxModel(path)
+
+
+def test_absurd_window_is_refused_at_load(tmp_path):
+    """A graph without max_chunk_samples and a huge sample_duration used to load and then ask for tens of GiB."""
+    path = build_band_graph(tmp_path / "huge.onnx", metadata={"sample_duration": "8e5"})
+    with pytest.raises(GraphContractError, match=r"huge.onnx: .*'sample_duration' must be a window of \(0, 3600\]"
+                       ) as info:
+        OnnxModel(path)
+    assert "\n" not in str(info.value) and "vocalprobe export" in str(info.value)
+    # through the CLI: one line and exit 1, before any audio is read (no MemoryError traceback)
+    import soundfile as sf
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+
+    sf.write(tmp_path / "a.wav", np.zeros(16_000, dtype=np.float32), 16_000)
+    result = CliRunner().invoke(app, ["stream", str(tmp_path / "a.wav"), "-m", str(path), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1 and result.output.startswith("error: ") and "sample_duration" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_missing_and_corrupt_files(tmp_path):
