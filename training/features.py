@@ -23,15 +23,9 @@ Long clips are cut into chunks OUTSIDE the module (``chunk_bounds``), each chunk
 exactly (Chan et al.'s parallel formula, float64) into the features of the whole clip; ``pool_stats`` turns
 statistics into the mean/std vector. A clip of one chunk gives ``forward`` exactly.
 
-Batching (measured with ``benchmarks/bench_extract.py --batching``, see the README section): zero-padding clips of
-different lengths into one batch changes every frame of the base wav2vec2-family models (their first CNN layer
-GroupNorm normalises over the whole padded signal, and attention sees the padding), so features would depend on
-batch neighbours. We therefore batch only clips of EXACTLY equal length (after preprocessing); everything else runs
-one clip at a time. Measured on a base HuBERT (random weights, CPU): zero-padding 8 clips of 0.5-3 s into one
-batch changed their features by up to 83% (relative L2; 0 only for the longest clip), while a batch of equal-length
-clips matched each clip alone exactly (tests hold all families to 1e-5). Short calls are common in bioacoustics and
-every clip under 5,000 samples becomes exactly 5,000, so buckets fill well: batches of 16 such calls ran 1.4x
-faster than one at a time on one CPU thread (far more on a GPU).
+Batching: only clips of EXACTLY equal length (after preprocessing) share a batch. Zero-padding changes every frame of
+the wav2vec2-family models (GroupNorm over the whole padded signal, attention sees the padding), so a clip's features
+would depend on its batch neighbours. Measurements: README and docs/features.md.
 """
 
 from __future__ import annotations
