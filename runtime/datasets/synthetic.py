@@ -247,5 +247,9 @@ def is_current(out_dir: str | Path, **settings) -> bool:
     info_path = Path(out_dir) / "synthetic.json"
     if not (Path(out_dir) / "manifest.csv").is_file() or not info_path.is_file():
         return False
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    return info.get("generator_version") == GENERATOR_VERSION and all(info.get(k) == v for k, v in settings.items())
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False  # a marker cut by a crash: the dataset is regenerated (the same seed gives the same bytes)
+    return (isinstance(info, dict) and info.get("generator_version") == GENERATOR_VERSION
+            and all(info.get(k) == v for k, v in settings.items()))

@@ -90,5 +90,9 @@ def test_generator_version_marks_stale_datasets(synthetic_set, tmp_path):
     try:
         info.write_text(text.replace(f'"generator_version": {synthetic.GENERATOR_VERSION}', '"generator_version": 1'))
         assert not synthetic.is_current(folder, seed=3)
+        info.write_text(text[: len(text) // 2])  # a marker cut by a crash: stale, not a traceback
+        assert not synthetic.is_current(folder, seed=3)
+        info.write_text("[]")
+        assert not synthetic.is_current(folder, seed=3)
     finally:
         info.write_text(text)
