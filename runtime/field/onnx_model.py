@@ -58,6 +58,18 @@ def choose_providers(requested: str, available: Sequence[str]) -> list[str]:
     return [_CPU]
 
 
+def session_options(ort, threads: int | None = None):
+    """The runtime's onnxruntime session options (benchmarks build their sessions with these too)."""
+    options = ort.SessionOptions()
+    # errors only: vocalprobe graphs have optional inputs (inputs with a default initializer), which
+    # onnxruntime reports with a warning on every load
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
 class OnnxModel:
     """One exported graph. ``predict(batch)`` maps ``[b, samples]`` float32 audio to ``[b, classes]`` probabilities."""
 
@@ -68,13 +80,7 @@ class OnnxModel:
         if threads is not None and threads < 1:
             raise ModelError(f"threads must be >= 1, got {threads}")
         ort = _import_onnxruntime()
-        options = ort.SessionOptions()
-        # errors only: vocalprobe graphs have optional inputs (inputs with a default initializer), which
-        # onnxruntime reports with a warning on every load
-        options.log_severity_level = 3
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        options = session_options(ort, threads)
         requested = choose_providers(provider, ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=requested)
