@@ -33,3 +33,16 @@ def test_regular_install_gives_namespaced_imports(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}).stdout
     assert out.strip().startswith(str(target))
+
+
+def test_importing_the_cli_imports_no_heavy_library():
+    """`vocalprobe --help` stays instant and the runtime commands work without torch: the console script and every
+    command's CLI face defer torch, transformers and onnx to inside the commands that need them."""
+    faces = ["vocalprobe.cli", "vocalprobe.demo", "vocalprobe.export.cli", "vocalprobe.training.study.cli",
+             "vocalprobe.training.aves.cli", "vocalprobe.runtime.datasets.cli", "vocalprobe.runtime.field.cli",
+             "vocalprobe.runtime.field.long_clips"]
+    code = ("import importlib, sys\n"
+            f"for name in {faces!r}: importlib.import_module(name)\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'onnx', 'onnxscript') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -373,12 +371,6 @@ def test_cli_flags_and_config_override(study, tmp_path, tiny_checkpoints):
 
     result = runner.invoke(app, ["study", "--data", str(manifest)])
     assert result.exit_code == 1 and "without --backbone" in result.output
-
-
-def test_importing_the_cli_does_not_import_torch():
-    code = "import sys, vocalprobe.cli; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
 
 
 def test_paper_figures_are_drawn_for_the_paper_backbones(study, tmp_path):

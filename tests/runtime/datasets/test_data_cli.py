@@ -69,12 +69,6 @@ def test_unreadable_clip_is_reported_by_describe(tmp_path):
     assert result.exit_code == 1 and "broken.wav" in result.output
 
 
-def test_cli_import_does_not_import_torch():
-    code = "import sys, vocalprobe.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False False"
-
-
 def test_runtime_commands_work_where_torch_cannot_be_imported(tmp_path):
     """A recorder has no torch: block it (and transformers) at import, then run the data commands end to end."""
     blocker = tmp_path / "block" / "sitecustomize.py"
