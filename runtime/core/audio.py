@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -56,28 +56,45 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
-def _wav_data_shortfall(path: Path) -> tuple[int, int] | None:
-    """(declared, present) bytes of a RIFF/WAVE data chunk cut short, else None.
+class WavData(NamedTuple):
+    """Bytes of a RIFF/WAVE data chunk: what the header declares (None: the header itself is not all written yet)
+    and what the file holds."""
 
-    libsndfile silently shortens a truncated WAV (a recorder whose battery died mid-file); we say so instead.
-    Streaming writers that leave the size unknown (0 or 0xFFFFFFFF) are not truncated.
+    declared: int | None
+    present: int
+
+    @property
+    def short(self) -> bool:
+        return self.declared is None or self.present < self.declared
+
+
+def wav_data_size(path: str | Path, *, unfinished_header: bool = False) -> WavData | None:
+    """The data size a WAV header declares and the bytes present; None when it cannot tell.
+
+    None for other formats and for placeholder sizes (0 or 0xFFFFFFFF: streaming writers leave the size unknown).
+    A file that ends inside its RIFF header, before the data chunk, is ``WavData(None, size)`` with
+    ``unfinished_header`` (a recorder still writing it: the folder watcher) and None without (the reader: libsndfile
+    refuses such a file itself). Reading (truncated WAVs, which libsndfile silently shortens) and watching (is a
+    recording finished?) both ask this one function.
     """
+    path = Path(path)
     with path.open("rb") as handle:
-        if handle.read(12)[8:12] != b"WAVE":
-            return None
-        handle.seek(0)
-        if handle.read(4) != b"RIFF":
-            return None
-        handle.seek(12)
+        head = handle.read(12)
         size = path.stat().st_size
+        if len(head) < 12:
+            cut = bool(head) and b"RIFF".startswith(head[:4])
+            return WavData(None, size) if cut and unfinished_header else None
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
         while True:
             header = handle.read(8)
             if len(header) < 8:
-                return None
+                return WavData(None, size) if unfinished_header else None  # the data chunk is not written yet
             chunk, length = header[:4], int.from_bytes(header[4:], "little")
             if chunk == b"data":
-                present = size - handle.tell()
-                return (length, present) if 0 < length < 0xFFFFFFFF and present < length else None
+                if length in (0, 0xFFFFFFFF):
+                    return None
+                return WavData(length, size - handle.tell())
             handle.seek(length + (length & 1), 1)
 
 
@@ -98,11 +115,11 @@ def _open(path: str | Path) -> sf.SoundFile:
         handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise CorruptAudioError(path, f"not a readable {READABLE_KINDS} file ({exc})") from exc
-    shortfall = _wav_data_shortfall(path) if handle.format == "WAV" else None
-    if shortfall:
+    data = wav_data_size(path) if handle.format == "WAV" else None
+    if data is not None and data.short:
         handle.close()
-        raise CorruptAudioError(path, f"truncated: the header declares {shortfall[0]} bytes of audio, the file holds "
-                                f"{shortfall[1]} (an interrupted recording or copy; re-copy it from the card)")
+        raise CorruptAudioError(path, f"truncated: the header declares {data.declared} bytes of audio, the file holds "
+                                f"{data.present} (an interrupted recording or copy; re-copy it from the card)")
     return handle
 
 

@@ -72,7 +72,9 @@ def stream(
         help="Audio files, folders (recursive; wav/flac/ogg in any case), or - for raw PCM on stdin.")] = None,
     model: ModelOpt = ...,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (re-running into it resumes).")] = ...,
-    format: Annotated[str, typer.Option("--format", help="Comma-separated: raven, csv, jsonl.")] = "raven,csv,jsonl",
+    format: Annotated[str, typer.Option("--format", help="Comma-separated: raven, csv, jsonl, birdnet-csv, audacity, "
+                                        "kaleidoscope, parquet (pip install 'vocalprobe[parquet]').")
+                      ] = "raven,csv,jsonl",
     window: WindowOpt = None,
     hop: Annotated[Optional[float], typer.Option(help="Hop between windows in seconds (default: the window).")] = None,
     final_window: Annotated[str, typer.Option(
@@ -80,7 +82,11 @@ def stream(
     batch: BatchOpt = 8,
     threads: ThreadsOpt = None,
     provider: ProviderOpt = "auto",
-    min_conf: Annotated[float, typer.Option(help="Report classes with probability >= this, per window.")] = 0.5,
+    min_conf: Annotated[str, typer.Option(
+        help="Report classes with probability >= this, per window; or a class,threshold CSV of per-class thresholds "
+             "(classes it does not list use --min-conf-default).")] = "0.5",
+    min_conf_default: Annotated[float, typer.Option(
+        help="With a --min-conf CSV: the threshold of the classes it does not list.")] = 0.5,
     top_k: Annotated[Optional[int], typer.Option(help="At most this many classes per window.")] = None,
     merge: Annotated[bool, typer.Option(help="Join consecutive windows of the same class into one event.")] = False,
     ignore: Annotated[Optional[list[str]], typer.Option(
@@ -105,7 +111,15 @@ def stream(
     from vocalprobe.runtime.core.errors import AudioError
     from vocalprobe.runtime.field.sources import FolderWatcher, StdinSource, collect_files
     from vocalprobe.runtime.field.run_state import JOURNAL_NAME, RunState
-    from vocalprobe.runtime.field.stream import DetectConfig, Outputs, output_options, run_settings, run_sources
+    from vocalprobe.runtime.field.stream import (
+        DetectConfig,
+        Outputs,
+        analysis_params,
+        output_options,
+        read_thresholds,
+        run_settings,
+        run_sources,
+    )
     from vocalprobe.runtime.field.windows import WindowPlan
     from vocalprobe.runtime.field.writers import parse_formats
 
@@ -123,22 +137,29 @@ def stream(
     unknown = sorted(set(ignore or []) - set(net.classes))
     if unknown:
         raise fail(f"--ignore {', '.join(unknown)}: not a class of the model (classes: {', '.join(net.classes)})")
-    config = DetectConfig(plan, batch=batch, min_conf=min_conf, top_k=top_k, merge=merge,
-                          ignore=frozenset(ignore or []))
+    default_conf, thresholds = read_thresholds(min_conf, min_conf_default)
+    config = DetectConfig(plan, batch=batch, min_conf=default_conf, top_k=top_k, merge=merge,
+                          ignore=frozenset(ignore or []), thresholds=thresholds)
+    config.class_thresholds(net.classes)  # a table naming classes the model lacks is refused before any work
     watcher = FolderWatcher(watch, settle_s=settle) if watch is not None else None
     files = collect_files(inputs, block_size) if inputs and inputs != ["-"] else None
     _say(f"model: {net.describe()}")
     _say(f"providers in use: {', '.join(net.providers)}")
     _say(f"windows: {plan.window / net.sample_rate:g} s, hop {plan.hop / net.sample_rate:g} s, final window "
-         f"{plan.final_window}; batch {batch}; min-conf {min_conf:g}{'; merged events' if merge else ''}")
+         f"{plan.final_window}; batch {batch}; min-conf {default_conf:g}"
+         + (f" ({len(thresholds)} class(es) from {min_conf})" if thresholds else "")
+         + ("; merged events" if merge else ""))
+    params = analysis_params(net, config, formats)
+    overlap_s = (plan.window - plan.hop) / net.sample_rate
 
-    with Outputs(out, formats, net.sample_rate / 2) as outputs:  # the folder is ours, or this fails at once
+    with Outputs(out, formats, net.sample_rate / 2, overlap_s=overlap_s) as outputs:  # the folder is ours, or this fails at once
         if inputs == ["-"]:
             source = StdinSource(sample_rate, channels, dtype, block_frames=block_size)
             if (out / JOURNAL_NAME).exists():  # its live rows would not be in the journal's count of the JSONL
                 raise fail(f"{out} holds the outputs of a run over files; stream stdin into another --out folder")
             with _Progress(None, None) as progress:
-                summary = run_sources([source], net, config, outputs, None, progress=progress, log=_say)
+                summary = run_sources([source], net, config, outputs, None, progress=progress, log=_say,
+                                      params=params)
         else:
             with RunState(out, run_settings(net, config), output_options(config, formats),
                           rewrite_outputs=rewrite_outputs) as state:
@@ -152,7 +173,8 @@ def stream(
                     sources = state.todo(watcher.source(p, block_size)
                                          for p in watcher.follow(poll_s=poll, idle_exit_s=idle_exit))
                     with _Progress(None, None) as progress:
-                        summary = run_sources(sources, net, config, outputs, state, progress=progress, log=_say)
+                        summary = run_sources(sources, net, config, outputs, state, progress=progress, log=_say,
+                                      params=params)
                 else:
                     todo = list(state.todo(files))
                     total = 0.0
@@ -164,17 +186,21 @@ def stream(
                     if state.skipped:
                         _say(f"resuming: {len(state.skipped)} of {len(files)} files already done in {out}")
                     with _Progress(total, len(todo)) as progress:
-                        summary = run_sources(todo, net, config, outputs, state, progress=progress, log=_say)
+                        summary = run_sources(todo, net, config, outputs, state, progress=progress, log=_say,
+                                      params=params)
 
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
     _say(f"done: {len(summary.done)} file(s), {summary.detections} detection(s), "
          f"{summary.audio_seconds / 3600:.3f} h of audio at {speed:.1f}x real time -> {out}")
     if summary.failed_all:
         earlier = len(summary.failed_all) - len(summary.failed)
-        _say(f"{len(summary.failed_all)} file(s) could not be read"
-             + (f" ({earlier} in an earlier run; they are retried once they change)" if earlier else "")
-             + f", listed in {out / 'errors.csv'}")
-        raise typer.Exit(2)
+        problems = (f"{len(summary.failed_all)} file(s) could not be read"
+                    + (f" ({earlier} in an earlier run; they are retried once they change)" if earlier else "")
+                    + f", listed in {out / 'errors.csv'}")
+        if summary.exit_code == 1:
+            raise fail(f"nothing could be processed: {problems}")
+        _say(problems)
+        raise typer.Exit(summary.exit_code)
 
 
 @friendly_errors

@@ -34,14 +34,16 @@ class Detection:
     confidence: float
 
 
-def window_hits(probs: np.ndarray, classes: Sequence[str], min_conf: float,
+def window_hits(probs: np.ndarray, classes: Sequence[str], min_conf: float | np.ndarray,
                 top_k: int | None = None, ignore: frozenset[str] = frozenset()) -> list[tuple[str, float]]:
-    """Classes of one window at or above ``min_conf``, best first, at most ``top_k`` of them.
+    """Classes of one window at or above ``min_conf`` (one value, or one per class), best first, at most ``top_k``.
 
     ``ignore`` names classes that are never reported (a detector's background / noise class).
     """
     order = np.argsort(-probs, kind="stable")
-    hits = [(classes[i], float(probs[i])) for i in order if probs[i] >= min_conf and classes[i] not in ignore]
+    per_class = np.ndim(min_conf) > 0
+    hits = [(classes[i], float(probs[i])) for i in order
+            if probs[i] >= (min_conf[i] if per_class else min_conf) and classes[i] not in ignore]
     return hits[:top_k] if top_k is not None else hits
 
 

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS files (
     outputs TEXT NOT NULL,          -- JSON list of the paths it wrote, relative to the output folder
     problem TEXT,
     options_id INTEGER REFERENCES options(id),
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    seconds REAL                    -- audio seconds of a done recording (the combined Raven table lays them end to end)
 ) WITHOUT ROWID;
 """
 
@@ -124,6 +125,7 @@ class RunState:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; the outputs are fsynced first
             self._db.executescript(_SCHEMA)
+            self._add_seconds_column()
             self._check_format()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{self.path}: unreadable journal ({exc}); use another --out folder, "
@@ -139,6 +141,12 @@ class RunState:
 
     def _set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def _add_seconds_column(self) -> None:
+        """Journals written before recordings' lengths were kept gain the column (NULL: not known)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
+        if "seconds" not in columns:
+            self._db.execute("ALTER TABLE files ADD COLUMN seconds REAL")
 
     def _check_format(self) -> None:
         found = self._meta("format")
@@ -271,6 +279,13 @@ class RunState:
             found.extend(o for o in json.loads(outputs) if o.endswith(suffix))
         return sorted(found)
 
+    def done_tables(self, suffix: str) -> list[tuple[str, float | None]]:
+        """(output ending with ``suffix``, audio seconds of its recording or None) of every done file, by output."""
+        found = []
+        for outputs, seconds in self._db.execute("SELECT outputs, seconds FROM files WHERE status = 'done'"):
+            found.extend((o, seconds) for o in json.loads(outputs) if o.endswith(suffix))
+        return sorted(found)
+
     def other_options(self) -> dict[str, int]:
         """Done files written with output options other than this run's: a description of those options -> count."""
         rows = self._db.execute("SELECT o.json, COUNT(*) FROM files f JOIN options o ON o.id = f.options_id "
@@ -282,30 +297,34 @@ class RunState:
         return found
 
     # -- writing ----------------------------------------------------------------------------------------------
-    def _write(self, record: FileRecord, options_id: int, jsonl_end: int | None) -> None:
+    def _write(self, record: FileRecord, options_id: int, jsonl_end: int | None,
+               seconds: float | None = None) -> None:
         fp = record.fingerprint
         self._db.execute(
             "INSERT OR REPLACE INTO files (key, name, size, mtime_ns, status, detections, outputs, problem, "
-            "options_id, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "options_id, updated, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (record.key, record.name, fp.size if fp else None, fp.mtime_ns if fp else None, record.status,
-             record.detections, json.dumps(list(record.outputs)), record.problem, options_id, time.time()))
+             record.detections, json.dumps(list(record.outputs)), record.problem, options_id, time.time(), seconds))
         if jsonl_end is not None:
             self._set_meta("jsonl_committed", str(jsonl_end))
 
-    def _commit(self, record: FileRecord, jsonl_end: int | None) -> None:
+    def _commit(self, record: FileRecord, jsonl_end: int | None, seconds: float | None = None) -> None:
         self._db.execute("BEGIN")
         try:
-            self._write(record, self._options_id, jsonl_end)
+            self._write(record, self._options_id, jsonl_end, seconds)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
 
     def mark_done(self, path: Path, name: str, n_detections: int, outputs: Sequence[str], *,
-                  fingerprint: Fingerprint | None = None, jsonl_end: int | None = None) -> None:
-        """``fingerprint``: the version analysed (taken before reading it); ``jsonl_end``: the committed JSONL size."""
+                  fingerprint: Fingerprint | None = None, jsonl_end: int | None = None,
+                  seconds: float | None = None) -> None:
+        """``fingerprint``: the version analysed (taken before reading it); ``jsonl_end``: the committed JSONL size;
+        ``seconds``: the recording's length in audio seconds."""
         fingerprint = fingerprint if fingerprint is not None else Fingerprint.of(path)
-        self._commit(FileRecord(self.key(path), name, DONE, fingerprint, n_detections, tuple(outputs)), jsonl_end)
+        self._commit(FileRecord(self.key(path), name, DONE, fingerprint, n_detections, tuple(outputs)), jsonl_end,
+                     seconds)
 
     def mark_failed(self, path: Path, name: str, problem: str, *, fingerprint: Fingerprint | None = None,
                     jsonl_end: int | None = None) -> None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
-from vocalprobe.runtime.core.audio import audio_info, is_audio_file, iter_blocks
-from vocalprobe.runtime.core.errors import AudioFileNotFound, InvalidSamplesError, VocalprobeError
+from vocalprobe.runtime.core.audio import audio_info, is_audio_file, iter_blocks, wav_data_size
+from vocalprobe.runtime.core.errors import AudioFileNotFound, VocalprobeError
 from vocalprobe.runtime.core.resample import StreamResampler
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,10 @@ class FileSource:
     def duration(self) -> float:
         return audio_info(self.path).duration
 
+    def source_rate(self) -> int:
+        """The rate the recording was made at (the band it holds ends at half of it)."""
+        return audio_info(self.path).sample_rate
+
     def blocks(self, target_rate: int) -> Iterator[np.ndarray]:
         info = audio_info(self.path)
         yield from _resampled(iter_blocks(self.path, self.block_size), info.sample_rate, target_rate)
@@ -68,6 +72,8 @@ class StdinSource:
     stream: BinaryIO | None = None  # default: sys.stdin.buffer
     block_frames: int = DEFAULT_BLOCK_SIZE
     name: str = STDIN_NAME
+    #: (start_s, end_s) of blocks that held NaN/inf samples, analysed as silence (a live stream survives a glitch).
+    glitches: list[tuple[float, float]] = field(default_factory=list, compare=False)
 
     def __post_init__(self):
         if self.dtype not in PCM_DTYPES:
@@ -79,6 +85,9 @@ class StdinSource:
 
     def duration(self) -> None:
         return None
+
+    def source_rate(self) -> int:
+        return self.sample_rate
 
     def raw_blocks(self) -> Iterator[np.ndarray]:
         """Mono float32 blocks at the stream's own rate, scaled like soundfile reads the same samples from a file."""
@@ -101,7 +110,11 @@ class StdinSource:
             if self.dtype == "f32":
                 block = frames.astype(np.float32)
                 if not np.all(np.isfinite(block)):
-                    raise InvalidSamplesError(self.name, f"NaN/inf samples after {done} frames")
+                    span = (done / self.sample_rate, (done + len(block)) / self.sample_rate)
+                    log.warning("%s: NaN/inf samples at %.3f-%.3f s; that block is analysed as silence",
+                                self.name, *span)
+                    self.glitches.append(span)
+                    block = np.zeros_like(block)
             else:
                 block = frames.astype(np.float32) / np.float32(full_scale)
             done += block.shape[0]
@@ -149,33 +162,18 @@ def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_
     return list(unique.values())
 
 
-def wav_header_complete(path: Path) -> bool | None:
-    """For a RIFF/WAVE file: does it hold all the audio its header declares? None when it cannot tell.
+def still_being_written(path: Path) -> bool:
+    """A WAV whose header declares more data than the file holds (or whose header is not all there yet).
 
     A recorder that writes the final size into the header before the samples (or rewrites it on close) makes a file
-    that is still being written recognisable whatever pauses its writing has. Placeholder sizes (0 or 0xFFFFFFFF,
-    streaming writers) and other formats say nothing: then only the settle time decides.
+    that is still being written recognisable whatever pauses its writing has. Placeholder sizes (streaming writers)
+    and other formats say nothing: then only the settle time decides.
     """
     try:
-        with path.open("rb") as handle:
-            head = handle.read(12)
-            if len(head) < 12:
-                return False if head and b"RIFF".startswith(head[:4]) else None
-            if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-                return None
-            size = path.stat().st_size
-            while True:
-                header = handle.read(8)
-                if len(header) < 8:
-                    return False  # the data chunk is not even written yet
-                chunk, length = header[:4], int.from_bytes(header[4:], "little")
-                if chunk == b"data":
-                    if length in (0, 0xFFFFFFFF):
-                        return None
-                    return size - handle.tell() >= length
-                handle.seek(length + (length & 1), 1)
+        data = wav_data_size(path, unfinished_header=True)
     except OSError:
-        return None
+        return False
+    return data is not None and data.short
 
 
 @dataclass
@@ -241,7 +239,7 @@ class FolderWatcher:
             stable = now - seen.stable_since
             if stable < self.settle_s or stat.st_size == 0:
                 continue
-            if wav_header_complete(path) is False and stable < self.abandon_s:
+            if still_being_written(path) and stable < self.abandon_s:
                 continue
             out.append(path)
             self._given[path] = version

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from vocalprobe.runtime.field.sources import FolderWatcher, SourceError, StdinSource, wav_header_complete
+from vocalprobe.runtime.core.audio import wav_data_size
+from vocalprobe.runtime.field.sources import FolderWatcher, SourceError, StdinSource, still_being_written
 
 
 def test_stdin_multichannel_and_formats(tmp_path):
@@ -19,11 +20,33 @@ def test_stdin_multichannel_and_formats(tmp_path):
     got = np.concatenate(list(source.raw_blocks()))
     expected = stereo[:-1].astype(np.float32).mean(axis=1) / 32768  # the cut-off last frame is not audio
     np.testing.assert_allclose(got, expected, atol=1e-7)
-    floats = np.array([0.1, np.nan], dtype="<f4")
-    with pytest.raises(Exception, match="NaN"):
-        list(StdinSource(16_000, dtype="f32", stream=io.BytesIO(floats.tobytes())).raw_blocks())
     with pytest.raises(Exception, match="--sample-rate"):
         StdinSource(None)
+
+
+def test_a_nan_block_on_stdin_is_silence_and_is_reported(caplog):
+    """A live monitor survives a glitch: the block is analysed as silence, its time range kept for errors.csv."""
+    floats = np.full(3_000, 0.25, dtype="<f4")
+    floats[1_500] = np.nan
+    source = StdinSource(1_000, dtype="f32", stream=io.BytesIO(floats.tobytes()), block_frames=1_000)
+    with caplog.at_level("WARNING"):
+        blocks = list(source.raw_blocks())
+    np.testing.assert_array_equal(np.concatenate(blocks)[1_000:2_000], 0.0)
+    np.testing.assert_array_equal(np.concatenate(blocks)[2_000:], 0.25)
+    assert source.glitches == [(1.0, 2.0)]
+    assert "NaN/inf samples at 1.000-2.000 s" in caplog.text
+
+
+def test_the_wav_data_check_of_reading_and_watching_is_one_function(tmp_path):
+    whole = wav_bytes(1.0)
+    path = tmp_path / "A.WAV"
+    path.write_bytes(whole)
+    assert wav_data_size(path) == (len(whole) - 44, len(whole) - 44) and not wav_data_size(path).short
+    path.write_bytes(whole[:1000])
+    assert wav_data_size(path).short and still_being_written(path)  # truncated, to the reader and the watcher
+    path.write_bytes(whole[:30])  # cut inside its header: being written (watcher); libsndfile's to refuse (reader)
+    assert wav_data_size(path) is None
+    assert wav_data_size(path, unfinished_header=True) == (None, 30) and still_being_written(path)
 
 
 def test_watcher_waits_until_files_stop_growing(tmp_path):
@@ -59,12 +82,12 @@ def test_watcher_waits_for_the_data_a_wav_header_declares(tmp_path):
     whole = wav_bytes(10.0)
     path = tmp_path / "20210502_040000.WAV"
     path.write_bytes(whole[:len(whole) * 4 // 10])  # 4 s of 10 written, then a pause
-    assert wav_header_complete(path) is False
+    assert still_being_written(path)
     for now[0] in (0.0, 5.0, 20.0):
         assert watcher.ready() == []  # stable for longer than settle, but still short of its data
     with path.open("ab") as handle:
         handle.write(whole[len(path.read_bytes()):])
-    assert wav_header_complete(path) is True
+    assert not still_being_written(path) and not wav_data_size(path).short
     now[0] = 21.0
     assert watcher.ready() == []  # changed: settles again
     now[0] = 24.0
@@ -92,7 +115,7 @@ def test_watcher_settle_time_alone_decides_without_a_data_size(tmp_path):
     path.write_bytes(bytes(streaming))
     flac = tmp_path / "A.flac"
     flac.write_bytes(b"fLaC" + b"\0" * 100)
-    assert wav_header_complete(path) is None and wav_header_complete(flac) is None
+    assert wav_data_size(path) is None and wav_data_size(flac) is None  # nothing to tell: settle decides
     assert watcher.ready() == []
     now[0] = 3.0
     assert watcher.ready() == [flac, path]

@@ -26,14 +26,16 @@ DETECTIONS = [Detection("site1/20210502_040000.WAV", 1.5, 3.0, "low", 0.91234),
 
 def test_raven_table_columns_exact(tmp_path):
     path = tmp_path / "t.selection.table.txt"
-    write_raven(DETECTIONS, path, begin_file="20210502_040000.WAV", high_freq_hz=8000)
+    write_raven(DETECTIONS, path, begin_file="20210502_040000.WAV", high_freq_hz=8000,
+                begin_path="/media/card/site1/20210502_040000.WAV")
     lines = path.read_text().splitlines()
     assert lines[0].split("\t") == ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
-                                    "Low Freq (Hz)", "High Freq (Hz)", "Begin File", "File Offset (s)", "Class",
-                                    "Confidence"]
+                                    "Low Freq (Hz)", "High Freq (Hz)", "Begin File", "Begin Path", "File Offset (s)",
+                                    "Class", "Confidence"]
     assert list(RAVEN_COLUMNS) == lines[0].split("\t")
     assert lines[1].split("\t") == ["1", "Spectrogram 1", "1", "1.500", "3.000", "0.0", "8000.0",
-                                    "20210502_040000.WAV", "1.500", "low", "0.9123"]
+                                    "20210502_040000.WAV", "/media/card/site1/20210502_040000.WAV", "1.500", "low",
+                                    "0.9123"]
     assert lines[2].split("\t")[0] == "2" and len(lines) == 3
 
 
