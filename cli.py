@@ -12,9 +12,12 @@ import typer
 
 from vocalprobe import __version__
 from vocalprobe import demo
+from vocalprobe.export import attach as export_attach
 from vocalprobe.export import cli as export_cli
+from vocalprobe.runtime.archive import cli as archive_cli
 from vocalprobe.runtime.datasets import cli as data_cli
 from vocalprobe.runtime.field import cli as field_cli
+from vocalprobe.training import archive_probe
 from vocalprobe.training.aves import cli as aves_cli
 from vocalprobe.training.study import cli as study_cli
 
@@ -36,6 +39,13 @@ app.command("validate")(field_cli.validate)
 app.command("stream")(field_cli.stream)
 app.command("bench")(field_cli.bench)
 app.command("score-events")(field_cli.score_events)
+# The embedding archive: embed once, then search, label, fit and apply probes, attach one to its graph.
+app.command("embed")(archive_cli.embed)
+app.command("search")(archive_cli.search)
+app.add_typer(archive_cli.label_app, name="label")
+archive_cli.probe_app.command("fit")(archive_cli.fit_command(archive_probe.fit_head))
+app.add_typer(archive_cli.probe_app, name="probe")
+export_cli.app.command("attach")(archive_cli.attach_command(export_attach.attach_head))
 
 
 def _version(value: bool) -> None:

@@ -4,9 +4,16 @@ Export writes graphs to this contract and the runtime reads them by it, so both 
 and onnx-free: a recorder checks a graph with nothing but this module and onnxruntime.
 
 A graph is a resumable accumulator (``vocalprobe.training.deployable``): input ``waveform`` float32
-``[batch, samples]``; optional inputs ``peak`` and ``prior_*`` (inputs with a default initializer); outputs
+``[..., samples]``; optional inputs ``peak`` and ``prior_*`` (inputs with a default initializer); outputs
 ``probabilities``, ``embedding`` and the accumulated statistics ``stats_*``. Everything else the runtime needs is in
 the metadata map (``ModelProto.metadata_props``, all values strings), described by ``METADATA_KEYS``.
+
+The waveform's layout (``WAVEFORM_LAYOUT``): OpenSoundscape's ``ONNXModel`` always feeds ``[batch, 1, samples]``,
+perch-hoplite's ``TaxonomyModelOnnx`` and vocalprobe feed ``[batch, samples]``, and one ONNX input has one rank. So
+the graph declares ``waveform`` with no shape (any rank) and its first node flattens every leading axis into the
+batch (``Flatten(axis=-1)``): ``[b, 1, s]`` and ``[b, s]`` both give ``b`` rows, ``[s]`` one. onnx's checker wants a
+shape on every graph input, so export checks a copy with ``[batch, samples]`` filled in. Graphs written before this
+declare ``[batch, samples]`` (layout ``LAYOUT_BATCH_SAMPLES``, the reading of an absent key) and still run.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ __all__ = ["GraphContractError", "GraphMetadata", "MetadataKey", "METADATA_KEYS"
            "PROBABILITIES", "EMBEDDING", "STATS_COUNT", "STATS_MEAN", "STATS_M2", "STATS_OUTPUTS", "OUTPUT_NAMES",
            "INPUT_AXES", "STATE_BATCH_AXIS", "prior_input_for", "optional_input_defaults", "MAX_WINDOW_SECONDS",
            "MAX_SAMPLE_RATE", "MAX_GRAPH_SAMPLES", "CLASSES", "SAMPLE_RATE", "SAMPLE_DURATION", "CLASS_OUTPUTS_KEY",
-           "EMBEDDING_OUTPUTS_KEY", "MAX_CHUNK_SAMPLES", "VAL_UAR", "TEST_UAR", "QUANTIZATION", "MEMBERS", "VERSION"]
+           "EMBEDDING_OUTPUTS_KEY", "MAX_CHUNK_SAMPLES", "VAL_UAR", "TEST_UAR", "QUANTIZATION", "MEMBERS", "VERSION",
+           "CLASS_THRESHOLDS", "ATTACHED_HEAD", "WAVEFORM_LAYOUT", "LAYOUT_ANY_LEADING", "LAYOUT_BATCH_SAMPLES",
+           "WAVEFORM_LAYOUTS", "PERCH_HOPLITE_CONFIG", "perch_hoplite_config"]
 
 
 class GraphContractError(VocalprobeError):
@@ -35,7 +44,7 @@ class GraphContractError(VocalprobeError):
 # ----------------------------------------------------------------------------------------------------------------
 # names
 
-WAVEFORM = "waveform"  # float32 [batch, samples], raw mono audio at the graph's sample rate
+WAVEFORM = "waveform"  # float32 [..., samples] (see WAVEFORM_LAYOUT), raw mono audio at the graph's sample rate
 PEAK = "peak"  # [batch or 1, 1]: amplitude to divide by; 0 = the input's own peak (a whole clip)
 PRIOR_COUNT = "prior_count"  # [batch or 1, 1]: frames already accumulated
 PRIOR_MEAN = "prior_mean"  # [batch or 1, D]
@@ -110,6 +119,15 @@ VAL_UAR, TEST_UAR = "val_uar", "test_uar"
 QUANTIZATION = "quantization"
 MEMBERS = "members"
 VERSION = "vocalprobe_version"
+WAVEFORM_LAYOUT = "waveform_layout"
+#: Every leading axis of ``waveform`` is a batch axis (the graph flattens them): what export writes.
+LAYOUT_ANY_LEADING = "...,samples"
+#: ``waveform`` is exactly ``[batch, samples]``: graphs written before the layout key existed.
+LAYOUT_BATCH_SAMPLES = "batch,samples"
+WAVEFORM_LAYOUTS = (LAYOUT_ANY_LEADING, LAYOUT_BATCH_SAMPLES)
+PERCH_HOPLITE_CONFIG = "perch_hoplite_config"
+CLASS_THRESHOLDS = "class_thresholds"
+ATTACHED_HEAD = "attached_head"
 
 METADATA_KEYS: tuple[MetadataKey, ...] = (
     # what the runtime reads (OpenSoundscape's ONNXModel reads the first four too)
@@ -121,6 +139,8 @@ METADATA_KEYS: tuple[MetadataKey, ...] = (
     MetadataKey(EMBEDDING_OUTPUTS_KEY, "output name", meaning=f"export writes {EMBEDDING!r}; absent: no embedding"),
     MetadataKey(MAX_CHUNK_SAMPLES, f"int, 1..{MAX_GRAPH_SAMPLES}",
                 meaning="longer clips are fed chunk by chunk with carried statistics; absent: whole clips"),
+    MetadataKey(WAVEFORM_LAYOUT, " | ".join(WAVEFORM_LAYOUTS), default=LAYOUT_BATCH_SAMPLES,
+                meaning="the axes of the waveform input; absent: an older [batch, samples] graph"),
     MetadataKey(VAL_UAR, "fraction 0..1", meaning="the study's PyTorch score on Val"),
     MetadataKey(TEST_UAR, "fraction 0..1", meaning="the study's PyTorch score on Test"),
     # descriptive: written by export, shown to users, never needed to run the graph
@@ -144,6 +164,12 @@ METADATA_KEYS: tuple[MetadataKey, ...] = (
     MetadataKey("graph_outputs", "JSON list", meaning="OUTPUT_NAMES"),
     MetadataKey(MEMBERS, "JSON list of {file, backbone, layer, dataset, quantization, weight}", meaning="fusion only"),
     MetadataKey("fusion_of", "text", meaning="fusion only"),
+    MetadataKey(CLASS_THRESHOLDS, "JSON object class -> probability", meaning="per-class thresholds chosen for a "
+                "target precision (`vocalprobe export attach`)"),
+    MetadataKey(ATTACHED_HEAD, "JSON object", meaning="a probe trained on archived vectors replaced the graph's head: "
+                "its kind, held-out scores and the graph it was attached to"),
+    MetadataKey(PERCH_HOPLITE_CONFIG, "JSON object", meaning="the fields of perch-hoplite's TaxonomyModelOnnx that "
+                "run this graph (add model_path); see perch_hoplite_config"),
     MetadataKey(VERSION, "text", meaning="the vocalprobe that wrote the graph"),
 )
 #: Keys the runtime cannot work without.
@@ -158,9 +184,13 @@ _FIX = "Export it with `vocalprobe export`, which writes this metadata"
 
 def _value_problems(*, classes: tuple[str, ...] | None, sample_rate: int | None, sample_duration: float | None,
                     class_outputs_key: str | None, embedding_outputs_key: str | None,
-                    max_chunk_samples: int | None, val_uar: float | None, test_uar: float | None) -> list[str]:
+                    max_chunk_samples: int | None, val_uar: float | None, test_uar: float | None,
+                    waveform_layout: str | None) -> list[str]:
     """What is wrong with already-typed values (None: absent or not readable, checked elsewhere)."""
     problems = []
+    if waveform_layout is not None and waveform_layout not in WAVEFORM_LAYOUTS:
+        problems.append(f"'{WAVEFORM_LAYOUT}' must be one of {', '.join(map(repr, WAVEFORM_LAYOUTS))}, got "
+                        f"{waveform_layout!r}")
     if classes is not None:
         if not classes or not all(isinstance(c, str) and c for c in classes):
             problems.append(f"'{CLASSES}' must be a non-empty list of class names, got {list(classes)}")
@@ -220,6 +250,7 @@ class GraphMetadata:
     max_chunk_samples: int | None = None
     val_uar: float | None = None
     test_uar: float | None = None
+    waveform_layout: str = LAYOUT_ANY_LEADING  # a stored map without the key reads LAYOUT_BATCH_SAMPLES
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False)  # the whole map, as stored
 
     def __post_init__(self):
@@ -244,6 +275,7 @@ class GraphMetadata:
             "max_chunk_samples": _read_number(metadata, MAX_CHUNK_SAMPLES, int, problems),
             "val_uar": _read_number(metadata, VAL_UAR, float, problems),
             "test_uar": _read_number(metadata, TEST_UAR, float, problems),
+            "waveform_layout": metadata.get(WAVEFORM_LAYOUT, LAYOUT_BATCH_SAMPLES),
         }
         problems += _value_problems(**values)
         if problems:
@@ -261,8 +293,22 @@ class GraphMetadata:
         for key, value in ((VAL_UAR, self.val_uar), (TEST_UAR, self.test_uar)):
             if value is not None:
                 meta[key] = repr(float(value))
+        meta[WAVEFORM_LAYOUT] = self.waveform_layout
+        meta[PERCH_HOPLITE_CONFIG] = json.dumps(perch_hoplite_config(self), sort_keys=True)
         return meta
 
 
 _CHECKED = ("classes", "sample_rate", "sample_duration", "class_outputs_key", "embedding_outputs_key",
-            "max_chunk_samples", "val_uar", "test_uar")
+            "max_chunk_samples", "val_uar", "test_uar", "waveform_layout")
+
+
+def perch_hoplite_config(info: GraphMetadata, *, hop_s: float | None = None) -> dict[str, Any]:
+    """The fields of perch-hoplite's ``TaxonomyModelOnnx`` (``perch_hoplite.zoo.models_onnx``) that run this graph:
+    its input and outputs, its window (hop: the window, like ``stream``), and no peak normalisation of hoplite's
+    own (``target_peak=None``: the graph normalises each window itself). Add ``model_path``."""
+    outputs = {"logits": info.class_outputs_key}
+    if info.embedding_outputs_key is not None:
+        outputs["embedding"] = info.embedding_outputs_key
+    return {"sample_rate": int(info.sample_rate), "window_size_s": float(info.sample_duration),
+            "hop_size_s": float(info.sample_duration if hop_s is None else hop_s), "target_peak": None,
+            "input_name": WAVEFORM, "output_map": outputs}

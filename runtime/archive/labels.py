@@ -1,0 +1,128 @@
+"""`vocalprobe label import`: reviewed Raven selection tables become annotations on the archive's windows.
+
+A row names its recording by ``Begin Path`` (Raven's multi-file tables, and ``vocalprobe search``'s hits), by
+``Begin File``, or, in a single-file table, by the table's own name (``<recording>.Table.1.selections.txt``). A
+window gets the row's label when they overlap by at least half of the shorter of the two (a call clipped by a
+window edge is not a call in it). Annotations carry the window's own offsets, as hoplite's agile notebooks write
+them. Rows that match no recording or window, or carry no label, are reported with their line, never dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from vocalprobe.runtime.archive.store import NEGATIVE, POSITIVE, ArchiveDB, ArchiveError, RecordingRow
+
+LABEL_COLUMNS = ("Label", "Annotation", "Class")
+POSITIVE_WORDS = {"positive", "pos", "yes", "y", "1", "true", "present"}
+NEGATIVE_WORDS = {"negative", "neg", "no", "n", "0", "false", "absent"}
+_SINGLE_FILE_MARK = ".Table."
+
+
+@dataclass
+class LabelReport:
+    rows: int = 0
+    annotations: int = 0  # newly added
+    unmatched: list[tuple[str, int, str]] = field(default_factory=list)  # (table, line, why)
+
+
+class _Recordings:
+    def __init__(self, rows: dict[int, RecordingRow]):
+        self.by_path = {r.path.resolve(): r for r in rows.values()}
+        self.by_name: dict[str, list[RecordingRow]] = {}
+        self.by_stem: dict[str, list[RecordingRow]] = {}
+        for r in rows.values():
+            self.by_name.setdefault(Path(r.filename).name, []).append(r)
+            self.by_stem.setdefault(Path(r.filename).stem, []).append(r)
+
+    def find(self, path_text: str | None, file_text: str | None, table_stem: str | None) -> RecordingRow | str:
+        if path_text:
+            hit = self.by_path.get(Path(path_text).resolve())
+            if hit is not None:
+                return hit
+            file_text = Path(path_text).name
+        if file_text:
+            found = self.by_name.get(Path(file_text).name, [])
+        elif table_stem:
+            found = self.by_stem.get(table_stem, []) or self.by_name.get(table_stem, [])
+        else:
+            return "the table names no recording (no Begin Path / Begin File column, not <recording>.Table.1...)"
+        if len(found) == 1:
+            return found[0]
+        name = path_text or file_text or table_stem
+        return (f"no recording {name} in the archive" if not found
+                else f"{name} names {len(found)} recordings ({', '.join(r.filename for r in found)}); use Begin Path")
+
+
+def _table_stem(path: Path) -> str | None:
+    name = path.name
+    return name.split(_SINGLE_FILE_MARK)[0] if _SINGLE_FILE_MARK in name else None
+
+
+def _label_of(value: str, one_class: str | None) -> tuple[str, int] | str:
+    text = value.strip()
+    if not text:
+        return "no label"
+    if one_class is None:
+        return text, POSITIVE
+    word = text.lower()
+    if word in POSITIVE_WORDS:
+        return one_class, POSITIVE
+    if word in NEGATIVE_WORDS:
+        return one_class, NEGATIVE
+    return f"label {text!r} is neither positive nor negative (--class {one_class})"
+
+
+def import_tables(archive: ArchiveDB, tables: Sequence[str | Path], *, label_column: str | None = None,
+                  one_class: str | None = None) -> LabelReport:
+    recordings = _Recordings(archive.recordings())
+    report = LabelReport()
+    provenance_rows: dict[str, list] = {}
+    for table in map(Path, tables):
+        try:
+            text = table.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            text = table.read_text(encoding="latin-1")
+        reader = csv.DictReader(text.splitlines(), delimiter="\t")
+        header = reader.fieldnames or []
+        column = label_column if label_column is not None else next((c for c in LABEL_COLUMNS if c in header), None)
+        if column is None or column not in header:
+            raise ArchiveError(f"{table}: no label column ({label_column or ' / '.join(LABEL_COLUMNS)}; the table "
+                               f"has {', '.join(header)}); name it with --label-column")
+        for name in ("Begin Time (s)", "End Time (s)"):
+            if name not in header:
+                raise ArchiveError(f"{table}: not a Raven selection table (no {name!r} column)")
+        provenance = f"raven:{table.name}"
+        rows = provenance_rows.setdefault(provenance, [])
+        for line, row in enumerate(reader, start=2):
+            report.rows += 1
+            label = _label_of(row.get(column) or "", one_class)
+            if isinstance(label, str):
+                report.unmatched.append((str(table), line, label))
+                continue
+            recording = recordings.find(row.get("Begin Path"), row.get("Begin File"), _table_stem(table))
+            if isinstance(recording, str):
+                report.unmatched.append((str(table), line, recording))
+                continue
+            try:
+                begin, end = float(row["Begin Time (s)"]), float(row["End Time (s)"])
+                offset = float(row["File Offset (s)"]) if row.get("File Offset (s)") else begin
+            except ValueError:
+                report.unmatched.append((str(table), line, "times are not numbers"))
+                continue
+            start, stop = offset, offset + (end - begin)
+            windows = [w for w in archive.recording_windows(recording.id)
+                       if min(w.end_s, stop) - max(w.start_s, start) >= 0.5 * min(w.end_s - w.start_s, stop - start)
+                       and min(w.end_s, stop) > max(w.start_s, start)]
+            if not windows:
+                report.unmatched.append((str(table), line, f"no window of {recording.filename} covers "
+                                                           f"{start:.3f}-{stop:.3f} s"))
+                continue
+            rows.extend((recording.id, w.start_s, w.end_s, label[0], label[1]) for w in windows)
+    for provenance, rows in provenance_rows.items():
+        report.annotations += archive.add_annotations(rows, provenance)
+    return report

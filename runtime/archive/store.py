@@ -1,0 +1,380 @@
+"""An archive database in perch-hoplite's format, written with sqlite3 and usearch (hoplite itself is not needed).
+
+The folder holds ``hoplite.sqlite`` (hoplite's tables: ``hoplite_metadata``, ``deployments``, ``recordings``,
+``windows``, ``annotations``), ``usearch.index`` (one vector per window, keyed by window id) and vocalprobe's own
+table ``vocalprobe_recordings`` (audio sha256 and window count of every finished recording), which hoplite ignores.
+
+Safety: a writer holds the folder's lock (``OutputLock``). Every recording is one SQLite transaction: a killed run
+leaves either all of a recording's windows or none. The index is saved (atomically) after a commit at most every
+``checkpoint_s`` and on close, so it only ever holds committed windows; a recording committed after the last save of
+a killed run has windows without vectors, and ``open_writer`` deletes it so that it is embedded again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from vocalprobe.runtime.archive import vectors
+from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.field.out_lock import OutputLock
+
+log = logging.getLogger(__name__)
+
+SQLITE_NAME = "hoplite.sqlite"
+INDEX_NAME = "usearch.index"
+#: hoplite_metadata keys: hoplite's, and vocalprobe's own (what a reader needs to trust the vectors).
+USEARCH_CONFIG_KEY, MODEL_CONFIG_KEY, AUDIO_SOURCES_KEY, VOCALPROBE_KEY = (
+    "usearch_config", "model_config", "audio_sources", "vocalprobe")
+#: hoplite's LabelType values.
+NEGATIVE, POSITIVE = 0, 1
+
+# perch-hoplite 1.0.2's schema (perch_hoplite/db/sqlite_usearch_impl.py), verbatim.
+_HOPLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hoplite_metadata (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deployments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, project TEXT NOT NULL, latitude REAL, longitude REAL,
+    UNIQUE (name, project));
+CREATE TABLE IF NOT EXISTS recordings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, filename TEXT NOT NULL, datetime TEXT,
+    deployment_id INTEGER REFERENCES deployments(id) ON DELETE CASCADE,
+    UNIQUE (id, deployment_id), UNIQUE (filename, deployment_id));
+CREATE TABLE IF NOT EXISTS windows (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    recording_id INTEGER NOT NULL REFERENCES recordings(id) ON DELETE CASCADE,
+    offsets FLOAT_LIST NOT NULL, UNIQUE (id, recording_id, offsets));
+CREATE TABLE IF NOT EXISTS annotations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    recording_id INTEGER NOT NULL REFERENCES recordings(id) ON DELETE CASCADE,
+    offsets FLOAT_LIST NOT NULL, label TEXT NOT NULL, label_type INTEGER NOT NULL, provenance TEXT NOT NULL,
+    UNIQUE (id, recording_id, offsets));
+CREATE INDEX IF NOT EXISTS idx_annotations ON annotations(recording_id, offsets, label, label_type, provenance);
+CREATE INDEX IF NOT EXISTS idx_labels ON annotations(label, label_type, provenance);
+CREATE INDEX IF NOT EXISTS idx_recordings_deployment_id ON recordings(deployment_id);
+CREATE INDEX IF NOT EXISTS idx_windows_recording_id ON windows(recording_id);
+"""
+_VOCALPROBE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vocalprobe_recordings (
+    recording_id INTEGER PRIMARY KEY REFERENCES recordings(id) ON DELETE CASCADE,
+    sha256 TEXT NOT NULL, n_windows INTEGER NOT NULL, audio_seconds REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS idx_vocalprobe_sha256 ON vocalprobe_recordings(sha256);
+"""
+
+
+class ArchiveError(VocalprobeError):
+    """A database folder that cannot be used as asked (another graph, other windows, not an archive)."""
+
+
+def offsets_blob(start_s: float, end_s: float) -> bytes:
+    """hoplite's FLOAT_LIST: little-endian float64 values."""
+    return np.array([start_s, end_s], dtype="<f8").tobytes()
+
+
+def offsets_of(blob: bytes) -> tuple[float, float]:
+    start, end = np.frombuffer(blob, dtype="<f8")[:2]
+    return float(start), float(end)
+
+
+@dataclass(frozen=True)
+class WindowRow:
+    id: int
+    recording_id: int
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class RecordingRow:
+    id: int
+    filename: str
+    deployment: str
+    project: str
+    path: Path  # the audio file: the project's base_path (audio_sources) / filename
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        if not path.is_file():
+            raise ArchiveError(f"{path.parent}: no archive database here ({SQLITE_NAME} missing); "
+                               "create one with `vocalprobe embed`")
+        db = sqlite3.connect(f"file:{path.as_posix()}?mode=ro", uri=True)
+    else:
+        db = sqlite3.connect(path.as_posix(), isolation_level=None)  # explicit BEGIN/COMMIT
+        db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA foreign_keys = ON")
+    return db
+
+
+class ArchiveDB:
+    """One archive folder. ``ArchiveDB.open_writer`` (locked, repaired) or ``ArchiveDB.open_reader``."""
+
+    def __init__(self, folder: Path, db: sqlite3.Connection, index, lock: OutputLock | None,
+                 checkpoint_s: float = 60.0):
+        self.folder = folder
+        self.db = db
+        self.index = index
+        self.lock = lock
+        self.checkpoint_s = checkpoint_s
+        self._dirty = False
+        self._saved_at = time.monotonic()
+        self._pending_keys: list[np.ndarray] = []
+
+    # -- opening ---------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open_writer(cls, folder: str | Path, *, checkpoint_s: float = 60.0) -> "ArchiveDB":
+        folder = Path(folder)
+        lock = OutputLock(folder).acquire()
+        try:
+            db = _connect(folder / SQLITE_NAME, readonly=False)
+            db.executescript(_HOPLITE_SCHEMA + _VOCALPROBE_SCHEMA)
+            archive = cls(folder, db, None, lock, checkpoint_s)
+            config = archive.metadata().get(USEARCH_CONFIG_KEY)
+            if config is not None:
+                archive.index = vectors.load_index(folder / INDEX_NAME, config)
+                archive._repair()
+        except BaseException:
+            lock.release()
+            raise
+        return archive
+
+    @classmethod
+    def open_reader(cls, folder: str | Path) -> "ArchiveDB":
+        folder = Path(folder)
+        db = _connect(folder / SQLITE_NAME, readonly=True)
+        archive = cls(folder, db, None, None)
+        config = archive.metadata().get(USEARCH_CONFIG_KEY)
+        if config is None:
+            raise ArchiveError(f"{folder}: the database holds no embeddings yet")
+        archive.index = vectors.view_index(folder / INDEX_NAME, config)
+        return archive
+
+    def close(self) -> None:
+        if self.lock is not None and self._dirty:
+            self.save_index()
+        self.db.close()
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> "ArchiveDB":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _repair(self) -> None:
+        """Make SQLite and the index agree after a killed run: recordings with windows the index lacks are deleted
+        (embedded again), vectors of windows SQLite does not hold are dropped."""
+        stored = vectors.index_keys(self.index)
+        ids = np.array([r[0] for r in self.db.execute("SELECT id FROM windows")], dtype=np.int64)
+        missing = np.setdiff1d(ids, stored)
+        if missing.size:
+            placeholders = ",".join("?" * min(len(missing), 900))
+            broken: set[int] = set()
+            for start in range(0, len(missing), 900):
+                chunk = [int(i) for i in missing[start:start + 900]]
+                query = f"SELECT DISTINCT recording_id FROM windows WHERE id IN ({placeholders[:2 * len(chunk) - 1]})"
+                broken.update(r[0] for r in self.db.execute(query, chunk))
+            self.db.execute("BEGIN")
+            self.db.executemany("DELETE FROM recordings WHERE id = ?", [(i,) for i in sorted(broken)])
+            self.db.execute("COMMIT")
+            log.warning("%d recording(s) of an interrupted run were not indexed; they are embedded again",
+                        len(broken))
+        extra = np.setdiff1d(stored, ids)
+        if extra.size:
+            self.index.remove(extra)
+            self._dirty = True
+
+    # -- metadata --------------------------------------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM hoplite_metadata")}
+
+    def set_metadata(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT INTO hoplite_metadata (key, value) VALUES (?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+
+    def initialise(self, settings: dict[str, Any], model_config: dict[str, Any]) -> None:
+        """First use: write the settings; later uses: refuse other settings (another graph, other windows)."""
+        meta = self.metadata()
+        known = meta.get(VOCALPROBE_KEY)
+        if known is not None:
+            if known["graph_sha256"] != settings["graph_sha256"]:
+                raise ArchiveError(f"{self.folder} holds embeddings of another graph (sha256 {known['graph_sha256'][:12]}"
+                                   f"..., {known.get('graph_file', '?')}); this graph's sha256 is "
+                                   f"{settings['graph_sha256'][:12]}...: use another --db folder")
+            fixed = ("window_samples", "hop_samples", "final_window", "sample_rate")
+            changed = [f"{k} {known[k]} -> {settings[k]}" for k in fixed if known.get(k) != settings[k]]
+            if changed:
+                raise ArchiveError(f"{self.folder} was embedded with other windows ({'; '.join(changed)}); use the "
+                                   "same --window/--hop/--final-window, or another --db folder")
+            return
+        self.db.execute("BEGIN")
+        self.set_metadata(USEARCH_CONFIG_KEY, vectors.usearch_config(settings["embedding_dim"]))
+        self.set_metadata(VOCALPROBE_KEY, settings)
+        self.set_metadata(MODEL_CONFIG_KEY, model_config)
+        self.db.execute("COMMIT")
+        self.index = vectors.load_index(self.folder / INDEX_NAME, self.metadata()[USEARCH_CONFIG_KEY])
+
+    def settings(self) -> dict[str, Any]:
+        meta = self.metadata()
+        if VOCALPROBE_KEY not in meta:
+            raise ArchiveError(f"{self.folder}: not a vocalprobe archive (no '{VOCALPROBE_KEY}' metadata)")
+        return meta[VOCALPROBE_KEY]
+
+    def add_audio_source(self, dataset_name: str, base_path: Path) -> None:
+        """hoplite's ``audio_sources``: where each project's files are (its notebooks load audio from there)."""
+        sources = self.metadata().get(AUDIO_SOURCES_KEY) or {"audio_globs": []}
+        globs = [g for g in sources["audio_globs"] if g["dataset_name"] != dataset_name]
+        globs.append({"dataset_name": dataset_name, "base_path": str(base_path.resolve()), "file_glob": "**/*",
+                      "min_audio_len_s": 0.0, "target_sample_rate_hz": -2, "shard_len_s": None,
+                      "max_shards_per_file": None})
+        self.db.execute("BEGIN")
+        self.set_metadata(AUDIO_SOURCES_KEY, {"audio_globs": globs})
+        self.db.execute("COMMIT")
+
+    # -- writing one recording -------------------------------------------------------------------------------------
+
+    def finished_sha256(self, sha256: str) -> str | None:
+        """The filename of a finished recording with this audio, if any."""
+        row = self.db.execute("SELECT r.filename FROM vocalprobe_recordings v JOIN recordings r ON r.id = "
+                              "v.recording_id WHERE v.sha256 = ? LIMIT 1", (sha256,)).fetchone()
+        return None if row is None else row[0]
+
+    def finished(self, filename: str, deployment: str, project: str) -> str | None:
+        """The sha256 of the finished recording of that name, or None."""
+        row = self.db.execute(
+            "SELECT v.sha256 FROM recordings r JOIN deployments d ON d.id = r.deployment_id JOIN "
+            "vocalprobe_recordings v ON v.recording_id = r.id WHERE r.filename = ? AND d.name = ? AND d.project = ?",
+            (filename, deployment, project)).fetchone()
+        return None if row is None else row[0]
+
+    def begin_recording(self, filename: str, deployment: str, project: str, datetime_iso: str | None) -> int:
+        """Open the recording's transaction; an earlier version of it (other audio) is replaced."""
+        self.db.execute("BEGIN")
+        self.db.execute("INSERT INTO deployments (name, project) VALUES (?, ?) ON CONFLICT (name, project) "
+                        "DO NOTHING", (deployment, project))
+        (deployment_id,) = self.db.execute("SELECT id FROM deployments WHERE name = ? AND project = ?",
+                                           (deployment, project)).fetchone()
+        old = self.db.execute("SELECT id FROM recordings WHERE filename = ? AND deployment_id = ?",
+                              (filename, deployment_id)).fetchone()
+        if old is not None:
+            ids = np.array([r[0] for r in self.db.execute("SELECT id FROM windows WHERE recording_id = ?", old)])
+            self.db.execute("DELETE FROM recordings WHERE id = ?", old)
+            self._removed = ids
+        else:
+            self._removed = np.zeros(0, np.int64)
+        cursor = self.db.execute("INSERT INTO recordings (filename, datetime, deployment_id) VALUES (?, ?, ?)",
+                                 (filename, datetime_iso, deployment_id))
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'windows'").fetchone()
+        self._next_id = (row[0] if row else 0) + 1
+        self._pending_keys = []
+        return int(cursor.lastrowid)
+
+    def add_windows(self, recording_id: int, offsets: Sequence[tuple[float, float]], embeddings: np.ndarray) -> None:
+        keys = np.arange(self._next_id, self._next_id + len(offsets), dtype=np.int64)
+        self._next_id += len(offsets)
+        self.db.executemany("INSERT INTO windows (id, recording_id, offsets) VALUES (?, ?, ?)",
+                            [(int(k), recording_id, offsets_blob(s, e)) for k, (s, e) in zip(keys, offsets)])
+        self.index.add(keys, np.ascontiguousarray(embeddings, dtype=np.float32))
+        self._pending_keys.append(keys)
+
+    def commit_recording(self, recording_id: int, sha256: str, n_windows: int, audio_seconds: float) -> None:
+        self.db.execute("INSERT INTO vocalprobe_recordings (recording_id, sha256, n_windows, audio_seconds) "
+                        "VALUES (?, ?, ?, ?)", (recording_id, sha256, n_windows, audio_seconds))
+        self.db.execute("COMMIT")
+        if self._removed.size:
+            self.index.remove(self._removed)
+        self._pending_keys = []
+        self._dirty = True
+        if time.monotonic() - self._saved_at >= self.checkpoint_s:
+            self.save_index()
+
+    def abort_recording(self) -> None:
+        self.db.execute("ROLLBACK")
+        for keys in self._pending_keys:
+            self.index.remove(keys)
+        self._pending_keys = []
+
+    def save_index(self) -> None:
+        vectors.save_index(self.index, self.folder / INDEX_NAME)
+        self._dirty = False
+        self._saved_at = time.monotonic()
+
+    # -- reading ---------------------------------------------------------------------------------------------------
+
+    def count_windows(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM windows").fetchone()[0])
+
+    def windows(self, ids: Sequence[int] | None = None) -> list[WindowRow]:
+        if ids is None:
+            rows = self.db.execute("SELECT id, recording_id, offsets FROM windows ORDER BY id")
+            return [WindowRow(i, r, *offsets_of(o)) for i, r, o in rows]
+        by_id = {}
+        for start in range(0, len(ids), 900):
+            chunk = [int(i) for i in ids[start:start + 900]]
+            query = f"SELECT id, recording_id, offsets FROM windows WHERE id IN ({','.join('?' * len(chunk))})"
+            by_id.update({i: WindowRow(i, r, *offsets_of(o)) for i, r, o in self.db.execute(query, chunk)})
+        return [by_id[int(i)] for i in ids]
+
+    def iter_window_batches(self, batch: int = 65_536) -> Iterator[tuple[list[WindowRow], np.ndarray]]:
+        """Every window with its stored vector, ``batch`` at a time (memory bounded by the batch)."""
+        last = 0
+        while True:
+            rows = [WindowRow(i, r, *offsets_of(o)) for i, r, o in self.db.execute(
+                "SELECT id, recording_id, offsets FROM windows WHERE id > ? ORDER BY id LIMIT ?", (last, batch))]
+            if not rows:
+                return
+            last = rows[-1].id
+            yield rows, self.vectors([w.id for w in rows])
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        return vectors.get_vectors(self.index, np.asarray(ids, dtype=np.int64))
+
+    def recordings(self) -> dict[int, RecordingRow]:
+        bases = {g["dataset_name"]: Path(g["base_path"])
+                 for g in (self.metadata().get(AUDIO_SOURCES_KEY) or {"audio_globs": []})["audio_globs"]}
+        out = {}
+        for rid, filename, name, project in self.db.execute(
+                "SELECT r.id, r.filename, d.name, d.project FROM recordings r JOIN deployments d "
+                "ON d.id = r.deployment_id"):
+            base = bases.get(project)
+            out[rid] = RecordingRow(rid, filename, name, project, base / filename if base else Path(filename))
+        return out
+
+    def recording_windows(self, recording_id: int) -> list[WindowRow]:
+        rows = self.db.execute("SELECT id, recording_id, offsets FROM windows WHERE recording_id = ? ORDER BY id",
+                               (recording_id,))
+        return [WindowRow(i, r, *offsets_of(o)) for i, r, o in rows]
+
+    # -- annotations -----------------------------------------------------------------------------------------------
+
+    def add_annotations(self, rows: Sequence[tuple[int, float, float, str, int]], provenance: str) -> int:
+        """``(recording_id, start_s, end_s, label, label_type)`` rows; an identical annotation is not added twice."""
+        added = 0
+        self.db.execute("BEGIN")
+        for recording_id, start, end, label, label_type in rows:
+            blob = offsets_blob(start, end)
+            exists = self.db.execute("SELECT 1 FROM annotations WHERE recording_id = ? AND offsets = ? AND label = ? "
+                                     "AND label_type = ? AND provenance = ?",
+                                     (recording_id, blob, label, label_type, provenance)).fetchone()
+            if exists is None:
+                self.db.execute("INSERT INTO annotations (recording_id, offsets, label, label_type, provenance) "
+                                "VALUES (?, ?, ?, ?, ?)", (recording_id, blob, label, label_type, provenance))
+                added += 1
+        self.db.execute("COMMIT")
+        return added
+
+    def annotations(self) -> list[tuple[int, str, int]]:
+        """``(window_id, label, label_type)`` of every annotation on a stored window (same recording and offsets,
+        the way hoplite's agile notebooks label windows)."""
+        rows = self.db.execute("SELECT w.id, a.label, a.label_type FROM annotations a JOIN windows w ON "
+                               "w.recording_id = a.recording_id AND w.offsets = a.offsets ORDER BY w.id, a.label")
+        return [(int(i), label, int(t)) for i, label, t in rows]
