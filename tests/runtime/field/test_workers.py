@@ -1,0 +1,212 @@
+"""--workers N (runtime/field/workers.py): the same bytes as one process, failing files skipped, Ctrl-C stops cleanly
+and the run resumes, workers that cannot load the model fail in one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from runtime_graphs import DEFAULT_FREQS, tone_track
+
+from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.field.run_state import RunState
+from vocalprobe.runtime.field.sources import FileSource, collect_files
+from vocalprobe.runtime.field.stream import (
+    DetectConfig,
+    Outputs,
+    output_options,
+    run_settings,
+    run_sources,
+    window_probabilities,
+)
+from vocalprobe.runtime.field.windows import WindowPlan
+from vocalprobe.runtime.field.workers import ModelSpec, WorkerError, WorkerPool, run_with_workers, window_batches
+
+FORMATS = ("raven", "csv", "jsonl")
+INTERNAL = (".vocalprobe-journal.sqlite", ".vocalprobe.lock")
+
+
+def make_recordings(root: Path) -> Path:
+    """Several rates (one needs no resampling), a FLAC, a long file, and a broken one."""
+    folder = root / "card"
+    specs = [("night1/20210501_040000.wav", 22_050, 6.0), ("night1/20210502_040000.wav", 16_000, 7.3),
+             ("night2/REC3.FLAC", 48_000, 5.1), ("night2/20210504_040000.wav", 44_100, 31.0)]
+    for i, (name, rate, seconds) in enumerate(specs):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        events = [(0.3 + k * 2.1 + 0.1 * i, 1.4 + k * 2.1, DEFAULT_FREQS[(i + k) % 3]) for k in range(int(seconds // 2.1))]
+        sf.write(path, tone_track(events, seconds, rate, seed=i), rate)
+    (folder / "night1" / "broken.WAV").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    return folder
+
+
+def tree(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.name.startswith(INTERNAL)}
+
+
+def config_of() -> DetectConfig:
+    return DetectConfig(WindowPlan.from_seconds(0.5, 0.3, 16_000), batch=3, min_conf=0.6, merge=True)
+
+
+def run(folder: Path, out: Path, graph: Path, workers: int | None):
+    model = OnnxModel(graph, threads=1)
+    config = config_of()
+    with Outputs(out, FORMATS, 8000) as outputs, RunState(out, run_settings(model, config),
+                                                         output_options(config, FORMATS)) as state:
+        todo = list(state.todo(collect_files([folder], block_size=5_000)))
+        if workers is None:
+            return run_sources(todo, model, config, outputs, state)
+        return run_with_workers(todo, model, config, outputs, state, spec=ModelSpec((str(graph),), threads=1),
+                                workers=workers)
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    return make_recordings(tmp_path_factory.mktemp("rec"))
+
+
+@pytest.fixture(scope="module")
+def one_process(recordings, graph, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "out"
+    summary = run(recordings, out, graph, None)
+    return out, summary
+
+
+def test_two_workers_write_the_same_bytes_as_one_process(recordings, graph, one_process, tmp_path):
+    reference, ref_summary = one_process
+    summary = run(recordings, tmp_path / "out", graph, 2)
+    assert [name for name, _ in summary.failed] == ["night1/broken.WAV"]  # reported and skipped
+    assert summary.done == ref_summary.done and summary.detections == ref_summary.detections > 0
+    assert summary.audio_seconds == ref_summary.audio_seconds
+    got, want = tree(tmp_path / "out"), tree(reference)
+    assert sorted(got) == sorted(want) and "errors.csv" in got and "detections.jsonl" in got
+    assert [k for k in got if got[k] != want[k]] == []
+
+
+def test_window_batches_are_the_batches_of_one_process(recordings, graph):
+    model = OnnxModel(graph, threads=1)
+    for policy in ("pad", "shorter", "drop"):
+        plan = WindowPlan.from_seconds(0.5, 0.3, 16_000, policy)
+        source = FileSource(recordings / "night2" / "REC3.FLAC", "x", 7_000)
+        batched = [(w, p) for windows, inputs in window_batches(source.blocks(16_000), plan, 4)
+                   for w, p in zip(windows, model.predict(inputs))]
+        local = list(window_probabilities(source.blocks(16_000), model, plan, batch=4))
+        assert [w for w, _ in batched] == [w for w, _ in local]
+        np.testing.assert_array_equal(np.stack([p for _, p in batched]), np.stack([p for _, p in local]))
+
+
+def test_a_worker_that_cannot_load_the_model_is_one_error(graph):
+    """No GPU here: asking the workers for CUDA fails in one line naming the fix (the CPU fallback is the default)."""
+    with pytest.raises(WorkerError, match="could not load the model: --provider cuda"):
+        WorkerPool(ModelSpec((str(graph),), provider="cuda"), 1)
+    with WorkerPool(ModelSpec((str(graph),), provider="auto", threads=1), 1) as pool:
+        assert pool.providers == ["CPUExecutionProvider"]  # what the workers really use
+    with pytest.raises(WorkerError, match="--workers must be >= 1"):
+        WorkerPool(ModelSpec((str(graph),)), 0)
+
+
+CTRL_C_SCRIPT = textwrap.dedent("""
+    import sys
+    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.field.run_state import RunState
+    from vocalprobe.runtime.field.sources import collect_files
+    from vocalprobe.runtime.field.stream import DetectConfig, Outputs, output_options, run_settings
+    from vocalprobe.runtime.field.windows import WindowPlan
+    from vocalprobe.runtime.field import workers
+
+    def main(graph, folder, out):
+        model = OnnxModel(graph, threads=1)
+        config = DetectConfig(WindowPlan.from_seconds(0.5, 0.3, 16000), batch=3, min_conf=0.6, merge=True)
+        formats = ("raven", "csv", "jsonl")
+        with Outputs(out, formats, 8000) as outputs, RunState(out, run_settings(model, config),
+                                                             output_options(config, formats)) as state:
+            todo = list(state.todo(collect_files([folder], block_size=5000)))
+            workers.run_with_workers(todo, model, config, outputs, state, workers=2,
+                                     spec=workers.ModelSpec((graph,), threads=1))
+
+    if __name__ == "__main__":  # spawned workers import this file again
+        main(*sys.argv[1:4])
+""")
+
+
+def test_ctrl_c_stops_workers_cleanly_and_the_run_resumes(graph, one_process, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(40):  # enough work that Ctrl-C lands mid-run
+        sf.write(folder / f"2021{i:04d}_040000.wav", tone_track([(0.5, 1.5, DEFAULT_FREQS[i % 3])], 20.0, 22_050,
+                                                                seed=i), 22_050)
+    script, out = tmp_path / "run.py", tmp_path / "out"
+    script.write_text(CTRL_C_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(graph), str(folder), str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        children = _children(proc.pid)
+        if len(children) >= 3 and _done(out) >= 2:  # two workers and multiprocessing's resource tracker
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in stderr
+    for pid in children:
+        assert not _alive(pid), f"process {pid} started by the run outlived it"
+    assert not list(out.rglob("*.tmp"))
+    done_before = _done(out)
+    assert 2 <= done_before < 40
+
+    model = OnnxModel(graph, threads=1)
+    config = config_of()
+    with Outputs(out, FORMATS, 8000) as outputs, RunState(out, run_settings(model, config),
+                                                         output_options(config, FORMATS)) as state:
+        todo = list(state.todo(collect_files([folder], block_size=5_000)))
+        assert len(todo) == 40 - done_before
+        run_with_workers(todo, model, config, outputs, state, spec=ModelSpec((str(graph),), threads=1), workers=2)
+    clean = tmp_path / "clean"
+    summary = run(folder, clean, graph, None)
+    assert len(summary.done) == 40
+    got, want = tree(out), tree(clean)
+    assert sorted(got) == sorted(want)
+    assert [k for k in got if k != "detections.jsonl" and got[k] != want[k]] == []
+    assert sorted(got["detections.jsonl"].splitlines()) == sorted(want["detections.jsonl"].splitlines())
+
+
+def _done(out: Path) -> int:
+    import sqlite3
+
+    path = out / ".vocalprobe-journal.sqlite"
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT COUNT(*) FROM files WHERE status = 'done'").fetchone()[0]
+    except sqlite3.DatabaseError:
+        return 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
