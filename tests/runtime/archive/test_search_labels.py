@@ -1,0 +1,66 @@
+"""`vocalprobe search` finds a planted call among 10,000 windows; `label import` matches Raven rows to windows and
+reports the rows it cannot place."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+from vocalprobe.runtime.archive.store import ArchiveDB
+
+
+def test_search_finds_a_planted_call_among_10000_windows(tmp_path, graph, write_wav, run_cli):
+    window = 800  # 0.05 s at 16 kHz: 10,000 windows in 500 s
+    noise = 0.3 * np.random.default_rng(1).standard_normal(10_000 * window).astype(np.float32)
+    planted = 7_321
+    t = np.arange(window) / 16_000
+    call = (0.5 * np.sin(2 * np.pi * 1800.0 * t)).astype(np.float32)
+    noise[planted * window:(planted + 1) * window] = call
+    write_wav(tmp_path / "audio" / "long.wav", noise, subtype="FLOAT")
+    write_wav(tmp_path / "query.wav", np.concatenate([np.zeros(1600, np.float32), call]), subtype="FLOAT")
+    result = run_cli(["embed", tmp_path / "audio", "-m", graph, "--db", tmp_path / "db", "--window", "0.05",
+                      "--batch", "64"])
+    assert result.exit_code == 0, result.output
+    with ArchiveDB.open_reader(tmp_path / "db") as archive:
+        assert archive.count_windows() == 10_000
+    for extra in ([], ["--exact"]):
+        out = tmp_path / f"hits{len(extra)}.txt"
+        found = run_cli(["search", tmp_path / "query.wav", "--start", "0.1", "--end", "0.15", "--db", tmp_path / "db",
+                         "-k", "10", "-o", out, *extra])
+        assert found.exit_code == 0, found.output
+        rows = list(csv.DictReader(out.open(encoding="utf-8"), delimiter="\t"))
+        assert rows[0]["Rank"] == "1" and float(rows[0]["File Offset (s)"]) == planted * 0.05
+        assert rows[0]["Begin Path"] == str((tmp_path / "audio" / "long.wav").resolve())
+        assert float(rows[0]["Score"]) > 0.999 and len(rows) == 10
+        assert [float(r["Score"]) for r in rows] == sorted((float(r["Score"]) for r in rows), reverse=True)
+        table = list(csv.DictReader(out.with_suffix(".csv").open(encoding="utf-8")))
+        assert table[0]["file"] == "long.wav" and float(table[0]["start_s"]) == planted * 0.05
+
+
+def test_label_import_matches_rows_and_reports_the_rest(tmp_path, graph, tone_folder, run_cli):
+    audio = tone_folder(tmp_path / "audio", n_files=2)
+    assert run_cli(["embed", audio, "-m", graph, "--db", tmp_path / "db"]).exit_code == 0
+    multi = tmp_path / "reviewed.txt"
+    path = (audio / "REC02" / "20210502_040000.WAV").resolve()
+    multi.write_text("Selection\tBegin Time (s)\tEnd Time (s)\tBegin Path\tFile Offset (s)\tAnnotation\n"
+                     f"1\t10.0\t10.5\t{path}\t2.0\tyes\n"
+                     f"2\t11.0\t11.5\t{path}\t0.5\tno\n"
+                     f"3\t12.0\t12.5\t/nowhere/else.wav\t0.5\tyes\n"
+                     f"4\t13.0\t13.5\t{path}\t99.0\tyes\n"
+                     f"5\t14.0\t14.5\t{path}\t1.0\tmaybe\n", encoding="utf-8")
+    result = run_cli(["label", "import", multi, "--db", tmp_path / "db", "--class", "high"])
+    assert result.exit_code == 0, result.output
+    assert "5 row(s) read, 2 annotation(s) added, 3 row(s) unmatched" in result.output
+    assert "reviewed.txt:4: no recording /nowhere/else.wav in the archive" in result.output
+    assert "reviewed.txt:5: no window of REC02/20210502_040000.WAV covers 99.000-99.500 s" in result.output
+    assert "reviewed.txt:6: label 'maybe' is neither positive nor negative" in result.output
+    again = run_cli(["label", "import", multi, "--db", tmp_path / "db", "--class", "high"])
+    assert "0 annotation(s) added" in again.output  # importing a table twice adds nothing
+    with ArchiveDB.open_reader(tmp_path / "db") as archive:
+        labelled = {(archive.windows([i])[0].start_s, label, kind) for i, label, kind in archive.annotations()}
+    assert labelled == {(2.0, "high", 1), (0.5, "high", 0)}
+    bad = tmp_path / "no_label.txt"
+    bad.write_text("Selection\tBegin Time (s)\tEnd Time (s)\n1\t0\t1\n", encoding="utf-8")
+    refused = run_cli(["label", "import", bad, "--db", tmp_path / "db"])
+    assert refused.exit_code == 1 and "no label column" in refused.output
