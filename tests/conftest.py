@@ -12,6 +12,7 @@ Fixtures other test files may use:
   ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``. On 2 busy cores one thread is much faster.
 - ``synthetic_manifest``: function (root, durations, *, sample_rate=16000, labels=None, splits=None, seed=0)
   -> Manifest path; writes one tone-plus-noise wav per duration and a manifest with splits.
+- ``ray_cluster``: one real local Ray (``ray.init(num_cpus=2)``) for the session; the test is skipped without Ray.
 """
 
 from __future__ import annotations
@@ -101,3 +102,13 @@ def _synthetic_manifest(root, durations, *, sample_rate: int = 16_000, labels=No
 @pytest.fixture
 def synthetic_manifest():
     return _synthetic_manifest
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray for the whole session (2 CPUs), shut down at its end; skips where Ray is not installed."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=300 * 1024 ** 2)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,342 @@
+"""``stream --engine ray``: the job as a Ray Data pipeline, on this machine's cores or on a cluster (``--address``).
+
+Rows are chunks of recordings, ``(recording, first window, number of windows)``, built from the inputs here (never
+``ray.data.read_audio``, which reads whole files into memory). ``map_batches`` runs them through ``ChunkPredictor``,
+a stateful class holding one onnxruntime session per actor, which decodes its chunk with a seek and returns the
+probabilities of exactly its windows. The driver takes the chunks back in input order and runs them through
+``stream.run_sources`` like a local run (the same tables, JSONL and journal), replaying the probabilities.
+
+Exactness decides where a recording may be cut:
+- at the model's rate in a lossless format (WAV, FLAC), nothing is resampled: chunks start at multiples of ``batch``
+  windows and hold whole windows (consecutive chunks overlap by ``window - hop``), so every window has the samples
+  and the batch-mates it has in a local run;
+- anything else is one chunk, resampled per file inside its task: a streamed resampler has state, and a fresh one
+  started part-way gives samples that differ in the last bits (pre-roll does not make them equal). Such recordings
+  are spread over the cluster file by file.
+
+Actors that die are restarted and their chunks retried by Ray Data; the driver keeps one result per chunk, so the
+outputs have no duplicates. Ray is an optional extra: ``pip install 'vocalprobe[ray]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from vocalprobe.runtime.core.errors import AudioError, VocalprobeError
+from vocalprobe.runtime.field.windows import Window, WindowPlan, final_window, full_window_count
+from vocalprobe.runtime.field.workers import ModelSpec, available_cores, check_model_fits, window_batches
+
+log = logging.getLogger(__name__)
+
+#: Windows per chunk of a recording that can be cut (rounded down to a multiple of ``batch``).
+DEFAULT_CHUNK_WINDOWS = 512
+_LOSSLESS = ("WAV", "FLAC")
+
+
+class RayEngineError(VocalprobeError):
+    """Ray is missing, cannot start or connect, or a chunk could not be predicted."""
+
+
+def import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the Data library is the part the engine needs)
+    except ModuleNotFoundError as exc:
+        raise RayEngineError("--engine ray needs Ray: pip install 'vocalprobe[ray]' (or pip install 'ray[data]')"
+                             ) from exc
+    return ray
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None):
+    """Join the cluster at ``address`` (``ray start --head`` prints it), or start a local Ray with this machine's
+    cores; a Ray already initialised in this process is used as it is."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    try:
+        if address is not None:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus or available_cores(), num_gpus=num_gpus, include_dashboard=False,
+                     log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise RayEngineError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc}"
+                             ) from exc
+    return ray
+
+
+@dataclass(frozen=True)
+class Chunk:
+    recording: int  # position in the input order
+    path: str
+    name: str
+    first_window: int
+    n_windows: int  # 0 with ``whole``: all the windows of the recording
+    whole: bool  # resampled (or read) in one task, from the start of the file
+    block_size: int
+    frames: int = 0  # of a recording at the model's rate (not whole): a local run reads it in blocks of block_size
+
+
+def plan_chunks(sources: Sequence, plan: WindowPlan, batch: int, sample_rate: int,
+                chunk_windows: int = DEFAULT_CHUNK_WINDOWS) -> list[Chunk]:
+    """The chunks of every source, in input order (see the module docstring for where a recording is cut)."""
+    import soundfile as sf
+
+    from vocalprobe.runtime.core.audio import audio_info
+
+    step = max(batch, chunk_windows // batch * batch)
+    chunks: list[Chunk] = []
+    for index, source in enumerate(sources):
+        block_size = getattr(source, "block_size", 65_536)
+        try:
+            info = audio_info(source.path)
+            kind = sf.info(str(source.path)).format
+        except AudioError:  # the task reports it, with the words a local run uses
+            info, kind = None, None
+        if info is None or info.sample_rate != sample_rate or kind not in _LOSSLESS or info.frames == 0:
+            chunks.append(Chunk(index, str(source.path), source.name, 0, 0, True, block_size))
+            continue
+        n = full_window_count(info.frames, plan) + (final_window(info.frames, plan) is not None)
+        for first in range(0, max(n, 1), step):
+            chunks.append(Chunk(index, str(source.path), source.name, first, min(step, n - first), False,
+                                block_size, info.frames))
+    return chunks
+
+
+def _local_problem(path: str, name: str, block_size: int, sample_rate: int) -> str | None:
+    """What a local run says about a file that cannot be read (None: it reads)."""
+    from vocalprobe.runtime.field.sources import FileSource
+
+    try:
+        for _ in FileSource(Path(path), name, block_size).blocks(sample_rate):
+            pass
+    except AudioError as exc:
+        return exc.problem
+    return None
+
+
+def _chunk_windows(total: int, plan: WindowPlan, first: int, count: int) -> list[Window]:
+    n_full = full_window_count(total, plan)
+    last = final_window(total, plan)
+    windows = [Window(k, k * plan.hop, k * plan.hop + plan.window) for k in range(first, min(first + count, n_full))]
+    if last is not None and first <= last.index < first + count:
+        windows.append(last)
+    return windows
+
+
+def _cut_batches(path: str, plan: WindowPlan, batch: int, sample_rate: int, first: int,
+                 count: int) -> Iterator[np.ndarray]:
+    """The batches a local run makes of windows ``first .. first + count`` of a file at the model's rate."""
+    from vocalprobe.runtime.core.audio import audio_info, read_audio
+
+    total = audio_info(path).frames
+    windows = _chunk_windows(total, plan, first, count)
+    if not windows:  # a recording shorter than one window, policy drop
+        return
+    begin, end = windows[0].start, windows[-1].end
+    samples, _ = read_audio(path, begin / sample_rate, end / sample_rate)
+    if len(samples) != end - begin:
+        raise AudioError(path, f"read {len(samples)} samples of {end - begin} at {begin}")
+    full, shorter = [], None
+    for w in windows:
+        cut = samples[w.start - begin:w.end - begin]
+        if len(cut) < plan.window and plan.final_window == "pad":
+            cut = np.concatenate([cut, np.zeros(plan.window - len(cut), dtype=np.float32)])
+        if len(cut) == plan.window:
+            full.append(cut)
+        else:
+            shorter = cut
+    for i in range(0, len(full), batch):
+        yield np.stack(full[i:i + batch])
+    if shorter is not None:
+        yield shorter[None, :]
+
+
+class ChunkPredictor:
+    """The stateful class of ``map_batches``: one model per actor; each call predicts the chunks of one batch."""
+
+    def __init__(self, spec: ModelSpec, plan: WindowPlan, batch: int, sample_rate: int):
+        self.model = spec.load()
+        self.plan, self.batch, self.sample_rate = plan, batch, sample_rate
+        self.providers = ",".join(self.model.providers)
+
+    def predict_chunk(self, chunk: Chunk) -> dict:
+        probs: list[np.ndarray] = []
+        blocks: list[int] = []
+        try:
+            if chunk.whole:
+                from vocalprobe.runtime.field.sources import FileSource
+
+                def counted() -> Iterator[np.ndarray]:
+                    for block in FileSource(Path(chunk.path), chunk.name, chunk.block_size).blocks(self.sample_rate):
+                        blocks.append(len(block))
+                        yield block
+
+                for _windows, inputs in window_batches(counted(), self.plan, self.batch):
+                    probs.append(self.model.predict(inputs))
+            else:
+                for inputs in _cut_batches(chunk.path, self.plan, self.batch, self.sample_rate, chunk.first_window,
+                                           chunk.n_windows):
+                    probs.append(self.model.predict(inputs))
+            problem = ""
+        except AudioError:
+            problem = _local_problem(chunk.path, chunk.name, chunk.block_size, self.sample_rate) or "unreadable"
+            probs, blocks = [], []
+        array = np.concatenate(probs) if probs else np.zeros((0, len(self.model.classes)), np.float32)
+        return {"recording": chunk.recording, "first_window": chunk.first_window, "problem": problem,
+                "probs": array.astype(np.float32).tobytes(), "n_windows": len(array),
+                "blocks": np.asarray(blocks, np.int64).tobytes(), "providers": self.providers}
+
+    def __call__(self, rows: dict) -> dict:
+        fields = list(Chunk.__dataclass_fields__)
+        out = [self.predict_chunk(Chunk(*(rows[f][i].item() if hasattr(rows[f][i], "item") else rows[f][i]
+                                          for f in fields))) for i in range(len(rows["recording"]))]
+        return {key: np.array([o[key] for o in out], dtype=object) for key in out[0]} if out else {}
+
+
+@dataclass
+class RecordingResult:
+    """What the driver keeps of one recording: its windows' probabilities, its block lengths, or its problem."""
+
+    probs: np.ndarray
+    blocks: list[int]
+    problem: str
+
+
+def predict_on_ray(chunks: Sequence[Chunk], spec: ModelSpec, plan: WindowPlan, batch: int, sample_rate: int, *,
+                   concurrency: int | None = None, num_cpus: float | None = None, num_gpus: float | None = None,
+                   predictor: type = ChunkPredictor, providers: set | None = None) -> Iterator[tuple[int, dict]]:
+    """(chunk position, result) of every chunk, in chunk order, through a Ray Data pipeline."""
+    ray = import_ray()
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # recordings are written in input order
+    rows = [asdict(c) for c in chunks]
+    if not rows:
+        return
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 2_000))
+    ds = ds.map_batches(predictor, fn_constructor_args=(spec, plan, batch, sample_rate), batch_size=1,
+                        concurrency=concurrency or max(1, int(ray.available_resources().get("CPU", 1))),
+                        num_cpus=num_cpus if num_cpus is not None else (0 if num_gpus else 1),
+                        num_gpus=num_gpus or None)
+    seen: set[tuple[int, int]] = set()
+    position = {(c.recording, c.first_window): i for i, c in enumerate(chunks)}
+    for row in ds.iter_rows():
+        key = (int(row["recording"]), int(row["first_window"]))
+        if key in seen:  # a retried chunk whose first answer also arrived: keep one
+            continue
+        seen.add(key)
+        if providers is not None:
+            providers.update(str(row["providers"]).split(","))
+        yield position[key], row
+
+
+def recording_results(chunks: Sequence[Chunk], results: Iterator[tuple[int, dict]],
+                      n_classes: int) -> Iterator[tuple[int, RecordingResult]]:
+    """Join the chunks of each recording (they arrive in order), per recording."""
+    current, parts, blocks, problem = None, [], [], ""
+
+    def finished():
+        probs = np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
+        return current, RecordingResult(probs, blocks, problem)
+
+    for position, row in results:
+        chunk = chunks[position]
+        if current is not None and chunk.recording != current:
+            yield finished()
+            parts, blocks, problem = [], [], ""
+        current = chunk.recording
+        problem = problem or str(row["problem"])
+        parts.append(np.frombuffer(row["probs"], np.float32).reshape(-1, n_classes))
+        blocks += np.frombuffer(row["blocks"], np.int64).tolist()
+        if not chunk.whole and chunk.first_window == 0:  # read without resampling: the blocks of iter_blocks
+            full, rest = divmod(chunk.frames, chunk.block_size)
+            blocks += [chunk.block_size] * full + ([rest] if rest else [])
+    if current is not None:
+        yield finished()
+
+
+class _Replayed:
+    """A source as ``run_sources`` sees it: silence of the recording's block lengths, and its probabilities."""
+
+    def __init__(self, source, engine: "RayRun", index: int):
+        self.source, self._engine, self._index = source, engine, index
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)
+
+    def blocks(self, target_rate: int) -> Iterator[np.ndarray]:
+        result = self._engine.result(self._index)
+        if result.problem:
+            raise AudioError(self.source.path, result.problem)
+        for n in result.blocks:
+            yield np.zeros(n, dtype=np.float32)
+
+
+class _ReplayModel:
+    def __init__(self, model, engine: "RayRun"):
+        self.inner, self._engine = model, engine
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self._engine.take(len(batch))
+
+
+class RayRun:
+    """The driver side: chunks out, probabilities back in input order, replayed through ``run_sources``."""
+
+    def __init__(self, sources: Sequence, model, config, spec: ModelSpec, *, concurrency: int | None = None,
+                 num_cpus: float | None = None, num_gpus: float | None = None,
+                 chunk_windows: int = DEFAULT_CHUNK_WINDOWS, predictor: type = ChunkPredictor):
+        check_model_fits(model, config.plan, config.batch)
+        self.sources = [_Replayed(s, self, i) for i, s in enumerate(sources)]
+        self.model = _ReplayModel(model, self)
+        self.providers: set[str] = set()
+        self.chunks = plan_chunks(sources, config.plan, config.batch, model.sample_rate, chunk_windows)
+        for source in sources:  # a recording of no chunk (none here) would stall the replay
+            if not hasattr(source, "path"):
+                raise RayEngineError("--engine ray reads files (not stdin or --watch); use the local engine")
+        self._results = recording_results(
+            self.chunks, predict_on_ray(self.chunks, spec, config.plan, config.batch, model.sample_rate,
+                                        concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus,
+                                        predictor=predictor, providers=self.providers), len(model.classes))
+        self._probs = np.zeros((0, len(model.classes)), np.float32)
+        self._offset = 0
+
+    def result(self, index: int) -> RecordingResult:
+        for got, result in self._results:
+            if got == index:
+                self._probs, self._offset = result.probs, 0
+                return result
+            if got > index:
+                break
+        raise RayEngineError(f"internal: no result for input {index}")
+
+    def take(self, n: int) -> np.ndarray:
+        out = self._probs[self._offset:self._offset + n]
+        if len(out) != n:
+            raise RayEngineError("internal: the chunks gave fewer windows than the recording has")
+        self._offset += n
+        return out
+
+
+def run_with_ray(sources: Sequence, model, config, outputs, state=None, *, spec: ModelSpec,
+                 address: str | None = None, num_cpus: float | None = None, num_gpus: float | None = None,
+                 concurrency: int | None = None, chunk_windows: int = DEFAULT_CHUNK_WINDOWS,
+                 predictor: type = ChunkPredictor, **run_options):
+    """``stream.run_sources`` with the model work done by a Ray Data pipeline: the same outputs and summary."""
+    from vocalprobe.runtime.field.stream import run_sources
+
+    connect(address)
+    run = RayRun(list(sources), model, config, spec, concurrency=concurrency, num_cpus=num_cpus,
+                 num_gpus=num_gpus, chunk_windows=chunk_windows, predictor=predictor)
+    summary = run_sources(run.sources, run.model, config, outputs, state, **run_options)
+    log.info("Ray actors ran on %s", ", ".join(sorted(run.providers)) or "nothing (no chunk)")
+    return summary
