@@ -273,3 +273,22 @@ def test_a_nan_block_on_stdin_is_reported_and_the_stream_goes_on(tmp_path, graph
     result = run_cli(["stream", wav, "-m", graph, "--window", "0.5", "-o", tmp_path / "file"])
     assert result.exit_code == 1 and "NaN/inf samples" in result.output  # a file with NaN is rejected
     assert not (tmp_path / "file" / "nan.detections.csv").exists()
+
+
+def test_rows_reach_the_tables_in_start_order_as_events_become_final(graph):
+    """Merged events close out of order (a long one after shorter ones that began later): the tables still get
+    (start, label) order, the JSONL each event as soon as it is final."""
+    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.field.stream import DetectConfig, detect_stream
+    from vocalprobe.runtime.field.windows import WindowPlan
+
+    model = OnnxModel(graph)
+    x = tone_track([(0.5, 6.0, LOW), (1.0, 1.6, MID), (3.0, 3.6, HIGH)], 7.0, 16_000, seed=5)  # tones overlap
+    for merge in (True, False):
+        final, table = [], []
+        config = DetectConfig(WindowPlan.from_seconds(0.25, None, 16_000), min_conf=0.4, merge=merge)
+        result = detect_stream([x[i:i + 3_000] for i in range(0, len(x), 3_000)], "a.wav", model, config,
+                               on_event=final.append, on_row=table.append)
+        assert table == sorted(final, key=lambda d: (d.start_s, d.label)) and result.n_detections == len(table)
+        if merge:
+            assert final != table  # the long event really closed after later ones
