@@ -299,9 +299,17 @@ def bench(
 def score_events(
     detections: Annotated[Path, typer.Argument(help="Detections CSV (file,start_s,end_s,label,...).")],
     truth: Annotated[Path, typer.Argument(help="Ground-truth CSV (file,start_s,end_s,label).")],
+    collar: Annotated[float, typer.Option(help="DCASE event-based F1: onsets (and offsets) match within this many "
+                                          "seconds.")] = 0.2,
+    offset_fraction: Annotated[float, typer.Option(
+        help="DCASE event-based F1: offsets also match within this fraction of the true event's length.")] = 0.5,
+    offsets: Annotated[bool, typer.Option(help="DCASE event-based F1: check offsets too (--no-offsets: onsets "
+                                          "only).")] = True,
 ) -> None:
-    """Precision/recall of detected events against a ground-truth table (same label, overlapping in time)."""
+    """Precision/recall of detected events against a ground-truth table (same label, overlapping in time), and
+    the DCASE event-based F1 with onset/offset collars."""
     from vocalprobe.runtime.field.events import chance_score, read_events, score_events as score
+    from vocalprobe.runtime.field.events import score_events_collar
 
     detected, reference = read_events(detections), read_events(truth)
     files = {e.file for e in reference}
@@ -318,3 +326,12 @@ def score_events(
     typer.echo(f"chance (labels shuffled): precision {chance_p:.3f}, recall {chance_r:.3f}")
     for label, (p, r, nd, nt) in result.per_class.items():
         typer.echo(f"  {label}: precision {p:.3f} of {nd}, recall {r:.3f} of {nt}")
+    dcase = score_events_collar(detected, reference, collar_s=collar, offset_fraction=offset_fraction if offsets
+                                else None)
+    rule = f"onset within {collar:g} s" + (f", offset within max({collar:g} s, {offset_fraction:g} x length)"
+                                            if offsets else "")
+    typer.echo(f"DCASE event-based ({rule}): F1 {dcase.f1:.3f} (precision {dcase.precision:.3f}, recall "
+               f"{dcase.recall:.3f}, {dcase.n_matched} matched), class-wise mean F1 {dcase.f1_macro:.3f}")
+    for label, (p, r, f1, matched, nd, nt) in dcase.per_class.items():
+        typer.echo(f"  {label}: F1 {f1:.3f}, precision {p:.3f}, recall {r:.3f} ({matched} of {nd} detected, "
+                   f"{nt} true)")

@@ -5,6 +5,12 @@ A detection is correct when a ground-truth event of the same file (compared by f
 overlaps it in time; a ground-truth event is found when such a detection overlaps it. Precision is the share of
 correct detections, recall the share of found ground-truth events. The chance baseline re-scores the same
 detections with their labels shuffled among them, so it keeps the detector's timing and class frequencies.
+
+``score_events_collar`` is the event-based metric of the DCASE challenges (sed_eval's ``EventBasedMetrics``, which is
+unmaintained and pulls dcase_util, so the definition is here and the tests hold it against sed_eval): a detection
+and a ground-truth event of the same file and label match when their onsets differ by at most the collar and their
+offsets by at most max(collar, ``offset_fraction`` x the ground-truth event's length); each event matches at most
+once, and the matching is a maximum one (sed_eval's "optimal").
 """
 
 from __future__ import annotations
@@ -164,3 +170,76 @@ def chance_score(detected: Sequence[Event], truth: Sequence[Event], *, n_shuffle
         s = score_events(fake, truth)
         scores.append((s.precision, s.recall))
     return tuple(float(v) for v in np.mean(scores, axis=0))
+
+
+@dataclass(frozen=True)
+class CollarScore:
+    """DCASE event-based scores: micro (over all events) and the class-wise mean F1 (``f1_macro``)."""
+
+    collar_s: float
+    offset_fraction: float | None  # None: onsets only
+    precision: float
+    recall: float
+    f1: float
+    f1_macro: float
+    n_matched: int
+    n_detected: int
+    n_truth: int
+    per_class: dict[str, tuple[float, float, float, int, int, int]]  # label -> (P, R, F1, matched, detected, truth)
+
+
+def _prf(matched: int, detected: int, truth: int) -> tuple[float, float, float]:
+    precision = matched / detected if detected else 0.0
+    recall = matched / truth if truth else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return precision, recall, f1
+
+
+def _maximum_matching(edges: dict[int, list[int]]) -> int:
+    """Size of a maximum matching of a bipartite graph ``detection -> [truth events it may match]`` (augmenting
+    paths: every detection tries to take a free truth event or to move the one holding it)."""
+    owner: dict[int, int] = {}
+
+    def augment(d: int, seen: set[int]) -> bool:
+        for t in edges[d]:
+            if t in seen:
+                continue
+            seen.add(t)
+            if t not in owner or augment(owner[t], seen):
+                owner[t] = d
+                return True
+        return False
+
+    return sum(augment(d, set()) for d in edges)
+
+
+def score_events_collar(detected: Sequence[Event], truth: Sequence[Event], *, collar_s: float = 0.2,
+                        offset_fraction: float | None = 0.5) -> CollarScore:
+    """DCASE event-based precision, recall and F1 (see the module docs); ``offset_fraction=None`` checks onsets
+    only. The defaults are sed_eval's and DCASE's (collar 200 ms, offsets within 50% of the event's length)."""
+    if not collar_s >= 0:
+        raise EventTableError(f"the collar must be >= 0 seconds, got {collar_s}")
+    if offset_fraction is not None and not offset_fraction >= 0:
+        raise EventTableError(f"the offset fraction must be >= 0, got {offset_fraction}")
+    groups: dict[tuple[str, str], tuple[list[Event], list[Event]]] = defaultdict(lambda: ([], []))
+    for d in detected:
+        groups[(d.file, d.label)][0].append(d)
+    for t in truth:
+        groups[(t.file, t.label)][1].append(t)
+    matched: dict[str, int] = defaultdict(int)
+    for (_, label), (dets, truths) in groups.items():
+        edges = {i: [j for j, t in enumerate(truths) if abs(t.start_s - d.start_s) <= collar_s and (
+            offset_fraction is None or abs(t.end_s - d.end_s) <= max(collar_s, offset_fraction * (t.end_s - t.start_s)))]
+            for i, d in enumerate(dets)}
+        matched[label] += _maximum_matching(edges)
+    labels = sorted({e.label for e in truth} | {e.label for e in detected})
+    per_class = {}
+    for label in labels:
+        n_det = sum(d.label == label for d in detected)
+        n_truth = sum(t.label == label for t in truth)
+        per_class[label] = (*_prf(matched[label], n_det, n_truth), matched[label], n_det, n_truth)
+    total = sum(matched.values())
+    precision, recall, f1 = _prf(total, len(detected), len(truth))
+    f1_macro = float(np.mean([v[2] for v in per_class.values()])) if per_class else 0.0
+    return CollarScore(collar_s, offset_fraction, precision, recall, f1, f1_macro, total, len(detected), len(truth),
+                       per_class)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import soundfile as sf
 from runtime_graphs import DEFAULT_CLASSES, DEFAULT_FREQS, build_band_graph, tone_track
 from typer.testing import CliRunner
 
 from vocalprobe.cli import app
-from vocalprobe.runtime.field.events import Event, chance_score, read_events, score_events
+from vocalprobe.runtime.field.events import (Event, EventTableError, chance_score, read_events, score_events,
+                                             score_events_collar)
 
 
 def test_event_scoring(tmp_path):
@@ -46,3 +48,79 @@ def test_score_events_cli(tmp_path):
     assert result.exit_code == 0, result.output
     assert "precision 1.000 (4/4), recall 1.000 (4/4)" in result.output
     assert "chance (labels shuffled)" in result.output
+    assert "DCASE event-based (onset within 0.2 s, offset within max(0.2 s, 0.5 x length)): F1" in result.output
+    onsets_only = runner.invoke(app, ["score-events", str(out / "detections.csv"), str(truth), "--no-offsets",
+                                      "--collar", "0.6"])
+    assert onsets_only.exit_code == 0, onsets_only.output
+    assert "DCASE event-based (onset within 0.6 s): F1 1.000 (precision 1.000, recall 1.000, 4 matched)" \
+        in onsets_only.output
+
+
+def test_collar_metric_matches_optimally():
+    """Two detections near two true events: the one-to-one matching finds both (a first-come matching that gives the
+    first detection the first event it fits would leave the second event unmatched)."""
+    truth = [Event("a.wav", 1.0, 2.0, "low"), Event("a.wav", 1.3, 2.3, "low")]
+    detected = [Event("a.wav", 1.15, 2.15, "low"), Event("a.wav", 0.95, 1.95, "low")]
+    score = score_events_collar(detected, truth, collar_s=0.2)
+    assert (score.n_matched, score.precision, score.recall, score.f1) == (2, 1.0, 1.0, 1.0)
+    # an onset 0.25 s late misses a 0.2 s collar but not a 0.3 s one; a 1 s event's offset may be 0.5 s off
+    late = [Event("a.wav", 1.25, 2.5, "low")]
+    assert score_events_collar(late, truth[:1], collar_s=0.2).n_matched == 0
+    assert score_events_collar(late, truth[:1], collar_s=0.3).n_matched == 1
+    assert score_events_collar([Event("a.wav", 1.0, 2.6, "low")], truth[:1]).n_matched == 0
+    assert score_events_collar([Event("a.wav", 1.0, 2.6, "low")], truth[:1], offset_fraction=None).n_matched == 1
+    # other file, other label: no match; precision and recall by class, macro F1 over the classes seen
+    other = [Event("b.wav", 1.0, 2.0, "low"), Event("a.wav", 1.0, 2.0, "high")]
+    mixed = score_events_collar(other + detected, truth)
+    assert (mixed.n_matched, mixed.n_detected, mixed.n_truth) == (2, 4, 2)
+    assert mixed.per_class["high"] == (0.0, 0.0, 0.0, 0, 1, 0) and mixed.per_class["low"][:3] == (2 / 3, 1.0, 0.8)
+    assert mixed.f1_macro == pytest.approx(0.4) and mixed.f1 == pytest.approx(2 / 3)
+    with pytest.raises(EventTableError, match="collar must be >= 0"):
+        score_events_collar(detected, truth, collar_s=-1)
+
+
+def _random_events(rng, files, labels, n):
+    events = []
+    for _ in range(n):
+        start = float(np.round(rng.uniform(0, 20), 2))
+        events.append(Event(str(rng.choice(files)), start, start + float(np.round(rng.uniform(0.05, 2), 2)),
+                            str(rng.choice(labels))))
+    return events
+
+
+@pytest.mark.parametrize("collar, fraction", [(0.2, 0.5), (0.5, 0.2), (0.25, None)])
+def test_collar_metric_equals_sed_eval(collar, fraction):
+    """The definition held against the DCASE reference implementation (test extra: sed_eval)."""
+    sed_eval = pytest.importorskip("sed_eval", reason="sed_eval (test extra) is not installed")
+    import dcase_util
+
+    rng = np.random.default_rng(7)
+    files, labels = ["a.wav", "b.wav", "c.wav"], ["low", "mid", "high"]
+    truth = _random_events(rng, files, labels, 60)
+    # detections: jittered copies of most true events (some relabelled), plus random ones
+    detected = [Event(t.file, t.start_s + float(rng.normal(0, 0.2)), t.end_s + float(rng.normal(0, 0.3)),
+                      t.label if rng.random() < 0.85 else str(rng.choice(labels))) for t in truth[:50]]
+    detected = [d if d.end_s > d.start_s else Event(d.file, d.start_s, d.start_s + 0.1, d.label) for d in detected]
+    detected += _random_events(rng, files, labels, 25)
+    ours = score_events_collar(detected, truth, collar_s=collar, offset_fraction=fraction)
+
+    def container(events):
+        return dcase_util.containers.MetaDataContainer(
+            [{"filename": e.file, "onset": e.start_s, "offset": e.end_s, "event_label": e.label} for e in events])
+
+    metrics = sed_eval.sound_event.EventBasedMetrics(
+        event_label_list=labels, t_collar=collar, percentage_of_length=fraction or 0.0,
+        evaluate_onset=True, evaluate_offset=fraction is not None, event_matching_type="optimal")
+    ref, est = container(truth), container(detected)
+    for name in files:
+        metrics.evaluate(reference_event_list=ref.filter(filename=name), estimated_event_list=est.filter(filename=name))
+    results = metrics.results()
+    overall = results["overall"]["f_measure"]
+    assert 0 < ours.n_matched < len(truth)
+    assert ours.f1 == pytest.approx(overall["f_measure"], abs=1e-9)
+    assert ours.precision == pytest.approx(overall["precision"], abs=1e-9)
+    assert ours.recall == pytest.approx(overall["recall"], abs=1e-9)
+    assert ours.f1_macro == pytest.approx(results["class_wise_average"]["f_measure"]["f_measure"], abs=1e-9)
+    for label in labels:
+        assert ours.per_class[label][2] == pytest.approx(results["class_wise"][label]["f_measure"]["f_measure"],
+                                                         abs=1e-9)
