@@ -152,7 +152,8 @@ def stream(
     params = analysis_params(net, config, formats)
     overlap_s = (plan.window - plan.hop) / net.sample_rate
 
-    with Outputs(out, formats, net.sample_rate / 2, overlap_s=overlap_s) as outputs:  # the folder is ours, or this fails at once
+    # The folder is ours, or this fails at once.
+    with Outputs(out, formats, net.sample_rate / 2, overlap_s=overlap_s) as outputs:
         if inputs == ["-"]:
             source = StdinSource(sample_rate, channels, dtype, block_frames=block_size)
             if (out / JOURNAL_NAME).exists():  # its live rows would not be in the journal's count of the JSONL
@@ -173,8 +174,8 @@ def stream(
                     sources = state.todo(watcher.source(p, block_size)
                                          for p in watcher.follow(poll_s=poll, idle_exit_s=idle_exit))
                     with _Progress(None, None) as progress:
-                        summary = run_sources(sources, net, config, outputs, state, progress=progress, log=_say,
-                                      params=params)
+                        summary = run_sources(sources, net, config, outputs, state, progress=progress,
+                                              log=_say, params=params)
                 else:
                     todo = list(state.todo(files))
                     total = 0.0
@@ -186,15 +187,16 @@ def stream(
                     if state.skipped:
                         _say(f"resuming: {len(state.skipped)} of {len(files)} files already done in {out}")
                     with _Progress(total, len(todo)) as progress:
-                        summary = run_sources(todo, net, config, outputs, state, progress=progress, log=_say,
-                                      params=params)
+                        summary = run_sources(todo, net, config, outputs, state, progress=progress,
+                                              log=_say, params=params)
 
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
     _say(f"done: {len(summary.done)} file(s), {summary.detections} detection(s), "
          f"{summary.audio_seconds / 3600:.3f} h of audio at {speed:.1f}x real time -> {out}")
     if summary.failed_all:
         earlier = len(summary.failed_all) - len(summary.failed)
-        problems = (f"{len(summary.failed_all)} file(s) could not be read"
+        what = "NaN/inf block(s) in the stream" if inputs == ["-"] else "file(s) could not be read"
+        problems = (f"{len(summary.failed_all)} {what}"
                     + (f" ({earlier} in an earlier run; they are retried once they change)" if earlier else "")
                     + f", listed in {out / 'errors.csv'}")
         if summary.exit_code == 1:
