@@ -105,6 +105,18 @@ def stream(
              "--top-k, --merge, --ignore), so every file's outputs follow this run's.")] = False,
     block_size: Annotated[int, typer.Option(hidden=True, help="Samples read per block (results do not depend on it).")]
     = 65_536,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes, each with its own model and --threads "
+                                         "(default: cores / workers); outputs are those of one process.")] = 1,
+    shard: Annotated[Optional[str], typer.Option(help="Analyse only shard i/n of the files (0-based; stable hash of "
+                                                 "each file's relative path), e.g. for a SLURM array.")] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray (pip install 'vocalprobe[ray]').")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="--engine ray: a running cluster (default: start a local "
+                                                   "Ray on this machine's cores).")] = None,
+    num_cpus: Annotated[Optional[float], typer.Option(help="--engine ray: CPUs per actor (default 1, 0 with GPUs).")
+                        ] = None,
+    num_gpus: Annotated[Optional[float], typer.Option(help="--engine ray: GPUs per actor.")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="--engine ray: actors (default: the cluster's CPUs).")
+                           ] = None,
 ) -> None:
     """Detect calls in field recordings with exported models, in constant memory, resumable."""
     from vocalprobe.runtime.field.ensemble import load_models
@@ -143,6 +155,11 @@ def stream(
     config.class_thresholds(net.classes)  # a table naming classes the model lacks is refused before any work
     watcher = FolderWatcher(watch, settle_s=settle) if watch is not None else None
     files = collect_files(inputs, block_size) if inputs and inputs != ["-"] else None
+    from vocalprobe.runtime.field.ray_engine import scale_out
+
+    runner, files = scale_out(run_sources, files, model_paths=model, weights=weights, provider=provider,
+                              threads=threads, workers=workers, shard=shard, engine=engine, address=address,
+                              num_cpus=num_cpus, num_gpus=num_gpus, concurrency=concurrency, say=_say)
     _say(f"model: {net.describe()}")
     _say(f"providers in use: {', '.join(net.providers)}")
     _say(f"windows: {plan.window / net.sample_rate:g} s, hop {plan.hop / net.sample_rate:g} s, final window "
@@ -187,8 +204,8 @@ def stream(
                     if state.skipped:
                         _say(f"resuming: {len(state.skipped)} of {len(files)} files already done in {out}")
                     with _Progress(total, len(todo)) as progress:
-                        summary = run_sources(todo, net, config, outputs, state, progress=progress,
-                                              log=_say, params=params)
+                        summary = runner(todo, net, config, outputs, state, progress=progress, log=_say,
+                                         params=params)
 
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
     _say(f"done: {len(summary.done)} file(s), {summary.detections} detection(s), "

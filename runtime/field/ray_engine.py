@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -338,5 +338,46 @@ def run_with_ray(sources: Sequence, model, config, outputs, state=None, *, spec:
     run = RayRun(list(sources), model, config, spec, concurrency=concurrency, num_cpus=num_cpus,
                  num_gpus=num_gpus, chunk_windows=chunk_windows, predictor=predictor)
     summary = run_sources(run.sources, run.model, config, outputs, state, **run_options)
-    log.info("Ray actors ran on %s", ", ".join(sorted(run.providers)) or "nothing (no chunk)")
+    (run_options.get("log") or log.info)(f"Ray actors' providers: {', '.join(sorted(run.providers)) or 'none'}")
     return summary
+
+
+ENGINES = ("local", "ray")
+
+
+def scale_out(run_sources: Callable, files: list | None, *, model_paths: Sequence, weights: str | None,
+              provider: str, threads: int | None, workers: int = 1, shard: str | None = None,
+              engine: str = "local", address: str | None = None, num_cpus: float | None = None,
+              num_gpus: float | None = None, concurrency: int | None = None,
+              say: Callable[[str], None] | None = None) -> tuple[Callable, list | None]:
+    """The stream CLI's scale-out options -> (what runs the files, the files of this shard). One process, local
+    workers (``workers.run_with_workers``) or Ray (``run_with_ray``) all take ``run_sources``' arguments."""
+    from functools import partial
+
+    from vocalprobe.runtime.core.shards import Shard
+    from vocalprobe.runtime.field.workers import default_threads, run_with_workers
+
+    if engine not in ENGINES:
+        raise RayEngineError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if files is None and (shard is not None or workers > 1 or engine == "ray"):
+        raise RayEngineError("--shard, --workers and --engine ray split files and folders; stdin and --watch run in "
+                             "one process")
+    if workers > 1 and engine == "ray":
+        raise RayEngineError("--workers is for the local engine; with --engine ray use --concurrency")
+    if shard is not None:
+        part = Shard.parse(shard)
+        total = len(files)
+        files = list(part.select(files, key=lambda s: s.name))
+        if say is not None:
+            say(f"shard {part}: {len(files)} of {total} files")
+    paths = tuple(str(p) for p in model_paths)
+    if engine == "ray":
+        spec = ModelSpec(paths, weights, provider, threads if threads is not None else max(1, int(num_cpus or 1)))
+        return partial(run_with_ray, spec=spec, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                       concurrency=concurrency), files
+    if workers > 1:
+        spec = ModelSpec(paths, weights, provider, threads if threads is not None else default_threads(workers))
+        if say is not None:
+            say(f"{workers} workers x {spec.threads} thread(s)")
+        return partial(run_with_workers, spec=spec, workers=workers), files
+    return run_sources, files

@@ -363,5 +363,6 @@ def run_with_workers(sources: Sequence, model, config, outputs, state=None, *, s
     from vocalprobe.runtime.field.stream import run_sources
 
     with WorkerPool(spec, workers) as pool, Pipeline(pool, model, config, list(sources)) as pipeline:
-        log.info("%d workers on %s", workers, ", ".join(pool.providers))
+        say = run_options.get("log") or log.info
+        say(f"{workers} workers, providers in use: {', '.join(pool.providers)}")
         return run_sources(pipeline.sources, pipeline.model, config, outputs, state, **run_options)

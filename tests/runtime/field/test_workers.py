@@ -158,6 +158,9 @@ def test_ctrl_c_stops_workers_cleanly_and_the_run_resumes(graph, one_process, tm
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "KeyboardInterrupt" in stderr
+    deadline = time.monotonic() + 15  # multiprocessing's resource tracker exits once it sees its pipe close
+    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+        time.sleep(0.1)
     for pid in children:
         assert not _alive(pid), f"process {pid} started by the run outlived it"
     assert not list(out.rglob("*.tmp"))
@@ -210,3 +213,34 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_cli_workers_and_shards(recordings, graph, tmp_path):
+    """`stream --workers 2` writes the bytes of `stream`; `--shard i/n` runs cover every file once, their tables
+    are the one run's, and a bad shard or --workers with stdin is one line."""
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+
+    runner = CliRunner()
+    common = [str(recordings), "-m", str(graph), "--window", "0.5", "--hop", "0.3", "--min-conf", "0.6", "--merge",
+              "--batch", "3"]
+    one = runner.invoke(app, ["stream", *common, "-o", str(tmp_path / "one")])
+    assert one.exit_code == 2, one.output  # exit 2: a file could not be read
+    two = runner.invoke(app, ["stream", *common, "-o", str(tmp_path / "two"), "--workers", "2", "--threads", "1"])
+    assert two.exit_code == 2, two.output
+    assert "2 workers, providers in use: CPUExecutionProvider" in two.output
+    assert [k for k, v in tree(tmp_path / "two").items() if tree(tmp_path / "one").get(k) != v] == []
+    shards = {}
+    for i in range(3):
+        result = runner.invoke(app, ["stream", *common, "-o", str(tmp_path / f"s{i}"), "--shard", f"{i}/3"])
+        assert result.exit_code in (0, 2), result.output
+        assert f"shard {i}/3:" in result.output
+        shards.update({k: v for k, v in tree(tmp_path / f"s{i}").items() if "/" in k})  # the per-file tables
+    want = {k: v for k, v in tree(tmp_path / "one").items() if "/" in k}
+    assert shards == want
+    bad = runner.invoke(app, ["stream", *common, "-o", str(tmp_path / "bad"), "--shard", "3/3"])
+    assert bad.exit_code == 1 and "error: --shard 3/3" in bad.output
+    stdin = runner.invoke(app, ["stream", "-", "-m", str(graph), "-o", str(tmp_path / "stdin"), "--sample-rate",
+                                "16000", "--workers", "2"], input=b"")
+    assert stdin.exit_code == 1 and "stdin and --watch run in one process" in stdin.output
