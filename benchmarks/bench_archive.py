@@ -1,0 +1,162 @@
+"""What the embedding archive costs and buys. Prints:
+
+- embed throughput against stream (x real time, the same graph and audio, both through the CLI);
+- database bytes per audio hour (the graph given, and per window);
+- search latency and recall@k of the approximate index (usearch, then exact re-ranking) against exact search, on
+  ``--windows`` synthetic stored vectors (clustered, ``--dim`` wide) in a real archive database;
+- ``probe apply`` windows/s (a random MLP head over every stored window), and how many threshold decisions float16
+  storage changes against float32 vectors.
+
+    python benchmarks/bench_archive.py                          # band test graph, 1,000,000 windows of 64 dims
+    python benchmarks/bench_archive.py --windows 200000 --dim 64   # a quicker run
+    python benchmarks/bench_archive.py --graph model.onnx --minutes 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from typer.testing import CliRunner
+
+HERE = Path(__file__).resolve().parent
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def bench_embed(graph: Path | None, minutes: float, work: Path) -> None:
+    from vocalprobe.cli import app
+
+    if graph is None:
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from runtime_graphs import build_band_graph
+
+        graph = build_band_graph(work / "band.onnx")
+    rng = np.random.default_rng(0)
+    audio = work / "audio"
+    audio.mkdir()
+    seconds = minutes * 60
+    sf.write(str(audio / "20210501_040000.WAV"), (0.1 * rng.standard_normal(int(seconds * 48_000))).astype(np.float32),
+             48_000, subtype="PCM_16")
+    runner = CliRunner()
+    timings = {}
+    for name, args in (("stream", ["stream", audio, "-m", graph, "-o", work / "out"]),
+                       ("embed", ["embed", audio, "-m", graph, "--db", work / "db"])):
+        started = time.perf_counter()
+        result = runner.invoke(app, [str(a) for a in args])
+        timings[name] = time.perf_counter() - started
+        if result.exit_code != 0:
+            raise SystemExit(f"{name} failed: {result.output}")
+    print(f"embed vs stream ({graph.name}, {minutes:g} min of 48 kHz audio): stream {seconds / timings['stream']:.1f}x "
+          f"real time, embed {seconds / timings['embed']:.1f}x real time")
+    size = folder_bytes(work / "db")
+    from vocalprobe.runtime.archive.store import ArchiveDB
+
+    with ArchiveDB.open_reader(work / "db") as archive:
+        n, dim = archive.count_windows(), archive.settings()["embedding_dim"]
+    print(f"database: {size / (seconds / 3600) / 1e6:.2f} MB per audio hour ({n} windows of {dim} dims, "
+          f"{size / n:.0f} bytes per window)")
+
+
+def synthetic_archive(folder: Path, n: int, dim: int, seed: int = 0):
+    """A real archive database holding ``n`` clustered vectors (windows of 1 s in 1-hour recordings)."""
+    from vocalprobe.runtime.archive.store import ArchiveDB
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((256, dim)).astype(np.float32)
+    archive = ArchiveDB.open_writer(folder, checkpoint_s=1e9)
+    settings = {"graph_sha256": "0" * 64, "window_samples": 16000, "hop_samples": 16000, "final_window": "pad",
+                "sample_rate": 16000, "embedding_dim": dim, "graph_file": "synthetic.onnx"}
+    archive.initialise(settings, {"model_key": "synthetic"})
+    started = time.perf_counter()
+    per_recording = 3600
+    for r in range(0, n, per_recording):
+        m = min(per_recording, n - r)
+        rid = archive.begin_recording(f"rec{r // per_recording:05d}.wav", "synthetic", "synthetic", None)
+        vecs = centres[rng.integers(0, len(centres), m)] + 0.5 * rng.standard_normal((m, dim)).astype(np.float32)
+        archive.add_windows(rid, [(float(i), float(i + 1)) for i in range(m)], vecs)
+        archive.commit_recording(rid, f"{r:064d}", m, float(m))
+    archive.save_index()
+    build = time.perf_counter() - started
+    archive.close()
+    return build, centres
+
+
+def bench_search(n: int, dim: int, k: int, queries: int, work: Path) -> None:
+    from vocalprobe.runtime.archive.search import nearest
+    from vocalprobe.runtime.archive.store import ArchiveDB
+
+    build, centres = synthetic_archive(work / "big", n, dim)
+    size = folder_bytes(work / "big")
+    print(f"archive of {n:,} synthetic {dim}-dim windows: built in {build:.0f} s, {size / 1e6:.0f} MB "
+          f"({size / n:.0f} bytes per window)")
+    rng = np.random.default_rng(1)
+    with ArchiveDB.open_reader(work / "big") as archive:
+        qs = centres[rng.integers(0, len(centres), queries)] + 0.5 * rng.standard_normal((queries, dim))
+        approx_ms, exact_ms, recalls = [], [], []
+        for q in qs:
+            started = time.perf_counter()
+            got = nearest(archive, q, k)
+            approx_ms.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            truth = nearest(archive, q, k, exact=True)
+            exact_ms.append((time.perf_counter() - started) * 1000)
+            recalls.append(len({i for i, _ in got} & {i for i, _ in truth}) / k)
+        print(f"search, {queries} queries, k={k}: approximate + re-ranked median {np.median(approx_ms):.1f} ms "
+              f"(p95 {np.percentile(approx_ms, 95):.1f} ms), recall@{k} {np.mean(recalls):.3f} "
+              f"(min {np.min(recalls):.2f}); exact median {np.median(exact_ms):.0f} ms")
+        bench_apply(archive, dim)
+
+
+def bench_apply(archive, dim: int) -> None:
+    from vocalprobe.runtime.archive.head import Head
+
+    rng = np.random.default_rng(2)
+    sizes = (dim, 128, 64, 32, 3)
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers.append(("linear", (rng.standard_normal((b, a)).astype(np.float32) / np.sqrt(a),
+                                  np.zeros(b, np.float32))))
+        if b != 3:
+            layers += [("layernorm", (np.ones(b, np.float32), np.zeros(b, np.float32))), ("relu", ())]
+    head = Head(("a", "b", "c"), {"a": 0.5, "b": 0.5, "c": 0.5}, np.zeros(dim, np.float32), np.ones(dim, np.float32),
+                tuple(layers), {})
+    started = time.perf_counter()
+    n = 0
+    for rows, vecs in archive.iter_window_batches():
+        head.predict_proba(vecs)
+        n += len(rows)
+    took = time.perf_counter() - started
+    # float16 vs float32: every float32 value within half a float16 step of a stored value is stored as it, so
+    # jittering the stored vectors by that much recreates float32 originals (seeded)
+    rows, vecs = next(archive.iter_window_batches(100_000))
+    exact = vecs + rng.uniform(-0.5, 0.5, vecs.shape).astype(np.float32) * np.spacing(vecs.astype(np.float16)
+                                                                                     ).astype(np.float32)
+    changed = int(((head.predict_proba(exact) >= 0.5) != (head.predict_proba(vecs) >= 0.5)).any(axis=1).sum())
+    print(f"probe apply (numpy MLP {sizes}): {n / took:,.0f} windows/s over {n:,} windows (reading included); "
+          f"float16 storage changed the decision of {changed} of {len(rows):,} windows at threshold 0.5")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--graph", type=Path, default=None, help="Graph to embed with (default: the band test graph)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="Audio for embed vs stream")
+    parser.add_argument("--windows", type=int, default=1_000_000, help="Synthetic windows for search and apply")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("-k", type=int, default=100)
+    parser.add_argument("--queries", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-archive-") as tmp:
+        bench_embed(args.graph, args.minutes, Path(tmp))
+        bench_search(args.windows, args.dim, args.k, args.queries, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
