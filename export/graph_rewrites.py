@@ -65,6 +65,12 @@ def scalar_values(graph: "onnx.GraphProto") -> dict[str, float]:
     return values
 
 
+def _live_nodes(graph) -> list:
+    """The graph's nodes, held: protobuf hands out a new Python wrapper per access unless one is alive, so the
+    ``id()`` sets below are only stable while the caller keeps this list."""
+    return list(graph.node)
+
+
 def _consumers(graph, removed: set[int] = frozenset()) -> dict[str, list]:
     """``{value name: nodes reading it}``, leaving out nodes whose id is in ``removed``."""
     consumers: dict[str, list] = {}
@@ -94,6 +100,7 @@ def fuse_gelu(model: "onnx.ModelProto") -> int:
     from onnx import helper
 
     graph = model.graph
+    alive = _live_nodes(graph)
     scalars = scalar_values(graph)
     consumers = _consumers(graph)
     producers = {out: node for node in graph.node for out in node.output}
@@ -107,7 +114,7 @@ def fuse_gelu(model: "onnx.ModelProto") -> int:
         return users[0] if len(users) == 1 else None
 
     removed, inserted, fused = set(), {}, 0
-    for erf in [n for n in graph.node if n.op_type == "Erf"]:
+    for erf in [n for n in alive if n.op_type == "Erf"]:
         scale = producers.get(erf.input[0])
         if scale is None or len(scale.input) != 2 or scale.input[1] not in scalars:
             continue
@@ -157,7 +164,8 @@ def cancel_transposes(model: "onnx.ModelProto") -> int:
     graph_outputs = {o.name for o in graph.output}
     removed: set[int] = set()
     cancelled = 0
-    for first in list(graph.node):
+    alive = _live_nodes(graph)
+    for first in alive:
         if not _is_swap(first) or id(first) in removed:
             continue
         region, ends, frontier, seen, closed = [], [], [first.output[0]], set(), True

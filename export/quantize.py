@@ -242,11 +242,13 @@ def quantize_dynamic_matmul(source: str | Path, target: str | Path) -> Path:
 
 def quantize_int8_conv(source: str | Path, target: str | Path) -> Path:
     """``--quantize int8-conv``: ``int8`` plus the CNN's convolutions (all but the input conv) as int8 products
-    with one activation range per frame (``export.conv_int8``); GELU chains fused. No calibration data needed."""
+    with one activation range per frame (``export.conv_int8``); GELU chains fused, the input conv's GroupNorm folded
+    into it (``export.norm_fold``, exact). No calibration data needed."""
     import onnx
 
     from vocalprobe.export.conv_int8 import convs_as_int8_matmuls
     from vocalprobe.export.graph_rewrites import cancel_transposes, clear_value_info, fuse_gelu
+    from vocalprobe.export.norm_fold import fold_input_conv_norm
 
     source, target = Path(source), Path(target)
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp, _quiet_onnxruntime():
@@ -260,13 +262,15 @@ def quantize_int8_conv(source: str | Path, target: str | Path) -> Path:
         if not rewrite.rewritten:
             raise QuantizationError(f"{source}: no convolution of the feature encoder could be rewritten "
                                     f"({'; '.join(f'{k}: {v}' for k, v in rewrite.skipped.items()) or 'none found'})")
+        folded = fold_input_conv_norm(model)
         cancel_transposes(model)
         clear_value_info(model)
         out = Path(tmp) / "int8-conv.onnx"
         onnx.save(model, str(out))
         recipe = (f"{len(rewrite.rewritten)} CNN convs int8 with per-frame activation ranges"
                   + (f" ({len(rewrite.skipped)} kept fp32)" if rewrite.skipped else "")
-                  + "; MatMuls dynamic int8; fp32: input conv, positional conv, head")
+                  + "; MatMuls dynamic int8; fp32: input conv" + (" (GroupNorm folded)" if folded else "")
+                  + ", positional conv, head")
         _carry_metadata(source, out, "int8-conv", {"quantization_recipe": recipe})
         out.replace(target)
     return target

@@ -202,7 +202,10 @@ def test_int8_conv_graph_stays_close_to_pytorch(exported, tmp_path, name, layer)
     model = onnx.load(str(out))
     ops = [n.op_type for n in model.graph.node]
     plan = static_plan(onnx.load(str(fp32)))
-    assert ops.count("Conv") == 2  # only the input conv and the positional conv stay convolutions
+    group_norm = name != "wav2vec2-stable"  # the others' input conv has a per-channel GroupNorm: folded
+    # only the positional conv (and the input conv, where it has no GroupNorm to fold) stay convolutions
+    assert ops.count("Conv") == (1 if group_norm else 2)
+    assert "InstanceNormalization" not in ops
     assert ops.count("MatMulIntegerToFloat") >= len(plan.cnn_convs) - 1  # the other CNN convs are int8 products
     assert "Erf" not in ops  # every GELU fused
     # the rewritten convs talk channels-last to each other: at most the first one's input transpose is left
@@ -210,6 +213,64 @@ def test_int8_conv_graph_stays_close_to_pytorch(exported, tmp_path, name, layer)
     clips = [tone_clip(s, seed=i) for i, s in enumerate((0.1, 1.0, 2.3, 4.5))]  # 4.5 s > CHUNK: chunked
     report = check_parity(pipeline, out, clips, chunk_samples=CHUNK, atol=0.25, label="int8-conv")
     assert report.max_diff("probabilities") > 0
+
+
+def _conv_norm_graph(kernel: int, stride: int, affine: bool = True):
+    """The exporter's waveform conv + GroupNorm(C groups): Conv -> Reshape -> InstanceNormalization -> Reshape(Shape)
+    -> Mul -> Add, then a Relu (something after the chain)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(kernel + 10 * stride)
+    channels = 6
+    arrays = {"w": rng.standard_normal((channels, 1, kernel)), "bias": rng.standard_normal(channels),
+              "groups": np.array([0, channels, -1], np.int64), "s": rng.uniform(0.5, 2, channels),
+              "b": rng.standard_normal(channels), "gamma": rng.uniform(0.5, 2, (channels, 1)),
+              "beta": rng.standard_normal((channels, 1))}
+    inits = [numpy_helper.from_array(v if v.dtype == np.int64 else v.astype(np.float32), k) for k, v in arrays.items()]
+    nodes = [helper.make_node("Conv", ["x", "w", "bias"], ["c"], name="conv", strides=[stride]),
+             helper.make_node("Reshape", ["c", "groups"], ["g"], name="r1"),
+             helper.make_node("InstanceNormalization", ["g", "s", "b"], ["n"], name="norm", epsilon=1e-5),
+             helper.make_node("Shape", ["c"], ["shape"], name="shape"),
+             helper.make_node("Reshape", ["n", "shape"], ["back"], name="r2")]
+    last = "back"
+    if affine:
+        nodes += [helper.make_node("Mul", ["back", "gamma"], ["m"], name="mul"),
+                  helper.make_node("Add", ["m", "beta"], ["a"], name="add")]
+        last = "a"
+    nodes.append(helper.make_node("Relu", [last], ["y"], name="relu"))
+    graph = helper.make_graph(nodes, "conv_norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 1, "N"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", channels, "T"])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("kernel,stride,affine", [(10, 5, True), (4, 2, False), (3, 3, True), (2, 1, True)])
+@pytest.mark.parametrize("length", [50, 53])
+def test_fold_input_conv_norm_is_exact(kernel, stride, affine, length):
+    from vocalprobe.export.norm_fold import fold_input_conv_norm
+
+    rng = np.random.default_rng(length)
+    x = (rng.standard_normal((3, 1, length)) * [[[1.0]], [[1e-3]], [[30.0]]] + 0.1).astype(np.float32)
+    model = _conv_norm_graph(kernel, stride, affine)
+    before = _session(model).run(None, {"x": x})[0]
+    assert fold_input_conv_norm(model) == ["conv"]
+    ops = [n.op_type for n in model.graph.node]
+    assert "Conv" not in ops and "InstanceNormalization" not in ops and "Shape" in ops
+    after = _session(model).run(None, {"x": x})[0]
+    assert after.shape == before.shape == (3, 6, (length - kernel) // stride + 1)
+    np.testing.assert_allclose(after, before, atol=2e-5 * np.abs(before).max())
+
+
+def test_fold_input_conv_norm_leaves_other_patterns_alone():
+    from vocalprobe.export.norm_fold import fold_input_conv_norm
+
+    uneven = _conv_norm_graph(5, 2)  # kernel not a multiple of the stride
+    assert fold_input_conv_norm(uneven) == [] and len(uneven.graph.node) == 8
+    from onnx import numpy_helper
+
+    grouped = _conv_norm_graph(10, 5)  # two channels per group: not a per-channel norm
+    shape = next(i for i in grouped.graph.initializer if i.name == "groups")
+    shape.CopyFrom(numpy_helper.from_array(np.array([0, 3, -1], np.int64), "groups"))
+    assert fold_input_conv_norm(grouped) == [] and len(grouped.graph.node) == 8
 
 
 def test_int8_conv_members_fuse(exported, tmp_path):
