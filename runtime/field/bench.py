@@ -112,16 +112,25 @@ class StreamBench:
         return (self.wall_seconds - self.model_seconds) / self.model_seconds
 
 
+def stream_files(model, paths, *, window_s: float, batch: int = 8, work_dir: str | Path | None = None,
+                 warm_up: bool = True) -> StreamBench:
+    """Stream the audio files ``paths`` through ``run_sources`` (as `vocalprobe stream` does), writing Raven, CSV
+    and JSONL into a temporary folder; the wall time covers reading, resampling, windows, model and writers."""
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        timed = TimedModel(model)
+        config = DetectConfig(WindowPlan.from_seconds(window_s, None, model.sample_rate), batch=batch, min_conf=0.5)
+        if warm_up:  # onnxruntime plans the shape on the first run; not timed
+            timed.predict(np.zeros((batch, config.plan.window), dtype=np.float32))
+            timed.seconds = 0.0
+        outputs = Outputs(Path(tmp) / "out", ("raven", "csv", "jsonl"), model.sample_rate / 2)
+        summary = run_sources([FileSource(Path(p), Path(p).name) for p in paths], timed, config, outputs)
+        return StreamBench(model.name, summary.audio_seconds, summary.wall_seconds, timed.seconds)
+
+
 def bench_stream(model, *, window_s: float, batch: int = 8, seconds: float = 60.0, file_rate: int = 48_000,
                  work_dir: str | Path | None = None) -> StreamBench:
     """Stream a synthetic ``file_rate`` 16-bit WAV (written before the clock starts) through ``run_sources``."""
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         path = Path(tmp) / "20240101_000000.WAV"
         sf.write(path, synthetic_audio(seconds, file_rate, seed=1), file_rate, subtype="PCM_16")
-        timed = TimedModel(model)
-        config = DetectConfig(WindowPlan.from_seconds(window_s, None, model.sample_rate), batch=batch, min_conf=0.5)
-        timed.predict(np.zeros((batch, config.plan.window), dtype=np.float32))  # warm-up, not timed
-        timed.seconds = 0.0
-        outputs = Outputs(Path(tmp) / "out", ("raven", "csv", "jsonl"), model.sample_rate / 2)
-        summary = run_sources([FileSource(path, path.name)], timed, config, outputs)
-        return StreamBench(model.name, summary.audio_seconds, summary.wall_seconds, timed.seconds)
+        return stream_files(model, [path], window_s=window_s, batch=batch, work_dir=tmp)

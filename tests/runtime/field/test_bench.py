@@ -17,3 +17,18 @@ def test_bench_reports_speed_latency_memory(tmp_path):
     stream = bench_stream(model, window_s=1.0, batch=4, seconds=8, work_dir=tmp_path)
     assert stream.audio_seconds == pytest.approx(8, abs=0.01)
     assert 0 < stream.model_seconds < stream.wall_seconds
+
+
+def test_stream_files_times_every_file_through_the_stream(tmp_path):
+    import soundfile as sf
+
+    from vocalprobe.runtime.field.bench import stream_files, synthetic_audio
+
+    model = OnnxModel(build_band_graph(tmp_path / "m.onnx"), threads=1)
+    paths = []
+    for i, (seconds, rate) in enumerate(((3.0, 48_000), (2.5, 16_000))):
+        paths.append(tmp_path / f"f{i}.wav")
+        sf.write(paths[-1], synthetic_audio(seconds, rate, seed=i), rate, subtype="PCM_16")
+    result = stream_files(model, paths, window_s=1.0, batch=2, work_dir=tmp_path)
+    assert result.audio_seconds == pytest.approx(5.5, abs=0.01)
+    assert 0 < result.model_seconds < result.wall_seconds
