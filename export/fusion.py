@@ -110,6 +110,7 @@ def fuse_models(paths: Sequence[str | Path], out_path: str | Path, *, weights: S
     from onnx.compose import add_prefix
 
     from vocalprobe.export.metadata import build_metadata
+    from vocalprobe.export.onnx_export import apply_waveform_layout
 
     if len(paths) < 2:
         raise FusionError(f"fusion needs at least 2 member graphs, got {len(paths)}")
@@ -166,6 +167,7 @@ def fuse_models(paths: Sequence[str | Path], out_path: str | Path, *, weights: S
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                               producer_name="vocalprobe")
     model.ir_version = max(m.model.ir_version for m in members)
+    apply_waveform_layout(model)  # also when the members are older [batch, samples] graphs
     described = []
     for m, weight in zip(members, w):
         meta = m.info.metadata

@@ -1,7 +1,7 @@
 """Export a probe pipeline (truncated backbone + pooling + MLP + softmax) to ONE ONNX graph.
 
 ``export_pipeline`` is the mechanism: ``torch.onnx.export(dynamo=True)`` of ``training.deployable.ProbePipeline``
-with a dynamic batch and time axis, then three edits of the graph (names from ``runtime.core.graph_contract``):
+with a dynamic batch and time axis, then four edits of the graph (names from ``runtime.core.graph_contract``):
 
 1. the outputs get their contract names (``OUTPUT_NAMES``); an internal value that already has such a name (WavLM's
    ``embedding`` module) is renamed first;
@@ -10,7 +10,10 @@ with a dynamic batch and time axis, then three edits of the graph (names from ``
    result (the ONNX rule: an input with an initializer may be overridden or omitted; onnxruntime honours it). Their
    batch axis is ``STATE_BATCH_AXIS``: 1 (broadcast) or the waveform's batch;
 3. the exporter's intermediate shape annotations are dropped: they tie every batch axis to the waveform's, which
-   is false once the state broadcasts, and onnxruntime would reuse buffers of the wrong size.
+   is false once the state broadcasts, and onnxruntime would reuse buffers of the wrong size;
+4. ``apply_waveform_layout``: the waveform takes any leading axes (OpenSoundscape feeds ``[batch, 1, samples]``,
+   perch-hoplite ``[batch, samples]``), flattened into the batch by the graph's first node. Every path that writes
+   a graph (export, quantize, fusion, attach) goes through this one function.
 
 ``export_from_study`` is the product: it finds a study's probe, loads the backbone it was trained on, exports,
 checks parity on real clips (``export.parity``), optionally quantizes (``export.quantize``), and writes the
@@ -27,18 +30,22 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from vocalprobe.export.onnx_io import save_model, set_metadata
 from vocalprobe.runtime.core.errors import VocalprobeError
-from vocalprobe.runtime.core.graph_contract import (INPUT_NAMES, OPTIONAL_INPUTS, OUTPUT_NAMES, QUANTIZATION,
-                                                    STATE_BATCH_AXIS, WAVEFORM, optional_input_defaults)
+from vocalprobe.runtime.core.graph_contract import (INPUT_NAMES, LAYOUT_ANY_LEADING, OPTIONAL_INPUTS, OUTPUT_NAMES,
+                                                    QUANTIZATION, STATE_BATCH_AXIS, WAVEFORM, WAVEFORM_LAYOUT,
+                                                    optional_input_defaults)
 from vocalprobe.runtime.core.resample import MODEL_SAMPLE_RATE
 
+if TYPE_CHECKING:
+    import onnx
+
 __all__ = ["ExportError", "ExportResult", "export_pipeline", "export_from_study", "select_probe", "QUANTIZE_CHOICES",
-           "parity_clips", "PARITY_SECONDS"]
+           "parity_clips", "PARITY_SECONDS", "apply_waveform_layout"]
 
 QUANTIZE_CHOICES = ("none", "int8", "int8-conv", "int8-static")
 #: Parity clip lengths in seconds; the longest is replaced by 1.25 x the chunk limit (see ``parity_clips``).
@@ -70,6 +77,39 @@ def _value_names(graph) -> set[str]:
     for node in graph.node:
         names.update(node.output)
     return names
+
+
+#: The graph's first node, and the value it feeds the rest of the graph with.
+_LAYOUT_NODE = "waveform_layout"
+_FLAT_WAVEFORM = "waveform__batch_samples"
+
+
+def apply_waveform_layout(model) -> "onnx.ModelProto":
+    """Let ``model``'s ``waveform`` input take any leading axes, in place (``graph_contract.WAVEFORM_LAYOUT``).
+
+    Every consumer of ``waveform`` reads ``Flatten(waveform, axis=-1)`` instead (``[b, 1, s]`` -> ``[b, s]``, ``[b, s]``
+    unchanged, ``[s]`` -> ``[1, s]``) and the input loses its declared shape, so onnxruntime accepts any rank; the
+    metadata says so (``WAVEFORM_LAYOUT``). Idempotent.
+    """
+    from onnx import helper
+
+    graph = model.graph
+    if any(node.name == _LAYOUT_NODE for node in graph.node):
+        return model
+    inputs = [value for value in graph.input if value.name == WAVEFORM]
+    if not inputs:
+        raise ExportError(f"the graph has no {WAVEFORM!r} input (inputs: {', '.join(i.name for i in graph.input)})")
+    for node in graph.node:
+        node.input[:] = [_FLAT_WAVEFORM if name == WAVEFORM else name for name in node.input]
+    for output in graph.output:
+        if output.name == WAVEFORM:
+            raise ExportError(f"the graph returns its {WAVEFORM!r} input unchanged; nothing to export")
+    flatten = helper.make_node("Flatten", [WAVEFORM], [_FLAT_WAVEFORM], axis=-1, name=_LAYOUT_NODE)
+    graph.node.insert(0, flatten)
+    inputs[0].type.tensor_type.ClearField("shape")
+    entry = next((p for p in model.metadata_props if p.key == WAVEFORM_LAYOUT), None) or model.metadata_props.add()
+    entry.key, entry.value = WAVEFORM_LAYOUT, LAYOUT_ANY_LEADING
+    return model
 
 
 #: Notices the exporter prints on every export that say nothing about this graph (torchvision ops we never use,
@@ -131,7 +171,7 @@ def to_onnx_model(pipeline, *, opset: int = 18, example_samples: int = MODEL_SAM
             value.type.tensor_type.shape.dim[0].dim_param = STATE_BATCH_AXIS
             graph.initializer.append(numpy_helper.from_array(defaults[value.name], value.name))
     del graph.value_info[:]
-    return model
+    return apply_waveform_layout(model)
 
 
 def export_pipeline(pipeline, out_path: str | Path, *, metadata: dict[str, str], opset: int = 18) -> Path:

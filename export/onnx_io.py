@@ -12,7 +12,8 @@ from vocalprobe.runtime.core.errors import VocalprobeError
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["OnnxFileError", "load_model", "save_model", "get_metadata", "set_metadata", "read_metadata"]
+__all__ = ["OnnxFileError", "load_model", "save_model", "check_model", "get_metadata", "set_metadata",
+           "read_metadata"]
 
 
 class OnnxFileError(VocalprobeError):
@@ -35,12 +36,26 @@ def load_model(path: str | Path, *, weights: bool = True) -> "onnx.ModelProto":
 
 def save_model(model: "onnx.ModelProto", path: str | Path) -> Path:
     """Check and write atomically (a half-written .onnx never appears under ``path``)."""
-    import onnx
-
     path = Path(path)
-    onnx.checker.check_model(model)
+    check_model(model)
     atomic_write_bytes(path, model.SerializeToString())
     return path
+
+
+def check_model(model: "onnx.ModelProto") -> None:
+    """onnx's checker, which wants a shape on every graph input: an input declared with none (the waveform, which
+    takes any rank: ``graph_contract.WAVEFORM_LAYOUT``) is checked as ``[batch, samples]``."""
+    import onnx
+
+    shapeless = [i for i in model.graph.input if i.type.HasField("tensor_type")
+                 and not i.type.tensor_type.HasField("shape")]
+    if shapeless:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        for value in model.graph.input:
+            if not value.type.tensor_type.HasField("shape") and value.type.HasField("tensor_type"):
+                for name in ("batch", "samples"):
+                    value.type.tensor_type.shape.dim.add().dim_param = name
+    onnx.checker.check_model(model)
 
 
 def set_metadata(model: "onnx.ModelProto", metadata: Mapping[str, str]) -> None:

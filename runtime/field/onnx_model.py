@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from vocalprobe.runtime.core.errors import VocalprobeError
-from vocalprobe.runtime.core.graph_contract import MEMBERS, WAVEFORM, GraphContractError, GraphMetadata
+from vocalprobe.runtime.core.graph_contract import (LAYOUT_ANY_LEADING, MEMBERS, WAVEFORM, GraphContractError,
+                                                    GraphMetadata)
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 _CUDA = "CUDAExecutionProvider"
@@ -29,11 +30,12 @@ class ModelError(VocalprobeError):
 
 
 def _import_onnxruntime():
+    from vocalprobe.runtime.core.imports import import_onnxruntime
+
     try:
-        import onnxruntime
+        return import_onnxruntime()  # refused after usearch, which would crash the process
     except ModuleNotFoundError as exc:  # the base install has it; say how to fix a broken one
         raise ModelError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from exc
-    return onnxruntime
 
 
 def _ort_load_errors(ort) -> tuple[type[BaseException], ...]:
@@ -101,9 +103,14 @@ class OnnxModel:
         problems = []
         if WAVEFORM not in inputs:
             problems.append(f"no input named {WAVEFORM!r} (inputs: {', '.join(inputs)})")
-        elif inputs[WAVEFORM].type != "tensor(float)" or len(inputs[WAVEFORM].shape) != 2:
-            problems.append(f"input {WAVEFORM!r} must be float32 [batch, samples], got "
-                            f"{inputs[WAVEFORM].type} {inputs[WAVEFORM].shape}")
+        else:
+            # any-leading-axes graphs declare no shape (onnxruntime lists []); older graphs declare [batch, samples]
+            rank = 0 if self.info.waveform_layout == LAYOUT_ANY_LEADING else 2
+            if inputs[WAVEFORM].type != "tensor(float)" or len(inputs[WAVEFORM].shape) != rank:
+                problems.append(f"input {WAVEFORM!r} must be float32 "
+                                f"{'of any rank' if rank == 0 else '[batch, samples]'} (waveform_layout "
+                                f"{self.info.waveform_layout!r}), got {inputs[WAVEFORM].type} "
+                                f"{inputs[WAVEFORM].shape}")
         key = self.info.class_outputs_key
         if key not in outputs:
             problems.append(f"class_outputs_key {key!r} is not an output (outputs: {', '.join(outputs)})")

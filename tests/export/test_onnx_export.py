@@ -144,3 +144,35 @@ def test_corrupted_onnx_gives_clear_errors(exported, tmp_path):
         read_metadata(broken)
     with pytest.raises(FusionError, match="broken.onnx"):
         fuse_models([path, broken], tmp_path / "f.onnx")
+
+
+def test_every_export_path_takes_opensoundscapes_layout(exported, tmp_path):
+    """Found: OpenSoundscape feeds [batch, 1, samples] and the graph refused it (rank 3, expected 2). Export, each
+    quantization and fusion write graphs that take it, with the rows of [batch, samples]."""
+    from vocalprobe.export.fusion import fuse_models
+    from vocalprobe.export.quantize import quantize_dynamic_matmul, quantize_int8_conv, quantize_static_qdq
+
+    _, path = exported("hubert", 2)
+    _, other = exported("wav2vec2", 1)
+
+    class Clips:
+        def __init__(self):
+            self.items = iter([{"waveform": tone_clip(s, seed=i)[None]} for i, s in enumerate((0.4, 1.0))])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    graphs = {"fp32": path, "int8": quantize_dynamic_matmul(path, tmp_path / "int8.onnx"),
+              "int8-conv": quantize_int8_conv(path, tmp_path / "int8c.onnx"),
+              "int8-static": quantize_static_qdq(path, tmp_path / "int8s.onnx", Clips()),
+              "fusion": fuse_models([path, other], tmp_path / "fused.onnx")}
+    batch = np.stack([tone_clip(1.2, seed=s) for s in range(3)])
+    for kind, graph in graphs.items():
+        model = OnnxModel(graph)
+        assert model.info.waveform_layout == "...,samples", kind
+        expected, embedding = model.predict_with_embedding(batch)
+        rank3 = model.session.run([model.info.class_outputs_key, model.info.embedding_outputs_key],
+                                  {"waveform": batch[:, None, :]})
+        np.testing.assert_allclose(rank3[0], expected, atol=1e-6, err_msg=kind)
+        np.testing.assert_allclose(rank3[1], embedding, atol=1e-5, err_msg=kind)
+        assert "perch_hoplite_config" in model.info.metadata, kind

@@ -98,3 +98,60 @@ def test_provider_choice():
         choose_providers("cuda", ["CPUExecutionProvider"])
     with pytest.raises(ModelError, match="unknown provider"):
         choose_providers("tpu", ["CPUExecutionProvider"])
+
+
+def _with_layout(source, target, **metadata):
+    """``source`` put through export's layout function, with ``metadata`` changes."""
+    from vocalprobe.export.onnx_export import apply_waveform_layout
+    from vocalprobe.export.onnx_io import get_metadata, load_model, save_model, set_metadata
+
+    model = apply_waveform_layout(load_model(source))
+    set_metadata(model, {**get_metadata(model), **metadata})
+    return save_model(model, target)
+
+
+def test_older_batch_samples_graphs_and_any_layout_graphs_both_run(graph, tmp_path):
+    old = OnnxModel(graph)
+    assert old.info.waveform_layout == "batch,samples"  # no waveform_layout key: written before it existed
+    new = OnnxModel(_with_layout(graph, tmp_path / "any.onnx"))
+    assert new.info.waveform_layout == "...,samples"
+    np.testing.assert_allclose(new.predict(three_tones()), old.predict(three_tones()), rtol=1e-6)
+    (rank3,) = new.session.run(["probabilities"], {"waveform": three_tones()[:, None, :]})
+    np.testing.assert_allclose(rank3, old.predict(three_tones()), rtol=1e-6)
+
+
+def test_a_layout_the_graph_does_not_have_is_refused(graph, tmp_path):
+    from vocalprobe.export.onnx_io import get_metadata, load_model, save_model, set_metadata
+
+    model = load_model(graph)
+    set_metadata(model, {**get_metadata(model), "waveform_layout": "...,samples"})
+    with pytest.raises(GraphContractError, match=r"input 'waveform' must be float32 of any rank"):
+        OnnxModel(save_model(model, tmp_path / "claims.onnx"))
+    with pytest.raises(GraphContractError, match=r"input 'waveform' must be float32 \[batch, samples\]"):
+        OnnxModel(_with_layout(graph, tmp_path / "denies.onnx", waveform_layout="batch,samples"))
+    with pytest.raises(GraphContractError, match="'waveform_layout' must be one of"):
+        OnnxModel(_with_layout(graph, tmp_path / "odd.onnx", waveform_layout="samples"))
+
+
+def test_onnxruntime_after_usearch_is_an_error_not_a_crash(graph):
+    """Found: usearch 2.26.2-2.26.6 imported before onnxruntime segfaults the process (exit -11)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("usearch", reason="usearch (archive extra) is not installed")
+    script = ("import usearch.index, sys\n"
+              "from vocalprobe.runtime.core.imports import usearch_loaded_first\n"
+              "from vocalprobe.runtime.field.onnx_model import OnnxModel\n"
+              "if usearch_loaded_first() is None: sys.exit(3)\n"
+              "try:\n    OnnxModel(sys.argv[1])\n"
+              "except Exception as exc:\n    print(type(exc).__name__, exc); sys.exit(4)\n")
+    run = subprocess.run([sys.executable, "-c", script, str(graph)], capture_output=True, text=True, timeout=120)
+    if run.returncode == 3:
+        pytest.skip("this usearch is older than 2.26.2 and loads either way")
+    assert run.returncode == 4, (run.returncode, run.stdout, run.stderr)
+    assert run.stdout.startswith("ImportOrderError usearch 2.") and "import onnxruntime" in run.stdout
+    fine = subprocess.run([sys.executable, "-c", "import onnxruntime, usearch.index\n"
+                           "from vocalprobe.runtime.field.onnx_model import OnnxModel; import sys\n"
+                           "print(OnnxModel(sys.argv[1]).classes)", str(graph)],
+                          capture_output=True, text=True, timeout=120)
+    assert fine.returncode == 0 and "low" in fine.stdout, fine.stderr
