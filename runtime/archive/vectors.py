@@ -29,7 +29,9 @@ class ArchiveDependencyError(VocalprobeError):
 
 def usearch_index():
     """The ``usearch.index`` module, imported after onnxruntime (the import order that does not crash)."""
-    import onnxruntime  # noqa: F401  (must precede usearch: see the module docstring)
+    from vocalprobe.runtime.core.imports import import_onnxruntime
+
+    import_onnxruntime()  # must precede usearch: see the module docstring
 
     try:
         from usearch import index
