@@ -39,6 +39,7 @@ app.command("validate")(field_cli.validate)
 app.command("stream")(field_cli.stream)
 app.command("bench")(field_cli.bench)
 app.command("score-events")(field_cli.score_events)
+app.command("review")(field_cli.review)
 # The embedding archive: embed once, then search, label, fit and apply probes, attach one to its graph.
 app.command("embed")(archive_cli.embed)
 app.command("search")(archive_cli.search)

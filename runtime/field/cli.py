@@ -1,6 +1,6 @@
-"""`vocalprobe stream`, `validate`, `bench` and `score-events`: the torch-free commands a recorder runs.
+"""`vocalprobe stream`, `validate`, `bench`, `score-events` and `review`: the torch-free commands a recorder runs.
 
-Commands parse options and call ``stream.py``, ``validate.py``, ``bench.py`` and ``events.py``; onnxruntime is
+Commands parse options and call ``stream.py``, ``validate.py``, ``bench.py``, ``events.py`` and ``review.py``; onnxruntime is
 imported inside the command bodies (through ``onnx_model``), never when the CLI is imported.
 """
 
@@ -354,3 +354,25 @@ def score_events(
     for label, (p, r, f1, matched, nd, nt) in dcase.per_class.items():
         typer.echo(f"  {label}: F1 {f1:.3f}, precision {p:.3f}, recall {r:.3f} ({matched} of {nd} detected, "
                    f"{nt} true)")
+
+
+@friendly_errors
+def review(
+    detections: Annotated[Path, typer.Argument(help="A stream output folder (its detections.csv), or the table.")],
+    audio: Annotated[Path, typer.Option(help="The folder stream was given: the table's file column is relative "
+                                        "to it.")] = Path("."),
+    top: Annotated[int, typer.Option(help="Detections per class, best scores first.")] = 50,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write (default: "
+                                                "DETECTIONS/review.html).")] = None,
+) -> None:
+    """One HTML page (no server) with a spectrogram, an audio player and the score of each top detection."""
+    from vocalprobe.runtime.field.review import write_review
+
+    out = out if out is not None else (detections if detections.is_dir() else detections.parent) / "review.html"
+    sheet = write_review(detections, out, audio_root=audio, top=top)
+    if sheet.unreadable:
+        file, reason = sheet.unreadable[0]
+        _say(f"note: {len(sheet.unreadable)} clip(s) could not be read and are shown without sound "
+             f"(first: {file}: {reason}); is --audio the folder stream was given?")
+    shown = ", ".join(f"{label} {n}" for label, n in sheet.shown.items()) or "no detections"
+    typer.echo(f"review: {sheet.path} ({shown})")
