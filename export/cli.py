@@ -36,8 +36,10 @@ BackboneOpt = Annotated[Optional[str], typer.Option("--backbone", help="Backbone
 QuantizeOpt = Annotated[str, typer.Option("--quantize", help="none | int8 (dynamic int8 MatMuls) | int8-conv "
                                           "(int8 MatMuls and CNN convolutions, one activation range per frame: ~2x "
                                           "faster than fp32 at small layers) | int8-static (static QDQ calibrated on "
-                                          "Train clips: fastest, but changed 13-15% of the demo's decisions). Check "
-                                          "any of them with `vocalprobe validate --reference FP32.onnx`.")]
+                                          "Train clips: fastest, but changed 13-15% of the demo's decisions) | auto "
+                                          "(export none, int8 and int8-conv, time them on THIS machine and keep the "
+                                          "fastest that changes at most 2% of the Val/Test decisions). Check any of "
+                                          "them with `vocalprobe validate --reference FP32.onnx`.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch while "
                                                    "exporting and checking parity.")]
 
@@ -80,8 +82,19 @@ def study(
     from vocalprobe.runtime.core.atomic import atomic_write_text
 
     _set_threads(threads)
-    result = export_from_study(study_dir, out, dataset=dataset, backbone=backbone, layer=layer, quantize=quantize,
-                               calibration_clips=calibration_clips, quant_tolerance=quant_tolerance, log=_say)
+    if quantize == "auto":
+        from vocalprobe.export.auto_mode import export_auto
+
+        choice = export_auto(study_dir, out, threads=threads, log=_say, dataset=dataset, backbone=backbone,
+                             layer=layer, quant_tolerance=quant_tolerance)
+        _say(choice.table())
+        _say(f"--quantize auto: {choice.chosen} is the fastest here within 2% of changed decisions "
+             f"({choice.clips} Val/Test clips)")
+        result = choice.result
+    else:
+        result = export_from_study(study_dir, out, dataset=dataset, backbone=backbone, layer=layer,
+                                   quantize=quantize, calibration_clips=calibration_clips,
+                                   quant_tolerance=quant_tolerance, log=_say)
     reports = [r for r in (result.parity, result.quantized_parity) if r is not None]
     for report in reports:
         _say(report.summary())

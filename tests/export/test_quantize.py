@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from export_cases import CHUNK, SR
+from test_export_cli import tiny_study  # noqa: F401  (the tiny study, for --quantize auto)
 from signals import tone_clip
 
 from vocalprobe.export.metadata import build_metadata, read_metadata
@@ -249,3 +250,36 @@ def test_int8_static_quantizes_convolutions(exported, tmp_path):
     assert read_metadata(out)["quantization"] == "int8-static"
     check_parity(pipeline, out, [tone_clip(1.3, seed=2), tone_clip(4.5, seed=3)], chunk_samples=CHUNK, atol=0.25,
                  label="int8-static")
+
+
+def test_auto_keeps_the_fastest_mode_within_the_decision_bound():
+    from vocalprobe.export.auto_mode import ModeTrial, choose
+
+    trials = [ModeTrial("none", 20.0, 0.0), ModeTrial("int8", 18.0, 0.005), ModeTrial("int8-conv", 40.0, 0.015)]
+    assert choose(trials) == "int8-conv"
+    assert choose(trials, max_changed=0.01) == "none"  # int8-conv changes too much, int8 is slower than fp32
+    trials[2] = ModeTrial("int8-conv", None, None, "refused by the parity guard")
+    assert choose(trials) == "none"
+    assert choose([ModeTrial("none", 5.0, 0.0), ModeTrial("int8", 9.0, 0.01)]) == "int8"
+
+
+def test_export_quantize_auto_through_the_cli(tiny_study):  # noqa: F811  (the imported fixture)
+    import json
+
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+
+    root, _, study_dir, _ = tiny_study
+    out = root / "auto.onnx"
+    result = CliRunner().invoke(app, ["export", str(study_dir), "--dataset", "synthetic", "--backbone", "hubert",
+                                      "--quantize", "auto", "--out", str(out), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    chosen = next(line for line in lines if line.startswith("--quantize auto: ")).split()[2]
+    assert chosen in ("none", "int8", "int8-conv")
+    table = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in ("none", "int8", "int8-conv")}
+    assert set(table) == {"none", "int8", "int8-conv"} and "<- chosen" in table[chosen]
+    assert read_metadata(out)["quantization"] == chosen
+    assert json.loads(out.with_suffix(".parity.json").read_text())[0]["passed"]
+    assert not list(out.parent.glob(".export-auto-*"))  # the candidates' folder is gone
