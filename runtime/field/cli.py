@@ -1,4 +1,5 @@
-"""`vocalprobe stream`, `validate`, `bench`, `score-events` and `review`: the torch-free commands a recorder runs.
+"""`vocalprobe stream`, `merge`, `validate`, `bench`, `score-events` and `review`: the torch-free commands a recorder
+runs.
 
 Commands parse options and call ``stream.py``, ``validate.py``, ``bench.py``, ``events.py`` and ``review.py``; onnxruntime is
 imported inside the command bodies (through ``onnx_model``), never when the CLI is imported.
@@ -155,6 +156,7 @@ def stream(
     config.class_thresholds(net.classes)  # a table naming classes the model lacks is refused before any work
     watcher = FolderWatcher(watch, settle_s=settle) if watch is not None else None
     files = collect_files(inputs, block_size) if inputs and inputs != ["-"] else None
+    every_file = files  # before --shard: `merge` lays the shards out in this order
     from vocalprobe.runtime.field.ray_engine import scale_out
 
     runner, files = scale_out(run_sources, files, model_paths=model, weights=weights, provider=provider,
@@ -194,6 +196,7 @@ def stream(
                         summary = run_sources(sources, net, config, outputs, state, progress=progress,
                                               log=_say, params=params)
                 else:
+                    state.number(every_file)
                     todo = list(state.todo(files))
                     total = 0.0
                     for s in todo:
@@ -220,6 +223,19 @@ def stream(
             raise fail(f"nothing could be processed: {problems}")
         _say(problems)
         raise typer.Exit(summary.exit_code)
+
+
+@friendly_errors
+def merge(
+    out: Annotated[Path, typer.Argument(help="New output folder: what one run over all the inputs writes.")],
+    shards: Annotated[list[Path], typer.Argument(help="The --out folders of the `stream --shard i/n` runs.")],
+) -> None:
+    """Join the output folders of `stream --shard i/n` runs into the outputs of one run (tables, JSONL, journal)."""
+    from vocalprobe.runtime.field.merge import merge_outputs
+
+    summary = merge_outputs(out, shards)
+    typer.echo(f"merged {summary.shards} shard(s): {summary.done} file(s) done, {summary.failed} failed, "
+               f"{summary.detections} detection(s) -> {out}")
 
 
 @friendly_errors

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS files (
     problem TEXT,
     options_id INTEGER REFERENCES options(id),
     updated REAL NOT NULL,
-    seconds REAL                    -- audio seconds of a done recording (the combined Raven table lays them end to end)
+    seconds REAL,                   -- audio seconds of a done recording (the combined Raven table lays them end to end)
+    position INTEGER                -- place in the run's whole input list, before --shard (merge keeps that order)
 ) WITHOUT ROWID;
 """
 
@@ -83,6 +84,8 @@ class FileRecord:
     outputs: tuple[str, ...] = ()
     problem: str | None = None
     options: dict | None = None
+    seconds: float | None = None  # audio seconds of a done recording
+    position: int | None = None  # place in the whole input list (before --shard); None: not known
 
     @property
     def wrote_jsonl(self) -> bool:
@@ -102,6 +105,24 @@ def _describe(options: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(options.items()))
 
 
+def read_settings(out_dir: str | Path) -> dict:
+    """The run fingerprint a folder's journal was written with (read-only), e.g. to join the folders of shards."""
+    path = Path(out_dir) / JOURNAL_NAME
+    if not path.is_file():
+        raise StateError(f"{out_dir}: no {JOURNAL_NAME}; is it the --out folder of a stream run over files?")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path}: unreadable journal ({exc})") from exc
+    if meta.get("format") != JOURNAL_FORMAT:
+        raise StateError(f"{path}: journal format {meta.get('format')!r} (this vocalprobe reads {JOURNAL_FORMAT!r})")
+    return json.loads(meta.get("settings") or "{}")
+
+
 class RunState:
     """The journal of one output folder (open it while holding the folder's ``OutputLock``).
 
@@ -116,6 +137,7 @@ class RunState:
         self.options = dict(options or {})
         self.rewrite_outputs = rewrite_outputs
         self.skipped: list[str] = []  # names ``todo`` left out as already done
+        self.positions: dict[str, int] = {}  # key -> place in the whole input list (``number``)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         legacy_path = self.out_dir / LEGACY_STATE_NAME
         legacy = self._read_legacy(legacy_path) if legacy_path.exists() else None  # refused before anything is made
@@ -125,7 +147,7 @@ class RunState:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; the outputs are fsynced first
             self._db.executescript(_SCHEMA)
-            self._add_seconds_column()
+            self._add_columns()
             self._check_format()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{self.path}: unreadable journal ({exc}); use another --out folder, "
@@ -142,11 +164,12 @@ class RunState:
     def _set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
-    def _add_seconds_column(self) -> None:
-        """Journals written before recordings' lengths were kept gain the column (NULL: not known)."""
+    def _add_columns(self) -> None:
+        """Journals written before recordings' lengths and places were kept gain the columns (NULL: not known)."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
-        if "seconds" not in columns:
-            self._db.execute("ALTER TABLE files ADD COLUMN seconds REAL")
+        for name, kind in (("seconds", "REAL"), ("position", "INTEGER")):
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE files ADD COLUMN {name} {kind}")
 
     def _check_format(self) -> None:
         found = self._meta("format")
@@ -226,12 +249,13 @@ class RunState:
         return os.path.abspath(path)
 
     def _record(self, row: tuple) -> FileRecord:
-        key, name, size, mtime_ns, status, detections, outputs, problem, options = row
+        key, name, size, mtime_ns, status, detections, outputs, problem, options, seconds, position = row
         return FileRecord(key, name, status, Fingerprint(size, mtime_ns) if size is not None else None, detections,
-                          tuple(json.loads(outputs)), problem, json.loads(options) if options else None)
+                          tuple(json.loads(outputs)), problem, json.loads(options) if options else None, seconds,
+                          position)
 
-    _SELECT = ("SELECT f.key, f.name, f.size, f.mtime_ns, f.status, f.detections, f.outputs, f.problem, o.json "
-               "FROM files f LEFT JOIN options o ON o.id = f.options_id")
+    _SELECT = ("SELECT f.key, f.name, f.size, f.mtime_ns, f.status, f.detections, f.outputs, f.problem, o.json, "
+               "f.seconds, f.position FROM files f LEFT JOIN options o ON o.id = f.options_id")
 
     def lookup(self, path: str | Path) -> FileRecord | None:
         row = self._db.execute(self._SELECT + " WHERE f.key = ?", (self.key(path),)).fetchone()
@@ -250,6 +274,15 @@ class RunState:
             return Fingerprint.of(path) == Fingerprint(size, mtime_ns)
         except FileNotFoundError:
             return True  # gone since: nothing left to do
+
+    def number(self, sources: Iterable[HasPath]) -> None:
+        """Remember each source's place in the run's whole input list (taken before ``--shard`` splits it), so
+        that ``merge`` lays the shards' rows out in the order one run over all the inputs writes them."""
+        self.positions = {self.key(s.path): i for i, s in enumerate(sources)}
+
+    def records(self) -> list[FileRecord]:
+        """Every file's record, with its options, seconds and place, by key."""
+        return [self._record(row) for row in self._db.execute(self._SELECT + " ORDER BY f.key")]
 
     def todo(self, sources: Iterable[HasPath]) -> Iterator[HasPath]:
         """The sources not yet done, lazily (a watched folder never ends); the others are listed in ``skipped``."""
@@ -302,9 +335,10 @@ class RunState:
         fp = record.fingerprint
         self._db.execute(
             "INSERT OR REPLACE INTO files (key, name, size, mtime_ns, status, detections, outputs, problem, "
-            "options_id, updated, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "options_id, updated, seconds, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (record.key, record.name, fp.size if fp else None, fp.mtime_ns if fp else None, record.status,
-             record.detections, json.dumps(list(record.outputs)), record.problem, options_id, time.time(), seconds))
+             record.detections, json.dumps(list(record.outputs)), record.problem, options_id, time.time(), seconds,
+             record.position if record.position is not None else self.positions.get(record.key)))
         if jsonl_end is not None:
             self._set_meta("jsonl_committed", str(jsonl_end))
 
@@ -341,7 +375,7 @@ class RunState:
         try:
             for record in records:
                 options_id = self._option_id(record.options) if record.options is not None else self._options_id
-                self._write(record, options_id, None)
+                self._write(record, options_id, None, record.seconds)
             if jsonl_committed is not None:
                 self._set_meta("jsonl_committed", str(jsonl_committed))
             self._db.execute("COMMIT")

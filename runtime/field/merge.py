@@ -1,0 +1,178 @@
+"""`vocalprobe merge OUT SHARD_OUT...`: the output folders of ``stream --shard i/n`` runs joined into exactly what one
+run over all the inputs writes.
+
+Per-file tables are copied as they are; the JSONL gets each recording's final rows (after its last retraction) in
+the order one run writes them, which is each file's place in the whole input list, recorded by every shard before
+``--shard`` split it (``RunState.number``); ``errors.csv``, the combined tables and the journal are then made the
+way ``run_sources`` makes them, from the joined journal. The shards must share the run fingerprint and output
+options, and no recording may be in two of them: anything else is not one run, and is refused before OUT is made.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from vocalprobe.runtime.core.atomic import atomic_open, atomic_write_bytes
+from vocalprobe.runtime.core.digests import json_sha256
+from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.field.out_lock import LOCK_NAME, OutputLock
+from vocalprobe.runtime.field.run_state import (
+    DONE,
+    FAILED,
+    JSONL_OUTPUT,
+    FileRecord,
+    RunState,
+    read_settings,
+)
+from vocalprobe.runtime.field.writers import PARAMS_NAME
+
+
+class MergeError(VocalprobeError):
+    """Shard folders that are not the parts of one run, or an output folder that is not new."""
+
+
+@dataclass(frozen=True)
+class MergeSummary:
+    shards: int
+    done: int
+    failed: int
+    detections: int
+
+
+@dataclass
+class _Shard:
+    folder: Path
+    settings: dict
+    records: list[FileRecord]
+    jsonl_committed: int
+
+
+def _changed(a: dict, b: dict) -> str:
+    return ", ".join(sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)))
+
+
+def _read_shard(folder: Path) -> _Shard:
+    settings = read_settings(folder)
+    with RunState(folder, settings) as state:
+        return _Shard(folder, settings, state.records(), state.jsonl_committed)
+
+
+def run_order(record: FileRecord) -> tuple:
+    """Where one run over all the inputs puts a recording: its place in the input list, else (journals of older
+    versions) the order a folder is listed in (sorted paths)."""
+    return (record.position is None, record.position or 0, Path(record.key).parts)
+
+
+def _final_rows(jsonl: Path, committed: int) -> dict[str, list[bytes]]:
+    """Each recording's rows in a shard's JSONL, after its last retraction (only the bytes the journal vouches for)."""
+    rows: dict[str, list[bytes]] = {}
+    if not jsonl.is_file():
+        return rows
+    with open(jsonl, "rb") as handle:
+        data = handle.read(committed)
+    for line in data.splitlines(keepends=True):
+        item = json.loads(line)
+        if "retract" in item:
+            rows[item["retract"]] = []
+        else:
+            rows.setdefault(item["file"], []).append(line)
+    return rows
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if not src.is_file():
+        raise MergeError(f"{src}: listed in its folder's journal but missing; re-run that shard")
+    with atomic_open(dst, "wb") as out, src.open("rb") as handle:
+        shutil.copyfileobj(handle, out)
+
+
+def _check(shards: Sequence[_Shard]) -> dict:
+    """The output options the shards share (refusing shards that are not the parts of one run)."""
+    first = shards[0]
+    for shard in shards[1:]:
+        if json_sha256(shard.settings) != json_sha256(first.settings):
+            raise MergeError(f"{shard.folder} and {first.folder} were made with other settings (changed: "
+                             f"{_changed(shard.settings, first.settings)}); merge shards of one run")
+    owner: dict[str, Path] = {}
+    options: dict[str, tuple[dict, Path]] = {}
+    for shard in shards:
+        for record in shard.records:
+            if record.key in owner:
+                raise MergeError(f"{record.name} is in both {owner[record.key]} and {shard.folder}; merge the "
+                                 "folders of one --shard i/n split (same n), each once")
+            owner[record.key] = shard.folder
+            if record.options is not None:
+                options.setdefault(json_sha256(record.options), (record.options, shard.folder))
+    if len(options) > 1:
+        (a, where_a), (b, where_b) = list(options.values())[:2]
+        raise MergeError(f"{where_a} and {where_b} hold files written with other output options (changed: "
+                         f"{_changed(a, b)}); re-run the shards with the same --format, --min-conf, --top-k, "
+                         "--merge and --ignore (or --rewrite-outputs)")
+    return next(iter(options.values()))[0] if options else {}
+
+
+def _params(shards: Sequence[_Shard]) -> bytes | None:
+    found = {shard.folder: (shard.folder / PARAMS_NAME).read_bytes() for shard in shards
+             if (shard.folder / PARAMS_NAME).is_file()}
+    if len(set(found.values())) > 1:
+        raise MergeError(f"the shards' {PARAMS_NAME} differ ({', '.join(str(f) for f in found)}): they were not "
+                         "made by one vocalprobe with one model and settings")
+    return next(iter(found.values()), None)
+
+
+def merge_outputs(out_dir: str | Path, shard_dirs: Sequence[str | Path]) -> MergeSummary:
+    """Join the shard folders into ``out_dir`` (new or empty); see the module docstring."""
+    from vocalprobe.runtime.field.stream import Outputs
+
+    out_dir = Path(out_dir)
+    folders = [Path(d) for d in shard_dirs]
+    if not folders:
+        raise MergeError("give the output folders of the shards to merge")
+    if any(p.name != LOCK_NAME for p in out_dir.glob("*")) if out_dir.is_dir() else out_dir.exists():
+        raise MergeError(f"{out_dir} is not empty; merge into a new folder")
+    resolved = [f.resolve() for f in folders]
+    if len(set(resolved)) != len(resolved):
+        raise MergeError("a shard folder is given twice; give each shard's --out folder once")
+    if out_dir.resolve() in resolved:
+        raise MergeError(f"{out_dir} is one of the shards; merge into a new folder")
+    locks = [OutputLock(f) for f in folders]  # no shard may still be running
+    try:
+        for lock, folder in zip(locks, folders):
+            if not folder.is_dir():
+                raise MergeError(f"{folder}: not a folder")
+            lock.acquire()
+        shards = [_read_shard(f) for f in folders]
+        options = _check(shards)
+        params = _params(shards)
+        records = sorted((r for s in shards for r in s.records), key=run_order)
+        source = {r.key: s for s in shards for r in s.records}
+        formats = list(options.get("formats", []))
+        with Outputs(out_dir, formats, 0.0) as outputs, RunState(out_dir, shards[0].settings, options) as state:
+            for record in records:
+                if record.status == DONE:
+                    for rel in record.outputs:
+                        if rel != JSONL_OUTPUT:
+                            _copy(source[record.key].folder / rel, out_dir / rel)
+            if params is not None:
+                atomic_write_bytes(out_dir / PARAMS_NAME, params)
+            jsonl_end = None
+            if "jsonl" in formats or any(JSONL_OUTPUT in r.outputs for r in records):
+                rows = {s.folder: _final_rows(s.folder / JSONL_OUTPUT, s.jsonl_committed) for s in shards}
+                text = b"".join(line for r in records if r.status == DONE and r.wrote_jsonl
+                                for line in rows[source[r.key].folder].get(r.name, []))
+                atomic_write_bytes(out_dir / JSONL_OUTPUT, text)
+                jsonl_end = len(text)
+            state.merge(records, jsonl_committed=jsonl_end)
+            failures = state.failures()
+            if failures:
+                outputs.write_errors(failures)
+            outputs.combine(state.done_tables)
+    finally:
+        for lock in locks:
+            lock.release()
+    return MergeSummary(len(shards), sum(r.status == DONE for r in records), sum(r.status == FAILED for r in records),
+                        sum(r.detections or 0 for r in records if r.status == DONE))
