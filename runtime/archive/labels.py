@@ -1,9 +1,11 @@
 """`vocalprobe label import`: reviewed Raven selection tables become annotations on the archive's windows.
 
 A row names its recording by ``Begin Path`` (Raven's multi-file tables, and ``vocalprobe search``'s hits), by
-``Begin File``, or, in a single-file table, by the table's own name (``<recording>.Table.1.selections.txt``). A
-window gets the row's label when they overlap by at least half of the shorter of the two (a call clipped by a
-window edge is not a call in it). Annotations carry the window's own offsets, as hoplite's agile notebooks write
+``Begin File``, or, in a single-file table, by the table's own name (``<recording>.Table.1.selections.txt``). A row
+whose times are those of a stored window (a reviewed ``search`` hit, written to the millisecond) labels that window
+alone: with overlapping windows its neighbours share half of it, and the reviewer judged only the hit. Any other
+row labels the windows it overlaps by at least half of the shorter of the two (a call clipped by a window edge is
+not a call in it). Annotations carry the window's own offsets, as hoplite's agile notebooks write
 them. Rows that match no recording or window, or carry no label, are reported with their line, never dropped
 silently.
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from vocalprobe.runtime.archive.store import NEGATIVE, POSITIVE, ArchiveDB, ArchiveError, RecordingRow
+from vocalprobe.runtime.archive.store import NEGATIVE, POSITIVE, ArchiveDB, ArchiveError, RecordingRow, WindowRow
 
 LABEL_COLUMNS = ("Label", "Annotation", "Class")
 POSITIVE_WORDS = {"positive", "pos", "yes", "y", "1", "true", "present"}
@@ -77,6 +79,20 @@ def _label_of(value: str, one_class: str | None) -> tuple[str, int] | str:
     return f"label {text!r} is neither positive nor negative (--class {one_class})"
 
 
+#: Seconds within which a row's times are a stored window's (hit tables carry 3 decimals).
+SAME_WINDOW_S = 0.0015
+
+
+def matching_windows(windows: Sequence[WindowRow], start: float, stop: float) -> list[WindowRow]:
+    """The windows a selection ``start..stop`` labels (see the module docs)."""
+    same = [w for w in windows if abs(w.start_s - start) <= SAME_WINDOW_S and abs(w.end_s - stop) <= SAME_WINDOW_S]
+    if same:
+        return same[:1]
+    return [w for w in windows
+            if min(w.end_s, stop) - max(w.start_s, start) >= 0.5 * min(w.end_s - w.start_s, stop - start)
+            and min(w.end_s, stop) > max(w.start_s, start)]
+
+
 def import_tables(archive: ArchiveDB, tables: Sequence[str | Path], *, label_column: str | None = None,
                   one_class: str | None = None) -> LabelReport:
     recordings = _Recordings(archive.recordings())
@@ -115,9 +131,7 @@ def import_tables(archive: ArchiveDB, tables: Sequence[str | Path], *, label_col
                 report.unmatched.append((str(table), line, "times are not numbers"))
                 continue
             start, stop = offset, offset + (end - begin)
-            windows = [w for w in archive.recording_windows(recording.id)
-                       if min(w.end_s, stop) - max(w.start_s, start) >= 0.5 * min(w.end_s - w.start_s, stop - start)
-                       and min(w.end_s, stop) > max(w.start_s, start)]
+            windows = matching_windows(archive.recording_windows(recording.id), start, stop)
             if not windows:
                 report.unmatched.append((str(table), line, f"no window of {recording.filename} covers "
                                                            f"{start:.3f}-{stop:.3f} s"))

@@ -64,3 +64,20 @@ def test_label_import_matches_rows_and_reports_the_rest(tmp_path, graph, tone_fo
     bad.write_text("Selection\tBegin Time (s)\tEnd Time (s)\n1\t0\t1\n", encoding="utf-8")
     refused = run_cli(["label", "import", bad, "--db", tmp_path / "db"])
     assert refused.exit_code == 1 and "no label column" in refused.output
+
+
+def test_a_reviewed_hit_labels_its_window_alone_with_overlapping_windows(tmp_path, graph, tone_folder, run_cli):
+    audio = tone_folder(tmp_path / "audio", n_files=1)
+    assert run_cli(["embed", audio, "-m", graph, "--db", tmp_path / "db", "--hop", "0.25"]).exit_code == 0
+    path = (audio / "REC01" / "20210501_040000.WAV").resolve()
+    reviewed = tmp_path / "hits.reviewed.txt"
+    reviewed.write_text("Selection\tBegin Time (s)\tEnd Time (s)\tBegin Path\tFile Offset (s)\tLabel\n"
+                        f"1\t1.000\t1.500\t{path}\t1.000\tpositive\n"  # a search hit: exactly window 1.0-1.5
+                        f"2\t2.000\t2.200\t{path}\t2.000\tnegative\n",  # a call: every window holding half of it
+                        encoding="utf-8")
+    result = run_cli(["label", "import", reviewed, "--db", tmp_path / "db", "--class", "high"])
+    assert result.exit_code == 0 and "2 row(s) read, 3 annotation(s) added" in result.output, result.output
+    with ArchiveDB.open_reader(tmp_path / "db") as archive:
+        labelled = sorted((w.start_s, kind) for (i, _, kind), w in
+                          zip(archive.annotations(), archive.windows([i for i, _, _ in archive.annotations()])))
+    assert labelled == [(1.0, 1), (1.75, 0), (2.0, 0)]
