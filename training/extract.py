@@ -14,6 +14,11 @@ the manifest (content hash and folder), the preprocessing constants, chunk limit
 ``index.json`` (settings, and for each shard the manifest rows it holds), rewritten atomically after each shard. An
 interrupted run resumes from the shards listed in the index; failed rows are retried on the next run. No pickle:
 shards load with ``allow_pickle=False``.
+
+Several writers (``shard=`` i/n: a SLURM array task, a Ray task of ``study --engine ray``) share one cache folder:
+each unit writes only its own ``index-IofN.json`` and ``IofN-shard-NNNNN.npy`` files, so no index is written by two
+processes, and every run reads all the indexes of the folder together (a row held by several is taken once). A
+run without ``shard`` writes ``index.json`` as before, so caches written earlier stay readable as they are.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -35,9 +40,10 @@ from vocalprobe.runtime.core.audio import seconds_to_samples
 from vocalprobe.runtime.core.clips import load_row
 from vocalprobe.runtime.core.digests import json_sha256
 from vocalprobe.runtime.core.errors import VocalprobeError
-from vocalprobe.runtime.core.manifest import Manifest, read_manifest
+from vocalprobe.runtime.core.manifest import Manifest, ManifestRow, read_manifest
 from vocalprobe.runtime.core.preprocess import MIN_SAMPLES, repeat_pad
 from vocalprobe.runtime.core.resample import MODEL_SAMPLE_RATE, QUALITY
+from vocalprobe.runtime.core.shards import Shard
 from vocalprobe.training.backbones import Backbone, load_backbone, resolve_device
 from vocalprobe.training.features import LayerFeatures, clip_features
 
@@ -47,6 +53,7 @@ log = logging.getLogger(__name__)
 FEATURE_VERSION = 1
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INDEX_NAME = "index.json"
+UNIT_INDEX_GLOB = "index-*.json"  # the indexes of shard units (``unit_files``)
 
 
 class FeatureCacheError(VocalprobeError):
@@ -105,20 +112,38 @@ def cache_key(settings: dict) -> str:
     return json_sha256(settings)[:24]
 
 
+def unit_files(shard: Shard | None) -> tuple[str, str]:
+    """(index file, prefix of the feature files) that the unit extracting ``shard`` writes, and no other."""
+    if shard is None:
+        return INDEX_NAME, ""
+    tag = f"{shard.index}of{shard.count}"
+    return f"index-{tag}.json", f"{tag}-"
+
+
+def row_key(row: ManifestRow) -> str:
+    """What ``--shard`` hashes: the clip's path as the manifest gives it, and its segment when it has one."""
+    return row.path if row.start is None and row.end is None else f"{row.path}@{row.start}-{row.end}"
+
+
 class _Cache:
-    """The shards and index of one cache key. Without a folder it only holds results in memory."""
+    """The features of one cache key, from every unit's index; this unit's own shards and failures, which only it
+    writes (``unit_files``). Without a folder it only holds results in memory."""
 
-    def __init__(self, folder: Path | None, key: str, settings: dict, feature_shape: tuple[int, int]):
+    def __init__(self, folder: Path | None, key: str, settings: dict, feature_shape: tuple[int, int],
+                 shard: Shard | None = None):
         self.folder, self.key, self.settings, self.feature_shape = folder, key, settings, feature_shape
-        self.shards: list[dict] = []
-        self.failed: dict[int, FailedClip] = {}
+        self.index_name, self.prefix = unit_files(shard)
+        self.shards: list[dict] = []  # this unit's
+        self.failed: dict[int, FailedClip] = {}  # this unit's
         self.precision: dict | None = None
-        self.features: dict[int, np.ndarray] = {}
-        if folder is not None and (folder / INDEX_NAME).is_file():
-            self._load()
+        self.features: dict[int, np.ndarray] = {}  # every unit's
+        if folder is not None:
+            indexes = [folder / INDEX_NAME] + sorted(folder.glob(UNIT_INDEX_GLOB))
+            for index_path in indexes:
+                if index_path.is_file():
+                    self._load(index_path, own=index_path.name == self.index_name)
 
-    def _load(self) -> None:
-        index_path = self.folder / INDEX_NAME
+    def _load(self, index_path: Path, own: bool) -> None:
         try:
             index = json.loads(index_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
@@ -138,9 +163,12 @@ class _Cache:
             if array.dtype != np.float32 or array.shape != (len(rows), *self.feature_shape):
                 raise FeatureCacheError(f"{path}: shard holds {array.dtype}{list(array.shape)}, expected float32"
                                         f"{[len(rows), *self.feature_shape]}; delete {self.folder} to recompute")
-            self.shards.append({"file": shard["file"], "rows": rows})
-            self.features.update(zip(rows, array))
-        self.precision = index.get("precision")
+            if own:
+                self.shards.append({"file": shard["file"], "rows": rows})
+            for row, features in zip(rows, array):
+                self.features.setdefault(row, features)
+        if own or self.precision is None:
+            self.precision = index.get("precision") or self.precision
 
     @property
     def done(self) -> set[int]:
@@ -155,7 +183,7 @@ class _Cache:
             array = np.stack(features).astype(np.float32, copy=False)
             self.features.update(zip(rows, array))
             if self.folder is not None:
-                name = f"shard-{len(self.shards):05d}.npy"
+                name = f"{self.prefix}shard-{len(self.shards):05d}.npy"
                 atomic_save_npy(self.folder / name, array)
                 self.shards.append({"file": name, "rows": rows})
         self.write_index()
@@ -167,7 +195,7 @@ class _Cache:
                  "shards": self.shards, "precision": self.precision,
                  "failed": [{"row": f.row, "path": f.path, "error": f.error}
                             for f in sorted(self.failed.values(), key=lambda f: f.row)]}
-        atomic_write_text(self.folder / INDEX_NAME, json.dumps(index, indent=1))
+        atomic_write_text(self.folder / self.index_name, json.dumps(index, indent=1))
 
 
 class _Runner:
@@ -214,7 +242,8 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
                      layers: Sequence[int] | None = None, device: str = "auto",
                      cache_dir: str | os.PathLike | None = None, chunk_seconds: float = 20.0, batch_size: int = 16,
                      dtype: str = "float32", progress: bool = True, shard_size: int = 256,
-                     precision_clips: int = 16) -> FeatureSet:
+                     precision_clips: int = 16, shard: Shard | None = None,
+                     on_shard: Callable[[int], None] | None = None) -> FeatureSet:
     """Per-layer pooled features of every readable clip of ``manifest`` (see the module docstring).
 
     ``backbone``: a loaded ``Backbone`` or anything ``load_backbone`` accepts. ``layers``: layer indices
@@ -223,7 +252,10 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
     needs padding). ``batch_size``: at most this many equal-length clips per forward pass. ``dtype``: float32
     (default), bfloat16 or float16 autocast; for the latter two the difference to float32 on the first
     ``precision_clips`` batched clips is measured and returned in ``FeatureSet.precision``. ``shard_size``: clips
-    per cache shard (how much work an interruption can lose).
+    per cache shard (how much work an interruption can lose). ``shard``: extract only the clips of shard i/n
+    (``row_key`` hashed), into this unit's own index of the shared cache; the result holds that shard's clips.
+    ``on_shard``: called with the number of clips this run computed so far, after each cache shard is written
+    (progress of a unit run elsewhere).
     """
     if not isinstance(manifest, Manifest):
         manifest = read_manifest(manifest)
@@ -251,20 +283,22 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
     folder = Path(cache_dir) / key if cache_dir is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    cache = _Cache(folder, key, settings, feature_shape)
+    cache = _Cache(folder, key, settings, feature_shape, shard)
     runner = _Runner(module, torch_device, dtype, precision_clips if cache.precision is None else 0)
-    done = cache.done
-    todo = [i for i in range(len(manifest)) if i not in done]
+    selected = [i for i, row in enumerate(manifest.rows) if shard is None or shard.holds(row_key(row))]
+    done = cache.done & set(selected)
+    todo = [i for i in selected if i not in done]
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     started = time.perf_counter()
     audio_seconds = 0.0
+    computed = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[rate]}"))
     with Progress(*columns, disable=not progress, transient=False) as progress_bar:
-        bar = _Bar(progress_bar, progress_bar.add_task(f"features {_short_name(backbone)}", total=len(manifest),
-                                                       completed=len(done), rate=""))
+        what = f"features {_short_name(backbone)}" + (f" shard {shard}" if shard is not None else "")
+        bar = _Bar(progress_bar, progress_bar.add_task(what, total=len(selected), completed=len(done), rate=""))
         for first in range(0, len(todo), shard_size):
             block = todo[first:first + shard_size]
             rows, features, failed, seconds = _extract_block(manifest, block, runner, chunk_samples, batch_size,
@@ -273,6 +307,9 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
             if runner.precision is not None:
                 cache.precision = runner.precision
             cache.add_shard(rows, features, failed)
+            computed += len(rows)
+            if on_shard is not None:
+                on_shard(computed)
             elapsed = max(time.perf_counter() - started, 1e-9)
             bar.describe(f"{audio_seconds / elapsed:.1f} audio-s/s, {len(cache.failed)} failed")
         if cache.precision is not None and progress:
@@ -286,8 +323,8 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
     if cache.precision is not None and not progress:
         log.info("%s vs float32 on %d clips: max abs diff %.3g, max relative L2 diff %.3g", dtype,
                  cache.precision["clips"], cache.precision["max_abs_diff"], cache.precision["max_rel_l2_diff"])
-    return _assemble(manifest, backbone, module.layers, cache, {
-        "computed": len(manifest) - len(done) - len(cache.failed), "cached": len(done),
+    return _assemble(manifest, backbone, module.layers, cache, set(selected), {
+        "computed": computed, "cached": len(done),
         "seconds": elapsed, "audio_seconds": audio_seconds,
         "clips_per_s": (len(todo) - len(cache.failed)) / elapsed if elapsed > 0 else 0.0,
         "audio_s_per_s": audio_seconds / elapsed if elapsed > 0 else 0.0})
@@ -357,11 +394,11 @@ def _extract_block(manifest: Manifest, block: list[int], runner: _Runner, chunk_
     return rows, [results[r] for r in rows], failed, audio_seconds
 
 
-def _assemble(manifest: Manifest, backbone: Backbone, layers: tuple[int, ...], cache: _Cache,
+def _assemble(manifest: Manifest, backbone: Backbone, layers: tuple[int, ...], cache: _Cache, selected: set[int],
               stats: dict) -> FeatureSet:
     class_names = tuple(manifest.labels)
     class_index = {name: i for i, name in enumerate(class_names)}
-    rows = np.array(sorted(cache.features), dtype=np.int64)
+    rows = np.array(sorted(r for r in cache.features if r in selected), dtype=np.int64)
     if len(rows):
         features = np.stack([cache.features[int(r)] for r in rows]).astype(np.float32, copy=False)
     else:

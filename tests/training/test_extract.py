@@ -190,3 +190,34 @@ def test_long_clip_never_runs_more_than_a_chunk(tmp_path, synthetic_manifest, ti
     assert result.features.shape[0] == 2
     assert max(seen) <= 32_000 and sum(seen[:4]) == int(7.3 * 16_000)  # 4 chunks of the long clip, then the short
     assert seen[4] == 6_400
+
+
+def test_shards_of_an_extraction_merge_into_the_one_run(tmp_path, manifest_path, tiny_backbone):
+    """``shard=`` i/n units share one cache folder, each writing only its own index and prefixed files; a run
+    without a shard then reads them all together, computes nothing, and has the one run's features exactly."""
+    from vocalprobe.runtime.core.shards import Shard
+
+    manifest = read_manifest(manifest_path)
+    broken = ManifestRow("missing.wav", manifest.rows[0].label, split="train")
+    manifest = write_manifest(manifest_path, [*manifest.rows, broken])
+    one = extract_features(manifest, tiny_backbone, device="cpu", cache_dir=tmp_path / "one", batch_size=1,
+                           progress=False)
+    cache = tmp_path / "shared"
+    parts = [extract_features(manifest, tiny_backbone, device="cpu", cache_dir=cache, batch_size=1, shard_size=2,
+                              progress=False, shard=Shard(i, 3)) for i in range(3)]
+    assert all(len(p.rows) for p in parts)  # each shard holds clips: three real parts
+    assert sorted(r for p in parts for r in p.rows) == list(range(len(DURATIONS)))  # each clip in one shard
+    assert [f.row for p in parts for f in p.failed] == [len(DURATIONS)]
+    folder = parts[0].cache_dir
+    assert folder == one.cache_dir.parent.parent / "shared" / one.cache_dir.name  # the same key
+    assert sorted(p.name for p in folder.glob("index*.json")) == ["index-0of3.json", "index-1of3.json",
+                                                                  "index-2of3.json"]
+    assert all(p.name.split("-")[0] in {"0of3", "1of3", "2of3"} for p in folder.glob("*.npy"))
+    joined = extract_features(manifest, tiny_backbone, device="cpu", cache_dir=cache, batch_size=1, progress=False)
+    assert joined.stats["cached"] == len(DURATIONS) and joined.stats["computed"] == 0
+    np.testing.assert_array_equal(joined.rows, one.rows)
+    np.testing.assert_array_equal(joined.features, one.features)
+    assert [f.row for f in joined.failed] == [f.row for f in one.failed] == [len(DURATIONS)]
+    again = extract_features(manifest, tiny_backbone, device="cpu", cache_dir=cache, shard=Shard(1, 3),
+                             progress=False)
+    assert again.stats["computed"] == 0 and again.stats["cached"] == len(parts[1].rows)  # a shard resumes too
