@@ -9,7 +9,11 @@
 3. ``validate`` on each graph (onnxruntime only): its Test UAR next to the study's;
 4. the fused graph streams the synthetic 10-minute AudioMoth recording into Raven/CSV/JSONL tables, and the events
    are scored against the recording's ground truth (precision / recall, and the same detections with shuffled
-   labels as a chance baseline).
+   labels as a chance baseline);
+5. the agile loop on that recording (``runtime.archive``): embed it with the best backbone's fp32 graph, search with
+   one known call, let the ground truth review the top hits (a Raven table through ``label import``), fit a probe on
+   the stored vectors, apply it to the archive, attach it to the graph and stream the recording through the new
+   graph, scored on the query's class next to the study's graphs.
 
 It writes ``artifacts/demo/report.md``. Re-running reuses the study, rebuilds the graphs, and restreams.
 """
@@ -30,6 +34,9 @@ from vocalprobe.runtime.core.cli_common import friendly_errors
 FIELD_WINDOW_S = 1.0
 FIELD_HOP_S = 0.5
 FIELD_MIN_CONF = 0.5
+#: The agile loop: how many search hits the (ground-truth) reviewer labels, and the new probe's target precision.
+REVIEW_HITS = 100
+AGILE_PRECISION = 0.9
 
 
 @dataclass
@@ -54,6 +61,47 @@ class FieldScore:
     f1: float
     chance_precision: float
     speed_x_realtime: float
+    out_dir: Path
+
+
+@dataclass
+class ClassScore:
+    """One graph's streamed events scored on one class only (the class the agile loop's probe learned)."""
+    graph: str
+    detections: int
+    truth: int
+    precision: float
+    recall: float
+
+
+@dataclass
+class AgileLoop:
+    graph: Path  # the fp32 graph embedded with
+    backbone: str
+    layer: str
+    db: Path
+    windows: int
+    embed_x_realtime: float
+    db_bytes: int
+    label: str  # the query's class
+    query: tuple[float, float]  # the query call's start and end (s)
+    hits: int
+    best_score: float
+    reviewed_positive: int
+    annotations: int
+    unmatched: int
+    counts: dict[str, int]  # labelled windows per class
+    split: tuple[int, int, int]
+    test_uar: float
+    test_uar_ci95: tuple[float, float]
+    threshold: float
+    precision_reached: bool
+    applied_windows: int
+    applied_detections: int
+    apply_windows_per_s: float
+    stream_windows_per_s: float  # the study's graph streaming the same recording
+    new_graph: Path
+    scores: list[ClassScore]  # the study's graphs, then the new one
     out_dir: Path
 
 
@@ -109,7 +157,13 @@ def validate_graphs(graphs: list[tuple[str, str, Path, Path | None]], manifest: 
     return checks
 
 
-def stream_field_recording(model_path: Path, field_dir: Path, out_dir: Path, ignore: set[str]) -> FieldScore:
+def field_recordings(field_dir: Path) -> list[Path]:
+    return sorted(p for p in field_dir.iterdir() if p.suffix.upper() == ".WAV")
+
+
+def stream_field_recording(model_path: Path, field_dir: Path, out_dir: Path, ignore: set[str], *,
+                           thresholds: tuple[tuple[str, float], ...] = ()) -> FieldScore:
+    """``stream`` on the field recording (``thresholds``: per-class, as ``--min-conf CLASSES.csv`` gives them)."""
     from vocalprobe.runtime.field.ensemble import load_models
     from vocalprobe.runtime.field.events import chance_score, read_events, score_events
     from vocalprobe.runtime.field.sources import collect_files
@@ -119,12 +173,11 @@ def stream_field_recording(model_path: Path, field_dir: Path, out_dir: Path, ign
     model = load_models([str(model_path)])
     plan = WindowPlan.from_seconds(FIELD_WINDOW_S, FIELD_HOP_S, model.sample_rate, "pad")
     config = DetectConfig(plan, batch=8, min_conf=FIELD_MIN_CONF, merge=True,
-                          ignore=frozenset(ignore & set(model.classes)))
+                          ignore=frozenset(ignore & set(model.classes)), thresholds=thresholds)
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    recordings = sorted(p for p in field_dir.iterdir() if p.suffix.upper() == ".WAV")
-    summary = run_sources(collect_files(recordings), model, config, Outputs(out_dir, ("raven", "csv", "jsonl"),
-                                                                            model.sample_rate / 2))
+    outputs = Outputs(out_dir, ("raven", "csv", "jsonl"), model.sample_rate / 2)
+    summary = run_sources(collect_files(field_recordings(field_dir)), model, config, outputs)
     truth = [e for p in sorted(field_dir.glob("*.truth.csv")) for e in read_events(p)]
     detected = read_events(out_dir / "detections.csv")
     score = score_events(detected, truth)
@@ -134,11 +187,164 @@ def stream_field_recording(model_path: Path, field_dir: Path, out_dir: Path, ign
                       speed, out_dir)
 
 
+def read_truth(field_dir: Path) -> list:
+    from vocalprobe.runtime.field.events import read_events
+
+    return [e for p in sorted(field_dir.glob("*.truth.csv")) for e in read_events(p)]
+
+
+def holds_call(start_s: float, end_s: float, call) -> bool:
+    """A window holds a call when it covers at least half of the shorter of the two (``label import``'s rule)."""
+    overlap = min(end_s, call.end_s) - max(start_s, call.start_s)
+    return overlap > 0 and overlap >= 0.5 * min(end_s - start_s, call.end_s - call.start_s)
+
+
+def query_call(truth: list):
+    """The example a user would cut from a recording: its longest call (the clearest one; ties: the first)."""
+    return max(truth, key=lambda e: (round(e.end_s - e.start_s, 4), -e.start_s))
+
+
+def class_score(name: str, detections_csv: Path, truth: list, label: str) -> ClassScore:
+    from vocalprobe.runtime.field.events import read_events, score_events
+
+    detected = [e for e in read_events(detections_csv) if e.label == label]
+    score = score_events(detected, [e for e in truth if e.label == label])
+    return ClassScore(name, score.n_detected, score.n_truth, score.precision, score.recall)
+
+
+def write_reviewed_table(hits: list, truth: list, label: str, path: Path, high_freq_hz: float) -> int:
+    """The reviewer's Raven table: the hits table with a ``Label`` column (positive when the ground truth has a call
+    of ``label`` in the hit's window, else negative). Returns the positives."""
+    import csv
+    import io
+
+    from vocalprobe.runtime.archive.search import HIT_COLUMNS, hits_raven
+
+    rows = list(csv.DictReader(io.StringIO(hits_raven(hits, high_freq_hz)), delimiter="\t"))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow((*HIT_COLUMNS, "Label"))
+    positives = 0
+    for hit, row in zip(hits, rows):
+        positive = any(e.label == label and e.file == Path(hit.file).name and holds_call(hit.start_s, hit.end_s, e)
+                       for e in truth)
+        positives += positive
+        writer.writerow([row[c] for c in HIT_COLUMNS] + ["positive" if positive else "negative"])
+    atomic_write_text(path, buffer.getvalue())
+    return positives
+
+
+def agile_loop(graph: Path, backbone: str, layer: str, field_dir: Path, out_dir: Path,
+               study_streams: list[tuple[str, Path]]) -> AgileLoop:
+    """embed -> search -> label import -> probe fit -> probe apply -> export attach -> stream, each through the
+    function its command calls; ``study_streams``: (name, detections.csv) of the study's graphs, scored alongside."""
+    import time
+
+    from vocalprobe.export.attach import attach_head
+    from vocalprobe.runtime.archive.apply import apply_head
+    from vocalprobe.runtime.archive.embed import embed_sources
+    from vocalprobe.runtime.archive.head import BACKGROUND, THRESHOLDS_CSV, load_head
+    from vocalprobe.runtime.archive.labels import import_tables
+    from vocalprobe.runtime.archive.search import archive_model, archive_plan, query_embedding, search, write_hits
+    from vocalprobe.runtime.archive.store import ArchiveDB
+    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.field.sources import collect_files
+    from vocalprobe.runtime.field.stream import read_thresholds
+    from vocalprobe.runtime.field.windows import WindowPlan
+    from vocalprobe.training.archive_probe import fit_head
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    db = out_dir / "archive"
+    truth = read_truth(field_dir)
+    model = OnnxModel(graph)
+    plan = WindowPlan.from_seconds(FIELD_WINDOW_S, FIELD_HOP_S, model.sample_rate, "pad")
+    with ArchiveDB.open_writer(db) as archive:  # vocalprobe embed
+        embedded = embed_sources(collect_files(field_recordings(field_dir)), model, plan, archive)
+    db_bytes = sum(p.stat().st_size for p in db.iterdir() if p.is_file())
+
+    query = query_call(truth)
+    with ArchiveDB.open_reader(db) as archive:  # vocalprobe search
+        net = archive_model(archive, None)
+        vector = query_embedding(field_dir / query.file, net, archive_plan(archive), start=query.start_s,
+                                 end=query.end_s)
+        hits = search(archive, vector, REVIEW_HITS)
+    write_hits(hits, out_dir / "hits.txt", model.sample_rate / 2)
+    reviewed = out_dir / "hits.reviewed.txt"
+    positives = write_reviewed_table(hits, truth, query.label, reviewed, model.sample_rate / 2)
+    with ArchiveDB.open_writer(db) as archive:  # vocalprobe label import --class LABEL
+        labels = import_tables(archive, [reviewed], one_class=query.label)
+
+    head_dir = out_dir / "head"
+    fit = fit_head(db, head_dir, precision=AGILE_PRECISION, seed=0)  # vocalprobe probe fit
+    head = load_head(head_dir)
+    started = time.perf_counter()
+    with ArchiveDB.open_reader(db) as archive:  # vocalprobe probe apply
+        applied = apply_head(head, archive, out_dir / "apply")
+    apply_s = max(time.perf_counter() - started, 1e-9)
+
+    new_graph = attach_head(graph, head_dir, out_dir / f"{query.label}.onnx")  # vocalprobe export attach
+    _, thresholds = read_thresholds(str(head_dir / THRESHOLDS_CSV), FIELD_MIN_CONF)
+    stream_field_recording(new_graph, field_dir, out_dir / "stream", {BACKGROUND}, thresholds=thresholds)
+    base = stream_field_recording(graph, field_dir, out_dir / "stream-study", {BACKGROUND})  # the graph it replaces
+    scores = [class_score(name, csv_path, truth, query.label) for name, csv_path in study_streams]
+    scores.append(class_score(f"{graph.name} (study)", base.out_dir / "detections.csv", truth, query.label))
+    scores.append(class_score(f"{new_graph.name} (attached probe)", out_dir / "stream" / "detections.csv", truth,
+                              query.label))
+    speed = embedded.audio_seconds / embedded.wall_seconds if embedded.wall_seconds else 0.0
+    return AgileLoop(graph, backbone, layer, db, embedded.windows, speed, db_bytes, query.label,
+                     (query.start_s, query.end_s), len(hits), hits[0].score if hits else 0.0, positives,
+                     labels.annotations, len(labels.unmatched), fit.counts, (fit.n_train, fit.n_val, fit.n_test),
+                     fit.test_uar, fit.test_uar_ci95, fit.thresholds[query.label], fit.precision_reached[query.label],
+                     applied.windows, applied.detections, applied.windows / apply_s,
+                     embedded.windows * base.speed_x_realtime / max(embedded.audio_seconds, 1e-9), new_graph, scores,
+                     out_dir)
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def render_report(study_dir: Path, checks: list[GraphCheck], field: FieldScore | None, root: Path) -> str:
+def render_agile(loop: AgileLoop, rel: Callable[[Path], str]) -> list[str]:
+    lo, hi = loop.test_uar_ci95
+    n_train, n_val, n_test = loop.split
+    positives, negatives = loop.counts.get(loop.label, 0), sum(loop.counts.values()) - loop.counts.get(loop.label, 0)
+    reached = "reached" if loop.precision_reached else "**not reached** on the held-out windows"
+    lines = ["", "## The agile loop on the field recording: embed once, search, label, probe, attach", "",
+             f"The study's best backbone ({loop.backbone}, layer {loop.layer[1:]}) embeds the recording once; every "
+             "later step reads the stored vectors, until the new graph streams the recording again. Each step is "
+             "the function its command calls.", "",
+             "| step | what it did |", "|---|---|",
+             f"| `embed` | `{loop.graph.name}`: {loop.windows:,} windows ({FIELD_WINDOW_S:g} s every {FIELD_HOP_S:g} s) "
+             f"into a perch-hoplite database of {loop.db_bytes / 1e3:,.0f} kB, {loop.embed_x_realtime:.0f}x real "
+             "time |",
+             f"| `search` | query: the truth table's longest call ({loop.label}, {loop.query[0]:.2f}-{loop.query[1]:.2f} "
+             f"s); the top {loop.hits} hits (best cosine {loop.best_score:.4f}) as a Raven table |",
+             f"| `label import --class {loop.label}` | the ground truth reviewed the hits: {loop.reviewed_positive} "
+             f"positive, {loop.hits - loop.reviewed_positive} negative; {loop.annotations} annotations, "
+             f"{loop.unmatched} rows unmatched |",
+             f"| `probe fit` | the paper's MLP on {positives} {loop.label} and {negatives} background windows (split "
+             f"{n_train}/{n_val}/{n_test}): held-out UAR {100 * loop.test_uar:.1f} (95% CI {100 * lo:.1f}-"
+             f"{100 * hi:.1f}); threshold {loop.threshold:.3f} for precision {AGILE_PRECISION:g} ({reached}) |",
+             f"| `probe apply` | {loop.applied_windows:,} stored windows scored at {loop.apply_windows_per_s:,.0f} "
+             f"windows/s (streaming: {loop.stream_windows_per_s:,.0f} windows/s), {loop.applied_detections} above "
+             "the threshold |",
+             f"| `export attach` | `{loop.new_graph.name}`: {loop.backbone}'s backbone and layer, the new probe on top |",
+             "", f"Events of **{loop.label}** only (the class the new probe learned), streamed and scored as above: "
+             f"the study's graphs at min-conf {FIELD_MIN_CONF:g}, the new graph at its own threshold "
+             "(`head/thresholds.csv` as `--min-conf`).", "",
+             f"| graph | {loop.label} events | true {loop.label} calls | precision | recall |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {c.graph} | {c.detections} | {c.truth} | {c.precision:.2f} | {c.recall:.2f} |" for c in loop.scores]
+    lines += ["", "The held-out UAR is measured on reviewed hits, the windows the search found easiest; the stream row "
+              "is the figure that counts. The backbones are untrained: these numbers exercise the loop, not the "
+              f"method. Files: `{rel(loop.out_dir)}/` (`archive/`, `hits.txt`, `hits.reviewed.txt`, `head/`, "
+              f"`apply/`, `{loop.new_graph.name}`, `stream/`)."]
+    return lines
+
+
+def render_report(study_dir: Path, checks: list[GraphCheck], field: FieldScore | None, root: Path,
+                  agile: AgileLoop | None = None) -> str:
     rel = lambda p: Path(p).resolve().relative_to(root.resolve()).as_posix()  # noqa: E731
     lines = ["# vocalprobe demo", "",
              "The embedded default end to end, offline: synthetic calls, three tiny **untrained** backbones "
@@ -172,6 +378,8 @@ def render_report(study_dir: Path, checks: list[GraphCheck], field: FieldScore |
                   f"| {field.chance_precision:.2f} | {field.speed_x_realtime:.0f}x real time |", "",
                   f"Tables (Raven selection table, CSV, live JSONL): `{rel(field.out_dir)}/`. Chance precision: the "
                   "same detections with their labels shuffled."]
+    if agile is not None:
+        lines += render_agile(agile, rel)
     return "\n".join(lines) + "\n"
 
 
@@ -181,22 +389,28 @@ def run_demo(root: str | Path = ".", *, log: Callable[[str], None] = print, prog
     from vocalprobe.training.study.default import default_study_config, run_default_study
 
     root = Path(root)
-    log("1/4 study: the embedded default (synthetic data, tiny untrained backbones)")
+    log("1/5 study: the embedded default (synthetic data, tiny untrained backbones)")
     study_dir = run_default_study(root, progress=progress)
     manifest = Path(default_study_config(root).datasets[0].manifest)
     demo_dir = root / "artifacts" / "demo"
-    log("2/4 export: best layers (fp32, int8, int8-conv) and their fusion, each checked against PyTorch")
+    log("2/5 export: best layers (fp32, int8, int8-conv) and their fusion, each checked against PyTorch")
     graphs = export_graphs(study_dir, demo_dir / "models", log)
-    log("3/4 validate: every graph on the Test split with onnxruntime")
+    log("3/5 validate: every graph on the Test split with onnxruntime")
     checks = validate_graphs(graphs, manifest, demo_dir / "validate")
     field_dir = manifest.parent / "field"
-    field = None
+    field, agile = None, None
     if field_dir.is_dir():
-        log("4/4 stream: the fused graph on the 10-minute field recording")
+        log("4/5 stream: the fused graph on the 10-minute field recording")
         field = stream_field_recording(demo_dir / "models" / "fusion.onnx", field_dir, demo_dir / "stream",
                                        {BACKGROUND})
+        best = max((c for c in checks if c.name != "fusion" and c.changed_vs_fp32 is None),
+                   key=lambda c: -1.0 if c.study_uar is None else c.study_uar)
+        log(f"5/5 agile loop: embed the field recording with {best.name}, search one call, label the hits, fit, "
+            "apply, attach, stream")
+        agile = agile_loop(best.path, best.name, best.layer, field_dir, demo_dir / "agile",
+                           [("fusion.onnx (study)", field.out_dir / "detections.csv")])
     report = demo_dir / "report.md"
-    atomic_write_text(report, render_report(study_dir, checks, field, root))
+    atomic_write_text(report, render_report(study_dir, checks, field, root, agile))
     return report
 
 
@@ -206,7 +420,8 @@ def demo_command(
                                                      "a busy 2-core machine).")] = 1,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
-    """Run the embedded default end to end: study -> export (fp32, int8, fusion) -> validate -> stream + score.
+    """Run the embedded default end to end: study -> export (fp32, int8, fusion) -> validate -> stream + score ->
+    the agile loop (embed, search, label, probe fit/apply, attach, stream).
 
     Everything lands under artifacts/ (start with artifacts/demo/report.md); nothing is downloaded.
     """
