@@ -33,6 +33,14 @@ DtypeOpt = Annotated[Optional[str], typer.Option(
     "--dtype", help="Backbone precision: float32 (default), or bfloat16 / float16 on a GPU; the difference to "
     "float32 on the first clips is printed and saved as precision.json beside the probes.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+ShardOpt = Annotated[Optional[str], typer.Option(
+    "--shard", help="Only extract shard i/n (0-based) of every dataset x backbone's features into the feature cache, "
+    "e.g. one SLURM array task each; then run the study without --shard to train the probes from the cache.")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="local, or ray: extract the features as Ray tasks, one per (backbone, dataset, shard), one GPU "
+    "each when the cluster has GPUs (pip install 'vocalprobe[ray]'); the probes then train here.")]
+AddressOpt = Annotated[Optional[str], typer.Option(
+    "--address", help="--engine ray: a running cluster (default: start a local Ray on this machine's cores).")]
 
 
 @friendly_errors
@@ -48,6 +56,9 @@ def study(
     threads: ThreadsOpt = None,
     dtype: DtypeOpt = None,
     progress: ProgressOpt = True,
+    shard: ShardOpt = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
 ) -> None:
     """Probe every layer of every backbone on every dataset, pick the best layers, fuse them, write the report.
 
@@ -67,6 +78,11 @@ def study(
             overrides[key] = value
 
     demo = config is None and not data and not backbone
+    if demo and (shard is not None or engine != "local"):
+        raise StudyError("--shard and --engine ray split a study's feature extraction; give --config or --data and "
+                         "--backbone")
+    if shard is not None and engine != "local":
+        raise StudyError("--shard is for a batch scheduler's tasks; --engine ray shards the extraction itself")
     if threads is not None or demo:
         import torch
 
@@ -98,9 +114,17 @@ def study(
                                      "datasets": tuple(dataset_from_manifest(d) for d in data),
                                      "backbones": tuple(backbone)}, source="command line")
 
-    from vocalprobe.training.study.runner import run_study
+    from vocalprobe.training.study.runner import extract_shard, run_study
 
-    run_study(cfg, progress=progress)
+    if shard is not None:
+        from vocalprobe.runtime.core.shards import Shard
+
+        part = Shard.parse(shard)
+        extract_shard(cfg, part, progress=progress)
+        typer.echo(f"features of shard {part} in {cfg.cache_dir}; once every shard is done, run the study without "
+                   "--shard to train the probes")
+        return
+    run_study(cfg, progress=progress, engine=engine, address=address)
     typer.echo(f"report: {cfg.out_dir / 'report.md'}")
 
 

@@ -28,6 +28,7 @@ from vocalprobe.runtime.core.digests import json_sha256
 from vocalprobe.runtime.core.manifest import SPLITS, Manifest, read_manifest
 from vocalprobe.runtime.core.metrics import bootstrap_uar_ci, confusion_matrix, uar
 from vocalprobe.runtime.core.records import from_record, to_record
+from vocalprobe.runtime.core.shards import Shard
 from vocalprobe.training.probe import ProbeConfig
 from vocalprobe.training.study.config import (
     DatasetSpec,
@@ -59,14 +60,27 @@ from vocalprobe.training.study.results import (
 )
 
 
-def run_study(config: StudyConfig, *, progress: bool = True, write_outputs: bool = True) -> StudySummary:
-    """Run (or resume) a study; returns its summary and, with ``write_outputs``, writes the report files."""
+ENGINES = ("local", "ray")
+
+
+def run_study(config: StudyConfig, *, progress: bool = True, write_outputs: bool = True, engine: str = "local",
+              address: str | None = None) -> StudySummary:
+    """Run (or resume) a study; returns its summary and, with ``write_outputs``, writes the report files.
+
+    ``engine="ray"``: the missing features are first extracted as Ray tasks (``training.extract_ray``) into the
+    feature cache, on the cluster at ``address`` (default: a local Ray on this machine's cores); the probes then
+    train here, as with the local engine, from the cache.
+    """
     from vocalprobe.training.backbones import resolve_device
 
+    if engine not in ENGINES:
+        raise StudyError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     out = config.out_dir
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / STUDY_CONFIG_FILE, config.to_toml())
     probe = replace(config.probe, device=str(resolve_device(config.device)))  # the one device of the whole study
+    if engine == "ray":
+        extract_with_ray(config, probe, address=address, progress=progress)
 
     datasets: list[DatasetInfo] = []
     results: list[ProbeResult] = []
@@ -91,6 +105,46 @@ def run_study(config: StudyConfig, *, progress: bool = True, write_outputs: bool
     if write_outputs:
         write_report(out, summary)
     return summary
+
+
+def _needs_cache(config: StudyConfig, what: str) -> None:
+    if config.cache_dir is None:
+        raise StudyError(f"{what} writes the features into the feature cache; set cache_dir in the study config")
+
+
+def extract_shard(config: StudyConfig, shard: Shard, *, progress: bool = True) -> None:
+    """``study --shard i/n``: shard i/n of every (dataset, backbone)'s features into the cache, and no probe (they
+    need every clip). Once every shard has run, the study without ``--shard`` trains from the cache."""
+    from vocalprobe.training.backbones import resolve_device
+
+    _needs_cache(config, f"--shard {shard}")
+    probe = replace(config.probe, device=str(resolve_device(config.device)))
+    for spec in config.datasets:
+        manifest = read_manifest(spec.manifest)
+        check_splits(manifest, spec)
+        for name in config.backbones:
+            BackboneRun(config, spec, manifest, name, probe, progress=progress).feature_set(shard)
+
+
+def extract_with_ray(config: StudyConfig, probe: ProbeConfig, *, address: str | None = None,
+                     progress: bool = True) -> None:
+    """The features every (dataset, backbone) still needs, as Ray tasks of (backbone, dataset, shard) units."""
+    from vocalprobe.runtime.field.ray_engine import connect
+    from vocalprobe.training.extract_ray import extract_on_ray, make_units, shards_per_pair
+
+    _needs_cache(config, "--engine ray")
+    pairs = []
+    for spec in config.datasets:
+        manifest = read_manifest(spec.manifest)
+        check_splits(manifest, spec)
+        pairs += [(name, spec.manifest) for name in config.backbones
+                  if BackboneRun(config, spec, manifest, name, probe, progress=progress).needs_features()]
+    if not pairs:
+        return
+    ray = connect(address)
+    units = make_units(pairs, shards_per_pair(ray), cache_dir=config.cache_dir, layers=config.layers,
+                       chunk_seconds=config.chunk_seconds, batch_size=config.batch_size, dtype=config.dtype)
+    extract_on_ray(units)
 
 
 def check_splits(manifest: Manifest, spec: DatasetSpec) -> None:
@@ -169,11 +223,15 @@ class BackboneRun:
 
     # -- features and probes ------------------------------------------------------------------------------------------
 
-    def ensure_probes(self) -> None:
-        """Train every (layer, seed) probe that is not finished yet, extracting features only when one is missing."""
+    def needs_features(self) -> bool:
+        """Some (layer, seed) probe is not finished (or the clip table is of other settings): features are needed."""
         saved = read_json(self.run_dir / CLIPS_FILE)
         self.table = ClipTable(**saved) if saved is not None and saved.get("key") == self.key else None
-        if self.table is None or self._missing():
+        return self.table is None or bool(self._missing())
+
+    def ensure_probes(self) -> None:
+        """Train every (layer, seed) probe that is not finished yet, extracting features only when one is missing."""
+        if self.needs_features():
             features, self.table = self._extract()
             write_json(self.run_dir / CLIPS_FILE, asdict(self.table))
             self._train(features, self._missing())
@@ -193,8 +251,9 @@ class BackboneRun:
         return (data is not None and data.get("key") == self.probe_key(seed)
                 and with_suffix(stem, ".test_proba.npy").is_file() and with_suffix(stem, ".safetensors").is_file())
 
-    def _extract(self) -> tuple[np.ndarray, ClipTable]:
-        """Load the backbone and extract the requested layers of every clip once: features (n, n_layers, 2D)."""
+    def feature_set(self, shard: Shard | None = None):
+        """Load the backbone and extract the requested layers of every clip (of ``shard``) once, through the cache:
+        (``FeatureSet``, backbone, layers)."""
         from vocalprobe.training.backbones import load_backbone
         from vocalprobe.training.extract import extract_features
 
@@ -206,7 +265,12 @@ class BackboneRun:
             raise StudyError(f"{backbone.name} has layers 0..{backbone.num_layers}; cannot probe layer(s) {too_deep}")
         fs = extract_features(self.manifest, backbone, layers=layers, device=self.probe.device,
                               cache_dir=c.cache_dir, chunk_seconds=c.chunk_seconds, batch_size=c.batch_size,
-                              dtype=c.dtype, progress=self.progress)
+                              dtype=c.dtype, progress=self.progress, shard=shard)
+        return fs, backbone, layers
+
+    def _extract(self) -> tuple[np.ndarray, ClipTable]:
+        """Every clip's features (n, n_layers, 2D), and the clip table."""
+        fs, backbone, layers = self.feature_set()
         if fs.precision is not None:  # reduced precision: keep the measured difference to float32 beside the probes
             write_json(self.run_dir / PRECISION_FILE, fs.precision)
         failed = [{"path": f.path, "problem": f.error} for f in fs.failed]
