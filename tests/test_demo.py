@@ -45,6 +45,33 @@ def test_demo_runs_every_step(tmp_path, monkeypatch):
     assert (stream / "detections.csv").is_file() and list(stream.rglob("*.selection.table.txt"))
     field_row = re.search(r"\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|", text)
     assert field_row and int(field_row.group(2)) > 0
+    check_agile_section(text, tmp_path / "artifacts" / "demo" / "agile")
+
+
+def check_agile_section(text, agile):
+    """Step 5: every file of the loop is there, the reviewed hits became the archive's annotations, and the new graph
+    (the query's class + background) streamed the recording and was scored next to the study's graphs."""
+    import csv
+
+    from vocalprobe.runtime.archive.store import ArchiveDB
+    from vocalprobe.runtime.field.onnx_model import OnnxModel
+
+    assert "## The agile loop on the field recording" in text
+    label = re.search(r"\| `label import --class (\w+)` \|", text).group(1)
+    for rel in ("archive/hoplite.sqlite", "archive/usearch.index", "hits.txt", "hits.csv", "hits.reviewed.txt",
+                "head/head.json", "head/probe.safetensors", "head/thresholds.csv", "apply/detections.csv",
+                f"{label}.onnx", "stream/detections.csv", "stream-study/detections.csv"):
+        assert (agile / rel).is_file(), rel
+    reviewed = list(csv.DictReader((agile / "hits.reviewed.txt").open(encoding="utf-8"), delimiter="\t"))
+    verdicts = [r["Label"] for r in reviewed]
+    assert set(verdicts) == {"positive", "negative"} and verdicts.count("positive") >= 3
+    with ArchiveDB.open_reader(agile / "archive") as archive:
+        assert len(archive.annotations()) == len(reviewed)  # one window per reviewed hit
+        assert archive.count_windows() > len(reviewed) > 0
+    assert OnnxModel(agile / f"{label}.onnx").classes == (label, "background")
+    rows = re.findall(r"\| (\S+) \((study|attached probe)\) \| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|", text)
+    assert [(name, kind) for name, kind, *_ in rows][-1] == (f"{label}.onnx", "attached probe"), rows
+    assert len(rows) == 3 and all(int(truth) > 0 for *_, truth, _, _ in rows), rows
 
 
 def test_demo_threads_below_one_is_a_usage_error_before_any_work(tmp_path, monkeypatch):
