@@ -253,8 +253,12 @@ def validate(
     provider: ProviderOpt = "auto",
     threads: ThreadsOpt = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CI.")] = 1000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes, each with its own session(s) and --threads "
+                                         "(default: cores / workers); the report is that of one process.")] = 1,
 ) -> None:
     """Score an exported graph with onnxruntime only and compare with the study's UAR (exit 1 when off)."""
+    from contextlib import ExitStack
+
     from rich.progress import Progress
 
     from vocalprobe.runtime.core.manifest import read_manifest
@@ -269,10 +273,21 @@ def validate(
         reference_net = OnnxModel(reference, provider=provider, threads=threads)
         _say(f"reference: {reference_net.describe()}")
     n_clips = len(read_manifest(manifest).split(split))
-    with Progress(transient=True) as progress:
+    with ExitStack() as pools, Progress(transient=True) as progress:
+        pool = reference_pool = None
+        if workers > 1:
+            from vocalprobe.runtime.field.workers import ModelSpec, WorkerPool, default_threads
+
+            each = threads if threads is not None else default_threads(workers)
+            pool = pools.enter_context(WorkerPool(ModelSpec((str(model),), None, provider, each), workers))
+            if reference is not None:
+                reference_pool = pools.enter_context(WorkerPool(ModelSpec((str(reference),), None, provider, each),
+                                                                workers))
+            _say(f"{workers} workers x {each} thread(s), providers in use: {', '.join(pool.providers)}")
         task = progress.add_task(f"validate {split}", total=n_clips)
         report = run_validate(net, manifest, split=split, tolerance_points=tolerance, n_resamples=resamples,
-                              on_clip=lambda: progress.advance(task), reference_model=reference_net)
+                              on_clip=lambda: progress.advance(task), reference_model=reference_net, pool=pool,
+                              reference_pool=reference_pool)
     out = out if out is not None else model.with_name(f"{model.stem}.validate-{split}")
     json_path, png_path, note = write_report(report, out)
     if report.uar is not None:

@@ -4,6 +4,9 @@ same clips (``reference=``: e.g. a quantized graph against its fp32 graph, on an
 
 Each clip is fed whole, resampled to the model's rate, one at a time (``predict_clip``). Clips that cannot be read
 are listed in the report and counted; the UAR is over the clips that could be read, and the report says so.
+
+With worker pools (``--workers N``: ``workers.WorkerPool``, one per graph) the clips are read here and submitted
+ahead, and their answers read back in manifest order, so the report is the one of one process.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections import deque
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -46,6 +50,54 @@ def predict_clip(model: OnnxModel, samples: np.ndarray) -> np.ndarray:
                           for member in members])
 
 
+class ClipPool(Protocol):
+    """What ``validate`` needs of ``workers.WorkerPool``: whole clips in, their probabilities back by ticket."""
+
+    processes: list
+
+    def submit(self, array: np.ndarray, operation: str = "predict") -> int: ...
+
+    def result(self, seq: int) -> np.ndarray: ...
+
+
+def _clip_probabilities(manifest, subset, model: OnnxModel, reference_model: OnnxModel | None,
+                        pool: ClipPool | None, reference_pool: ClipPool | None
+                        ) -> Iterator[tuple[object, np.ndarray | None, np.ndarray | None, str | None]]:
+    """(row, probabilities, reference probabilities, problem) of every row, in order; with pools, the clips of
+    the next rows are predicted while the answers of earlier ones are read."""
+    if pool is None:
+        for row in subset:
+            try:
+                samples = load_row(manifest, row, model.sample_rate)
+            except AudioError as exc:
+                yield row, None, None, exc.problem
+                continue
+            yield (row, predict_clip(model, samples),
+                   predict_clip(reference_model, samples) if reference_model is not None else None, None)
+        return
+    ahead = 2 * len(pool.processes) + 2
+    pending: deque = deque()
+
+    def oldest():
+        row, seq, ref_seq, problem = pending.popleft()
+        if problem is not None:
+            return row, None, None, problem
+        return row, pool.result(seq), None if ref_seq is None else reference_pool.result(ref_seq), None
+
+    for row in subset:
+        try:
+            samples = load_row(manifest, row, model.sample_rate)
+        except AudioError as exc:
+            pending.append((row, None, None, exc.problem))
+        else:
+            ref_seq = reference_pool.submit(samples, "clip") if reference_model is not None else None
+            pending.append((row, pool.submit(samples, "clip"), ref_seq, None))
+        while len(pending) > ahead:
+            yield oldest()
+    while pending:
+        yield oldest()
+
+
 @dataclass
 class ValidationReport:
     model: str
@@ -74,10 +126,11 @@ class ValidationReport:
 
 def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test",
              tolerance_points: float = DEFAULT_TOLERANCE_POINTS, n_resamples: int = 1000, seed: int = 0,
-             on_clip: Callable[[], None] | None = None, reference_model: OnnxModel | None = None
-             ) -> ValidationReport:
+             on_clip: Callable[[], None] | None = None, reference_model: OnnxModel | None = None,
+             pool: ClipPool | None = None, reference_pool: ClipPool | None = None) -> ValidationReport:
     """Score ``model`` on ``split``; compare with the study's UAR in its metadata, or with ``reference_model``'s
-    UAR on the same clips when one is given (its classes are matched by name)."""
+    UAR on the same clips when one is given (its classes are matched by name). ``pool`` (and ``reference_pool``
+    with a reference): worker processes holding the same graphs, which then do the predicting."""
     if tolerance_points < 0:
         raise ManifestError(f"--tolerance must be >= 0 UAR points, got {tolerance_points}")
     manifest = read_manifest(manifest_path)
@@ -96,16 +149,17 @@ def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test"
                              f"than {model.path.name}; compare graphs of the same probe")
         to_model_class = np.array([index[name] for name in reference_model.classes])
     y_true, y_pred, y_ref, unreadable = [], [], [], []
-    for row in subset:
-        try:
-            samples = load_row(manifest, row, model.sample_rate)
-        except AudioError as exc:
-            unreadable.append({"path": row.path, "start": row.start, "end": row.end, "problem": exc.problem})
+    if reference_model is not None and pool is not None and reference_pool is None:
+        raise ModelError("validate with workers and a reference graph needs a worker pool for each graph")
+    for row, probs, ref_probs, problem in _clip_probabilities(manifest, subset, model, reference_model, pool,
+                                                              reference_pool):
+        if problem is not None:
+            unreadable.append({"path": row.path, "start": row.start, "end": row.end, "problem": problem})
         else:
             y_true.append(index[row.label])
-            y_pred.append(int(np.argmax(predict_clip(model, samples))))
+            y_pred.append(int(np.argmax(probs)))
             if reference_model is not None:
-                y_ref.append(int(to_model_class[np.argmax(predict_clip(reference_model, samples))]))
+                y_ref.append(int(to_model_class[np.argmax(ref_probs)]))
         if on_clip is not None:
             on_clip()
     notes = []

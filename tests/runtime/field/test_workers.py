@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from runtime_graphs import DEFAULT_FREQS, tone_track
+from test_validate import manifest as labelled_manifest  # noqa: F401  (a fixture)
 
 from vocalprobe.runtime.field.onnx_model import OnnxModel
 from vocalprobe.runtime.field.run_state import RunState
@@ -244,3 +245,26 @@ def test_cli_workers_and_shards(recordings, graph, tmp_path):
     stdin = runner.invoke(app, ["stream", "-", "-m", str(graph), "-o", str(tmp_path / "stdin"), "--sample-rate",
                                 "16000", "--workers", "2"], input=b"")
     assert stdin.exit_code == 1 and "stdin and --watch run in one process" in stdin.output
+
+
+def test_validate_with_workers_writes_the_report_of_one_process(tmp_path, labelled_manifest):  # noqa: F811
+    """`validate --workers 2` (whole clips submitted ahead, answers read in manifest order): the same report.json as
+    one process, with and without a --reference graph (a pool each), unreadable clips listed the same."""
+    from runtime_graphs import DEFAULT_FREQS, build_band_graph
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+
+    runner = CliRunner()
+    graph = build_band_graph(tmp_path / "m.onnx")
+    swapped = build_band_graph(tmp_path / "swapped.onnx", freqs=(DEFAULT_FREQS[1], DEFAULT_FREQS[0], DEFAULT_FREQS[2]))
+    for extra in ([], ["--reference", str(swapped)]):
+        reports = []
+        for workers in ("1", "2"):
+            out = tmp_path / f"r{workers}{len(extra)}"
+            result = runner.invoke(app, ["validate", str(graph), str(labelled_manifest), "--resamples", "50",
+                                         "--threads", "1", "--workers", workers, "--out", str(out), *extra])
+            assert result.exit_code == 1 and "differs from the" in result.output  # the fixture's UAR is off
+            reports.append((out / "report.json").read_bytes())
+        assert "2 workers x 1 thread(s), providers in use: CPUExecutionProvider" in result.output
+        assert reports[0] == reports[1] and b"broken.wav" in reports[0]
