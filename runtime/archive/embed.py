@@ -9,14 +9,15 @@ recording's transaction. A recording whose audio (sha256) is already in the arch
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from vocalprobe import __version__
-from vocalprobe.runtime.archive.store import ArchiveDB
+from vocalprobe.runtime.archive.store import ArchiveDB, ArchiveError
 from vocalprobe.runtime.core.digests import file_sha256
 from vocalprobe.runtime.core.errors import AudioError
 from vocalprobe.runtime.core.resample import QUALITY
@@ -108,37 +109,105 @@ class EmbedSummary:
     wall_seconds: float = 0.0
 
 
+class ArchiveSink:
+    """Window embeddings into an archive, one recording (one transaction) at a time: ``embed``'s loop, and the
+    hook ``stream --embeddings`` hands to ``run_sources`` (``begin`` / ``add`` / ``commit`` / ``abort``).
+
+    A recording already in the archive (same name and audio, or the same audio under another name) is listed as
+    skipped and its windows are ignored. ``model``: the graph as ``WithEmbedding`` (one session run per batch)."""
+
+    def __init__(self, archive: ArchiveDB, model: OnnxModel, plan: WindowPlan, *, deployment: str | None = None):
+        self.archive = archive
+        self.model = WithEmbedding(model)
+        self.sample_rate = model.sample_rate
+        self.deployment = deployment
+        self.summary = EmbedSummary()
+        probe = np.zeros((1, plan.window), np.float32)
+        dim = model.predict_with_embedding(probe)[1].shape[1]
+        archive.initialise(archive_settings(model, plan, dim), hoplite_model_config(model, plan, dim))
+        self._projects: set[str] = set()
+        self._open: tuple[str, int, str] | None = None  # (name, recording id, sha256) of the recording being written
+        self._offsets: list[tuple[float, float]] = []
+        self._rows: list[np.ndarray] = []
+
+    def begin(self, source: FileSource) -> bool:
+        """Open ``source``'s recording; False when the archive has it already (or the file is gone)."""
+        self._open = None
+        where, project = placement(source, self.deployment)
+        try:
+            sha = file_sha256(source.path)
+        except FileNotFoundError:
+            self.summary.failed.append((source.name, "file not found"))
+            return False
+        if self.archive.finished(source.name, where, project) == sha:
+            self.summary.skipped.append((source.name, "already embedded"))
+            return False
+        twin = self.archive.finished_sha256(sha)
+        if twin is not None:
+            self.summary.skipped.append((source.name, f"same audio as {twin}, already embedded"))
+            return False
+        if project not in self._projects:
+            self.archive.add_audio_source(project, input_root(source))
+            self._projects.add(project)
+        stamp = parse_recorder_timestamp(source.name)
+        recording_id = self.archive.begin_recording(source.name, where, project,
+                                                    stamp.isoformat() if stamp else None)
+        self._open = (source.name, recording_id, sha)
+        self._offsets.clear()
+        self._rows.clear()
+        return True
+
+    def add(self, window: Window, embedding: np.ndarray) -> None:
+        if self._open is None:
+            return
+        self._offsets.append(window.seconds(self.sample_rate))
+        self._rows.append(embedding)
+        if len(self._rows) >= FLUSH_WINDOWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self.archive.add_windows(self._open[1], self._offsets, np.stack(self._rows))
+            self._offsets.clear()
+            self._rows.clear()
+
+    def commit(self, n_windows: int, audio_seconds: float) -> None:
+        """The recording is finished (``n_windows`` windows, ``audio_seconds`` of audio): make it visible."""
+        if self._open is None:
+            return
+        name, recording_id, sha = self._open
+        if n_windows == 0:
+            self.abort()
+            self.summary.failed.append((name, "shorter than one window (use --final-window pad)"))
+            return
+        self._flush()
+        self.archive.commit_recording(recording_id, sha, n_windows, audio_seconds)
+        self._open = None
+        self.summary.done.append(name)
+        self.summary.windows += n_windows
+        self.summary.audio_seconds += audio_seconds
+
+    def abort(self, problem: str | None = None) -> None:
+        """Drop the open recording (it failed: ``problem``, listed; or the run stops); nothing of it is kept."""
+        if self._open is None:
+            return
+        self.archive.abort_recording()
+        if problem is not None:
+            self.summary.failed.append((self._open[0], problem))
+        self._open = None
+        self._offsets.clear()
+        self._rows.clear()
+
+
 def embed_sources(sources: Sequence[FileSource], model: OnnxModel, plan: WindowPlan, archive: ArchiveDB, *,
                   batch: int = 8, deployment: str | None = None,
                   on_audio: Callable[[float], None] | None = None) -> EmbedSummary:
     """Embed every source not yet in ``archive``; unreadable ones are listed in the summary and skipped."""
     started = time.perf_counter()
-    summary = EmbedSummary()
-    probe = np.zeros((1, plan.window), np.float32)
-    dim = model.predict_with_embedding(probe)[1].shape[1]
-    archive.initialise(archive_settings(model, plan, dim), hoplite_model_config(model, plan, dim))
-    projects: set[str] = set()
+    sink = ArchiveSink(archive, model, plan, deployment=deployment)
     for source in sources:
-        where, project = placement(source, deployment)
-        try:
-            sha = file_sha256(source.path)
-        except FileNotFoundError:
-            summary.failed.append((source.name, "file not found"))
+        if not sink.begin(source):
             continue
-        if archive.finished(source.name, where, project) == sha:
-            summary.skipped.append((source.name, "already embedded"))
-            continue
-        twin = archive.finished_sha256(sha)
-        if twin is not None:
-            summary.skipped.append((source.name, f"same audio as {twin}, already embedded"))
-            continue
-        if project not in projects:
-            archive.add_audio_source(project, input_root(source))
-            projects.add(project)
-        stamp = parse_recorder_timestamp(source.name)
-        recording_id = archive.begin_recording(source.name, where, project, stamp.isoformat() if stamp else None)
-        offsets: list[tuple[float, float]] = []
-        rows: list[np.ndarray] = []
         n_windows, seconds = 0, 0.0
 
         def counted(blocks):
@@ -149,38 +218,43 @@ def embed_sources(sources: Sequence[FileSource], model: OnnxModel, plan: WindowP
                     on_audio(len(block) / model.sample_rate)
                 yield block
 
-        def flush() -> None:
-            if rows:
-                archive.add_windows(recording_id, offsets, np.stack(rows))
-                offsets.clear()
-                rows.clear()
-
         try:
-            for window, embedding in window_embeddings(counted(source.blocks(model.sample_rate)), model, plan, batch):
-                offsets.append(window.seconds(model.sample_rate))
-                rows.append(embedding)
+            for window, row in window_probabilities(counted(source.blocks(model.sample_rate)), sink.model, plan,
+                                                    batch):
+                sink.add(window, sink.model.split(row)[1])
                 n_windows += 1
-                if len(rows) >= FLUSH_WINDOWS:
-                    flush()
-            flush()
         except AudioError as exc:
-            archive.abort_recording()
-            summary.failed.append((source.name, exc.problem))
+            sink.abort(exc.problem)
             continue
         except BaseException:
-            archive.abort_recording()
+            sink.abort()
             raise
-        if n_windows == 0:
-            archive.abort_recording()
-            summary.failed.append((source.name, "shorter than one window (use --final-window pad)"))
-            continue
-        archive.commit_recording(recording_id, sha, n_windows, seconds)
-        summary.done.append(source.name)
-        summary.windows += n_windows
-        summary.audio_seconds += seconds
-    summary.wall_seconds = time.perf_counter() - started
-    return summary
+        sink.commit(n_windows, seconds)
+    sink.summary.wall_seconds = time.perf_counter() - started
+    return sink.summary
 
 
-__all__ = ["embed_sources", "window_embeddings", "WithEmbedding", "EmbedSummary", "archive_settings",
-           "hoplite_model_config"]
+@contextmanager
+def stream_archive(db: Path | None, model, plan: WindowPlan, *, embeddings: bool, stdin: bool = False,
+                   workers: int = 1, engine: str = "local") -> Iterator[ArchiveSink | None]:
+    """``stream --embeddings --db DIR``: the sink ``run_sources`` writes each window's embedding to (None without
+    the options); the combinations one archive writer cannot serve are refused before any work."""
+    if not embeddings and db is None:
+        yield None
+        return
+    if not embeddings or db is None:
+        raise ArchiveError("--embeddings and --db DIR go together: --embeddings writes each window's embedding "
+                           "into the archive folder --db names")
+    if stdin:
+        raise ArchiveError("--embeddings stores recordings by file: it reads files and folders, not stdin")
+    if workers > 1 or engine != "local":
+        raise ArchiveError("--embeddings writes one archive from one process: drop --workers/--engine ray, or run "
+                           "`vocalprobe embed` per shard into its own --db")
+    if not isinstance(model, OnnxModel):
+        raise ArchiveError("--embeddings needs one --model graph (a fusion of several has no single embedding)")
+    with ArchiveDB.open_writer(db) as archive:
+        yield ArchiveSink(archive, model, plan)
+
+
+__all__ = ["embed_sources", "window_embeddings", "WithEmbedding", "ArchiveSink", "EmbedSummary",
+           "stream_archive", "archive_settings", "hoplite_model_config"]

@@ -1,11 +1,11 @@
 """`vocalprobe label import`: reviewed Raven selection tables become annotations on the archive's windows.
 
 A row names its recording by ``Begin Path`` (Raven's multi-file tables, and ``vocalprobe search``'s hits), by
-``Begin File``, or, in a single-file table, by the table's own name (``<recording>.Table.1.selections.txt``). A row
-whose times are those of a stored window (a reviewed ``search`` hit, written to the millisecond) labels that window
-alone: with overlapping windows its neighbours share half of it, and the reviewer judged only the hit. Any other
-row labels the windows it overlaps by at least half of the shorter of the two (a call clipped by a window edge is
-not a call in it). Annotations carry the window's own offsets, as hoplite's agile notebooks write
+``Begin File``, or, in a single-file table, by the table's own name (``<recording>.Table.1.selections.txt``). In a
+reviewed ``search`` hits table (it has ``Score`` and ``Rank`` columns), a row whose times are still those of its
+stored window labels that window alone: with overlapping windows its neighbours share half of it, and the reviewer
+judged only the hit. Any other row labels the windows it overlaps by at least half of the shorter of the two (a
+call clipped by a window edge is not a call in it). Annotations carry the window's own offsets, as hoplite's agile notebooks write
 them. Rows that match no recording or window, or carry no label, are reported with their line, never dropped
 silently.
 """
@@ -83,11 +83,18 @@ def _label_of(value: str, one_class: str | None) -> tuple[str, int] | str:
 SAME_WINDOW_S = 0.0015
 
 
-def matching_windows(windows: Sequence[WindowRow], start: float, stop: float) -> list[WindowRow]:
-    """The windows a selection ``start..stop`` labels (see the module docs)."""
-    same = [w for w in windows if abs(w.start_s - start) <= SAME_WINDOW_S and abs(w.end_s - stop) <= SAME_WINDOW_S]
-    if same:
-        return same[:1]
+#: The columns that mark a table as ``vocalprobe search``'s hits.
+HIT_MARKS = {"Score", "Rank"}
+
+
+def matching_windows(windows: Sequence[WindowRow], start: float, stop: float, *,
+                     hit: bool = False) -> list[WindowRow]:
+    """The windows a selection ``start..stop`` labels (``hit``: a row of a hits table; see the module docs)."""
+    if hit:
+        same = [w for w in windows
+                if abs(w.start_s - start) <= SAME_WINDOW_S and abs(w.end_s - stop) <= SAME_WINDOW_S]
+        if same:
+            return same[:1]
     return [w for w in windows
             if min(w.end_s, stop) - max(w.start_s, start) >= 0.5 * min(w.end_s - w.start_s, stop - start)
             and min(w.end_s, stop) > max(w.start_s, start)]
@@ -113,6 +120,7 @@ def import_tables(archive: ArchiveDB, tables: Sequence[str | Path], *, label_col
             if name not in header:
                 raise ArchiveError(f"{table}: not a Raven selection table (no {name!r} column)")
         provenance = f"raven:{table.name}"
+        hits_table = HIT_MARKS <= set(header)
         rows = provenance_rows.setdefault(provenance, [])
         for line, row in enumerate(reader, start=2):
             report.rows += 1
@@ -131,7 +139,7 @@ def import_tables(archive: ArchiveDB, tables: Sequence[str | Path], *, label_col
                 report.unmatched.append((str(table), line, "times are not numbers"))
                 continue
             start, stop = offset, offset + (end - begin)
-            windows = matching_windows(archive.recording_windows(recording.id), start, stop)
+            windows = matching_windows(archive.recording_windows(recording.id), start, stop, hit=hits_table)
             if not windows:
                 report.unmatched.append((str(table), line, f"no window of {recording.filename} covers "
                                                            f"{start:.3f}-{stop:.3f} s"))

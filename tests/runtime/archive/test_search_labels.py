@@ -71,13 +71,18 @@ def test_a_reviewed_hit_labels_its_window_alone_with_overlapping_windows(tmp_pat
     assert run_cli(["embed", audio, "-m", graph, "--db", tmp_path / "db", "--hop", "0.25"]).exit_code == 0
     path = (audio / "REC01" / "20210501_040000.WAV").resolve()
     reviewed = tmp_path / "hits.reviewed.txt"
-    reviewed.write_text("Selection\tBegin Time (s)\tEnd Time (s)\tBegin Path\tFile Offset (s)\tLabel\n"
-                        f"1\t1.000\t1.500\t{path}\t1.000\tpositive\n"  # a search hit: exactly window 1.0-1.5
-                        f"2\t2.000\t2.200\t{path}\t2.000\tnegative\n",  # a call: every window holding half of it
+    reviewed.write_text("Selection\tBegin Time (s)\tEnd Time (s)\tBegin Path\tFile Offset (s)\tScore\tRank\tLabel\n"
+                        f"1\t1.000\t1.500\t{path}\t1.000\t0.9\t1\tpositive\n"  # a hit: exactly window 1.0-1.5
+                        f"2\t2.000\t2.200\t{path}\t2.000\t0.8\t2\tnegative\n",  # edited: windows holding half
                         encoding="utf-8")
     result = run_cli(["label", "import", reviewed, "--db", tmp_path / "db", "--class", "high"])
     assert result.exit_code == 0 and "2 row(s) read, 3 annotation(s) added" in result.output, result.output
+    calls = tmp_path / "calls.txt"  # the same hit's times in a table of the user's own selections: the overlap rule
+    calls.write_text("Selection\tBegin Time (s)\tEnd Time (s)\tBegin Path\tFile Offset (s)\tLabel\n"
+                     f"1\t1.000\t1.500\t{path}\t1.000\tlow\n", encoding="utf-8")
+    assert "1 row(s) read, 3 annotation(s) added" in run_cli(["label", "import", calls, "--db", tmp_path / "db"]).output
     with ArchiveDB.open_reader(tmp_path / "db") as archive:
-        labelled = sorted((w.start_s, kind) for (i, _, kind), w in
+        labelled = sorted((w.start_s, label, kind) for (i, label, kind), w in
                           zip(archive.annotations(), archive.windows([i for i, _, _ in archive.annotations()])))
-    assert labelled == [(1.0, 1), (1.75, 0), (2.0, 0)]
+    assert labelled == [(0.75, "low", 1), (1.0, "high", 1), (1.0, "low", 1), (1.25, "low", 1), (1.75, "high", 0),
+                        (2.0, "high", 0)]
