@@ -157,6 +157,11 @@ class ArchiveSink:
         self._rows.clear()
         return True
 
+    def not_embedded(self, names: Sequence[str]) -> list[str]:
+        """Of these recording names (a resumed stream's finished files), those the archive holds no windows of."""
+        stored = {r.filename for r in self.archive.recordings().values()}
+        return [n for n in names if n not in stored]
+
     def add(self, window: Window, embedding: np.ndarray) -> None:
         if self._open is None:
             return

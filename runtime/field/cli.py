@@ -118,6 +118,9 @@ def stream(
     num_gpus: Annotated[Optional[float], typer.Option(help="--engine ray: GPUs per actor.")] = None,
     concurrency: Annotated[Optional[int], typer.Option(help="--engine ray: actors (default: the cluster's CPUs).")
                            ] = None,
+    embeddings: Annotated[bool, typer.Option(help="Also write each window's embedding into the --db archive, as "
+                                             "`vocalprobe embed` would (the backbone runs once).")] = False,
+    db: Annotated[Optional[Path], typer.Option("--db", help="--embeddings: the archive folder.")] = None,
 ) -> None:
     """Detect calls in field recordings with exported models, in constant memory, resumable."""
     from vocalprobe.runtime.field.ensemble import load_models
@@ -172,7 +175,10 @@ def stream(
     overlap_s = (plan.window - plan.hop) / net.sample_rate
 
     # The folder is ours, or this fails at once.
-    with Outputs(out, formats, net.sample_rate / 2, overlap_s=overlap_s) as outputs:
+    from vocalprobe.runtime.archive.embed import stream_archive
+
+    with Outputs(out, formats, net.sample_rate / 2, overlap_s=overlap_s) as outputs, stream_archive(
+            db, net, plan, embeddings=embeddings, stdin=inputs == ["-"], workers=workers, engine=engine) as sink:
         if inputs == ["-"]:
             source = StdinSource(sample_rate, channels, dtype, block_frames=block_size)
             if (out / JOURNAL_NAME).exists():  # its live rows would not be in the journal's count of the JSONL
@@ -194,7 +200,7 @@ def stream(
                                          for p in watcher.follow(poll_s=poll, idle_exit_s=idle_exit))
                     with _Progress(None, None) as progress:
                         summary = run_sources(sources, net, config, outputs, state, progress=progress,
-                                              log=_say, params=params)
+                                              log=_say, params=params, embeddings=sink)
                 else:
                     state.number(every_file)
                     todo = list(state.todo(files))
@@ -206,13 +212,20 @@ def stream(
                             continue
                     if state.skipped:
                         _say(f"resuming: {len(state.skipped)} of {len(files)} files already done in {out}")
+                    if sink is not None and sink.not_embedded(state.skipped):
+                        _say(f"note: {len(sink.not_embedded(state.skipped))} file(s) done earlier in {out} are not "
+                             f"in {db} and are not streamed again; embed them with `vocalprobe embed`")
                     with _Progress(total, len(todo)) as progress:
                         summary = runner(todo, net, config, outputs, state, progress=progress, log=_say,
-                                         params=params)
+                                         params=params, embeddings=sink)
 
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
     _say(f"done: {len(summary.done)} file(s), {summary.detections} detection(s), "
          f"{summary.audio_seconds / 3600:.3f} h of audio at {speed:.1f}x real time -> {out}")
+    if sink is not None:
+        for name, why in sink.summary.skipped:
+            _say(f"embeddings: skipped {name}: {why}")
+        _say(f"embeddings: {len(sink.summary.done)} recording(s), {sink.summary.windows} window(s) -> {db}")
     if summary.failed_all:
         earlier = len(summary.failed_all) - len(summary.failed)
         what = "NaN/inf block(s) in the stream" if inputs == ["-"] else "file(s) could not be read"

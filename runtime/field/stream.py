@@ -242,9 +242,12 @@ class _InOrder:
 def detect_stream(blocks: Iterable[np.ndarray], name: str, model: Model, config: DetectConfig, *,
                   on_event: Callable[[Detection], None] | None = None,
                   on_audio: Callable[[float], None] | None = None,
-                  on_row: Callable[[Detection], None] | None = None) -> SourceResult:
+                  on_row: Callable[[Detection], None] | None = None,
+                  on_embedding: Callable[[Window, np.ndarray], None] | None = None) -> SourceResult:
     """Run one stream of model-rate blocks; ``on_event`` sees each event once final, ``on_row`` each event in table
-    order (start, label), ``on_audio`` each block's seconds. Nothing is kept: memory does not grow with the events."""
+    order (start, label), ``on_audio`` each block's seconds. Nothing is kept: memory does not grow with the events.
+    With ``on_embedding`` the model's rows are ``[probabilities | embedding]`` (``runtime.archive``'s
+    ``WithEmbedding``: one session run gives both) and each window's embedding goes there."""
     merger = EventMerger(name, model.sample_rate, config.merge)
     thresholds = config.class_thresholds(model.classes)
     n_detections = 0
@@ -274,8 +277,12 @@ def detect_stream(blocks: Iterable[np.ndarray], name: str, model: Model, config:
                 on_event(event)
 
     n_windows = 0
+    n_classes = len(model.classes)
     for window, probs in window_probabilities(counted(), model, config.plan, config.batch):
         n_windows += 1
+        if on_embedding is not None:
+            on_embedding(window, probs[n_classes:])
+            probs = probs[:n_classes]
         hits = window_hits(probs, model.classes, thresholds, config.top_k, config.ignore)
         emit(merger.push(window, hits))
         start = window.start / model.sample_rate
@@ -477,6 +484,20 @@ class Source(Protocol):
     def blocks(self, target_rate: int) -> Iterator[np.ndarray]: ...
 
 
+class EmbeddingSink(Protocol):
+    """Where ``stream --embeddings`` writes each recording's window embeddings (``runtime.archive.embed.ArchiveSink``):
+    ``model`` gives ``[probabilities | embedding]`` rows; a recording is begun, fed, then committed or aborted."""
+    model: Model
+
+    def begin(self, source: Source) -> bool: ...
+
+    def add(self, window: Window, embedding: np.ndarray) -> None: ...
+
+    def commit(self, n_windows: int, audio_seconds: float) -> None: ...
+
+    def abort(self, problem: str | None = None) -> None: ...
+
+
 def _warn_narrow_band(name: str, source_rate: int | None, model_rate: int) -> None:
     if source_rate is not None and source_rate < model_rate:
         logger.warning("%s: recorded at %d Hz: the model's band above %g Hz (to %g Hz) is empty", name, source_rate,
@@ -486,14 +507,18 @@ def _warn_narrow_band(name: str, source_rate: int | None, model_rate: int) -> No
 def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, outputs: Outputs,
                 state: RunState | None = None, *, progress: Progress | None = None,
                 log: Callable[[str], None] | None = None,
-                params: Sequence[tuple[str, object]] | None = None) -> RunSummary:
+                params: Sequence[tuple[str, object]] | None = None,
+                embeddings: EmbeddingSink | None = None) -> RunSummary:
     """Stream every source given, writing its outputs as it goes; unreadable sources are listed and skipped.
 
     With ``state`` (the folder's journal) each file's outcome is recorded, so pass ``state.todo(sources)`` to leave
     out what an earlier run finished. A file's rows reach the JSONL exactly once: held until the file is finished,
     dropped if it fails, and preceded by a retraction when an earlier version of the file had rows. ``params``: the
-    rows of ``analysis_params.csv``, written beside the outputs.
+    rows of ``analysis_params.csv``, written beside the outputs. ``embeddings``: each window's embedding is also
+    written there, from the same model run (the recording is committed there before the journal marks it done).
     """
+    if embeddings is not None:
+        model = embeddings.model
     summary = RunSummary()
     started = time.perf_counter()
     outputs.open(state.jsonl_committed if state is not None else None)
@@ -532,10 +557,17 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
                 source_rate = source.source_rate() if hasattr(source, "source_rate") else None
                 _warn_narrow_band(source.name, source_rate, model.sample_rate)
                 outputs.begin(source.name, path=path, source_rate=source_rate, hold_jsonl=path is not None)
+                if embeddings is not None:
+                    embeddings.begin(source)
                 result = detect_stream(source.blocks(model.sample_rate), source.name, model, config,
-                                       on_event=outputs.event, on_audio=glitch_reporter(source), on_row=outputs.row)
+                                       on_event=outputs.event, on_audio=glitch_reporter(source), on_row=outputs.row,
+                                       on_embedding=embeddings.add if embeddings is not None else None)
+                if embeddings is not None:
+                    embeddings.commit(result.n_windows, result.audio_seconds)
             except (AudioError, OutputNameError) as exc:
                 outputs.discard()
+                if embeddings is not None:
+                    embeddings.abort(exc.problem)
                 summary.failed.append((source.name, exc.problem))
                 if journalled:
                     jsonl_end = outputs.commit(retract) if retract is not None else None
@@ -547,6 +579,8 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
                 continue
             except BaseException:
                 outputs.discard()  # no temporary table is left behind (Ctrl-C, a kill's SIGTERM, a full disk)
+                if embeddings is not None:
+                    embeddings.abort()
                 raise
             written = outputs.finish_tables(result)
             if retract is not None and outputs.jsonl is None:
