@@ -228,13 +228,29 @@ def _dynamic_matmul(source: Path, out: Path, *, nodes_to_exclude=()) -> None:
         root.removeFilter(quiet)
 
 
+def _positional_conv_as_dft(path: Path) -> None:
+    """The exact block-DFT form of the positional conv (``export.spectral_conv``), after the quantizer (its
+    products stay fp32)."""
+    import onnx
+
+    from vocalprobe.export.graph_rewrites import clear_value_info
+    from vocalprobe.export.spectral_conv import convs_as_block_dft
+
+    model = onnx.load(str(path))
+    if convs_as_block_dft(model, static_plan(model).positional_convs):
+        clear_value_info(model)
+        onnx.save(model, str(path))
+
+
 def quantize_dynamic_matmul(source: str | Path, target: str | Path) -> Path:
-    """Dynamic int8 (weights int8, activations quantized at run time) of every MatMul; Conv stays fp32."""
+    """Dynamic int8 (weights int8, activations quantized at run time) of every MatMul; Conv stays fp32 (the
+    positional conv as exact block DFT products)."""
     source, target = Path(source), Path(target)
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp, _quiet_onnxruntime():
         pre = _preprocess(source, Path(tmp))
         out = Path(tmp) / "int8.onnx"
         _dynamic_matmul(pre, out)
+        _positional_conv_as_dft(out)
         _carry_metadata(source, out, "int8")
         out.replace(target)
     return target
@@ -243,12 +259,14 @@ def quantize_dynamic_matmul(source: str | Path, target: str | Path) -> Path:
 def quantize_int8_conv(source: str | Path, target: str | Path) -> Path:
     """``--quantize int8-conv``: ``int8`` plus the CNN's convolutions (all but the input conv) as int8 products
     with one activation range per frame (``export.conv_int8``); GELU chains fused, the input conv's GroupNorm folded
-    into it (``export.norm_fold``, exact). No calibration data needed."""
+    into it (``export.norm_fold``) and the positional conv done as block DFT products (``export.spectral_conv``),
+    both exact rewrites. No calibration data needed."""
     import onnx
 
     from vocalprobe.export.conv_int8 import convs_as_int8_matmuls
     from vocalprobe.export.graph_rewrites import cancel_transposes, clear_value_info, fuse_gelu
     from vocalprobe.export.norm_fold import fold_input_conv_norm
+    from vocalprobe.export.spectral_conv import convs_as_block_dft
 
     source, target = Path(source), Path(target)
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp, _quiet_onnxruntime():
@@ -263,6 +281,7 @@ def quantize_int8_conv(source: str | Path, target: str | Path) -> Path:
             raise QuantizationError(f"{source}: no convolution of the feature encoder could be rewritten "
                                     f"({'; '.join(f'{k}: {v}' for k, v in rewrite.skipped.items()) or 'none found'})")
         folded = fold_input_conv_norm(model)
+        spectral = convs_as_block_dft(model, plan.positional_convs)
         cancel_transposes(model)
         clear_value_info(model)
         out = Path(tmp) / "int8-conv.onnx"
@@ -270,7 +289,7 @@ def quantize_int8_conv(source: str | Path, target: str | Path) -> Path:
         recipe = (f"{len(rewrite.rewritten)} CNN convs int8 with per-frame activation ranges"
                   + (f" ({len(rewrite.skipped)} kept fp32)" if rewrite.skipped else "")
                   + "; MatMuls dynamic int8; fp32: input conv" + (" (GroupNorm folded)" if folded else "")
-                  + ", positional conv, head")
+                  + ", positional conv" + (" (as block DFT products)" if spectral else "") + ", head")
         _carry_metadata(source, out, "int8-conv", {"quantization_recipe": recipe})
         out.replace(target)
     return target

@@ -273,6 +273,55 @@ def test_fold_input_conv_norm_leaves_other_patterns_alone():
     assert fold_input_conv_norm(grouped) == [] and len(grouped.graph.node) == 8
 
 
+def _grouped_conv_graph(kernel: int, pads: tuple[int, int], channels: int = 12, groups: int = 3, bias: bool = True):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(kernel)
+    inits = [numpy_helper.from_array(rng.standard_normal((channels, channels // groups, kernel)).astype(np.float32),
+                                     "w")]
+    inputs = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "b"))
+        inputs.append("b")
+    node = helper.make_node("Conv", inputs, ["y"], name="pos", group=groups, pads=list(pads))
+    graph = helper.make_graph([node], "pos", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", channels, "T"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", channels, "T2"])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("kernel,pads,bias", [(128, (64, 64), True), (40, (0, 0), False), (33, (16, 16), True),
+                                              (191, (95, 95), True)])
+@pytest.mark.parametrize("length", [1, 49, 65, 199, 400])
+def test_block_dft_conv_is_the_same_convolution(kernel, pads, bias, length):
+    from vocalprobe.export.spectral_conv import convs_as_block_dft
+
+    if length + sum(pads) < kernel:
+        pytest.skip("no output frame")
+    x = np.random.default_rng(length).standard_normal((2, 12, length)).astype(np.float32)
+    model = _grouped_conv_graph(kernel, pads, bias=bias)
+    before = _session(model).run(None, {"x": x})[0]
+    assert convs_as_block_dft(model) == ["pos"]
+    assert "Conv" not in [n.op_type for n in model.graph.node]
+    after = _session(model).run(None, {"x": x})[0]
+    assert after.shape == before.shape == (2, 12, length + sum(pads) - kernel + 1)
+    np.testing.assert_allclose(after, before, atol=1e-5 * np.abs(before).max())
+
+
+def test_block_dft_leaves_short_strided_and_too_long_kernels_alone():
+    from onnx import helper
+
+    from vocalprobe.export.spectral_conv import convs_as_block_dft, spectral_conv_support
+
+    for kernel in (16, 192):
+        model = _grouped_conv_graph(kernel, (0, 0))
+        assert convs_as_block_dft(model) == [] and [n.op_type for n in model.graph.node] == ["Conv"]
+    strided = _grouped_conv_graph(64, (0, 0))
+    strided.graph.node[0].attribute.append(helper.make_attribute("strides", [2]))
+    inits = {i.name: i for i in strided.graph.initializer}
+    assert spectral_conv_support(strided.graph.node[0], inits) == "strided or dilated"
+    assert convs_as_block_dft(strided) == []
+
+
 def test_int8_conv_members_fuse(exported, tmp_path):
     import onnxruntime as ort
 
