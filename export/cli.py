@@ -133,6 +133,9 @@ def fusion(
     from vocalprobe.runtime.field.ensemble import parse_weights
     from vocalprobe.export.metadata import read_metadata
 
+    if quantize == "auto":
+        raise FusionError("--quantize auto applies to `vocalprobe export STUDY_DIR`; choose none, int8, int8-conv "
+                          "or int8-static for a fusion (or export its members with auto)")
     if from_study is not None:
         if members:
             raise FusionError("give either member graphs or --from-study, not both")

@@ -283,3 +283,13 @@ def test_export_quantize_auto_through_the_cli(tiny_study):  # noqa: F811  (the i
     assert read_metadata(out)["quantization"] == chosen
     assert json.loads(out.with_suffix(".parity.json").read_text())[0]["passed"]
     assert not list(out.parent.glob(".export-auto-*"))  # the candidates' folder is gone
+
+
+def test_fusion_refuses_quantize_auto_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+
+    result = CliRunner().invoke(app, ["export", "fusion", "--from-study", str(tmp_path), "--quantize", "auto",
+                                      "--out", str(tmp_path / "f.onnx")])
+    assert result.exit_code == 1 and "--quantize auto applies to" in result.output
