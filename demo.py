@@ -385,9 +385,11 @@ def render_report(study_dir: Path, checks: list[GraphCheck], field: FieldScore |
 
 def run_demo(root: str | Path = ".", *, log: Callable[[str], None] = print, progress: bool = True) -> Path:
     """Run every step under ``root``; returns the path of ``artifacts/demo/report.md``."""
+    from vocalprobe.runtime.archive.vectors import usearch_index
     from vocalprobe.runtime.datasets.synthetic import BACKGROUND
     from vocalprobe.training.study.default import default_study_config, run_default_study
 
+    usearch_index()  # step 5 needs the archive extra (usearch): say so now, not after the study
     root = Path(root)
     log("1/5 study: the embedded default (synthetic data, tiny untrained backbones)")
     study_dir = run_default_study(root, progress=progress)
