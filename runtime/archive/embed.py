@@ -157,10 +157,16 @@ class ArchiveSink:
         self._rows.clear()
         return True
 
-    def not_embedded(self, names: Sequence[str]) -> list[str]:
-        """Of these recording names (a resumed stream's finished files), those the archive holds no windows of."""
+    def with_unembedded(self, files: Sequence, todo: Sequence, done_names: Sequence[str]) -> tuple[list, int]:
+        """A resumed stream's ``todo`` plus the files it finished earlier (``done_names``) that the archive lacks,
+        in input order, and how many those are: an earlier run without --embeddings, or a kill before the index was
+        saved (the archive then drops the recording), would otherwise leave them out of the archive for good."""
         stored = {r.filename for r in self.archive.recordings().values()}
-        return [n for n in names if n not in stored]
+        again = {n for n in done_names if n not in stored}
+        if not again:
+            return list(todo), 0
+        names = {s.name for s in todo} | again
+        return [f for f in files if f.name in names], len(again)
 
     def add(self, window: Window, embedding: np.ndarray) -> None:
         if self._open is None:

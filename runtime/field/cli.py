@@ -204,6 +204,11 @@ def stream(
                 else:
                     state.number(every_file)
                     todo = list(state.todo(files))
+                    if sink is not None:
+                        todo, again = sink.with_unembedded(files, todo, state.skipped)
+                        if again:
+                            _say(f"embeddings: {again} file(s) done earlier in {out} are not in {db}; they are "
+                                 "streamed again")
                     total = 0.0
                     for s in todo:
                         try:
@@ -212,9 +217,6 @@ def stream(
                             continue
                     if state.skipped:
                         _say(f"resuming: {len(state.skipped)} of {len(files)} files already done in {out}")
-                    if sink is not None and sink.not_embedded(state.skipped):
-                        _say(f"note: {len(sink.not_embedded(state.skipped))} file(s) done earlier in {out} are not "
-                             f"in {db} and are not streamed again; embed them with `vocalprobe embed`")
                     with _Progress(total, len(todo)) as progress:
                         summary = runner(todo, net, config, outputs, state, progress=progress, log=_say,
                                          params=params, embeddings=sink)

@@ -52,9 +52,14 @@ def test_stream_embeddings_is_stream_plus_embed_in_one_pass(tmp_path, graph, ton
     assert again.exit_code == 0 and "resuming: 3 of 3 files" in again.output, again.output
     assert archive_contents(tmp_path / "db-stream")[1] == want[1]  # nothing twice
 
+    # files a stream without --embeddings finished are streamed again into the archive (tables unchanged)
     later = run_cli(["stream", audio, "-m", graph, "-o", tmp_path / "alone", "--merge", "--embeddings", "--db",
                      tmp_path / "db-later", *WINDOWS])
-    assert "note: 3 file(s) done earlier" in later.output and "vocalprobe embed" in later.output, later.output
+    assert later.exit_code == 0 and "embeddings: 3 file(s) done earlier" in later.output, later.output
+    assert archive_contents(tmp_path / "db-later")[1] == want[1]
+    for rel in tables:
+        if rel.suffix != ".jsonl":  # the JSONL retracts and re-adds the rows of a file analysed again
+            assert (tmp_path / "both" / rel).read_bytes() == (tmp_path / "alone" / rel).read_bytes(), rel
 
 
 def test_stream_embeddings_refusals(tmp_path, graph, tone_folder, run_cli):
