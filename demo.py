@@ -178,7 +178,7 @@ def stream_field_recording(model_path: Path, field_dir: Path, out_dir: Path, ign
         shutil.rmtree(out_dir)
     outputs = Outputs(out_dir, ("raven", "csv", "jsonl"), model.sample_rate / 2)
     summary = run_sources(collect_files(field_recordings(field_dir)), model, config, outputs)
-    truth = [e for p in sorted(field_dir.glob("*.truth.csv")) for e in read_events(p)]
+    truth = read_truth(field_dir)
     detected = read_events(out_dir / "detections.csv")
     score = score_events(detected, truth)
     chance_precision, _ = chance_score(detected, truth)
@@ -289,8 +289,8 @@ def agile_loop(graph: Path, backbone: str, layer: str, field_dir: Path, out_dir:
     stream_field_recording(new_graph, field_dir, out_dir / "stream", {BACKGROUND}, thresholds=thresholds)
     base = stream_field_recording(graph, field_dir, out_dir / "stream-study", {BACKGROUND})  # the graph it replaces
     scores = [class_score(name, csv_path, truth, query.label) for name, csv_path in study_streams]
-    scores.append(class_score(f"{graph.name} (study)", base.out_dir / "detections.csv", truth, query.label))
-    scores.append(class_score(f"{new_graph.name} (attached probe)", out_dir / "stream" / "detections.csv", truth,
+    scores.append(class_score(f"`{graph.name}` (study)", base.out_dir / "detections.csv", truth, query.label))
+    scores.append(class_score(f"`{new_graph.name}` (attached probe)", out_dir / "stream" / "detections.csv", truth,
                               query.label))
     speed = embedded.audio_seconds / embedded.wall_seconds if embedded.wall_seconds else 0.0
     return AgileLoop(graph, backbone, layer, db, embedded.windows, speed, db_bytes, query.label,
@@ -339,7 +339,7 @@ def render_agile(loop: AgileLoop, rel: Callable[[Path], str]) -> list[str]:
     lines += ["", "The held-out UAR is measured on reviewed hits, the windows the search found easiest; the stream row "
               "is the figure that counts. The backbones are untrained: these numbers exercise the loop, not the "
               f"method. Files: `{rel(loop.out_dir)}/` (`archive/`, `hits.txt`, `hits.reviewed.txt`, `head/`, "
-              f"`apply/`, `{loop.new_graph.name}`, `stream/`)."]
+              f"`apply/`, `{loop.new_graph.name}`, `stream/`, `stream-study/`)."]
     return lines
 
 
@@ -410,7 +410,7 @@ def run_demo(root: str | Path = ".", *, log: Callable[[str], None] = print, prog
         log(f"5/5 agile loop: embed the field recording with {best.name}, search one call, label the hits, fit, "
             "apply, attach, stream")
         agile = agile_loop(best.path, best.name, best.layer, field_dir, demo_dir / "agile",
-                           [("fusion.onnx (study)", field.out_dir / "detections.csv")])
+                           [("`fusion.onnx` (study)", field.out_dir / "detections.csv")])
     report = demo_dir / "report.md"
     atomic_write_text(report, render_report(study_dir, checks, field, root, agile))
     return report

@@ -69,7 +69,7 @@ def check_agile_section(text, agile):
         assert len(archive.annotations()) == len(reviewed)  # one window per reviewed hit
         assert archive.count_windows() > len(reviewed) > 0
     assert OnnxModel(agile / f"{label}.onnx").classes == (label, "background")
-    rows = re.findall(r"\| (\S+) \((study|attached probe)\) \| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|", text)
+    rows = re.findall(r"\| `(\S+)` \((study|attached probe)\) \| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|", text)
     assert [(name, kind) for name, kind, *_ in rows][-1] == (f"{label}.onnx", "attached probe"), rows
     assert len(rows) == 3 and all(int(truth) > 0 for *_, truth, _, _ in rows), rows
 
