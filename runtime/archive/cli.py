@@ -38,6 +38,8 @@ def embed(
     deployment: Annotated[Optional[str], typer.Option(
         help="Deployment name of every input (default: the first folder below the input folder).")] = None,
     block_size: Annotated[int, typer.Option(hidden=True)] = 65_536,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes, each with its own session and --threads "
+                                         "(default: cores / workers); the archive is that of one process.")] = 1,
 ) -> None:
     """Embed field recordings once into an archive (resumable; a finished recording is never embedded twice)."""
     from vocalprobe.runtime.archive.embed import embed_sources
@@ -54,7 +56,14 @@ def embed(
     files = collect_files(inputs, block_size)
     _say(f"model: {net.describe()}")
     with ArchiveDB.open_writer(db) as archive:
-        summary = embed_sources(files, net, plan, archive, batch=batch, deployment=deployment)
+        if workers > 1:
+            from vocalprobe.runtime.field.workers import ModelSpec, default_threads, embed_with_workers
+
+            spec = ModelSpec((str(model),), None, "cpu", threads if threads is not None else default_threads(workers))
+            summary = embed_with_workers(files, net, plan, archive, spec=spec, workers=workers, batch=batch,
+                                         deployment=deployment)
+        else:
+            summary = embed_sources(files, net, plan, archive, batch=batch, deployment=deployment)
     for name, why in summary.skipped:
         _say(f"skipped {name}: {why}")
     for name, why in summary.failed:

@@ -113,7 +113,13 @@ def _predict_clip(model, samples: np.ndarray) -> np.ndarray:
     return predict_clip(model, samples)
 
 
-_OPERATIONS = {"predict": lambda model, x: model.predict(x), "clip": _predict_clip}
+def _predict_with_embedding(model, batch: np.ndarray) -> np.ndarray:
+    """``[probabilities | embedding]`` of a batch, from one session run (what ``embed`` archives)."""
+    probs, embedding = model.predict_with_embedding(batch)
+    return np.concatenate([probs, embedding], axis=1)
+
+
+_OPERATIONS = {"predict": lambda model, x: model.predict(x), "clip": _predict_clip, "embed": _predict_with_embedding}
 
 
 def _worker_main(spec: ModelSpec, tasks, results, parent_pid: int) -> None:
@@ -230,9 +236,9 @@ class Pipeline:
     """
 
     def __init__(self, pool: WorkerPool, model, config, sources: Sequence, *, inflight: int | None = None,
-                 prefetch_blocks: int = 16):
+                 prefetch_blocks: int = 16, operation: str = "predict"):
         check_model_fits(model, config.plan, config.batch)
-        self.pool, self.config = pool, config
+        self.pool, self.config, self.operation = pool, config, operation
         self.model = PipelinedModel(model, self)
         self.sources = [_AheadSource(source, i, self) for i, source in enumerate(sources)]
         self._blocks: queue.Queue = queue.Queue(maxsize=prefetch_blocks)
@@ -267,7 +273,7 @@ class Pipeline:
                         while not self._slots.acquire(timeout=_POLL_S):
                             if self._stop.is_set():
                                 raise _Stopped
-                        self._submitted.put((index, self.pool.submit(inputs), inputs))
+                        self._submitted.put((index, self.pool.submit(inputs, self.operation), inputs))
                 except AudioError as exc:
                     self._put((index, "error", exc))
                     continue
@@ -281,18 +287,34 @@ class Pipeline:
                 return
 
     # -- the consumer (main thread)
-    def _get(self, q: queue.Queue) -> tuple:
+    def _get(self, q: queue.Queue, idle=None) -> tuple:
         while True:
             try:
                 return q.get(timeout=_POLL_S)
             except queue.Empty:
+                if idle is not None:
+                    idle()
                 if not self._reader.is_alive() and q.empty():
                     raise WorkerError("internal: the reader stopped before the inputs were all read") from None
 
+    def _drop_earlier(self) -> None:
+        """Free the batches of sources the consumer left out without reading them (``embed`` skips recordings the
+        archive holds): the reader waits for their slots."""
+        while True:
+            with self._submitted.mutex:  # only this thread takes items: a peek, then a get
+                if not self._submitted.queue or self._submitted.queue[0][0] >= self.current:
+                    return
+            _index, seq, _inputs = self._submitted.get()
+            try:
+                self.pool.result(seq)
+            finally:
+                self._slots.release()
+
     def blocks_of(self, index: int) -> Iterator[np.ndarray]:
         self.current = index
+        self._drop_earlier()
         while True:
-            got, kind, value = self._get(self._blocks)
+            got, kind, value = self._get(self._blocks, idle=self._drop_earlier)
             if kind == "fatal":
                 raise value
             if got < index:  # a source run_sources left out before reading it
@@ -355,6 +377,15 @@ class PipelinedModel:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self._pipeline.predict(batch)
 
+    def predict_with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, embeddings) of a pipeline of operation ``embed``. Before the first input is read (the
+        archive's probe of the embedding size) the model in this process answers."""
+        if self._pipeline.current < 0:
+            return self.inner.predict_with_embedding(batch)
+        both = self._pipeline.predict(batch)
+        k = len(self.inner.classes)
+        return both[:, :k], both[:, k:]
+
 
 def run_with_workers(sources: Sequence, model, config, outputs, state=None, *, spec: ModelSpec, workers: int,
                      **run_options):
@@ -366,3 +397,16 @@ def run_with_workers(sources: Sequence, model, config, outputs, state=None, *, s
         say = run_options.get("log") or log.info
         say(f"{workers} workers, providers in use: {', '.join(pool.providers)}")
         return run_sources(pipeline.sources, pipeline.model, config, outputs, state, **run_options)
+
+
+def embed_with_workers(sources: Sequence, model, plan: WindowPlan, archive, *, spec: ModelSpec, workers: int,
+                       batch: int = 8, **embed_options):
+    """``archive.embed.embed_sources`` with the model work spread over ``workers`` processes: the same archive."""
+    from vocalprobe.runtime.archive.embed import embed_sources
+    from vocalprobe.runtime.field.stream import DetectConfig
+
+    config = DetectConfig(plan, batch=batch)
+    with WorkerPool(spec, workers) as pool, Pipeline(pool, model, config, list(sources),
+                                                     operation="embed") as pipeline:
+        log.info("%d workers, providers in use: %s", workers, ", ".join(pool.providers))
+        return embed_sources(pipeline.sources, pipeline.model, plan, archive, batch=batch, **embed_options)

@@ -268,3 +268,52 @@ def test_validate_with_workers_writes_the_report_of_one_process(tmp_path, labell
             reports.append((out / "report.json").read_bytes())
         assert "2 workers x 1 thread(s), providers in use: CPUExecutionProvider" in result.output
         assert reports[0] == reports[1] and b"broken.wav" in reports[0]
+
+
+def archive_contents(db: Path) -> list:
+    from vocalprobe.runtime.archive.store import ArchiveDB
+
+    with ArchiveDB.open_reader(db) as archive:
+        found = []
+        for rec_id, rec in sorted(archive.recordings().items()):
+            windows = archive.recording_windows(rec_id)
+            found.append((rec.filename, rec.deployment, [(w.start_s, w.end_s) for w in windows],
+                          archive.vectors([w.id for w in windows]).tobytes()))
+        return found
+
+
+def test_embed_with_workers_writes_the_archive_of_one_process(recordings, graph, tmp_path):
+    """The ``embed`` operation in the workers: the same recordings, windows and vectors as ``embed_sources`` alone,
+    the unreadable file listed the same; a second run skips every recording."""
+    from vocalprobe.runtime.archive.embed import embed_sources
+    from vocalprobe.runtime.archive.store import ArchiveDB
+    from vocalprobe.runtime.field.workers import embed_with_workers
+
+    model = OnnxModel(graph, threads=1)
+    plan = WindowPlan.from_seconds(0.5, 0.3, 16_000)
+    sources = collect_files([recordings], block_size=5_000)
+    with ArchiveDB.open_writer(tmp_path / "one") as archive:
+        alone = embed_sources(sources, model, plan, archive, batch=3)
+    spec = ModelSpec((str(graph),), threads=1)
+    with ArchiveDB.open_writer(tmp_path / "two") as archive:
+        two = embed_with_workers(sources, model, plan, archive, spec=spec, workers=2, batch=3)
+    assert two.done == alone.done and len(two.done) == 4 and two.windows == alone.windows
+    assert two.failed == alone.failed and [n for n, _ in two.failed] == ["night1/broken.WAV"]
+    assert archive_contents(tmp_path / "two") == archive_contents(tmp_path / "one")
+    with ArchiveDB.open_writer(tmp_path / "two") as archive:
+        again = embed_with_workers(sources, model, plan, archive, spec=spec, workers=2, batch=3)
+    assert again.done == [] and len(again.skipped) == 4
+    assert archive_contents(tmp_path / "two") == archive_contents(tmp_path / "one")
+
+
+def test_cli_embed_with_workers(recordings, graph, tmp_path):
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+
+    runner = CliRunner()
+    for workers in ("1", "2"):
+        result = runner.invoke(app, ["embed", str(recordings), "-m", str(graph), "--db", str(tmp_path / workers),
+                                     "--hop", "0.3", "--batch", "3", "--threads", "1", "--workers", workers])
+        assert result.exit_code == 2 and "could not embed night1/broken.WAV" in result.output  # listed, skipped
+    assert archive_contents(tmp_path / "2") == archive_contents(tmp_path / "1")
