@@ -166,8 +166,9 @@ def stream_field_recording(model_path: Path, field_dir: Path, out_dir: Path, ign
     """``stream`` on the field recording (``thresholds``: per-class, as ``--min-conf CLASSES.csv`` gives them)."""
     from vocalprobe.runtime.field.ensemble import load_models
     from vocalprobe.runtime.field.events import chance_score, read_events, score_events
+    from vocalprobe.runtime.field.outputs import Outputs
     from vocalprobe.runtime.field.sources import collect_files
-    from vocalprobe.runtime.field.stream import DetectConfig, Outputs, run_sources
+    from vocalprobe.runtime.field.stream import DetectConfig, run_sources
     from vocalprobe.runtime.field.windows import WindowPlan
 
     model = load_models([str(model_path)])

@@ -29,7 +29,8 @@ from pathlib import Path
 from vocalprobe.runtime.field.onnx_model import OnnxModel
 from vocalprobe.runtime.field.run_state import RunState
 from vocalprobe.runtime.field.sources import collect_files
-from vocalprobe.runtime.field.stream import DetectConfig, Outputs, output_options, run_settings, run_sources
+from vocalprobe.runtime.field.outputs import Outputs
+from vocalprobe.runtime.field.stream import DetectConfig, output_options, run_settings, run_sources
 from vocalprobe.runtime.field.windows import WindowPlan
 from vocalprobe.runtime.field.workers import ModelSpec, run_with_workers
 

@@ -14,8 +14,9 @@ import numpy as np
 import soundfile as sf
 
 from vocalprobe.runtime.core.audio import seconds_to_samples
+from vocalprobe.runtime.field.outputs import Outputs
 from vocalprobe.runtime.field.sources import FileSource
-from vocalprobe.runtime.field.stream import DetectConfig, Outputs, run_sources
+from vocalprobe.runtime.field.stream import DetectConfig, run_sources
 from vocalprobe.runtime.field.windows import WindowPlan
 
 

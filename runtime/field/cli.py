@@ -123,13 +123,13 @@ def stream(
     db: Annotated[Optional[Path], typer.Option("--db", help="--embeddings: the archive folder.")] = None,
 ) -> None:
     """Detect calls in field recordings with exported models, in constant memory, resumable."""
-    from vocalprobe.runtime.field.ensemble import load_models
     from vocalprobe.runtime.core.errors import AudioError
-    from vocalprobe.runtime.field.sources import FolderWatcher, StdinSource, collect_files
+    from vocalprobe.runtime.field.ensemble import load_models
+    from vocalprobe.runtime.field.outputs import Outputs
     from vocalprobe.runtime.field.run_state import JOURNAL_NAME, RunState
+    from vocalprobe.runtime.field.sources import FolderWatcher, StdinSource, collect_files
     from vocalprobe.runtime.field.stream import (
         DetectConfig,
-        Outputs,
         analysis_params,
         output_options,
         read_thresholds,
@@ -373,8 +373,8 @@ def score_events(
 ) -> None:
     """Precision/recall of detected events against a ground-truth table (same label, overlapping in time), and
     the DCASE event-based F1 with onset/offset collars."""
-    from vocalprobe.runtime.field.events import chance_score, read_events, score_events as score
-    from vocalprobe.runtime.field.events import score_events_collar
+    from vocalprobe.runtime.field.events import chance_score, read_events, score_events_collar
+    from vocalprobe.runtime.field.events import score_events as score
 
     detected, reference = read_events(detections), read_events(truth)
     files = {e.file for e in reference}

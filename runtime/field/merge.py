@@ -126,7 +126,7 @@ def _params(shards: Sequence[_Shard]) -> bytes | None:
 
 def merge_outputs(out_dir: str | Path, shard_dirs: Sequence[str | Path]) -> MergeSummary:
     """Join the shard folders into ``out_dir`` (new or empty); see the module docstring."""
-    from vocalprobe.runtime.field.stream import Outputs
+    from vocalprobe.runtime.field.outputs import Outputs
 
     out_dir = Path(out_dir)
     folders = [Path(d) for d in shard_dirs]

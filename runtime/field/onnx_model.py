@@ -16,8 +16,13 @@ from typing import Sequence
 import numpy as np
 
 from vocalprobe.runtime.core.errors import VocalprobeError
-from vocalprobe.runtime.core.graph_contract import (LAYOUT_ANY_LEADING, MEMBERS, WAVEFORM, GraphContractError,
-                                                    GraphMetadata)
+from vocalprobe.runtime.core.graph_contract import (
+    LAYOUT_ANY_LEADING,
+    MEMBERS,
+    WAVEFORM,
+    GraphContractError,
+    GraphMetadata,
+)
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 _CUDA = "CUDAExecutionProvider"

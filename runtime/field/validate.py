@@ -12,9 +12,9 @@ ahead, and their answers read back in manifest order, so the report is the one o
 from __future__ import annotations
 
 import json
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections import deque
 from typing import Callable, Iterator, Protocol
 
 import numpy as np

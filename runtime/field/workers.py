@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from vocalprobe.runtime.core.errors import AudioError, VocalprobeError
-from vocalprobe.runtime.field.windows import Window, WindowPlan, WindowSpecError, Windower
+from vocalprobe.runtime.field.windows import Window, Windower, WindowPlan, WindowSpecError
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,14 @@ from runtime_graphs import DEFAULT_CLASSES, DEFAULT_FREQS, build_band_graph, ton
 from typer.testing import CliRunner
 
 from vocalprobe.cli import app
-from vocalprobe.runtime.field.events import (Event, EventTableError, chance_score, read_events, score_events,
-                                             score_events_collar)
+from vocalprobe.runtime.field.events import (
+    Event,
+    EventTableError,
+    chance_score,
+    read_events,
+    score_events,
+    score_events_collar,
+)
 
 
 def test_event_scoring(tmp_path):

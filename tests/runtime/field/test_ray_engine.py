@@ -15,10 +15,11 @@ from runtime_graphs import DEFAULT_FREQS, tone_track
 from test_workers import FORMATS, config_of, make_recordings, run, tree
 
 from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.field.outputs import Outputs
 from vocalprobe.runtime.field.ray_engine import ChunkPredictor, plan_chunks, run_with_ray
 from vocalprobe.runtime.field.run_state import RunState
 from vocalprobe.runtime.field.sources import FileSource, collect_files
-from vocalprobe.runtime.field.stream import DetectConfig, Outputs, output_options, run_settings, window_probabilities
+from vocalprobe.runtime.field.stream import DetectConfig, output_options, run_settings, window_probabilities
 from vocalprobe.runtime.field.windows import WindowPlan
 from vocalprobe.runtime.field.workers import ModelSpec
 

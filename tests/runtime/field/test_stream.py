@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from vocalprobe.cli import app
 from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.field.outputs import Outputs
 from vocalprobe.runtime.field.run_state import DONE, RunState
 from vocalprobe.runtime.field.sources import FileSource, FolderWatcher, SourceError, collect_files
 from vocalprobe.runtime.field.stream import (
     DetectConfig,
-    Outputs,
     output_options,
     run_settings,
     run_sources,
@@ -96,7 +96,8 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import resource, sys
     from vocalprobe.runtime.field.onnx_model import OnnxModel
     from vocalprobe.runtime.field.sources import FileSource
-    from vocalprobe.runtime.field.stream import DetectConfig, Outputs, run_sources
+    from vocalprobe.runtime.field.outputs import Outputs
+    from vocalprobe.runtime.field.stream import DetectConfig, run_sources
     from vocalprobe.runtime.field.windows import WindowPlan
     model = OnnxModel(sys.argv[1], threads=1)
     config = DetectConfig(WindowPlan.from_seconds(1.0, None, 16000), batch=8, min_conf=0.8, merge=True)
@@ -331,7 +332,8 @@ DENSE_SCRIPT = textwrap.dedent("""
     import resource, sys
     from vocalprobe.runtime.field.onnx_model import OnnxModel
     from vocalprobe.runtime.field.sources import FileSource
-    from vocalprobe.runtime.field.stream import DetectConfig, Outputs, run_sources
+    from vocalprobe.runtime.field.outputs import Outputs
+    from vocalprobe.runtime.field.stream import DetectConfig, run_sources
     from vocalprobe.runtime.field.windows import WindowPlan
     model = OnnxModel(sys.argv[1], threads=1)
     config = DetectConfig(WindowPlan.from_seconds(0.1, 0.05, 16000), batch=32, min_conf=0.0)
@@ -430,7 +432,7 @@ def corrupt_flac(path: Path) -> Path:
 
 LOCK_HOLDER = textwrap.dedent("""
     import sys
-    from vocalprobe.runtime.field.stream import Outputs
+    from vocalprobe.runtime.field.outputs import Outputs
     with Outputs(sys.argv[1], ("csv",), 8000):
         print("locked", flush=True)
         sys.stdin.read()   # hold the folder until the test closes our stdin

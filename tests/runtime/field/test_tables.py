@@ -146,8 +146,8 @@ def test_parquet_without_pyarrow_is_one_line(tmp_path, graph, monkeypatch):
 
 # -- a whole run ------------------------------------------------------------------------------------------------------
 def test_every_format_of_a_run_and_the_combined_tables(tmp_path, graph):
-    from crowsetta.formats.bbox.raven import Raven
     import pyarrow.parquet as pq
+    from crowsetta.formats.bbox.raven import Raven
 
     folder, out = card(tmp_path), tmp_path / "out"
     result = run_cli(["stream", folder, "-m", graph, "--window", "0.5", "--min-conf", "0.8", "--merge",

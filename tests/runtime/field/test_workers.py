@@ -18,11 +18,11 @@ from runtime_graphs import DEFAULT_FREQS, tone_track
 from test_validate import manifest as labelled_manifest  # noqa: F401  (a fixture)
 
 from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.field.outputs import Outputs
 from vocalprobe.runtime.field.run_state import RunState
 from vocalprobe.runtime.field.sources import FileSource, collect_files
 from vocalprobe.runtime.field.stream import (
     DetectConfig,
-    Outputs,
     output_options,
     run_settings,
     run_sources,
@@ -120,7 +120,8 @@ CTRL_C_SCRIPT = textwrap.dedent("""
     from vocalprobe.runtime.field.onnx_model import OnnxModel
     from vocalprobe.runtime.field.run_state import RunState
     from vocalprobe.runtime.field.sources import collect_files
-    from vocalprobe.runtime.field.stream import DetectConfig, Outputs, output_options, run_settings
+    from vocalprobe.runtime.field.outputs import Outputs
+    from vocalprobe.runtime.field.stream import DetectConfig, output_options, run_settings
     from vocalprobe.runtime.field.windows import WindowPlan
     from vocalprobe.runtime.field import workers
 
