@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from measure import rate
 
 SR = 16_000
 
@@ -49,18 +50,6 @@ def calls(n: int, seconds: float, seed: int) -> np.ndarray:
         phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.3 * np.sin(2 * np.pi * rng.uniform(1, 6) * t))) / SR
         out.append(0.5 * np.sin(phase) + 0.2 * np.sin(3 * phase) + 0.05 * rng.standard_normal(t.size))
     return np.asarray(out, dtype=np.float32)
-
-
-def rate(run, audio_seconds: float, budget: float) -> float:
-    """Audio seconds processed per wall second, over at least ``budget`` seconds (after one warm-up run)."""
-    run()
-    runs, start = 0, time.perf_counter()
-    while True:
-        run()
-        runs += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget:
-            return runs * audio_seconds / elapsed
 
 
 _PARTIAL = {"static-conv1": (1,), "static-conv12": (1, 2), "static-conv123": (1, 2, 3), "static-conv456": (4, 5, 6)}

@@ -19,22 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from measure import write_bytes
+
 from vocalprobe.runtime.core.atomic import atomic_write_text
 from vocalprobe.runtime.field.run_state import DONE, FileRecord, Fingerprint, RunState
 
 SETTINGS = {"models": ["0" * 64], "weights": [1.0], "sample_rate": 16000, "resampler": "soxr HQ",
             "window": 16000, "hop": 16000, "final_window": "pad"}
 OPTIONS = {"min_conf": 0.5, "top_k": None, "merge": False, "formats": ["raven", "csv", "jsonl"], "ignore": []}
-
-
-def write_bytes() -> int | None:
-    try:
-        for line in Path("/proc/self/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def synthetic(n: int):

@@ -24,8 +24,8 @@ from pathlib import Path
 
 def heldout_manifest(folder: Path, *, seed: int, clips_per_class: int) -> Path:
     """A synthetic set from another seed, every clip in the Test split."""
-    from vocalprobe.runtime.datasets.synthetic import generate_dataset
     from vocalprobe.runtime.core.manifest import read_manifest, write_manifest
+    from vocalprobe.runtime.datasets.synthetic import generate_dataset
 
     source = generate_dataset(folder, seed=seed, clips_per_class=clips_per_class, field_minutes=0)
     rows = [row.with_split("test") for row in read_manifest(source).rows]

@@ -29,18 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from measure import write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_bytes() -> int | None:
-    try:
-        for line in Path("/proc/self/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 class TimedModel:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from measure import rate
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -44,18 +45,6 @@ MATMUL_OPS = {"MatMul", "FusedMatMul", "MatMulIntegerToFloat", "DynamicQuantizeM
               "QLinearMatMul", "Gemm", "QGemm"}
 CONV_OPS = {"Conv", "FusedConv", "QLinearConv", "ConvInteger"}
 ROOF_M, ROOF_K, ROOF_N = 1600, 1536, 512
-
-
-def rate(run, audio_seconds: float, budget: float) -> float:
-    """Audio seconds per wall second over at least ``budget`` seconds, after one warm-up run."""
-    run()
-    runs, start = 0, time.perf_counter()
-    while True:
-        run()
-        runs += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget:
-            return runs * audio_seconds / elapsed
 
 
 # -- 1. the roofline -------------------------------------------------------------------------------------------------

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 from runtime_graphs import build_band_graph, tone_track
+from torch_blocked import run_cli_without_torch
 from typer.testing import CliRunner
 
 from vocalprobe.cli import app
@@ -140,30 +138,9 @@ def test_precision_threshold_is_the_lowest_that_reaches_the_target():
     assert precision_threshold(scores, np.zeros(6, bool), 0.5) == (1.0, False)
 
 
-BLOCK_TORCH = """
-import sys
-for name in ("torch", "transformers", "optimum", "torchaudio"):
-    sys.modules[name] = None
-from vocalprobe.cli import main
-sys.argv = ["vocalprobe"] + sys.argv[1:]
-try:
-    main()
-except SystemExit as exc:
-    code = exc.code or 0
-else:
-    code = 0
-leaked = [m for m in ("torch", "transformers", "optimum") if sys.modules.get(m) is not None]
-print("LEAKED", leaked, file=sys.stderr)
-sys.exit(code)
-"""
-
-
 def test_embed_search_and_probe_apply_run_without_torch(tmp_path, graph):
-    env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}
-
     def blocked(*args):
-        proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, *map(str, args)], capture_output=True, text=True,
-                              env=env, timeout=300)
+        proc = run_cli_without_torch(*args)
         assert "LEAKED []" in proc.stderr, proc.stderr
         return proc
 

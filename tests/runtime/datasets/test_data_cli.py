@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from torch_blocked import run_python_without_torch
 from typer.testing import CliRunner
 
 from vocalprobe.cli import app
@@ -71,18 +69,6 @@ def test_unreadable_clip_is_reported_by_describe(tmp_path):
 
 def test_runtime_commands_work_where_torch_cannot_be_imported(tmp_path):
     """A recorder has no torch: block it (and transformers) at import, then run the data commands end to end."""
-    blocker = tmp_path / "block" / "sitecustomize.py"
-    blocker.parent.mkdir()
-    blocker.write_text(textwrap.dedent("""
-        import sys
-        class _Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in {'torch', 'transformers', 'optimum'}:
-                    raise ImportError(f'{name} is blocked in this test')
-                return None
-        sys.meta_path.insert(0, _Block())
-    """))
-    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
     script = textwrap.dedent(f"""
         import importlib, pkgutil, sys
         import vocalprobe.runtime as rt
@@ -99,6 +85,6 @@ def test_runtime_commands_work_where_torch_cannot_be_imported(tmp_path):
                     '--clips-per-class', '2', '--field-minutes', '0']
         app()
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    result = run_python_without_torch(script)
     assert result.returncode == 0, result.stderr + result.stdout
     assert (Path(tmp_path / "d" / "manifest.csv")).exists()

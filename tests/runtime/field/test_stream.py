@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from runtime_graphs import DEFAULT_FREQS, build_band_graph, tone_track
+from torch_blocked import run_cli_without_torch, run_python_without_torch
 from typer.testing import CliRunner
 
 from vocalprobe.cli import app
@@ -108,24 +109,6 @@ MEMORY_SCRIPT = textwrap.dedent("""
     summary = run(sys.argv[3], sys.argv[5])
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(before, after, summary.audio_seconds, summary.detections)
-""")
-
-
-BLOCK_TORCH = textwrap.dedent("""
-    import sys
-    for name in ("torch", "transformers", "optimum", "torchaudio"):
-        sys.modules[name] = None   # any `import torch` now raises ImportError
-    from vocalprobe.cli import main
-    sys.argv = ["vocalprobe"] + sys.argv[1:]
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    else:
-        code = 0
-    leaked = [m for m in ("torch", "transformers", "optimum") if sys.modules.get(m) is not None]
-    print("LEAKED", leaked, file=sys.stderr)
-    sys.exit(code)
 """)
 
 
@@ -372,21 +355,14 @@ def test_a_dense_file_streams_in_memory_that_does_not_grow_with_its_detections(t
 
 
 def test_runtime_commands_work_where_torch_cannot_be_imported(tmp_path, graph, pcm):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-c", BLOCK_TORCH, *map(str, args)], capture_output=True, text=True,
-                              env=env, timeout=120)
-
+    cli = run_cli_without_torch
     proc = cli("stream", pcm[0], "-m", graph, "--window", "0.5", "--min-conf", "0.8", "-o", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert "LEAKED []" in proc.stderr
     assert len(events_of(tmp_path / "out")) > 0
     proc = cli("bench", graph, "--seconds", "5")
     assert proc.returncode == 0 and "x real time" in proc.stdout, proc.stderr
-    check = subprocess.run([sys.executable, "-c", BLOCK_TORCH.replace("from vocalprobe.cli import main",
-                                                                      "import torch")],
-                           capture_output=True, text=True, env=env, timeout=60)
+    check = run_python_without_torch("import torch", timeout=60)
     assert check.returncode != 0 and "import of torch halted" in check.stderr  # the block is real
 
 
