@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
-from vocalprobe.export.graph_rewrites import MS_DOMAIN, attribute, use_ms_domain
+from vocalprobe.export.graph_rewrites import MS_DOMAIN, attribute, replace_nodes, use_ms_domain
 
 if TYPE_CHECKING:
     import onnx
@@ -192,12 +192,6 @@ def convs_as_int8_matmuls(model: "onnx.ModelProto", names: Iterable[str]) -> Con
         result.rewritten.append(node.name)
     if not result.rewritten:
         return result
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(constants)
-    used = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    replace_nodes(graph, nodes, constants)
     use_ms_domain(model)
     return result

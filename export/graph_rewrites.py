@@ -92,6 +92,18 @@ def _replace_nodes(graph, removed: set[int], inserted: dict[int, list]) -> None:
     graph.node.extend(nodes)
 
 
+def replace_nodes(graph: "onnx.GraphProto", nodes: list, constants: list = ()) -> None:
+    """Give ``graph`` the node list ``nodes`` (topologically ordered) and the new ``constants``, and drop the
+    initializers no node reads any more (what a rewrite replaced)."""
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(constants)
+    used = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
 def fuse_gelu(model: "onnx.ModelProto") -> int:
     """Replace every complete ``x * 0.5 * (1 + erf(x / sqrt 2))`` chain (any operand order) by ``Gelu(x)``.
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vocalprobe.export.graph_rewrites import attribute
+from vocalprobe.export.graph_rewrites import attribute, replace_nodes
 
 if TYPE_CHECKING:
     import onnx
@@ -147,10 +147,5 @@ def fold_input_conv_norm(model: "onnx.ModelProto") -> list[str]:
         kept.extend(inserted.get(id(node), []))
         if id(node) not in replaced:
             kept.append(node)
-    del graph.node[:]
-    graph.node.extend(kept)
-    used = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}
-    unused = [init for init in graph.initializer if init.name not in used]
-    for init in unused:
-        graph.initializer.remove(init)
+    replace_nodes(graph, kept)
     return folded

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vocalprobe.export.graph_rewrites import attribute
+from vocalprobe.export.graph_rewrites import attribute, replace_nodes
 
 if TYPE_CHECKING:
     import onnx
@@ -141,11 +141,5 @@ def convs_as_block_dft(model: "onnx.ModelProto", names=None) -> list[str]:
         done.append(node.name)
     if not done:
         return done
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(constants)
-    used = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    replace_nodes(graph, nodes, constants)
     return done

@@ -136,16 +136,21 @@ def parse_manifest(text: str, root: Path, source: str = "<manifest>") -> Manifes
     return Manifest(tuple(rows), root)
 
 
+def read_utf8_table(path: Path, error: type[Exception], prefix: str = "") -> str:
+    """A CSV table's text (a byte-order mark is allowed); a file in another encoding is ``error`` naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise error(f"{path}: {prefix}not UTF-8 (line {line}): re-save it as UTF-8") from None
+
+
 def read_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path} (create one with `vocalprobe data prepare`)")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ManifestError(f"{path}: manifest is not UTF-8 (line {line}): re-save it as UTF-8") from None
+    text = read_utf8_table(path, ManifestError, "manifest is ")
     return parse_manifest(text, path.resolve().parent, str(path))
 
 

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 from vocalprobe.runtime.core.atomic import atomic_write_text
 from vocalprobe.runtime.core.audio import READABLE_KINDS, check_audio
 from vocalprobe.runtime.core.errors import AudioError, DatasetError
-from vocalprobe.runtime.core.manifest import ManifestRow
+from vocalprobe.runtime.core.manifest import ManifestRow, read_utf8_table
 from vocalprobe.runtime.datasets.scan import FileProblem, Listing, escape_problem, list_audio, source_root
 
 MAX_LISTED = 5
@@ -77,12 +77,7 @@ def _require_dir(source: Path) -> Path:
 def _read_table(path: Path, required: tuple[str, ...], allowed: tuple[str, ...] = ()) -> list[dict[str, str]]:
     if not path.is_file():
         raise DatasetError(f"expected {path.name} in {path.parent}, not found")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise DatasetError(f"{path}: not UTF-8 (line {line}): re-save it as UTF-8") from None
+    text = read_utf8_table(path, DatasetError)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in required if c not in header]
