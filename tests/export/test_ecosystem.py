@@ -115,3 +115,25 @@ def test_the_layout_and_hoplite_config_are_written_by_export(graph):
     (one,) = session.run(["probabilities"], {"waveform": windows[0]})
     np.testing.assert_allclose(one, expected[:1], rtol=1e-6)
     assert model.session.get_inputs()[0].shape == []  # no declared rank
+
+
+def test_opensoundscape_reads_the_raven_tables_back(graph, recording, tmp_path):
+    """OpenSoundscape's own Raven reader (``BoxedAnnotations``) reads the per-file and the combined Raven tables of
+    `vocalprobe stream` back: the same events, times, classes and band as the CSV."""
+    annotations = pytest.importorskip("opensoundscape.annotations",
+                                      reason="opensoundscape is not installed (a separate CI step, see README)")
+    from vocalprobe.cli import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["stream", str(recording), "-m", str(graph), "-o", str(out), "--format",
+                                      "raven,csv", "--min-conf", "0.5", "--merge"])
+    assert result.exit_code == 0, result.output
+    with open(out / "detections.csv", newline="") as handle:
+        expected = [(float(r["start_s"]), float(r["end_s"]), r["label"]) for r in csv.DictReader(handle)]
+    assert len(expected) >= 3
+    for table in (out / "night.selection.table.txt", out / "detections.selection.table.txt"):
+        boxes = annotations.BoxedAnnotations.from_raven_files([str(table)], annotation_column="Class",
+                                                             audio_files=[str(recording)]).df
+        got = [(round(r.start_time, 3), round(r.end_time, 3), r.annotation) for r in boxes.itertuples()]
+        assert got == [(round(s, 3), round(e, 3), label) for s, e, label in expected], table.name
+        assert (boxes["high_f"] == SR / 2).all() and (boxes["low_f"] == 0).all()
