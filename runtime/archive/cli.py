@@ -40,10 +40,14 @@ def embed(
     block_size: Annotated[int, typer.Option(hidden=True)] = 65_536,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes, each with its own session and --threads "
                                          "(default: cores / workers); the archive is that of one process.")] = 1,
+    shard: Annotated[Optional[str], typer.Option(
+        help="Embed shard i/n of the inputs (0-based; by sha256 of the relative path) into its own --db; "
+             "`vocalprobe merge --db OUT_DB SHARD_DB...` joins them into the archive of one run.")] = None,
 ) -> None:
     """Embed field recordings once into an archive (resumable; a finished recording is never embedded twice)."""
     from vocalprobe.runtime.archive.embed import embed_sources
     from vocalprobe.runtime.archive.store import ArchiveDB
+    from vocalprobe.runtime.core.shards import parse_shard
     from vocalprobe.runtime.field.onnx_model import OnnxModel
     from vocalprobe.runtime.field.sources import collect_files
     from vocalprobe.runtime.field.windows import WindowPlan
@@ -54,16 +58,25 @@ def embed(
     plan = WindowPlan.from_seconds(window if window is not None else net.sample_duration, hop, net.sample_rate,
                                    final_window)
     files = collect_files(inputs, block_size)
+    part = parse_shard(shard)
+    positions = None
+    if part is not None:
+        positions = {s.name: i for i, s in enumerate(files)}  # before the split: the order one run embeds in
+        total = len(files)
+        files = list(part.select(files, key=lambda s: s.name))
+        _say(f"shard {part}: {len(files)} of {total} files")
     _say(f"model: {net.describe()}")
     with ArchiveDB.open_writer(db) as archive:
+        archive.mark_shard(None if part is None else str(part))
         if workers > 1:
             from vocalprobe.runtime.field.workers import ModelSpec, default_threads, embed_with_workers
 
             spec = ModelSpec((str(model),), None, "cpu", threads if threads is not None else default_threads(workers))
             summary = embed_with_workers(files, net, plan, archive, spec=spec, workers=workers, batch=batch,
-                                         deployment=deployment)
+                                         deployment=deployment, positions=positions)
         else:
-            summary = embed_sources(files, net, plan, archive, batch=batch, deployment=deployment)
+            summary = embed_sources(files, net, plan, archive, batch=batch, deployment=deployment,
+                                    positions=positions)
     for name, why in summary.skipped:
         _say(f"skipped {name}: {why}")
     for name, why in summary.failed:

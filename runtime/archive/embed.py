@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -116,8 +116,10 @@ class ArchiveSink:
     A recording already in the archive (same name and audio, or the same audio under another name) is listed as
     skipped and its windows are ignored. ``model``: the graph as ``WithEmbedding`` (one session run per batch)."""
 
-    def __init__(self, archive: ArchiveDB, model: OnnxModel, plan: WindowPlan, *, deployment: str | None = None):
+    def __init__(self, archive: ArchiveDB, model: OnnxModel, plan: WindowPlan, *, deployment: str | None = None,
+                 positions: Mapping[str, int] | None = None):
         self.archive = archive
+        self.positions = positions  # a shard's: each source's place in the whole input list, by name
         self.model = WithEmbedding(model)
         self.sample_rate = model.sample_rate
         self.deployment = deployment
@@ -192,7 +194,8 @@ class ArchiveSink:
             self.summary.failed.append((name, "shorter than one window (use --final-window pad)"))
             return
         self._flush()
-        self.archive.commit_recording(recording_id, sha, n_windows, audio_seconds)
+        position = None if self.positions is None else self.positions[name]
+        self.archive.commit_recording(recording_id, sha, n_windows, audio_seconds, position)
         self._open = None
         self.summary.done.append(name)
         self.summary.windows += n_windows
@@ -211,11 +214,12 @@ class ArchiveSink:
 
 
 def embed_sources(sources: Sequence[FileSource], model: OnnxModel, plan: WindowPlan, archive: ArchiveDB, *,
-                  batch: int = 8, deployment: str | None = None,
+                  batch: int = 8, deployment: str | None = None, positions: Mapping[str, int] | None = None,
                   on_audio: Callable[[float], None] | None = None) -> EmbedSummary:
-    """Embed every source not yet in ``archive``; unreadable ones are listed in the summary and skipped."""
+    """Embed every source not yet in ``archive``; unreadable ones are listed in the summary and skipped.
+    ``positions`` (a shard's run): every source's place in the whole input list, kept for ``merge --db``."""
     started = time.perf_counter()
-    sink = ArchiveSink(archive, model, plan, deployment=deployment)
+    sink = ArchiveSink(archive, model, plan, deployment=deployment, positions=positions)
     for source in sources:
         if not sink.begin(source):
             continue

@@ -3,6 +3,9 @@
 The folder holds ``hoplite.sqlite`` (hoplite's tables: ``hoplite_metadata``, ``deployments``, ``recordings``,
 ``windows``, ``annotations``), ``usearch.index`` (one vector per window, keyed by window id) and vocalprobe's own
 table ``vocalprobe_recordings`` (audio sha256 and window count of every finished recording), which hoplite ignores.
+The archive of one ``embed --shard i/n`` run also records each recording's place in the whole input list
+(``vocalprobe_positions``, and the shard under the ``vocalprobe_shard`` metadata key): ``merge --db`` needs both to
+lay the shards out the way one run numbers them; a one-run archive leaves that table empty.
 
 Safety: a writer holds the folder's lock (``OutputLock``). Every recording is one SQLite transaction: a killed run
 leaves either all of a recording's windows or none. The index is saved (atomically) after a commit at most every
@@ -31,8 +34,8 @@ log = logging.getLogger(__name__)
 SQLITE_NAME = "hoplite.sqlite"
 INDEX_NAME = "usearch.index"
 #: hoplite_metadata keys: hoplite's, and vocalprobe's own (what a reader needs to trust the vectors).
-USEARCH_CONFIG_KEY, MODEL_CONFIG_KEY, AUDIO_SOURCES_KEY, VOCALPROBE_KEY = (
-    "usearch_config", "model_config", "audio_sources", "vocalprobe")
+USEARCH_CONFIG_KEY, MODEL_CONFIG_KEY, AUDIO_SOURCES_KEY, VOCALPROBE_KEY, SHARD_KEY = (
+    "usearch_config", "model_config", "audio_sources", "vocalprobe", "vocalprobe_shard")
 #: hoplite's LabelType values.
 NEGATIVE, POSITIVE = 0, 1
 
@@ -65,6 +68,8 @@ CREATE TABLE IF NOT EXISTS vocalprobe_recordings (
     recording_id INTEGER PRIMARY KEY REFERENCES recordings(id) ON DELETE CASCADE,
     sha256 TEXT NOT NULL, n_windows INTEGER NOT NULL, audio_seconds REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS idx_vocalprobe_sha256 ON vocalprobe_recordings(sha256);
+CREATE TABLE IF NOT EXISTS vocalprobe_positions (
+    recording_id INTEGER PRIMARY KEY REFERENCES recordings(id) ON DELETE CASCADE, position INTEGER NOT NULL);
 """
 
 
@@ -223,6 +228,19 @@ class ArchiveDB:
         self.db.execute("COMMIT")
         self.index = vectors.load_index(self.folder / INDEX_NAME, self.metadata()[USEARCH_CONFIG_KEY])
 
+    def mark_shard(self, shard: str | None) -> None:
+        """Record which ``--shard i/n`` this archive holds (None: all the inputs); a folder holds one of them."""
+        known = self.metadata().get(SHARD_KEY)
+        if known == shard:
+            return
+        if known is not None or self.count_recordings():
+            was = f"shard {known}" if known is not None else "a run over all the inputs"
+            now = f"shard {shard}" if shard is not None else "all the inputs"
+            raise ArchiveError(f"{self.folder} holds {was}; embed {now} into another --db folder")
+        self.db.execute("BEGIN")
+        self.set_metadata(SHARD_KEY, shard)
+        self.db.execute("COMMIT")
+
     def settings(self) -> dict[str, Any]:
         meta = self.metadata()
         if VOCALPROBE_KEY not in meta:
@@ -286,9 +304,14 @@ class ArchiveDB:
         self.index.add(keys, np.ascontiguousarray(embeddings, dtype=np.float32))
         self._pending_keys.append(keys)
 
-    def commit_recording(self, recording_id: int, sha256: str, n_windows: int, audio_seconds: float) -> None:
+    def commit_recording(self, recording_id: int, sha256: str, n_windows: int, audio_seconds: float,
+                         position: int | None = None) -> None:
+        """``position``: the recording's place in the whole input list, kept by a shard's archive."""
         self.db.execute("INSERT INTO vocalprobe_recordings (recording_id, sha256, n_windows, audio_seconds) "
                         "VALUES (?, ?, ?, ?)", (recording_id, sha256, n_windows, audio_seconds))
+        if position is not None:
+            self.db.execute("INSERT INTO vocalprobe_positions (recording_id, position) VALUES (?, ?)",
+                            (recording_id, int(position)))
         self.db.execute("COMMIT")
         if self._removed.size:
             self.index.remove(self._removed)
@@ -309,6 +332,9 @@ class ArchiveDB:
         self._saved_at = time.monotonic()
 
     # -- reading ---------------------------------------------------------------------------------------------------
+
+    def count_recordings(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM vocalprobe_recordings").fetchone()[0])
 
     def count_windows(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM windows").fetchone()[0])

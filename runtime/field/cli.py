@@ -242,12 +242,29 @@ def stream(
 
 @friendly_errors
 def merge(
-    out: Annotated[Path, typer.Argument(help="New output folder: what one run over all the inputs writes.")],
-    shards: Annotated[list[Path], typer.Argument(help="The --out folders of the `stream --shard i/n` runs.")],
+    folders: Annotated[list[Path], typer.Argument(
+        help="OUT (a new output folder) then the --out folders of the `stream --shard i/n` runs; with --db, the "
+             "--db folders of the `embed --shard i/n` runs.", metavar="[OUT] SHARD...")],
+    db: Annotated[Optional[Path], typer.Option(
+        "--db", help="Merge archives instead: this new archive folder gets what one `embed` over all the inputs "
+                     "writes.")] = None,
 ) -> None:
-    """Join the output folders of `stream --shard i/n` runs into the outputs of one run (tables, JSONL, journal)."""
+    """Join the output folders of `stream --shard i/n` runs into the outputs of one run (tables, JSONL, journal),
+    or, with --db, the archives of `embed --shard i/n` runs into the archive of one run."""
+    if db is not None:
+        from vocalprobe.runtime.archive.merge import merge_archives
+
+        merged = merge_archives(db, folders)
+        for name, why in merged.skipped:
+            typer.echo(f"skipped {name}: {why}", err=True)
+        typer.echo(f"merged {merged.shards} archive(s): {merged.recordings} recording(s), {merged.windows} "
+                   f"window(s) -> {db}")
+        return
     from vocalprobe.runtime.field.merge import merge_outputs
 
+    out, shards = folders[0], folders[1:]
+    if shards and all((f / "hoplite.sqlite").is_file() for f in shards):
+        raise fail("these are archive folders: vocalprobe merge --db OUT_DB SHARD_DB...")
     summary = merge_outputs(out, shards)
     typer.echo(f"merged {summary.shards} shard(s): {summary.done} file(s) done, {summary.failed} failed, "
                f"{summary.detections} detection(s) -> {out}")

@@ -35,7 +35,7 @@ def make_tone_folder(root, n_files: int = 2, seconds: float = 4.0) -> Path:
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tone_folder():
     return make_tone_folder
 

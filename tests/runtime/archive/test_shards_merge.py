@@ -1,0 +1,153 @@
+"""`embed --shard i/n` then `vocalprobe merge --db`: the shards' archives merged are, row for row, the archive one
+`embed` over all the inputs writes (ids, offsets, metadata, the float16 vectors and the index's search results),
+and archives that are not the shards of one run are refused."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from runtime_graphs import build_band_graph
+
+from vocalprobe.runtime.archive.search import nearest
+from vocalprobe.runtime.archive.store import ArchiveDB
+from vocalprobe.runtime.core.shards import shard_of
+from vocalprobe.runtime.field.out_lock import OutputLock
+
+#: Tables of an archive, each in an order that does not depend on how it was written.
+TABLES = {"deployments": "id", "recordings": "id", "windows": "id", "vocalprobe_recordings": "recording_id",
+          "vocalprobe_positions": "recording_id", "annotations": "id", "sqlite_sequence": "name",
+          "hoplite_metadata": "key"}
+
+
+def rows(db: Path) -> dict[str, list[tuple]]:
+    con = sqlite3.connect(f"file:{db / 'hoplite.sqlite'}?mode=ro", uri=True)
+    try:
+        return {table: con.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
+                for table, key in TABLES.items()}
+    finally:
+        con.close()
+
+
+def assert_same_archive(got: Path, want: Path) -> None:
+    assert rows(got) == rows(want)
+    rng = np.random.default_rng(0)
+    with ArchiveDB.open_reader(got) as a, ArchiveDB.open_reader(want) as b:
+        ids = [w.id for w in b.windows()]
+        assert a.index.size == b.index.size == len(ids)
+        np.testing.assert_array_equal(a.vectors(ids), b.vectors(ids))
+        queries = [*b.vectors(ids[::7]), *rng.standard_normal((4, b.index.ndim)).astype(np.float32)]
+        for query in queries:
+            for exact in (False, True):
+                assert nearest(a, query, 10, exact=exact) == nearest(b, query, 10, exact=exact)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tone_folder):
+    """Two input folders, given out of sorted order, each file named the same in both, plus one file's audio copied
+    under another name (one run skips the copy)."""
+    root = tmp_path_factory.mktemp("inputs")
+    late = tone_folder(root / "zeta", n_files=5, seconds=2.0)
+    early = tone_folder(root / "alpha", n_files=4, seconds=3.0)  # other audio, and other names:
+    for folder in ("REC01", "REC02"):
+        (early / folder).rename(early / folder.replace("REC", "SITE"))
+    shutil.copy(late / "REC01" / "20210501_040000.WAV", late / "REC02" / "copy.wav")
+    return [late, early]
+
+
+@pytest.fixture(scope="module")
+def embedded(inputs, graph, tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+
+    out = tmp_path_factory.mktemp("archives")
+    base = ["embed", *map(str, inputs), "-m", str(graph), "--hop", "0.25", "--batch", "3"]
+    one = CliRunner().invoke(app, [*base, "--db", str(out / "one")])
+    assert one.exit_code == 0, one.output
+    for i in range(3):
+        result = CliRunner().invoke(app, [*base, "--db", str(out / f"s{i}"), "--shard", f"{i}/3"])
+        assert result.exit_code == 0, result.output
+        assert f"shard {i}/3: " in result.output
+    return out
+
+
+def test_inputs_fall_in_every_shard(inputs):
+    names = [p.relative_to(root).as_posix() for root in inputs for p in root.rglob("*.*")]
+    assert {shard_of(n, 3) for n in names} == {0, 1, 2}
+
+
+def test_merged_shards_are_the_one_run_row_for_row(embedded, run_cli):
+    shards = [embedded / f"s{i}" for i in range(3)]
+    assert all(rows(s)["vocalprobe_recordings"] for s in shards)  # the merge really joins three parts
+    assert not rows(embedded / "one")["vocalprobe_positions"]
+    result = run_cli(["merge", "--db", embedded / "merged", *shards])
+    assert result.exit_code == 0, result.output
+    assert "merged 3 archive(s)" in result.output
+    assert_same_archive(embedded / "merged", embedded / "one")
+    with ArchiveDB.open_reader(embedded / "merged") as merged:
+        names = {r.filename for r in merged.recordings().values()}
+    assert len(names) == 9 and "REC02/copy.wav" not in names  # the copy is skipped, as one run skips it
+
+
+def test_annotations_of_a_shard_are_kept_on_the_merged_recording(embedded, run_cli, tmp_path):
+    shards = [tmp_path / f"s{i}" for i in range(3)]
+    for i, s in enumerate(shards):
+        shutil.copytree(embedded / f"s{i}", s)
+    with ArchiveDB.open_writer(shards[1]) as archive:
+        window = archive.windows()[2]
+        name = archive.recordings()[window.recording_id].filename
+        archive.add_annotations([(window.recording_id, window.start_s, window.end_s, "low", 1)], "review")
+    assert run_cli(["merge", "--db", tmp_path / "merged", *shards]).exit_code == 0
+    with ArchiveDB.open_reader(tmp_path / "merged") as merged:
+        (window_id, label, kind), = merged.annotations()
+        (moved,) = merged.windows([window_id])
+        assert (label, kind) == ("low", 1) and merged.recordings()[moved.recording_id].filename == name
+        assert (moved.start_s, moved.end_s) == (window.start_s, window.end_s)
+
+
+def test_merge_refuses_what_is_not_one_runs_shards(embedded, run_cli, tmp_path, graph, tone_folder):
+    shards = [embedded / f"s{i}" for i in range(3)]
+
+    def refused(args, message):
+        result = run_cli(["merge", "--db", tmp_path / "out", *args])
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
+        assert not (tmp_path / "out" / "hoplite.sqlite").exists()
+
+    refused([embedded / "one", shards[1]], "not the archive of an `embed --shard i/n` run")
+    refused([shards[0], shards[0]], "given twice")
+    twin = tmp_path / "twin"
+    shutil.copytree(shards[0], twin)
+    refused([shards[0], twin], "both hold shard 0/3")
+    con = sqlite3.connect(twin / "hoplite.sqlite")
+    con.execute("UPDATE hoplite_metadata SET value = '\"1/3\"' WHERE key = 'vocalprobe_shard'")
+    con.commit()
+    con.close()
+    refused([shards[0], twin], "is in both")
+    other = build_band_graph(tmp_path / "other.onnx", sample_duration=0.25)
+    audio = tone_folder(tmp_path / "audio", n_files=1, seconds=2.0)
+    assert run_cli(["embed", audio, "-m", other, "--db", tmp_path / "foreign", "--shard", "1/3"]).exit_code == 0
+    refused([shards[0], tmp_path / "foreign"], "another graph")
+    assert run_cli(["embed", audio, "-m", graph, "--db", tmp_path / "split2", "--shard", "1/2",
+                    "--hop", "0.25"]).exit_code == 0
+    refused([shards[0], tmp_path / "split2"], "different splits")
+    with OutputLock(shards[2]):  # a shard still being written
+        refused(shards, "in use by another vocalprobe run")
+    result = run_cli(["merge", tmp_path / "out", *shards])
+    assert result.exit_code == 1 and "merge --db OUT_DB SHARD_DB" in result.output
+
+
+def test_a_shards_archive_takes_no_other_shard(embedded, run_cli, inputs, graph, tmp_path):
+    db = tmp_path / "db"
+    base = ["embed", inputs[1], "-m", graph, "--db", db]
+    assert run_cli([*base, "--shard", "0/3"]).exit_code == 0
+    for extra, held in ((["--shard", "1/3"], "holds shard 0/3"), ([], "holds shard 0/3")):
+        result = run_cli([*base, *extra])
+        assert result.exit_code == 1 and held in result.output, result.output
+    one = run_cli(["embed", inputs[1], "-m", graph, "--db", tmp_path / "one"])
+    assert one.exit_code == 0
+    result = run_cli(["embed", inputs[1], "-m", graph, "--db", tmp_path / "one", "--shard", "0/3"])
+    assert result.exit_code == 1 and "holds a run over all the inputs" in result.output
