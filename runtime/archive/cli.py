@@ -43,6 +43,14 @@ def embed(
     shard: Annotated[Optional[str], typer.Option(
         help="Embed shard i/n of the inputs (0-based; by sha256 of the relative path) into its own --db; "
              "`vocalprobe merge --db OUT_DB SHARD_DB...` joins them into the archive of one run.")] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray (pip install 'vocalprobe[ray]').")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="--engine ray: a running cluster (default: start a local "
+                                                   "Ray on this machine's cores).")] = None,
+    num_cpus: Annotated[Optional[float], typer.Option(help="--engine ray: CPUs per actor (default 1, 0 with GPUs).")
+                        ] = None,
+    num_gpus: Annotated[Optional[float], typer.Option(help="--engine ray: GPUs per actor.")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="--engine ray: actors (default: the cluster's CPUs).")
+                           ] = None,
 ) -> None:
     """Embed field recordings once into an archive (resumable; a finished recording is never embedded twice)."""
     from vocalprobe.runtime.archive.embed import embed_sources
@@ -54,6 +62,10 @@ def embed(
 
     if "-" in inputs:
         raise fail("embed reads files and folders, not stdin")
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine must be local or ray, got {engine!r}")
+    if workers > 1 and engine == "ray":
+        raise fail("--workers is for the local engine; with --engine ray use --concurrency")
     net = OnnxModel(model, provider="cpu", threads=threads)
     plan = WindowPlan.from_seconds(window if window is not None else net.sample_duration, hop, net.sample_rate,
                                    final_window)
@@ -68,7 +80,16 @@ def embed(
     _say(f"model: {net.describe()}")
     with ArchiveDB.open_writer(db) as archive:
         archive.mark_shard(None if part is None else str(part))
-        if workers > 1:
+        if engine == "ray":
+            from vocalprobe.runtime.field.ray_engine import embed_with_ray
+            from vocalprobe.runtime.field.workers import ModelSpec
+
+            spec = ModelSpec((str(model),), None, "auto" if num_gpus else "cpu",
+                             threads if threads is not None else max(1, int(num_cpus or 1)))
+            summary = embed_with_ray(files, net, plan, archive, spec=spec, batch=batch, address=address,
+                                     num_cpus=num_cpus, num_gpus=num_gpus, concurrency=concurrency,
+                                     deployment=deployment, positions=positions)
+        elif workers > 1:
             from vocalprobe.runtime.field.workers import ModelSpec, default_threads, embed_with_workers
 
             spec = ModelSpec((str(model),), None, "cpu", threads if threads is not None else default_threads(workers))

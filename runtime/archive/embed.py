@@ -99,6 +99,15 @@ def placement(source: FileSource, deployment: str | None) -> tuple[str, str]:
     return deployment, project
 
 
+def is_archived(archive: ArchiveDB, source: FileSource, deployment: str | None = None) -> bool:
+    """The archive holds ``source`` already, under its name and with its audio (``ArchiveSink.begin`` skips it)."""
+    known = archive.finished(source.name, *placement(source, deployment))
+    try:
+        return known is not None and known == file_sha256(source.path)
+    except FileNotFoundError:
+        return False
+
+
 @dataclass
 class EmbedSummary:
     done: list[str] = field(default_factory=list)

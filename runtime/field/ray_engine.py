@@ -165,6 +165,10 @@ class ChunkPredictor:
         self.model = spec.load()
         self.plan, self.batch, self.sample_rate = plan, batch, sample_rate
         self.providers = ",".join(self.model.providers)
+        self.width = len(self.model.classes)  # values per window
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        return self.model.predict(inputs)
 
     def predict_chunk(self, chunk: Chunk) -> dict:
         probs: list[np.ndarray] = []
@@ -179,16 +183,16 @@ class ChunkPredictor:
                         yield block
 
                 for _windows, inputs in window_batches(counted(), self.plan, self.batch):
-                    probs.append(self.model.predict(inputs))
+                    probs.append(self.run(inputs))
             else:
                 for inputs in _cut_batches(chunk.path, self.plan, self.batch, self.sample_rate, chunk.first_window,
                                            chunk.n_windows):
-                    probs.append(self.model.predict(inputs))
+                    probs.append(self.run(inputs))
             problem = ""
         except AudioError:
             problem = _local_problem(chunk.path, chunk.name, chunk.block_size, self.sample_rate) or "unreadable"
             probs, blocks = [], []
-        array = np.concatenate(probs) if probs else np.zeros((0, len(self.model.classes)), np.float32)
+        array = np.concatenate(probs) if probs else np.zeros((0, self.width), np.float32)
         return {"recording": chunk.recording, "first_window": chunk.first_window, "problem": problem,
                 "probs": array.astype(np.float32).tobytes(), "n_windows": len(array),
                 "blocks": np.asarray(blocks, np.int64).tobytes(), "providers": self.providers}
@@ -198,6 +202,21 @@ class ChunkPredictor:
         out = [self.predict_chunk(Chunk(*(rows[f][i].item() if hasattr(rows[f][i], "item") else rows[f][i]
                                           for f in fields))) for i in range(len(rows["recording"]))]
         return {key: np.array([o[key] for o in out], dtype=object) for key in out[0]} if out else {}
+
+
+class EmbeddingChunkPredictor(ChunkPredictor):
+    """``ChunkPredictor`` for ``embed``: each window's ``[probabilities | embedding]`` from one session run."""
+
+    def __init__(self, spec: ModelSpec, plan: WindowPlan, batch: int, sample_rate: int):
+        super().__init__(spec, plan, batch, sample_rate)
+        self.width += embedding_dim(self.model, plan)
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        return np.concatenate(self.model.predict_with_embedding(inputs), axis=1)
+
+
+def embedding_dim(model, plan: WindowPlan) -> int:
+    return int(model.predict_with_embedding(np.zeros((1, plan.window), np.float32))[1].shape[1])
 
 
 @dataclass
@@ -288,14 +307,26 @@ class _ReplayModel:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self._engine.take(len(batch))
 
+    def predict_with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, embeddings) of a run of ``EmbeddingChunkPredictor``. Before the first recording is read
+        (the archive's probe of the embedding size) the model in this process answers."""
+        if not self._engine.started:
+            return self.inner.predict_with_embedding(batch)
+        both = self._engine.take(len(batch))
+        k = len(self.inner.classes)
+        return both[:, :k], both[:, k:]
+
 
 class RayRun:
     """The driver side: chunks out, probabilities back in input order, replayed through ``run_sources``."""
 
     def __init__(self, sources: Sequence, model, config, spec: ModelSpec, *, concurrency: int | None = None,
                  num_cpus: float | None = None, num_gpus: float | None = None,
-                 chunk_windows: int = DEFAULT_CHUNK_WINDOWS, predictor: type = ChunkPredictor):
+                 chunk_windows: int = DEFAULT_CHUNK_WINDOWS, predictor: type = ChunkPredictor,
+                 width: int | None = None):
+        """``width``: values per window the predictor returns (default: one per class)."""
         check_model_fits(model, config.plan, config.batch)
+        self.started = False
         self.sources = [_Replayed(s, self, i) for i, s in enumerate(sources)]
         self.model = _ReplayModel(model, self)
         self.providers: set[str] = set()
@@ -306,11 +337,13 @@ class RayRun:
         self._results = recording_results(
             self.chunks, predict_on_ray(self.chunks, spec, config.plan, config.batch, model.sample_rate,
                                         concurrency=concurrency, num_cpus=num_cpus, num_gpus=num_gpus,
-                                        predictor=predictor, providers=self.providers), len(model.classes))
-        self._probs = np.zeros((0, len(model.classes)), np.float32)
+                                        predictor=predictor, providers=self.providers),
+            width or len(model.classes))
+        self._probs = np.zeros((0, width or len(model.classes)), np.float32)
         self._offset = 0
 
     def result(self, index: int) -> RecordingResult:
+        self.started = True
         for got, result in self._results:
             if got == index:
                 self._probs, self._offset = result.probs, 0
@@ -339,6 +372,29 @@ def run_with_ray(sources: Sequence, model, config, outputs, state=None, *, spec:
                  num_gpus=num_gpus, chunk_windows=chunk_windows, predictor=predictor)
     summary = run_sources(run.sources, run.model, config, outputs, state, **run_options)
     (run_options.get("log") or log.info)(f"Ray actors' providers: {', '.join(sorted(run.providers)) or 'none'}")
+    return summary
+
+
+def embed_with_ray(sources: Sequence, model, plan: WindowPlan, archive, *, spec: ModelSpec, batch: int = 8,
+                   address: str | None = None, num_cpus: float | None = None, num_gpus: float | None = None,
+                   concurrency: int | None = None, chunk_windows: int = DEFAULT_CHUNK_WINDOWS,
+                   deployment: str | None = None, **embed_options):
+    """``archive.embed.embed_sources`` with the model work done by a Ray Data pipeline: the same archive and
+    summary. Recordings the archive already holds are not sent to the cluster (the local loop lists them)."""
+    from vocalprobe.runtime.archive.embed import embed_sources, is_archived
+    from vocalprobe.runtime.field.stream import DetectConfig
+
+    connect(address)
+    sources = list(sources)
+    pending = [s for s in sources if not is_archived(archive, s, deployment)]
+    run = RayRun(pending, model, DetectConfig(plan, batch=batch), spec, concurrency=concurrency, num_cpus=num_cpus,
+                 num_gpus=num_gpus, chunk_windows=chunk_windows, predictor=EmbeddingChunkPredictor,
+                 width=len(model.classes) + embedding_dim(model, plan))
+    replayed = iter(run.sources)
+    todo = {id(s) for s in pending}
+    sources = [next(replayed) if id(s) in todo else s for s in sources]
+    summary = embed_sources(sources, run.model, plan, archive, batch=batch, deployment=deployment, **embed_options)
+    log.info("Ray actors' providers: %s", ", ".join(sorted(run.providers)) or "none")
     return summary
 
 
