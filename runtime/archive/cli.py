@@ -43,7 +43,7 @@ def embed(
     shard: Annotated[Optional[str], typer.Option(
         help="Embed shard i/n of the inputs (0-based; by sha256 of the relative path) into its own --db; "
              "`vocalprobe merge --db OUT_DB SHARD_DB...` joins them into the archive of one run.")] = None,
-    engine: Annotated[str, typer.Option(help="local, or ray (pip install 'vocalprobe[ray]').")] = "local",
+    engine: Annotated[str, typer.Option(help="local, or ray (pip install 'vocalprobe\\[ray]').")] = "local",
     address: Annotated[Optional[str], typer.Option(help="--engine ray: a running cluster (default: start a local "
                                                    "Ray on this machine's cores).")] = None,
     num_cpus: Annotated[Optional[float], typer.Option(help="--engine ray: CPUs per actor (default 1, 0 with GPUs).")

@@ -260,7 +260,8 @@ def embed_sources(sources: Sequence[FileSource], model: OnnxModel, plan: WindowP
 
 @contextmanager
 def stream_archive(db: Path | None, model, plan: WindowPlan, *, embeddings: bool, stdin: bool = False,
-                   workers: int = 1, engine: str = "local") -> Iterator[ArchiveSink | None]:
+                   workers: int = 1, engine: str = "local", shard: str | None = None
+                   ) -> Iterator[ArchiveSink | None]:
     """``stream --embeddings --db DIR``: the sink ``run_sources`` writes each window's embedding to (None without
     the options); the combinations one archive writer cannot serve are refused before any work."""
     if not embeddings and db is None:
@@ -271,9 +272,9 @@ def stream_archive(db: Path | None, model, plan: WindowPlan, *, embeddings: bool
                            "into the archive folder --db names")
     if stdin:
         raise ArchiveError("--embeddings stores recordings by file: it reads files and folders, not stdin")
-    if workers > 1 or engine != "local":
-        raise ArchiveError("--embeddings writes one archive from one process: drop --workers/--engine ray, or run "
-                           "`vocalprobe embed` per shard into its own --db")
+    if workers > 1 or engine != "local" or shard is not None:
+        raise ArchiveError("--embeddings writes one archive from one process: drop --workers/--shard/--engine ray, "
+                           "or write the archive with `vocalprobe embed`, which takes them")
     if not isinstance(model, OnnxModel):
         raise ArchiveError("--embeddings needs one --model graph (a fusion of several has no single embedding)")
     with ArchiveDB.open_writer(db) as archive:

@@ -178,7 +178,8 @@ def stream(
     from vocalprobe.runtime.archive.embed import stream_archive
 
     with Outputs(out, formats, net.sample_rate / 2, overlap_s=overlap_s) as outputs, stream_archive(
-            db, net, plan, embeddings=embeddings, stdin=inputs == ["-"], workers=workers, engine=engine) as sink:
+            db, net, plan, embeddings=embeddings, stdin=inputs == ["-"], workers=workers, engine=engine,
+            shard=shard) as sink:
         if inputs == ["-"]:
             source = StdinSource(sample_rate, channels, dtype, block_frames=block_size)
             if (out / JOURNAL_NAME).exists():  # its live rows would not be in the journal's count of the JSONL
@@ -244,7 +245,7 @@ def stream(
 def merge(
     folders: Annotated[list[Path], typer.Argument(
         help="OUT (a new output folder) then the --out folders of the `stream --shard i/n` runs; with --db, the "
-             "--db folders of the `embed --shard i/n` runs.", metavar="[OUT] SHARD...")],
+             "--db folders of the `embed --shard i/n` runs.", metavar="FOLDER")],
     db: Annotated[Optional[Path], typer.Option(
         "--db", help="Merge archives instead: this new archive folder gets what one `embed` over all the inputs "
                      "writes.")] = None,

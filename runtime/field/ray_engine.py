@@ -14,6 +14,10 @@ Exactness decides where a recording may be cut:
   started part-way gives samples that differ in the last bits (pre-roll does not make them equal). Such recordings
   are spread over the cluster file by file.
 
+``embed --engine ray`` (``embed_with_ray``) runs the same chunks through ``EmbeddingChunkPredictor``, which returns
+each window's ``[probabilities | embedding]``, and replays them through ``archive.embed.embed_sources`` into the
+archive a local run writes.
+
 Actors that die are restarted and their chunks retried by Ray Data; the driver keeps one result per chunk, so the
 outputs have no duplicates. Ray is an optional extra: ``pip install 'vocalprobe[ray]'``.
 """

@@ -68,7 +68,8 @@ def test_stream_embeddings_refusals(tmp_path, graph, tone_folder, run_cli):
     cases = [(["--embeddings"], "--embeddings and --db DIR go together"),
              (["--db", tmp_path / "db"], "--embeddings and --db DIR go together"),
              (["-m", graph, "--embeddings", "--db", tmp_path / "db"], "a fusion of several has no single"),
-             (["--workers", "2", "--embeddings", "--db", tmp_path / "db"], "one archive from one process")]
+             (["--workers", "2", "--embeddings", "--db", tmp_path / "db"], "one archive from one process"),
+             (["--shard", "0/2", "--embeddings", "--db", tmp_path / "db"], "one archive from one process")]
     for extra, message in cases:
         result = run_cli([*base, *extra])
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
