@@ -151,3 +151,10 @@ def test_a_shards_archive_takes_no_other_shard(embedded, run_cli, inputs, graph,
     assert one.exit_code == 0
     result = run_cli(["embed", inputs[1], "-m", graph, "--db", tmp_path / "one", "--shard", "0/3"])
     assert result.exit_code == 1 and "holds a run over all the inputs" in result.output
+
+
+def test_a_shard_with_workers_is_the_shard_of_one_process(embedded, inputs, graph, run_cli, tmp_path):
+    result = run_cli(["embed", *inputs, "-m", graph, "--hop", "0.25", "--batch", "3", "--db", tmp_path / "s1",
+                      "--shard", "1/3", "--workers", "2", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert_same_archive(tmp_path / "s1", embedded / "s1")
