@@ -1,0 +1,15 @@
+"""The scale-out options `stream` and `embed` share (typer aliases, so both commands say the same thing)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+# "\[" keeps rich's help renderer from reading [ray] as markup (it would print 'vocalprobe').
+EngineOpt = Annotated[str, typer.Option(help="local, or ray (pip install 'vocalprobe\\[ray]').")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="--engine ray: a running cluster (default: start a local "
+                                                   "Ray on this machine's cores).")]
+NumCpusOpt = Annotated[Optional[float], typer.Option(help="--engine ray: CPUs per actor (default 1, 0 with GPUs).")]
+NumGpusOpt = Annotated[Optional[float], typer.Option(help="--engine ray: GPUs per actor.")]
+ConcurrencyOpt = Annotated[Optional[int], typer.Option(help="--engine ray: actors (default: the cluster's CPUs).")]
