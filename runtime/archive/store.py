@@ -301,7 +301,9 @@ class ArchiveDB:
         self._next_id += len(offsets)
         self.db.executemany("INSERT INTO windows (id, recording_id, offsets) VALUES (?, ?, ?)",
                             [(int(k), recording_id, offsets_blob(s, e)) for k, (s, e) in zip(keys, offsets)])
-        self.index.add(keys, np.ascontiguousarray(embeddings, dtype=np.float32))
+        # One thread: usearch's concurrent insertion builds another graph on every run, so the approximate
+        # search of two archives of the same vectors in the same order could differ (workers, shards, Ray).
+        self.index.add(keys, np.ascontiguousarray(embeddings, dtype=np.float32), threads=1)
         self._pending_keys.append(keys)
 
     def commit_recording(self, recording_id: int, sha256: str, n_windows: int, audio_seconds: float,
