@@ -13,6 +13,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from vocalprobe.runtime.core.cli_common import fail, friendly_errors
+from vocalprobe.runtime.field.scale_options import AddressOpt, ConcurrencyOpt, EngineOpt, NumCpusOpt, NumGpusOpt
 
 DbOpt = Annotated[Path, typer.Option("--db", help="Archive database folder (perch-hoplite format).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads (default: onnxruntime's).")]
@@ -43,14 +44,11 @@ def embed(
     shard: Annotated[Optional[str], typer.Option(
         help="Embed shard i/n of the inputs (0-based; by sha256 of the relative path) into its own --db; "
              "`vocalprobe merge --db OUT_DB SHARD_DB...` joins them into the archive of one run.")] = None,
-    engine: Annotated[str, typer.Option(help="local, or ray (pip install 'vocalprobe\\[ray]').")] = "local",
-    address: Annotated[Optional[str], typer.Option(help="--engine ray: a running cluster (default: start a local "
-                                                   "Ray on this machine's cores).")] = None,
-    num_cpus: Annotated[Optional[float], typer.Option(help="--engine ray: CPUs per actor (default 1, 0 with GPUs).")
-                        ] = None,
-    num_gpus: Annotated[Optional[float], typer.Option(help="--engine ray: GPUs per actor.")] = None,
-    concurrency: Annotated[Optional[int], typer.Option(help="--engine ray: actors (default: the cluster's CPUs).")
-                           ] = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    num_cpus: NumCpusOpt = None,
+    num_gpus: NumGpusOpt = None,
+    concurrency: ConcurrencyOpt = None,
 ) -> None:
     """Embed field recordings once into an archive (resumable; a finished recording is never embedded twice)."""
     from vocalprobe.runtime.archive.embed import embed_sources

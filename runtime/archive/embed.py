@@ -23,7 +23,7 @@ from vocalprobe.runtime.core.errors import AudioError
 from vocalprobe.runtime.core.resample import QUALITY
 from vocalprobe.runtime.field.onnx_model import ModelError, OnnxModel
 from vocalprobe.runtime.field.sources import FileSource
-from vocalprobe.runtime.field.stream import window_probabilities
+from vocalprobe.runtime.field.stream import AudioClock, window_probabilities
 from vocalprobe.runtime.field.windows import Window, WindowPlan
 from vocalprobe.runtime.field.writers import parse_recorder_timestamp
 
@@ -232,18 +232,9 @@ def embed_sources(sources: Sequence[FileSource], model: OnnxModel, plan: WindowP
     for source in sources:
         if not sink.begin(source):
             continue
-        n_windows, seconds = 0, 0.0
-
-        def counted(blocks):
-            nonlocal seconds
-            for block in blocks:
-                seconds += len(block) / model.sample_rate
-                if on_audio is not None:
-                    on_audio(len(block) / model.sample_rate)
-                yield block
-
+        n_windows, clock = 0, AudioClock(model.sample_rate, on_audio)
         try:
-            for window, row in window_probabilities(counted(source.blocks(model.sample_rate)), sink.model, plan,
+            for window, row in window_probabilities(clock.count(source.blocks(model.sample_rate)), sink.model, plan,
                                                     batch):
                 sink.add(window, sink.model.split(row)[1])
                 n_windows += 1
@@ -253,7 +244,7 @@ def embed_sources(sources: Sequence[FileSource], model: OnnxModel, plan: WindowP
         except BaseException:
             sink.abort()
             raise
-        sink.commit(n_windows, seconds)
+        sink.commit(n_windows, clock.seconds)
     sink.summary.wall_seconds = time.perf_counter() - started
     return sink.summary
 

@@ -28,7 +28,8 @@ from vocalprobe.runtime.archive.store import (
     offsets_of,
 )
 from vocalprobe.runtime.core.shards import Shard
-from vocalprobe.runtime.field.out_lock import LOCK_NAME, OutputLock
+from vocalprobe.runtime.field.merge import merge_folders
+from vocalprobe.runtime.field.out_lock import OutputLock
 
 log = logging.getLogger(__name__)
 
@@ -152,17 +153,8 @@ def _copy_annotations(out: ArchiveDB, src: ArchiveDB, ids: dict[int, int]) -> No
 
 def merge_archives(out_dir: str | Path, shard_dirs: Sequence[str | Path]) -> ArchiveMergeSummary:
     """Join the shards' archive folders into ``out_dir`` (new or empty); see the module docstring."""
-    out_dir = Path(out_dir)
-    folders = [Path(d) for d in shard_dirs]
-    if not folders:
-        raise ArchiveError("give the --db folders of the shards to merge")
-    if any(p.name != LOCK_NAME for p in out_dir.glob("*")) if out_dir.is_dir() else out_dir.exists():
-        raise ArchiveError(f"{out_dir} is not empty; merge into a new folder")
-    resolved = [f.resolve() for f in folders]
-    if len(set(resolved)) != len(resolved):
-        raise ArchiveError("a shard archive is given twice; give each shard's --db folder once")
-    if out_dir.resolve() in resolved:
-        raise ArchiveError(f"{out_dir} is one of the shards; merge into a new folder")
+    out_dir, folders = merge_folders(out_dir, shard_dirs, ArchiveError, what="--db folders", one="archive",
+                                     flag="--db")
     for folder in folders:
         if not (folder / SQLITE_NAME).is_file():
             raise ArchiveError(f"{folder}: no archive database here ({SQLITE_NAME} missing)")

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from vocalprobe.runtime.core.cli_common import fail, friendly_errors
+from vocalprobe.runtime.field.scale_options import AddressOpt, ConcurrencyOpt, EngineOpt, NumCpusOpt, NumGpusOpt
 
 ModelOpt = Annotated[list[Path], typer.Option("--model", "-m", help="Exported .onnx graph; repeat it to fuse "
                                                                      "several models (probabilities averaged).")]
@@ -110,14 +111,11 @@ def stream(
                                          "(default: cores / workers); outputs are those of one process.")] = 1,
     shard: Annotated[Optional[str], typer.Option(help="Analyse only shard i/n of the files (0-based; stable hash of "
                                                  "each file's relative path), e.g. for a SLURM array.")] = None,
-    engine: Annotated[str, typer.Option(help="local, or ray (pip install 'vocalprobe[ray]').")] = "local",
-    address: Annotated[Optional[str], typer.Option(help="--engine ray: a running cluster (default: start a local "
-                                                   "Ray on this machine's cores).")] = None,
-    num_cpus: Annotated[Optional[float], typer.Option(help="--engine ray: CPUs per actor (default 1, 0 with GPUs).")
-                        ] = None,
-    num_gpus: Annotated[Optional[float], typer.Option(help="--engine ray: GPUs per actor.")] = None,
-    concurrency: Annotated[Optional[int], typer.Option(help="--engine ray: actors (default: the cluster's CPUs).")
-                           ] = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    num_cpus: NumCpusOpt = None,
+    num_gpus: NumGpusOpt = None,
+    concurrency: ConcurrencyOpt = None,
     embeddings: Annotated[bool, typer.Option(help="Also write each window's embedding into the --db archive, as "
                                              "`vocalprobe embed` would (the backbone runs once).")] = False,
     db: Annotated[Optional[Path], typer.Option("--db", help="--embeddings: the archive folder.")] = None,

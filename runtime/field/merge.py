@@ -124,21 +124,30 @@ def _params(shards: Sequence[_Shard]) -> bytes | None:
     return next(iter(found.values()), None)
 
 
+def merge_folders(out_dir: str | Path, shard_dirs: Sequence[str | Path], error: type[Exception], *, what: str,
+                  one: str, flag: str) -> tuple[Path, list[Path]]:
+    """The checks every merge makes of its folders (stream outputs here, archives in ``runtime/archive/merge``):
+    shards given, each once, a new or empty ``out_dir`` that is none of them. ``error`` is raised naming ``what``."""
+    out_dir = Path(out_dir)
+    folders = [Path(d) for d in shard_dirs]
+    if not folders:
+        raise error(f"give the {what} of the shards to merge")
+    if any(p.name != LOCK_NAME for p in out_dir.glob("*")) if out_dir.is_dir() else out_dir.exists():
+        raise error(f"{out_dir} is not empty; merge into a new folder")
+    resolved = [f.resolve() for f in folders]
+    if len(set(resolved)) != len(resolved):
+        raise error(f"a shard {one} is given twice; give each shard's {flag} folder once")
+    if out_dir.resolve() in resolved:
+        raise error(f"{out_dir} is one of the shards; merge into a new folder")
+    return out_dir, folders
+
+
 def merge_outputs(out_dir: str | Path, shard_dirs: Sequence[str | Path]) -> MergeSummary:
     """Join the shard folders into ``out_dir`` (new or empty); see the module docstring."""
     from vocalprobe.runtime.field.outputs import Outputs
 
-    out_dir = Path(out_dir)
-    folders = [Path(d) for d in shard_dirs]
-    if not folders:
-        raise MergeError("give the output folders of the shards to merge")
-    if any(p.name != LOCK_NAME for p in out_dir.glob("*")) if out_dir.is_dir() else out_dir.exists():
-        raise MergeError(f"{out_dir} is not empty; merge into a new folder")
-    resolved = [f.resolve() for f in folders]
-    if len(set(resolved)) != len(resolved):
-        raise MergeError("a shard folder is given twice; give each shard's --out folder once")
-    if out_dir.resolve() in resolved:
-        raise MergeError(f"{out_dir} is one of the shards; merge into a new folder")
+    out_dir, folders = merge_folders(out_dir, shard_dirs, MergeError, what="output folders", one="folder",
+                                     flag="--out")
     locks = [OutputLock(f) for f in folders]  # no shard may still be running
     try:
         for lock, folder in zip(locks, folders):

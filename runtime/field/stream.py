@@ -223,6 +223,21 @@ class _InOrder:
             self.sink(heapq.heappop(self._held)[3])
 
 
+class AudioClock:
+    """Seconds of audio that went through ``count`` (and, per block, to ``on_audio``: a progress bar)."""
+
+    def __init__(self, sample_rate: int, on_audio: Callable[[float], None] | None = None):
+        self.sample_rate, self.on_audio, self.seconds = sample_rate, on_audio, 0.0
+
+    def count(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for block in blocks:
+            seconds = len(block) / self.sample_rate
+            self.seconds += seconds
+            if self.on_audio is not None:
+                self.on_audio(seconds)
+            yield block
+
+
 def detect_stream(blocks: Iterable[np.ndarray], name: str, model: Model, config: DetectConfig, *,
                   on_event: Callable[[Detection], None] | None = None,
                   on_audio: Callable[[float], None] | None = None,
@@ -235,7 +250,7 @@ def detect_stream(blocks: Iterable[np.ndarray], name: str, model: Model, config:
     merger = EventMerger(name, model.sample_rate, config.merge)
     thresholds = config.class_thresholds(model.classes)
     n_detections = 0
-    seconds = 0.0
+    clock = AudioClock(model.sample_rate, on_audio)
 
     def count_row(d: Detection) -> None:
         nonlocal n_detections
@@ -246,14 +261,6 @@ def detect_stream(blocks: Iterable[np.ndarray], name: str, model: Model, config:
     rows = _InOrder(count_row)
     runs: dict[str, float] = {}  # label -> start of its run of consecutive windows (an open merged event)
 
-    def counted() -> Iterator[np.ndarray]:
-        nonlocal seconds
-        for block in blocks:
-            seconds += len(block) / model.sample_rate
-            if on_audio is not None:
-                on_audio(len(block) / model.sample_rate)
-            yield block
-
     def emit(events: list[Detection]) -> None:
         rows.push(events)
         if on_event is not None:
@@ -262,7 +269,7 @@ def detect_stream(blocks: Iterable[np.ndarray], name: str, model: Model, config:
 
     n_windows = 0
     n_classes = len(model.classes)
-    for window, probs in window_probabilities(counted(), model, config.plan, config.batch):
+    for window, probs in window_probabilities(clock.count(blocks), model, config.plan, config.batch):
         n_windows += 1
         if on_embedding is not None:
             on_embedding(window, probs[n_classes:])
@@ -275,7 +282,7 @@ def detect_stream(blocks: Iterable[np.ndarray], name: str, model: Model, config:
         rows.release_before(min([start, *runs.values()]))
     emit(merger.finish())
     rows.flush()
-    return SourceResult(name, n_detections, n_windows, seconds)
+    return SourceResult(name, n_detections, n_windows, clock.seconds)
 
 
 @dataclass

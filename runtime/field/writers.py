@@ -435,11 +435,7 @@ def combine_parquet(parts: Sequence[str | Path], path: str | Path) -> int:
 
 def write_params(params: Sequence[tuple[str, object]], path: str | Path) -> None:
     """``analysis_params.csv``: what a run was made with (``parameter,value``), for readers of its tables."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(("parameter", "value"))
-    writer.writerows(params)
-    atomic_write_text(path, buffer.getvalue())
+    _write_small_csv(path, ("parameter", "value"), params)
 
 
 def jsonl_line(detection: Detection, recording_start: datetime | None = None) -> str:
@@ -534,8 +530,13 @@ class JsonlWriter:
 
 def write_errors(errors: Sequence[tuple[str, str]], path: str | Path) -> None:
     """The inputs a run could not read: ``file,problem``."""
+    _write_small_csv(path, ("file", "problem"), errors)
+
+
+def _write_small_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A table small enough to build in memory, written atomically."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(("file", "problem"))
-    writer.writerows(errors)
+    writer.writerow(header)
+    writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
