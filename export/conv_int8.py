@@ -9,12 +9,13 @@ changed no more than with int8 MatMuls alone (README "int8").
 
 How, for a Conv1d with kernel k and stride s (group 1, no padding, no dilation) on x ``[B, C, T]``:
 
-* x is read channels-last ``[B, T, C]`` and cut into groups of s consecutive frames (a free reshape to
-  ``[B, G, s*C]`` after padding or trimming T to G*s frames; T' = (T - k) // s + 1 output frames,
-  m = ceil(k / s) groups per output frame, G = T' + m - 1);
-* every group is quantized to uint8 with its own range ``[min(group, 0), max(group, 0)]``;
+* x is read channels-last ``[B, T, C]`` and cut into groups of s consecutive frames (T' = (T - k) // s + 1 output
+  frames, m = ceil(k / s) groups per output frame, G = T' + m - 1);
+* every group is quantized to uint8 with its own range ``[min(group, 0), max(group, 0)]``, taken from its frames'
+  ranges; the uint8 codes (not the fp32 frames) are then padded or trimmed to G*s frames and reshaped, for free,
+  to ``[B, G, s*C]``;
 * output frame t reads groups t .. t+m-1: tap block i (taps i*s .. min(k, (i+1)*s) - 1) is the int8 product of
-  group t+i (its first taps*C values) with that block's int8 weights (one scale per output channel and block,
+  group t+i (its first taps*C values) with that block's 7-bit weights (one scale per output channel and block,
   ``MatMulIntegerToFloat``), times the group's scale; the zero points' share is taken off by one rank-m product;
 * the output goes back to ``[B, O, T']`` with the conv's output name; ``graph_rewrites.cancel_transposes`` then
   removes the transposes that meet across the GELU between two rewritten convs.
@@ -101,10 +102,18 @@ class _Builder:
         return self.nodes[-1].output[0]
 
 
+#: Weight codes are 7-bit (``[-64, 64]``), as onnxruntime's ``reduce_range``: CPUs without VNNI (AVX2, AVX-512 before
+#: Cascade Lake) multiply uint8 x int8 with ``vpmaddubsw``, which adds two products into a SATURATING int16; with
+#: 8-bit weights and activation codes near 255 that sum overflows (docs/quantization.md has the measurement).
+#: 255 * 64 * 2 = 32,640 fits, so the product is exact on every CPU.
+WEIGHT_LEVELS = 64
+
+
 def _quantize_weights(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8, one scale per output column: ``block [K, O]`` -> ``(int8 [K, O], scale [O])``."""
-    scale = np.maximum(np.abs(block).max(axis=0), np.float32(1e-30)) / np.float32(127.0)
-    return np.clip(np.round(block / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
+    """Symmetric 7-bit codes, one scale per output column: ``block [K, O]`` -> ``(int8 [K, O], scale [O])``."""
+    levels = np.float32(WEIGHT_LEVELS)
+    scale = np.maximum(np.abs(block).max(axis=0), np.float32(1e-30)) / levels
+    return np.clip(np.round(block / scale), -levels, levels).astype(np.int8), scale.astype(np.float32)
 
 
 def _rewrite(node: "onnx.NodeProto", weight: np.ndarray, bias: str | None) -> tuple[_Builder, str]:
@@ -115,26 +124,43 @@ def _rewrite(node: "onnx.NodeProto", weight: np.ndarray, bias: str | None) -> tu
     blocks = math.ceil(kernel / stride)
     b = _Builder(f"{node.name}/int8conv")
     frames = b.op("Transpose", [node.input[0]], perm=[0, 2, 1])  # [B, T, C]
+    shape = b.op("Shape", [frames])
     length = b.op("Shape", [frames], start=1, end=2)
     out_frames = b.op("Add", [b.op("Div", [b.op("Sub", [length, b.ints([kernel])]), b.ints([stride])]), b.ints([1])])
     groups = b.op("Add", [out_frames, b.ints([blocks - 1])])
     pad = b.op("Sub", [b.op("Mul", [groups, b.ints([stride])]), length])  # negative: trims the unused tail
-    pads = b.op("Concat", [b.ints([0, 0, 0, 0]), pad, b.ints([0])], axis=0)
-    grouped = b.op("Reshape", [b.op("Pad", [frames, pads]), b.ints([0, -1, stride * in_channels])])  # [B, G, sC]
 
+    # A group's range from its frames' ranges (padding with 0 changes nothing: the range always holds 0), so the
+    # fp32 frames are read twice and quantized once, and only their uint8 codes are padded into groups.
     last = b.ints([-1])
     zero = b.const(np.array(0.0, np.float32))
-    low = b.op("Min", [b.op("ReduceMin", [grouped, last], keepdims=1), zero])  # [B, G, 1]
-    high = b.op("Max", [b.op("ReduceMax", [grouped, last], keepdims=1), zero])
+    frame_pads = b.op("Concat", [b.ints([0, 0, 0]), pad], axis=0)
+
+    def group_range(reduce: str, clamp: str) -> str:
+        per_frame = b.op(reduce, [frames, last], keepdims=0)  # [B, T]
+        grouped = b.op("Reshape", [b.op("Pad", [per_frame, frame_pads]), b.ints([0, -1, stride])])  # [B, G, s]
+        return b.op(clamp, [b.op(reduce, [grouped, last], keepdims=0), zero])  # [B, G]
+
+    low, high = group_range("ReduceMin", "Min"), group_range("ReduceMax", "Max")
     scale = b.op("Max", [b.op("Div", [b.op("Sub", [high, low]), b.const(np.array(255.0, np.float32))]),
                          b.const(np.array(1e-30, np.float32))])
     zero_point = b.op("Round", [b.op("Div", [b.op("Neg", [low]), scale])])  # in [0, 255]
-    offset = b.op("Mul", [zero_point, scale])  # code 0 stands for -offset
+    offset = b.op("Unsqueeze", [b.op("Mul", [zero_point, scale]), last])  # [B, G, 1]: code 0 stands for -offset
+    # every frame takes its group's scale and zero point (frames past the last group: the last group's; unread)
+    frame_group = b.op("Min", [b.op("Div", [b.op("Range", [b.const(np.array(0, np.int64)),
+                                                            b.op("Squeeze", [length]),
+                                                            b.const(np.array(1, np.int64))]), b.ints([stride])]),
+                               b.op("Sub", [groups, b.ints([1])])])  # [T]
     flat = b.ints([-1])
-    codes = b.op("QuantizeLinear", [b.op("Reshape", [grouped, b.ints([-1, stride * in_channels])]),
-                                    b.op("Reshape", [scale, flat]),
-                                    b.op("Reshape", [b.op("Cast", [zero_point], to=TensorProto.UINT8), flat])], axis=0)
-    codes = b.op("Reshape", [codes, b.op("Shape", [grouped])])  # [B, G, sC] uint8
+    frame_scale = b.op("Reshape", [b.op("Gather", [scale, frame_group], axis=1), flat])
+    frame_zero = b.op("Reshape", [b.op("Cast", [b.op("Gather", [zero_point, frame_group], axis=1)],
+                                       to=TensorProto.UINT8), flat])
+    codes = b.op("QuantizeLinear", [b.op("Reshape", [frames, b.ints([-1, in_channels])]), frame_scale, frame_zero],
+                 axis=0)
+    code_pads = b.op("Concat", [b.ints([0, 0, 0, 0]), pad, b.ints([0])], axis=0)
+    codes = b.op("Reshape", [b.op("Pad", [b.op("Reshape", [codes, shape]), code_pads]),
+                             b.ints([0, -1, stride * in_channels])])  # [B, G, sC] uint8
+    scale = b.op("Unsqueeze", [scale, last])  # [B, G, 1]
 
     taps_first = weight.transpose(2, 1, 0)  # [k, C, O]
     one = b.const(np.array(1.0, np.float32))

@@ -46,8 +46,8 @@ class StaticRecipe:
     ``conv`` / ``matmul``: "static" (QDQ, calibrated activations), "dynamic" (MatMul only: int8 weights, activations
     quantized at run time) or "fp32". ``fp32_input_conv`` / ``fp32_positional_conv`` / ``fp32_head``: keep those nodes
     in fp32 (module docs). ``calibration``: MinMax, Percentile (``percentile``) or Entropy. ``per_channel``: per
-    output-channel weight scales. ``reduce_range``: 7-bit weights (avoids int16 overflow of older VNNI-less
-    kernels). ``activation_symmetric``: symmetric activation ranges. ``matmul_const_b_only``: statically quantize only
+    output-channel weight scales. ``reduce_range``: 7-bit weights (on by default: CPUs without VNNI add
+    uint8 x int8 products in saturating int16, which 8-bit weights overflow; ``export.conv_int8.WEIGHT_LEVELS``). ``activation_symmetric``: symmetric activation ranges. ``matmul_const_b_only``: statically quantize only
     MatMuls with a constant (weight) operand, not attention's activation x activation products.
     ``conv_output_quantized``: False leaves Conv outputs in fp32 (one rounding less per layer, but onnxruntime then
     cannot fuse the Conv into QLinearConv). ``cnn_layers``: which of the CNN's conv layers are static (0 = the input
@@ -65,7 +65,7 @@ class StaticRecipe:
     calibration: str = "MinMax"
     percentile: float = 99.999
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool = True
     activation_symmetric: bool = False
     matmul_const_b_only: bool = False
     conv_output_quantized: bool = True
@@ -222,8 +222,9 @@ def _dynamic_matmul(source: Path, out: Path, *, nodes_to_exclude=()) -> None:
     root, quiet = logging.getLogger(), _DropAlreadyQuantizedWarning()
     root.addFilter(quiet)
     try:
+        # reduce_range: 7-bit weights, exact on CPUs without VNNI (export.conv_int8.WEIGHT_LEVELS says why)
         quantize_dynamic(str(source), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         per_channel=False, nodes_to_exclude=excluded)
+                         per_channel=False, reduce_range=True, nodes_to_exclude=excluded)
     finally:
         root.removeFilter(quiet)
 

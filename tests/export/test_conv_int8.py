@@ -62,8 +62,8 @@ def reference(x: np.ndarray, weight: np.ndarray, stride: int, bias=None) -> np.n
     wq = np.empty_like(taps)
     for i in range(blocks):
         block = taps[i * stride:(i + 1) * stride]
-        s = np.maximum(np.abs(block).max(axis=(0, 1)), 1e-30) / 127
-        wq[i * stride:(i + 1) * stride] = np.clip(np.round(block / s), -127, 127) * s
+        s = np.maximum(np.abs(block).max(axis=(0, 1)), 1e-30) / 64  # 7-bit weight codes
+        wq[i * stride:(i + 1) * stride] = np.clip(np.round(block / s), -64, 64) * s
     y = np.zeros((batch, frames, out_channels))
     for j in range(kernel):
         y += xq[:, j:j + stride * (frames - 1) + 1:stride] @ wq[j]
@@ -113,6 +113,42 @@ def test_quiet_frames_keep_their_precision_and_batching_changes_nothing():
     together = session.run(None, {"x": batch})[0]
     assert np.array_equal(together[0], y[0])
     assert np.all(np.isfinite(together)) and np.abs(together[2]).max() == 0
+
+
+def test_products_are_exact_where_uint8_times_int8_saturates():
+    """All-positive activations (codes up to 255) against same-sign weights: CPUs without VNNI add two uint8 x int8
+    products into a saturating int16, so 8-bit weight codes overflowed there (up to 15% error on this case); the
+    7-bit codes must give the documented algorithm on every CPU."""
+    from vocalprobe.export.conv_int8 import WEIGHT_LEVELS
+
+    assert 255 * WEIGHT_LEVELS * 2 <= 32767
+    rng = np.random.default_rng(3)
+    weight = np.abs(rng.standard_normal((8, 64, 3))).astype(np.float32)  # every tap of a channel the same sign
+    x = rng.uniform(0.5, 1.0, (2, 64, 41)).astype(np.float32)  # codes near 255
+    y = _session(rewritten(weight, 2)).run(None, {"x": x})[0]
+    expected = reference(x, weight, 2)
+    assert np.abs(y - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_weight_codes_of_exported_int8_graphs_fit_int16_pair_sums(exported, tmp_path):
+    """Every int8 weight that onnxruntime multiplies with uint8 activations is within +-64 (see above), in the
+    dynamic MatMuls (onnxruntime's ``reduce_range``) and the rewritten convs alike."""
+    import onnx
+    from onnx import numpy_helper
+
+    from vocalprobe.export.quantize import quantize_dynamic_matmul, quantize_int8_conv
+
+    _, fp32 = exported(*CASES[0])
+    for quantize, name in ((quantize_int8_conv, "int8conv.onnx"), (quantize_dynamic_matmul, "int8.onnx")):
+        model = onnx.load(str(quantize(fp32, tmp_path / name)))
+        weights = {init.name: init for init in model.graph.initializer}
+        checked = 0
+        for node in model.graph.node:
+            if node.op_type in ("MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger"):
+                codes = numpy_helper.to_array(weights[node.input[1]])
+                assert codes.dtype == np.int8 and np.abs(codes.astype(np.int32)).max() <= 64, node.name
+                checked += 1
+        assert checked > 0
 
 
 def test_unsupported_convolutions_are_left_alone():
