@@ -20,7 +20,7 @@ import numpy as np
 from vocalprobe.export.graph_rewrites import attribute
 from vocalprobe.export.onnx_io import get_metadata, load_model, save_model, set_metadata
 from vocalprobe.runtime.core.errors import VocalprobeError
-from vocalprobe.runtime.core.graph_contract import PRIOR_INPUTS, QUANTIZATION, WAVEFORM
+from vocalprobe.runtime.core.graph_contract import INT8_WEIGHT_BITS, PRIOR_INPUTS, QUANTIZATION, WAVEFORM
 
 if TYPE_CHECKING:
     import onnx
@@ -178,7 +178,7 @@ def static_plan(model: "onnx.ModelProto", recipe: StaticRecipe = DEFAULT_STATIC_
 def _carry_metadata(source: Path, target: Path, kind: str, extra: dict[str, str] | None = None) -> None:
     meta = get_metadata(load_model(source, weights=False))
     model = load_model(target)
-    set_metadata(model, {**meta, QUANTIZATION: kind, **(extra or {})})
+    set_metadata(model, {**meta, QUANTIZATION: kind, INT8_WEIGHT_BITS: "7", **(extra or {})})
     save_model(model, target)
 
 
@@ -399,6 +399,7 @@ def quantize_static_qdq(source: str | Path, target: str | Path, reader,
             dynamic = Path(tmp) / "int8-mixed.onnx"
             _dynamic_matmul(out, dynamic, nodes_to_exclude=static_plan(onnx.load(str(out)), recipe).excluded)
             out = dynamic
-        _carry_metadata(source, out, "int8-static", {"quantization_recipe": recipe.describe()})
+        _carry_metadata(source, out, "int8-static", {"quantization_recipe": recipe.describe(),
+                                                      INT8_WEIGHT_BITS: "7" if recipe.reduce_range else "8"})
         out.replace(target)
     return target

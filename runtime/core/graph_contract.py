@@ -28,6 +28,7 @@ import numpy as np
 from vocalprobe.runtime.core.errors import VocalprobeError
 
 __all__ = ["GraphContractError", "GraphMetadata", "MetadataKey", "METADATA_KEYS", "REQUIRED_KEYS", "WAVEFORM",
+           "INT8_WEIGHT_BITS", "int8_weight_bits",
            "PEAK", "PRIOR_COUNT", "PRIOR_MEAN", "PRIOR_M2", "OPTIONAL_INPUTS", "PRIOR_INPUTS", "INPUT_NAMES",
            "PROBABILITIES", "EMBEDDING", "STATS_COUNT", "STATS_MEAN", "STATS_M2", "STATS_OUTPUTS", "OUTPUT_NAMES",
            "INPUT_AXES", "STATE_BATCH_AXIS", "prior_input_for", "optional_input_defaults", "MAX_WINDOW_SECONDS",
@@ -117,6 +118,7 @@ EMBEDDING_OUTPUTS_KEY = "embedding_outputs_key"
 MAX_CHUNK_SAMPLES = "max_chunk_samples"
 VAL_UAR, TEST_UAR = "val_uar", "test_uar"
 QUANTIZATION = "quantization"
+INT8_WEIGHT_BITS = "int8_weight_bits"
 MEMBERS = "members"
 VERSION = "vocalprobe_version"
 WAVEFORM_LAYOUT = "waveform_layout"
@@ -146,6 +148,8 @@ METADATA_KEYS: tuple[MetadataKey, ...] = (
     # descriptive: written by export, shown to users, never needed to run the graph
     MetadataKey(QUANTIZATION, "none | int8 | int8-conv | int8-static (fusion: comma-joined)", default="none"),
     MetadataKey("quantization_recipe", "text"),
+    MetadataKey(INT8_WEIGHT_BITS, "7 | 8", meaning="bits of the int8 weight codes; 7 is exact on x86 CPUs without "
+                "VNNI (runtime.core.cpu_features); absent on a quantized graph: 8 (written before the key)"),
     MetadataKey("backbone", "label (fusion: 'fusion')"),
     MetadataKey("backbone_name", "model id or path"),
     MetadataKey("backbone_id", "text"),
@@ -296,6 +300,17 @@ class GraphMetadata:
         meta[WAVEFORM_LAYOUT] = self.waveform_layout
         meta[PERCH_HOPLITE_CONFIG] = json.dumps(perch_hoplite_config(self), sort_keys=True)
         return meta
+
+
+def int8_weight_bits(metadata: Mapping[str, str]) -> int | None:
+    """Bits of a graph's int8 weight codes: None for an fp32 graph, 8 for a quantized one written before the key."""
+    modes = {m.strip() for m in metadata.get(QUANTIZATION, "none").split(",")} - {"", "none"}
+    if not modes:
+        return None
+    try:
+        return int(metadata.get(INT8_WEIGHT_BITS, "8"))
+    except ValueError:
+        return 8
 
 
 _CHECKED = ("classes", "sample_rate", "sample_duration", "class_outputs_key", "embedding_outputs_key",

@@ -10,11 +10,13 @@ checks that metadata with the contract's one parser, which names every missing k
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from vocalprobe.runtime.core.cpu_features import int8_pairs_saturate
 from vocalprobe.runtime.core.errors import VocalprobeError
 from vocalprobe.runtime.core.graph_contract import (
     LAYOUT_ANY_LEADING,
@@ -22,7 +24,10 @@ from vocalprobe.runtime.core.graph_contract import (
     WAVEFORM,
     GraphContractError,
     GraphMetadata,
+    int8_weight_bits,
 )
+
+log = logging.getLogger(__name__)
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 _CUDA = "CUDAExecutionProvider"
@@ -101,6 +106,11 @@ class OnnxModel:
                              f"{', '.join(self.providers)} (no usable GPU / CUDA libraries)")
         self.info = GraphMetadata.from_map(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         self._check_signature()
+        if (int8_weight_bits(self.info.metadata) or 0) > 7 and int8_pairs_saturate():
+            log.warning("%s: this int8 graph has 8-bit weight codes, which overflow on this CPU (x86 without VNNI: "
+                        "onnxruntime adds uint8 x int8 products in saturating int16), so its results here differ "
+                        "from a VNNI CPU's. Re-export it with this vocalprobe (7-bit weights, exact everywhere).",
+                        self.path.name)
 
     def _check_signature(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}

@@ -235,6 +235,7 @@ def test_int8_conv_graph_stays_close_to_pytorch(exported, tmp_path, name, layer)
     out = quantize_int8_conv(fp32, tmp_path / "int8conv.onnx")
     meta = read_metadata(out)
     assert meta["quantization"] == "int8-conv" and "per-frame" in meta["quantization_recipe"]
+    assert meta["int8_weight_bits"] == "7"
     model = onnx.load(str(out))
     ops = [n.op_type for n in model.graph.node]
     plan = static_plan(onnx.load(str(fp32)))

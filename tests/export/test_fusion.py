@@ -79,3 +79,24 @@ def test_fusion_refuses_to_overwrite_a_member(tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().startswith("error: --out") and len(result.output.strip().splitlines()) == 1
     assert a.read_bytes() == before
+
+
+def _with_metadata(src, dst, **changes):
+    import onnx
+
+    model = onnx.load(str(src))
+    meta = {k: v for k, v in get_metadata(model).items() if k != "int8_weight_bits"}
+    set_metadata(model, {**meta, **changes})
+    return save_model(model, dst)
+
+
+def test_fusion_carries_the_widest_int8_weight_codes(exported, tmp_path):
+    """A fusion with one member written before the key (8-bit codes) is flagged like that member."""
+    from vocalprobe.export.fusion import fuse_models
+
+    _, a = exported("hubert", 0)
+    new = _with_metadata(a, tmp_path / "new.onnx", quantization="int8-conv", int8_weight_bits="7")
+    old = _with_metadata(a, tmp_path / "old.onnx", quantization="int8")
+    assert "int8_weight_bits" not in OnnxModel(fuse_models([a, a], tmp_path / "f0.onnx")).info.metadata
+    assert OnnxModel(fuse_models([a, new], tmp_path / "f1.onnx")).info.metadata["int8_weight_bits"] == "7"
+    assert OnnxModel(fuse_models([new, old], tmp_path / "f2.onnx")).info.metadata["int8_weight_bits"] == "8"
