@@ -5,9 +5,13 @@ needed. Synthetic clips of 0.1-3 s (uniform) are generated in memory; the figure
 seconds per second of wall time for:
 
 - ``one-pass``: ``LayerFeatures`` with all 13 layers (0..12) from one forward per clip;
+- ``packed``: the same 13 layers with the frames of many clips packed (``PackedFeatures``, what
+  ``extract_features`` runs in float32 on the CPU), timed interleaved with ``one-pass`` (best of ``--rounds``),
+  with the largest relative L2 difference of its features to ``one-pass`` (per clip and layer) and how many clips
+  are bitwise equal; also whether a clip's packed features change with its pack neighbours (packs in reverse);
 - ``per-layer``: 13 truncated modules, one forward each (what extraction per layer would cost);
 - ``extract``: ``extract_features`` end to end on the same clips written as wav files (reading, resampling,
-  bucketing, caching off).
+  packing, caching off).
 
 ``--batching`` adds the measurement behind the batching policy: features of clips zero-padded into one batch vs
 alone (how much padding changes them), and throughput of equal-length batches vs one clip at a time on short
@@ -33,6 +37,7 @@ from vocalprobe.runtime.core.preprocess import repeat_pad
 from vocalprobe.training.backbones import Backbone, resolve_device
 from vocalprobe.training.extract import extract_features
 from vocalprobe.training.features import LayerFeatures
+from vocalprobe.training.packed_features import DEFAULT_MAX_FRAMES, PackedFeatures
 
 RATE = 16_000
 
@@ -98,6 +103,35 @@ def bf16_comparison(module: LayerFeatures, clips: list[np.ndarray], device: torc
           f"median {np.median(errors):.4f}, p95 {np.percentile(errors, 95):.4f}, max {errors.max():.4f}")
 
 
+def packed_comparison(module: LayerFeatures, clips: list[np.ndarray], device: torch.device, rounds: int,
+                      max_frames: int) -> None:
+    """One pass per clip vs packed frames, interleaved, best round each; then how far apart their features are."""
+    padded = [torch.from_numpy(repeat_pad(c)).to(device) for c in clips]  # as extract_features hands them over
+    audio = sum(c.size for c in clips) / RATE
+    packed = PackedFeatures(module, max_frames=max_frames)
+    best = {"one-pass": float("inf"), "packed": float("inf")}
+    with torch.inference_mode():
+        packed.features(padded[:2])  # warm-up
+        for _ in range(rounds):
+            best["one-pass"] = min(best["one-pass"], time_modules([module], [c.numpy() for c in padded], device))
+            _sync(device)
+            start = time.perf_counter()
+            packed.features(padded)
+            _sync(device)
+            best["packed"] = min(best["packed"], time.perf_counter() - start)
+        alone = [module(c[None])[0] for c in padded]
+        together = packed.features(padded)
+        reordered = packed.features(padded[::-1])[::-1]
+    for mode, seconds in best.items():
+        report(f"{mode} (best of {rounds})", len(clips), audio, seconds)
+    rel = max(float(((p - a).norm(dim=-1) / a.norm(dim=-1).clamp_min(1e-12)).max()) for p, a in zip(together, alone))
+    equal = sum(torch.equal(p, a) for p, a in zip(together, alone))
+    same = sum(torch.equal(p, r) for p, r in zip(together, reordered))
+    print(f"packed ({max_frames} frames per pack) is {best['one-pass'] / best['packed']:.2f}x one-pass; features: max "
+          f"relative L2 difference {rel:.3g}, {equal}/{len(clips)} clips bitwise equal to one-pass, "
+          f"{same}/{len(clips)} bitwise equal when packed in reverse order")
+
+
 def report(name: str, n_clips: int, audio_s: float, seconds: float) -> None:
     print(f"{name:<28} {n_clips:5d} clips {seconds:8.2f} s   {n_clips / seconds:8.2f} clips/s   "
           f"{audio_s / seconds:8.1f} audio-s/s")
@@ -139,6 +173,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default). On a "
                         "shared, oversubscribed machine use 1: OpenMP threads waiting on busy cores ran 8x slower")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the packed vs one-pass timing (best kept)")
+    parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES, help="frames per pack")
+    parser.add_argument("--skip-packed", action="store_true", help="skip the packed vs one-pass comparison")
     parser.add_argument("--skip-per-layer", action="store_true", help="skip the (much slower) per-layer mode")
     parser.add_argument("--batching", action="store_true", help="also measure the batching policy")
     parser.add_argument("--bf16", action="store_true", help="also time one pass under bf16 autocast and measure "
@@ -160,6 +197,8 @@ def main() -> None:
     time_modules([one_pass], clips[:2], device)  # warm-up
     one = time_modules([one_pass], clips, device)
     report(f"one-pass ({n_layers + 1} layers)", len(clips), audio, one)
+    if not args.skip_packed:
+        packed_comparison(one_pass, clips, device, args.rounds, args.max_frames)
     if args.bf16:
         bf16_comparison(one_pass, clips, device)
     if not args.skip_per_layer:
@@ -175,7 +214,7 @@ def main() -> None:
             rows.append(ManifestRow(f"c{i:04d}.wav", f"class{i % 4}", split="train"))
         manifest = write_manifest(Path(tmp) / "manifest.csv", rows)
         result = extract_features(manifest, backbone, device=str(device), progress=False)
-        report("extract (files, one-pass)", len(clips), audio, result.stats["seconds"])
+        report("extract (files, packed)", len(clips), audio, result.stats["seconds"])
 
     if args.batching:
         batching(backbone, device, n_short=max(32, args.clips))

@@ -4,8 +4,10 @@ Each clip is read and resampled to 16 kHz (``runtime.clips``), then goes through
 pass gives all requested layers. Clips longer than the chunk limit (default 20 s) are peak-normalised as a whole,
 cut by ``chunk_bounds`` and their chunks' frame statistics merged, so memory follows the chunk, not the clip.
 
-Batching policy (see ``features``' docstring for the measurement): only clips of exactly equal length after repeat
-padding share a batch; any other clip runs alone. Files that cannot be read are reported in ``FeatureSet.failed``
+Batching policy (see ``features``' docstring for the measurement): in float32 on the CPU, clips of any lengths
+share packs of frames (``packed_features``: only the per-frame ops are packed, so each clip keeps its solo
+features); otherwise (bfloat16 / float16, cuda, WavLM) only clips of exactly equal length after repeat padding
+share a batch and any other clip runs alone. Files that cannot be read are reported in ``FeatureSet.failed``
 and left out; the rest finishes.
 
 Cache: ``cache_dir/<key>/`` where the key hashes the backbone (name, source, revision, weights fingerprint, config),
@@ -46,6 +48,7 @@ from vocalprobe.runtime.core.resample import MODEL_SAMPLE_RATE, QUALITY
 from vocalprobe.runtime.core.shards import Shard
 from vocalprobe.training.backbones import Backbone, load_backbone, resolve_device
 from vocalprobe.training.features import LayerFeatures, clip_features
+from vocalprobe.training.packed_features import PackedFeatures
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +206,9 @@ class _Runner:
 
     def __init__(self, module: LayerFeatures, device: torch.device, dtype: str, precision_clips: int):
         self.module, self.device, self.dtype = module, device, dtype
+        # packing only where it was shown exact (fp32 CPU: MKL computes a GEMM row alike whatever the other rows)
+        self.packed = (PackedFeatures(module) if dtype == "float32" and device.type == "cpu"
+                       and PackedFeatures.supports(module) else None)
         self.precision_left = precision_clips if dtype != "float32" else 0
         self.precision: dict | None = None
 
@@ -221,6 +227,13 @@ class _Runner:
                 reference = self.module(x).float().cpu().numpy()
             self._record_precision(out, reference)
         return out
+
+    def pack(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
+        """Repeat-padded 16 kHz clips of any lengths -> ``[n_layers, 2D]`` float32 each (``packed``)."""
+        with torch.inference_mode():
+            out = self.packed.features([torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(self.device)
+                                        for w in waveforms])
+        return [features.cpu().numpy() for features in out]
 
     def long_clip(self, waveform: np.ndarray, chunk_samples: int) -> np.ndarray:
         """One clip longer than ``chunk_samples``: whole-clip peak normalisation, chunks, merged statistics."""
@@ -249,7 +262,8 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
     ``backbone``: a loaded ``Backbone`` or anything ``load_backbone`` accepts. ``layers``: layer indices
     (default all, 0..N). ``device``: auto / cpu / cuda. ``cache_dir``: parent folder of the feature caches (None:
     no cache). ``chunk_seconds``: clips longer than this are processed in chunks (at least 0.625 s, so no chunk
-    needs padding). ``batch_size``: at most this many equal-length clips per forward pass. ``dtype``: float32
+    needs padding). ``batch_size``: at most this many equal-length clips per forward pass
+    where clips are not packed (float32 on the CPU packs up to ``PackedFeatures.max_frames`` frames instead). ``dtype``: float32
     (default), bfloat16 or float16 autocast; for the latter two the difference to float32 on the first
     ``precision_clips`` batched clips is measured and returned in ``FeatureSet.precision``. ``shard_size``: clips
     per cache shard (how much work an interruption can lose). ``shard``: extract only the clips of shard i/n
@@ -356,6 +370,16 @@ def _extract_block(manifest: Manifest, block: list[int], runner: _Runner, chunk_
     pending = 0
     audio_seconds = 0.0
 
+    packed: list[tuple[int, np.ndarray]] = []
+    packed_frames = 0
+
+    def flush_packed() -> None:
+        nonlocal packed_frames
+        results.update(zip((row for row, _ in packed), runner.pack([waveform for _, waveform in packed])))
+        bar.update(len(packed))
+        packed.clear()
+        packed_frames = 0
+
     def flush(length: int) -> None:
         nonlocal pending
         items = buckets.pop(length)
@@ -382,6 +406,13 @@ def _extract_block(manifest: Manifest, block: list[int], runner: _Runner, chunk_
             bar.update(1)
             continue
         clip = repeat_pad(clip)  # the module's own padding, done early so that padded lengths can share a batch
+        if runner.packed is not None:  # consecutive clips of the block, a pack per frame budget
+            frames = runner.packed.frames(clip.size)
+            if packed and packed_frames + frames > runner.packed.max_frames:
+                flush_packed()
+            packed.append((row_index, clip))
+            packed_frames += frames
+            continue
         buckets.setdefault(clip.size, []).append((row_index, clip))
         pending += clip.size
         if len(buckets[clip.size]) >= batch_size:
@@ -390,6 +421,8 @@ def _extract_block(manifest: Manifest, block: list[int], runner: _Runner, chunk_
             flush(max(buckets, key=lambda length: length * len(buckets[length])))
     for length in list(buckets):
         flush(length)
+    if packed:
+        flush_packed()
     rows = sorted(results)
     return rows, [results[r] for r in rows], failed, audio_seconds
 

@@ -15,6 +15,7 @@ from vocalprobe.runtime.core.manifest import ManifestRow, read_manifest, write_m
 from vocalprobe.training import extract as extract_module
 from vocalprobe.training.extract import FeatureCacheError, extract_features
 from vocalprobe.training.features import FrameStats, LayerFeatures
+from vocalprobe.training.packed_features import PackedFeatures
 
 # 0.1 s and 0.2 s clips are padded to 5,000 samples and share a batch; 0.5 s twice shares one too.
 DURATIONS = [0.1, 0.5, 0.2, 1.3, 0.5, 0.05, 0.9]
@@ -116,19 +117,19 @@ def test_cache_hit_resume_and_invalidation(tmp_path, manifest_path, tiny_backbon
     reference = extract_features(manifest, tiny_backbone, device="cpu", progress=False)
 
     calls = {"n": 0}
-    original = extract_module._Runner.batch
+    original = extract_module._extract_block
 
-    def interrupted(self, waveforms):
+    def interrupted(*args, **kwargs):  # interrupted while computing the second cache shard (packed or batched)
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 2:
             raise KeyboardInterrupt
-        return original(self, waveforms)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(extract_module._Runner, "batch", interrupted)
+    monkeypatch.setattr(extract_module, "_extract_block", interrupted)
     with pytest.raises(KeyboardInterrupt):
         extract_features(manifest, tiny_backbone, device="cpu", cache_dir=cache, batch_size=1, shard_size=2,
                          progress=False)
-    monkeypatch.setattr(extract_module._Runner, "batch", original)
+    monkeypatch.setattr(extract_module, "_extract_block", original)
     (folder,) = cache.iterdir()
     index = json.loads((folder / "index.json").read_text())
     assert [s["rows"] for s in index["shards"]] == [[0, 1]]  # the first shard survived the interruption
@@ -185,7 +186,14 @@ def test_long_clip_never_runs_more_than_a_chunk(tmp_path, synthetic_manifest, ti
         seen.append(int(waveform.shape[-1]))
         return original(self, waveform)
 
+    packed = PackedFeatures.frame_stats
+
+    def recording_packed(self, waveforms):  # the short clip goes through the packed runner
+        seen.extend(int(w.shape[-1]) for w in waveforms)
+        return packed(self, waveforms)
+
     monkeypatch.setattr(LayerFeatures, "frame_stats", recording)
+    monkeypatch.setattr(PackedFeatures, "frame_stats", recording_packed)
     result = extract_features(manifest, tiny_backbone, device="cpu", chunk_seconds=2.0, progress=False)
     assert result.features.shape[0] == 2
     assert max(seen) <= 32_000 and sum(seen[:4]) == int(7.3 * 16_000)  # 4 chunks of the long clip, then the short
