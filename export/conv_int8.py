@@ -15,7 +15,8 @@ How, for a Conv1d with kernel k and stride s (group 1, no padding, no dilation) 
   ranges; the uint8 codes (not the fp32 frames) are then padded or trimmed to G*s frames and reshaped, for free,
   to ``[B, G, s*C]``;
 * output frame t reads groups t .. t+m-1: tap block i (taps i*s .. min(k, (i+1)*s) - 1) is the int8 product of
-  group t+i (its first taps*C values) with that block's 7-bit weights (one scale per output channel and block,
+  group t+i (its first taps*C values) with that block's int8 weights (one scale per output channel and block,
+  chosen by ``export.int8_weights`` so that the product is exact on every CPU,
   ``MatMulIntegerToFloat``), times the group's scale; the zero points' share is taken off by one rank-m product;
 * the output goes back to ``[B, O, T']`` with the conv's output name; ``graph_rewrites.cancel_transposes`` then
   removes the transposes that meet across the GELU between two rewritten convs.
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 import numpy as np
 
 from vocalprobe.export.graph_rewrites import MS_DOMAIN, attribute, replace_nodes, use_ms_domain
+from vocalprobe.export.int8_weights import pair_safe_codes
 
 if TYPE_CHECKING:
     import onnx
@@ -102,20 +104,6 @@ class _Builder:
         return self.nodes[-1].output[0]
 
 
-#: Weight codes are 7-bit (``[-64, 64]``), as onnxruntime's ``reduce_range``: CPUs without VNNI (AVX2, AVX-512 before
-#: Cascade Lake) multiply uint8 x int8 with ``vpmaddubsw``, which adds two products into a SATURATING int16; with
-#: 8-bit weights and activation codes near 255 that sum overflows (docs/quantization.md has the measurement).
-#: 255 * 64 * 2 = 32,640 fits, so the product is exact on every CPU.
-WEIGHT_LEVELS = 64
-
-
-def _quantize_weights(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric 7-bit codes, one scale per output column: ``block [K, O]`` -> ``(int8 [K, O], scale [O])``."""
-    levels = np.float32(WEIGHT_LEVELS)
-    scale = np.maximum(np.abs(block).max(axis=0), np.float32(1e-30)) / levels
-    return np.clip(np.round(block / scale), -levels, levels).astype(np.int8), scale.astype(np.float32)
-
-
 def _rewrite(node: "onnx.NodeProto", weight: np.ndarray, bias: str | None) -> tuple[_Builder, str]:
     from onnx import TensorProto
 
@@ -173,8 +161,8 @@ def _rewrite(node: "onnx.NodeProto", weight: np.ndarray, bias: str | None) -> tu
         if blocks > 1 or taps < stride:
             rows = b.op("Slice", [codes, b.op("Concat", [start, b.ints([0])], axis=0),
                                   b.op("Concat", [end, b.ints([taps * in_channels])], axis=0), b.ints([1, 2])])
-        w_int8, w_scale = _quantize_weights(taps_first[i * stride:i * stride + taps].reshape(taps * in_channels,
-                                                                                             out_channels))
+        w_int8, w_scale = pair_safe_codes(taps_first[i * stride:i * stride + taps].reshape(taps * in_channels,
+                                                                                           out_channels))
         product = b.op("MatMulIntegerToFloat", [rows, b.const(w_int8, "weight"), one, b.const(w_scale, "weight_scale")],
                        domain=MS_DOMAIN)
         row_scale = scale if blocks == 1 else b.op("Slice", [scale, start, end, b.ints([1])])

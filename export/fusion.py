@@ -21,9 +21,9 @@ import numpy as np
 
 from vocalprobe.export.onnx_io import OnnxFileError, get_metadata, load_model, save_model, set_metadata
 from vocalprobe.runtime.core.errors import VocalprobeError
-from vocalprobe.runtime.core.graph_contract import (EMBEDDING, INT8_WEIGHT_BITS, MEMBERS, PEAK, PRIOR_INPUTS,
+from vocalprobe.runtime.core.graph_contract import (EMBEDDING, INT8_SAFE_WEIGHTS, INT8_WEIGHTS, MEMBERS, PEAK, PRIOR_INPUTS,
                                                     PROBABILITIES, QUANTIZATION, STATE_BATCH_AXIS, STATS_OUTPUTS,
-                                                    WAVEFORM, GraphMetadata, int8_weight_bits)
+                                                    WAVEFORM, GraphMetadata, int8_weights)
 from vocalprobe.runtime.field.ensemble import normalized_weights
 
 __all__ = ["FusionError", "fuse_models", "fusion_from_study"]
@@ -100,6 +100,13 @@ def _opset_imports(members: list[_Member]) -> dict[str, int]:
                                   f"another member {versions[domain]}; re-export them with the same vocalprobe")
             versions[domain] = entry.version
     return versions
+
+
+def _fused_int8_weights(members: list[_Member]) -> str | None:
+    """One unsafe member makes the fusion unsafe (``INT8_WEIGHTS``)."""
+    kinds = {kind for m in members if (kind := int8_weights(m.info.metadata))}
+    unsafe = sorted(kinds - set(INT8_SAFE_WEIGHTS))
+    return unsafe[0] if unsafe else (",".join(sorted(kinds)) or None)
 
 
 def fuse_models(paths: Sequence[str | Path], out_path: str | Path, *, weights: Sequence[float] | None = None,
@@ -181,7 +188,7 @@ def fuse_models(paths: Sequence[str | Path], out_path: str | Path, *, weights: S
              if len({m.info.metadata.get("manifest_sha256") for m in members}) == 1 else None,
              "preprocessing": first_meta.get("preprocessing"), "backbone": "fusion",
              QUANTIZATION: ",".join(sorted({d["quantization"] for d in described})),
-             INT8_WEIGHT_BITS: max((b for m in members if (b := int8_weight_bits(m.info.metadata))), default=None),
+             INT8_WEIGHTS: _fused_int8_weights(members),
              **(extra_metadata or {})}
     metadata = build_metadata(classes=classes, sample_rate=members[0].info.sample_rate,
                               sample_duration=sample_duration or members[0].info.sample_duration,

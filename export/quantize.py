@@ -20,7 +20,7 @@ import numpy as np
 from vocalprobe.export.graph_rewrites import attribute
 from vocalprobe.export.onnx_io import get_metadata, load_model, save_model, set_metadata
 from vocalprobe.runtime.core.errors import VocalprobeError
-from vocalprobe.runtime.core.graph_contract import INT8_WEIGHT_BITS, PRIOR_INPUTS, QUANTIZATION, WAVEFORM
+from vocalprobe.runtime.core.graph_contract import INT8_WEIGHTS, PRIOR_INPUTS, QUANTIZATION, WAVEFORM
 
 if TYPE_CHECKING:
     import onnx
@@ -47,7 +47,7 @@ class StaticRecipe:
     quantized at run time) or "fp32". ``fp32_input_conv`` / ``fp32_positional_conv`` / ``fp32_head``: keep those nodes
     in fp32 (module docs). ``calibration``: MinMax, Percentile (``percentile``) or Entropy. ``per_channel``: per
     output-channel weight scales. ``reduce_range``: 7-bit weights (on by default: CPUs without VNNI add
-    uint8 x int8 products in saturating int16, which 8-bit weights overflow; ``export.conv_int8.WEIGHT_LEVELS``). ``activation_symmetric``: symmetric activation ranges. ``matmul_const_b_only``: statically quantize only
+    uint8 x int8 products in saturating int16, which 8-bit weights overflow; ``export.int8_weights``). ``activation_symmetric``: symmetric activation ranges. ``matmul_const_b_only``: statically quantize only
     MatMuls with a constant (weight) operand, not attention's activation x activation products.
     ``conv_output_quantized``: False leaves Conv outputs in fp32 (one rounding less per layer, but onnxruntime then
     cannot fuse the Conv into QLinearConv). ``cnn_layers``: which of the CNN's conv layers are static (0 = the input
@@ -178,7 +178,7 @@ def static_plan(model: "onnx.ModelProto", recipe: StaticRecipe = DEFAULT_STATIC_
 def _carry_metadata(source: Path, target: Path, kind: str, extra: dict[str, str] | None = None) -> None:
     meta = get_metadata(load_model(source, weights=False))
     model = load_model(target)
-    set_metadata(model, {**meta, QUANTIZATION: kind, INT8_WEIGHT_BITS: "7", **(extra or {})})
+    set_metadata(model, {**meta, QUANTIZATION: kind, INT8_WEIGHTS: "pair-safe", **(extra or {})})
     save_model(model, target)
 
 
@@ -215,18 +215,27 @@ class _DropAlreadyQuantizedWarning(logging.Filter):
 
 
 def _dynamic_matmul(source: Path, out: Path, *, nodes_to_exclude=()) -> None:
+    import onnx
+    from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from vocalprobe.export.int8_weights import requantize_dynamic_matmuls
 
     # the dynamic quantizer first rewrites every Gemm as MatMul + Add (named ``<gemm>_MatMul``): exclude those too
     excluded = [name for node in nodes_to_exclude for name in (node, f"{node}_MatMul")]
     root, quiet = logging.getLogger(), _DropAlreadyQuantizedWarning()
     root.addFilter(quiet)
     try:
-        # reduce_range: 7-bit weights, exact on CPUs without VNNI (export.conv_int8.WEIGHT_LEVELS says why)
         quantize_dynamic(str(source), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         per_channel=False, reduce_range=True, nodes_to_exclude=excluded)
+                         per_channel=False, nodes_to_exclude=excluded)
     finally:
         root.removeFilter(quiet)
+    # codes whose uint8 x int8 products are exact on every CPU (export.int8_weights says why)
+    fp32 = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(source)).graph.initializer
+            if len(init.dims) == 2}
+    model = onnx.load(str(out))
+    if requantize_dynamic_matmuls(model, fp32):
+        onnx.save(model, str(out))
 
 
 def _positional_conv_as_dft(path: Path) -> None:
@@ -400,6 +409,6 @@ def quantize_static_qdq(source: str | Path, target: str | Path, reader,
             _dynamic_matmul(out, dynamic, nodes_to_exclude=static_plan(onnx.load(str(out)), recipe).excluded)
             out = dynamic
         _carry_metadata(source, out, "int8-static", {"quantization_recipe": recipe.describe(),
-                                                      INT8_WEIGHT_BITS: "7" if recipe.reduce_range else "8"})
+                                                      INT8_WEIGHTS: "7-bit" if recipe.reduce_range else "8-bit"})
         out.replace(target)
     return target

@@ -2,9 +2,9 @@
 
 onnxruntime multiplies uint8 activations by int8 weights with ``vpmaddubsw`` on x86 CPUs without VNNI (AVX2, and
 AVX-512 before VNNI): it adds two products into a saturating int16, so 8-bit weight codes can overflow there and
-the graph answers differently than on a VNNI CPU or an ARM board. vocalprobe writes 7-bit weight codes since the
-``int8_weight_bits`` metadata key exists (``export.conv_int8.WEIGHT_LEVELS``); older int8 graphs need re-exporting
-before they run on such a CPU.
+the graph answers differently than on a VNNI CPU or an ARM board. vocalprobe writes codes that cannot overflow
+since the ``int8_weights`` metadata key exists (``export.int8_weights``); older int8 graphs need re-exporting before
+they run on such a CPU.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import numpy as np
 from vocalprobe.runtime.core.errors import VocalprobeError
 
 __all__ = ["GraphContractError", "GraphMetadata", "MetadataKey", "METADATA_KEYS", "REQUIRED_KEYS", "WAVEFORM",
-           "INT8_WEIGHT_BITS", "int8_weight_bits",
+           "INT8_WEIGHTS", "INT8_SAFE_WEIGHTS", "int8_weights",
            "PEAK", "PRIOR_COUNT", "PRIOR_MEAN", "PRIOR_M2", "OPTIONAL_INPUTS", "PRIOR_INPUTS", "INPUT_NAMES",
            "PROBABILITIES", "EMBEDDING", "STATS_COUNT", "STATS_MEAN", "STATS_M2", "STATS_OUTPUTS", "OUTPUT_NAMES",
            "INPUT_AXES", "STATE_BATCH_AXIS", "prior_input_for", "optional_input_defaults", "MAX_WINDOW_SECONDS",
@@ -118,7 +118,9 @@ EMBEDDING_OUTPUTS_KEY = "embedding_outputs_key"
 MAX_CHUNK_SAMPLES = "max_chunk_samples"
 VAL_UAR, TEST_UAR = "val_uar", "test_uar"
 QUANTIZATION = "quantization"
-INT8_WEIGHT_BITS = "int8_weight_bits"
+INT8_WEIGHTS = "int8_weights"
+#: int8 weight codes whose products are exact on every CPU (export.int8_weights; ``reduce_range``)
+INT8_SAFE_WEIGHTS = ("pair-safe", "7-bit")
 MEMBERS = "members"
 VERSION = "vocalprobe_version"
 WAVEFORM_LAYOUT = "waveform_layout"
@@ -148,8 +150,9 @@ METADATA_KEYS: tuple[MetadataKey, ...] = (
     # descriptive: written by export, shown to users, never needed to run the graph
     MetadataKey(QUANTIZATION, "none | int8 | int8-conv | int8-static (fusion: comma-joined)", default="none"),
     MetadataKey("quantization_recipe", "text"),
-    MetadataKey(INT8_WEIGHT_BITS, "7 | 8", meaning="bits of the int8 weight codes; 7 is exact on x86 CPUs without "
-                "VNNI (runtime.core.cpu_features); absent on a quantized graph: 8 (written before the key)"),
+    MetadataKey(INT8_WEIGHTS, "pair-safe | 7-bit | 8-bit", meaning="the int8 weight codes: pair-safe and 7-bit are "
+                "exact on x86 CPUs without VNNI, 8-bit is not (runtime.core.cpu_features); absent on a quantized "
+                "graph: 8-bit (written before the key)"),
     MetadataKey("backbone", "label (fusion: 'fusion')"),
     MetadataKey("backbone_name", "model id or path"),
     MetadataKey("backbone_id", "text"),
@@ -302,15 +305,13 @@ class GraphMetadata:
         return meta
 
 
-def int8_weight_bits(metadata: Mapping[str, str]) -> int | None:
-    """Bits of a graph's int8 weight codes: None for an fp32 graph, 8 for a quantized one written before the key."""
+def int8_weights(metadata: Mapping[str, str]) -> str | None:
+    """A graph's int8 weight codes (``INT8_WEIGHTS``): None for an fp32 graph, "8-bit" for a quantized one written
+    before the key."""
     modes = {m.strip() for m in metadata.get(QUANTIZATION, "none").split(",")} - {"", "none"}
     if not modes:
         return None
-    try:
-        return int(metadata.get(INT8_WEIGHT_BITS, "8"))
-    except ValueError:
-        return 8
+    return metadata.get(INT8_WEIGHTS, "8-bit")
 
 
 _CHECKED = ("classes", "sample_rate", "sample_duration", "class_outputs_key", "embedding_outputs_key",

@@ -24,7 +24,8 @@ from vocalprobe.runtime.core.graph_contract import (
     WAVEFORM,
     GraphContractError,
     GraphMetadata,
-    int8_weight_bits,
+    INT8_SAFE_WEIGHTS,
+    int8_weights,
 )
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,10 @@ class OnnxModel:
                              f"{', '.join(self.providers)} (no usable GPU / CUDA libraries)")
         self.info = GraphMetadata.from_map(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         self._check_signature()
-        if (int8_weight_bits(self.info.metadata) or 0) > 7 and int8_pairs_saturate():
+        if int8_weights(self.info.metadata) not in (None, *INT8_SAFE_WEIGHTS) and int8_pairs_saturate():
             log.warning("%s: this int8 graph has 8-bit weight codes, which overflow on this CPU (x86 without VNNI: "
                         "onnxruntime adds uint8 x int8 products in saturating int16), so its results here differ "
-                        "from a VNNI CPU's. Re-export it with this vocalprobe (7-bit weights, exact everywhere).",
+                        "from a VNNI CPU's. Re-export it with this vocalprobe (its int8 codes are exact on every CPU).",
                         self.path.name)
 
     def _check_signature(self) -> None:

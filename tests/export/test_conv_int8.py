@@ -62,8 +62,12 @@ def reference(x: np.ndarray, weight: np.ndarray, stride: int, bias=None) -> np.n
     wq = np.empty_like(taps)
     for i in range(blocks):
         block = taps[i * stride:(i + 1) * stride]
-        s = np.maximum(np.abs(block).max(axis=(0, 1)), 1e-30) / 64  # 7-bit weight codes
-        wq[i * stride:(i + 1) * stride] = np.clip(np.round(block / s), -64, 64) * s
+        rows = block.reshape(-1, out_channels)  # the product's K axis: tap-major, then channel
+        rows = np.vstack([rows, np.zeros((len(rows) % 2, out_channels))])
+        # one scale per output channel: no code above 127, no aligned pair of codes summing above 127 (+ rounding)
+        reach = np.maximum(np.abs(rows).max(axis=0), np.abs(rows[0::2] + rows[1::2]).max(axis=0))
+        s = (np.maximum(reach, 1e-30) / 127).astype(np.float32).astype(np.float64)
+        wq[i * stride:(i + 1) * stride] = np.clip(np.round(block / s), -127, 127) * s
     y = np.zeros((batch, frames, out_channels))
     for j in range(kernel):
         y += xq[:, j:j + stride * (frames - 1) + 1:stride] @ wq[j]
@@ -116,12 +120,9 @@ def test_quiet_frames_keep_their_precision_and_batching_changes_nothing():
 
 
 def test_products_are_exact_where_uint8_times_int8_saturates():
-    """All-positive activations (codes up to 255) against same-sign weights: CPUs without VNNI add two uint8 x int8
-    products into a saturating int16, so 8-bit weight codes overflowed there (up to 15% error on this case); the
-    7-bit codes must give the documented algorithm on every CPU."""
-    from vocalprobe.export.conv_int8 import WEIGHT_LEVELS
-
-    assert 255 * WEIGHT_LEVELS * 2 <= 32767
+    """All-positive activations (codes up to 255) against same-sign weights: CPUs without VNNI add two neighbouring
+    uint8 x int8 products into a saturating int16, so plain 8-bit weight codes overflowed there (15% error on a case
+    like this one); the pair-safe codes must give the documented algorithm on every CPU."""
     rng = np.random.default_rng(3)
     weight = np.abs(rng.standard_normal((8, 64, 3))).astype(np.float32)  # every tap of a channel the same sign
     x = rng.uniform(0.5, 1.0, (2, 64, 41)).astype(np.float32)  # codes near 255
@@ -130,12 +131,30 @@ def test_products_are_exact_where_uint8_times_int8_saturates():
     assert np.abs(y - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
-def test_weight_codes_of_exported_int8_graphs_fit_int16_pair_sums(exported, tmp_path):
-    """Every int8 weight that onnxruntime multiplies with uint8 activations is within +-64 (see above), in the
-    dynamic MatMuls (onnxruntime's ``reduce_range``) and the rewritten convs alike."""
+def test_pair_safe_codes_bound_every_aligned_pair():
+    from vocalprobe.export.int8_weights import PAIR_LIMIT, pair_safe_codes
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((515, 7))  # odd K: the last code pairs with nothing
+    w[10:12, 3] = [5.0, 5.0]  # one same-sign pair far above the rest: that column's scale follows it
+    for per_column in (True, False):
+        codes, scale = pair_safe_codes(w, per_column=per_column)
+        c = np.vstack([codes.astype(np.int32), np.zeros((1, 7), np.int32)])
+        assert np.abs(c[0::2] + c[1::2]).max() <= PAIR_LIMIT and np.abs(codes.astype(np.int32)).max() <= 127
+        assert scale.shape == ((7,) if per_column else ())
+        assert np.abs(codes * scale - w).max() <= 0.5 * scale.max() + 1e-6
+    codes, scale = pair_safe_codes(w)
+    plain = np.abs(w).max(axis=0) / 127  # what a per-column 8-bit scale would be
+    assert scale[3] > 1.5 * plain[3] and np.allclose(np.delete(scale, 3), np.delete(plain, 3), rtol=0.6)
+
+
+def test_weight_codes_of_exported_int8_graphs_are_pair_safe(exported, tmp_path):
+    """Every int8 weight that onnxruntime multiplies with uint8 activations keeps each aligned pair of codes within
+    +-128 (see above), in the dynamic MatMuls and the rewritten convs alike."""
     import onnx
     from onnx import numpy_helper
 
+    from vocalprobe.export.int8_weights import PAIR_LIMIT
     from vocalprobe.export.quantize import quantize_dynamic_matmul, quantize_int8_conv
 
     _, fp32 = exported(*CASES[0])
@@ -145,8 +164,9 @@ def test_weight_codes_of_exported_int8_graphs_fit_int16_pair_sums(exported, tmp_
         checked = 0
         for node in model.graph.node:
             if node.op_type in ("MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger"):
-                codes = numpy_helper.to_array(weights[node.input[1]])
-                assert codes.dtype == np.int8 and np.abs(codes.astype(np.int32)).max() <= 64, node.name
+                codes = numpy_helper.to_array(weights[node.input[1]]).astype(np.int32)
+                codes = np.vstack([codes, np.zeros((len(codes) % 2, codes.shape[1]), np.int32)])
+                assert np.abs(codes[0::2] + codes[1::2]).max() <= PAIR_LIMIT, node.name
                 checked += 1
         assert checked > 0
 
@@ -235,7 +255,7 @@ def test_int8_conv_graph_stays_close_to_pytorch(exported, tmp_path, name, layer)
     out = quantize_int8_conv(fp32, tmp_path / "int8conv.onnx")
     meta = read_metadata(out)
     assert meta["quantization"] == "int8-conv" and "per-frame" in meta["quantization_recipe"]
-    assert meta["int8_weight_bits"] == "7"
+    assert meta["int8_weights"] == "pair-safe"
     model = onnx.load(str(out))
     ops = [n.op_type for n in model.graph.node]
     plan = static_plan(onnx.load(str(fp32)))

@@ -85,7 +85,7 @@ def _with_metadata(src, dst, **changes):
     import onnx
 
     model = onnx.load(str(src))
-    meta = {k: v for k, v in get_metadata(model).items() if k != "int8_weight_bits"}
+    meta = {k: v for k, v in get_metadata(model).items() if k != "int8_weights"}
     set_metadata(model, {**meta, **changes})
     return save_model(model, dst)
 
@@ -95,8 +95,8 @@ def test_fusion_carries_the_widest_int8_weight_codes(exported, tmp_path):
     from vocalprobe.export.fusion import fuse_models
 
     _, a = exported("hubert", 0)
-    new = _with_metadata(a, tmp_path / "new.onnx", quantization="int8-conv", int8_weight_bits="7")
+    new = _with_metadata(a, tmp_path / "new.onnx", quantization="int8-conv", int8_weights="pair-safe")
     old = _with_metadata(a, tmp_path / "old.onnx", quantization="int8")
-    assert "int8_weight_bits" not in OnnxModel(fuse_models([a, a], tmp_path / "f0.onnx")).info.metadata
-    assert OnnxModel(fuse_models([a, new], tmp_path / "f1.onnx")).info.metadata["int8_weight_bits"] == "7"
-    assert OnnxModel(fuse_models([new, old], tmp_path / "f2.onnx")).info.metadata["int8_weight_bits"] == "8"
+    assert "int8_weights" not in OnnxModel(fuse_models([a, a], tmp_path / "f0.onnx")).info.metadata
+    assert OnnxModel(fuse_models([a, new], tmp_path / "f1.onnx")).info.metadata["int8_weights"] == "pair-safe"
+    assert OnnxModel(fuse_models([new, old], tmp_path / "f2.onnx")).info.metadata["int8_weights"] == "8-bit"

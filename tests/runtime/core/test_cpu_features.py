@@ -8,7 +8,7 @@ import pytest
 from runtime_graphs import build_band_graph
 
 from vocalprobe.runtime.core import cpu_features
-from vocalprobe.runtime.core.graph_contract import INT8_WEIGHT_BITS, QUANTIZATION, int8_weight_bits
+from vocalprobe.runtime.core.graph_contract import INT8_WEIGHTS, QUANTIZATION, int8_weights
 
 AVX2 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
 VNNI = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw avx512_vnni avx512_bf16\n"
@@ -30,17 +30,17 @@ def test_arm_never_saturates(tmp_path, monkeypatch):
 
 
 def test_weight_bits_of_a_graph():
-    assert int8_weight_bits({QUANTIZATION: "none"}) is None and int8_weight_bits({}) is None
-    assert int8_weight_bits({QUANTIZATION: "int8-conv"}) == 8  # written before the key: 8-bit codes
-    assert int8_weight_bits({QUANTIZATION: "int8,none", INT8_WEIGHT_BITS: "7"}) == 7
+    assert int8_weights({QUANTIZATION: "none"}) is None and int8_weights({}) is None
+    assert int8_weights({QUANTIZATION: "int8-conv"}) == "8-bit"  # written before the key
+    assert int8_weights({QUANTIZATION: "int8,none", INT8_WEIGHTS: "pair-safe"}) == "pair-safe"
 
 
-@pytest.mark.parametrize("bits,warned", [(None, True), ("7", False)])
+@pytest.mark.parametrize("bits,warned", [(None, True), ("8-bit", True), ("pair-safe", False), ("7-bit", False)])
 def test_an_old_int8_graph_is_flagged_on_a_saturating_cpu(tmp_path, monkeypatch, caplog, bits, warned):
     from vocalprobe.runtime.field import onnx_model
 
     monkeypatch.setattr(onnx_model, "int8_pairs_saturate", lambda: True)
-    metadata = {QUANTIZATION: "int8-conv", **({INT8_WEIGHT_BITS: bits} if bits else {})}
+    metadata = {QUANTIZATION: "int8-conv", **({INT8_WEIGHTS: bits} if bits else {})}
     path = build_band_graph(tmp_path / "g.onnx", metadata=metadata)
     with caplog.at_level(logging.WARNING, logger=onnx_model.__name__):
         onnx_model.OnnxModel(path)
