@@ -400,13 +400,20 @@ def run_with_workers(sources: Sequence, model, config, outputs, state=None, *, s
 
 
 def embed_with_workers(sources: Sequence, model, plan: WindowPlan, archive, *, spec: ModelSpec, workers: int,
-                       batch: int = 8, **embed_options):
-    """``archive.embed.embed_sources`` with the model work spread over ``workers`` processes: the same archive."""
-    from vocalprobe.runtime.archive.embed import embed_sources
+                       batch: int = 8, deployment: str | None = None, **embed_options):
+    """``archive.embed.embed_sources`` with the model work spread over ``workers`` processes: the same archive.
+    Recordings the archive already holds are not read ahead nor sent to the pool (the local loop lists them), so
+    a resumed run costs only what is left."""
+    from vocalprobe.runtime.archive.embed import embed_sources, is_archived
     from vocalprobe.runtime.field.stream import DetectConfig
 
     config = DetectConfig(plan, batch=batch)
-    with WorkerPool(spec, workers) as pool, Pipeline(pool, model, config, list(sources),
-                                                     operation="embed") as pipeline:
+    sources = list(sources)
+    pending = [s for s in sources if not is_archived(archive, s, deployment)]
+    with WorkerPool(spec, workers) as pool, Pipeline(pool, model, config, pending, operation="embed") as pipeline:
         log.info("%d workers, providers in use: %s", workers, ", ".join(pool.providers))
-        return embed_sources(pipeline.sources, pipeline.model, plan, archive, batch=batch, **embed_options)
+        ahead = iter(pipeline.sources)
+        todo = {id(s) for s in pending}
+        ordered = [next(ahead) if id(s) in todo else s for s in sources]
+        return embed_sources(ordered, pipeline.model, plan, archive, batch=batch, deployment=deployment,
+                             **embed_options)

@@ -185,3 +185,36 @@ def test_perch_hoplite_opens_and_searches_the_database(tmp_path, graph, tone_fol
     assert sorted(offsets_of(np.array(a.offsets, "<f8").tobytes()) for a in annotations) == [
         (0.25, 0.75), (0.5, 1.0), (0.75, 1.25)]
     hoplite.db.close()
+
+
+def test_a_resumed_embed_with_workers_sends_only_what_is_left_to_the_pool(tmp_path, graph, tone_folder, monkeypatch,
+                                                                          run_cli):
+    import soundfile as sf
+    from runtime_graphs import tone_track
+
+    from vocalprobe.runtime.field import workers
+
+    folder = tone_folder(tmp_path / "audio", n_files=3, seconds=2.0)
+    args = ["embed", folder, "-m", graph, "--db", tmp_path / "db", "--workers", "2", "--threads", "1"]
+    assert run_cli(args).exit_code == 0
+    with ArchiveDB.open_reader(tmp_path / "db") as archive:
+        before, recordings = archive.count_windows(), len(archive.recordings())
+    extra = folder / "REC01" / "20210512_040000.WAV"
+    sf.write(extra, tone_track([(0.2, 0.6, 600.0)], 2.0, 16_000, seed=11), 16_000, subtype="FLOAT")
+
+    read_ahead = []
+
+    class Recording(workers.Pipeline):
+        def __init__(self, pool, model, config, sources, **kwargs):
+            read_ahead.extend(s.name for s in sources)
+            super().__init__(pool, model, config, sources, **kwargs)
+
+    monkeypatch.setattr(workers, "Pipeline", Recording)
+    result = run_cli(args)
+    assert result.exit_code == 0, result.output
+    assert read_ahead == ["REC01/20210512_040000.WAV"]  # the archived recordings are not predicted again
+    assert result.output.count("already embedded") == recordings
+    with ArchiveDB.open_reader(tmp_path / "db") as archive:
+        assert len(archive.recordings()) == recordings + 1 and archive.count_windows() == before + 4
+        ids = [w.id for w in archive.windows()]
+        assert archive.index.size == len(ids) == len(set(ids))
