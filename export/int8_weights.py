@@ -41,8 +41,8 @@ def pair_safe_codes(weights: np.ndarray, *, per_column: bool = True) -> tuple[np
 
 
 def requantize_dynamic_matmuls(model: "onnx.ModelProto", fp32_weights: dict[str, np.ndarray]) -> int:
-    """Replace the weight codes and scales onnxruntime's ``quantize_dynamic`` wrote (per tensor, symmetric) with
-    pair-safe ones computed from the fp32 weights. ``fp32_weights``: initializer name -> array, of the graph before
+    """Replace the weight codes and scales onnxruntime's ``quantize_dynamic`` wrote (symmetric, per tensor or per
+    column) with pair-safe ones of the same granularity computed from the fp32 weights. ``fp32_weights``: initializer name -> array, of the graph before
     quantization. The quantizer writes ``MatMulInteger(x_q, <w>_quantized, x_zp, <w>_zero_point)`` with the scale
     in ``<w>_scale`` (onnxruntime fuses the pattern into ``DynamicQuantizeMatMul`` when it loads the graph); a Gemm's
     weight it first transposes into ``<w>_Transposed``. Returns
@@ -65,11 +65,11 @@ def requantize_dynamic_matmuls(model: "onnx.ModelProto", fp32_weights: dict[str,
             continue
         old_codes = numpy_helper.to_array(initializers[codes_name])
         old_scale = numpy_helper.to_array(initializers[scale_name])
-        if old_codes.dtype != np.int8 or old_codes.shape != source.shape or old_scale.size != 1:
+        if old_codes.dtype != np.int8 or old_codes.shape != source.shape or old_scale.size not in (1, source.shape[1]):
             continue
         if zero_name in initializers and np.any(numpy_helper.to_array(initializers[zero_name]) != 0):
             continue  # asymmetric weights: not what quantize_dynamic writes for QInt8
-        codes, scale = pair_safe_codes(source, per_column=False)
+        codes, scale = pair_safe_codes(source, per_column=old_scale.size > 1)
         initializers[codes_name].CopyFrom(numpy_helper.from_array(codes, codes_name))
         initializers[scale_name].CopyFrom(numpy_helper.from_array(scale.reshape(old_scale.shape), scale_name))
         recoded.add(codes_name)

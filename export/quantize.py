@@ -226,8 +226,9 @@ def _dynamic_matmul(source: Path, out: Path, *, nodes_to_exclude=()) -> None:
     root, quiet = logging.getLogger(), _DropAlreadyQuantizedWarning()
     root.addFilter(quiet)
     try:
+        # per-channel: one weight scale per output column (onnxruntime fuses it into DynamicQuantizeMatMul too)
         quantize_dynamic(str(source), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         per_channel=False, nodes_to_exclude=excluded)
+                         per_channel=True, nodes_to_exclude=excluded)
     finally:
         root.removeFilter(quiet)
     # codes whose uint8 x int8 products are exact on every CPU (export.int8_weights says why)
