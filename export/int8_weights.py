@@ -42,11 +42,12 @@ def pair_safe_codes(weights: np.ndarray, *, per_column: bool = True) -> tuple[np
 
 def requantize_dynamic_matmuls(model: "onnx.ModelProto", fp32_weights: dict[str, np.ndarray]) -> int:
     """Replace the weight codes and scales onnxruntime's ``quantize_dynamic`` wrote (symmetric, per tensor or per
-    column) with pair-safe ones of the same granularity computed from the fp32 weights. ``fp32_weights``: initializer name -> array, of the graph before
-    quantization. The quantizer writes ``MatMulInteger(x_q, <w>_quantized, x_zp, <w>_zero_point)`` with the scale
-    in ``<w>_scale`` (onnxruntime fuses the pattern into ``DynamicQuantizeMatMul`` when it loads the graph); a Gemm's
-    weight it first transposes into ``<w>_Transposed``. Returns
-    how many weights were re-coded; one that cannot be traced back is left as the quantizer wrote it."""
+    column) with pair-safe ones of the same granularity, computed from the fp32 weights (``fp32_weights``:
+    initializer name -> array, of the graph before quantization). The quantizer writes
+    ``MatMulInteger(x_q, <w>_quantized, x_zp, <w>_zero_point)`` with the scale in ``<w>_scale`` (onnxruntime fuses
+    the pattern into ``DynamicQuantizeMatMul`` when it loads the graph); a Gemm's weight it first transposes into
+    ``<w>_Transposed``. Returns how many weights were re-coded; one that cannot be traced back is left as the
+    quantizer wrote it."""
     from onnx import numpy_helper
 
     initializers = {init.name: init for init in model.graph.initializer}
@@ -59,7 +60,7 @@ def requantize_dynamic_matmuls(model: "onnx.ModelProto", fp32_weights: dict[str,
         scale_name, zero_name = f"{base}_scale", f"{base}_zero_point"
         source = fp32_weights.get(base)
         if source is None and base.endswith("_Transposed") and base.removesuffix("_Transposed") in fp32_weights:
-            source = fp32_weights[base.removesuffix("_Transposed")].T  # a Gemm's (transB) weight, as the quantizer wrote it
+            source = fp32_weights[base.removesuffix("_Transposed")].T  # a Gemm's (transB) weight, as written
         if codes_name in recoded or source is None or codes_name == base or not {codes_name, scale_name} <= set(
                 initializers):
             continue

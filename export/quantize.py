@@ -47,7 +47,8 @@ class StaticRecipe:
     quantized at run time) or "fp32". ``fp32_input_conv`` / ``fp32_positional_conv`` / ``fp32_head``: keep those nodes
     in fp32 (module docs). ``calibration``: MinMax, Percentile (``percentile``) or Entropy. ``per_channel``: per
     output-channel weight scales. ``reduce_range``: 7-bit weights (on by default: CPUs without VNNI add
-    uint8 x int8 products in saturating int16, which 8-bit weights overflow; ``export.int8_weights``). ``activation_symmetric``: symmetric activation ranges. ``matmul_const_b_only``: statically quantize only
+    uint8 x int8 products in saturating int16, which 8-bit weights overflow; ``export.int8_weights``).
+    ``activation_symmetric``: symmetric activation ranges. ``matmul_const_b_only``: statically quantize only
     MatMuls with a constant (weight) operand, not attention's activation x activation products.
     ``conv_output_quantized``: False leaves Conv outputs in fp32 (one rounding less per layer, but onnxruntime then
     cannot fuse the Conv into QLinearConv). ``cnn_layers``: which of the CNN's conv layers are static (0 = the input

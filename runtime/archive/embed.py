@@ -108,6 +108,18 @@ def is_archived(archive: ArchiveDB, source: FileSource, deployment: str | None =
         return False
 
 
+def not_archived(archive: ArchiveDB, sources: Sequence[FileSource], deployment: str | None = None) -> list:
+    """The sources an engine (worker pool, Ray) must still predict: those the archive does not hold yet."""
+    return [s for s in sources if not is_archived(archive, s, deployment)]
+
+
+def in_input_order(sources: Sequence, pending: Sequence, stand_ins: Iterable) -> list:
+    """``sources`` with each of ``pending`` (``not_archived``'s list) replaced, in order, by the engine's stand-in
+    for it; the archived ones stay, so ``embed_sources`` lists them as skipped where they are in the input."""
+    replaced, todo = iter(stand_ins), {id(s) for s in pending}
+    return [next(replaced) if id(s) in todo else s for s in sources]
+
+
 @dataclass
 class EmbedSummary:
     done: list[str] = field(default_factory=list)
@@ -272,5 +284,5 @@ def stream_archive(db: Path | None, model, plan: WindowPlan, *, embeddings: bool
         yield ArchiveSink(archive, model, plan)
 
 
-__all__ = ["embed_sources", "window_embeddings", "WithEmbedding", "ArchiveSink", "EmbedSummary",
+__all__ = ["embed_sources", "not_archived", "in_input_order", "window_embeddings", "WithEmbedding", "ArchiveSink", "EmbedSummary",
            "stream_archive", "archive_settings", "hoplite_model_config"]

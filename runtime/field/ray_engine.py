@@ -385,19 +385,16 @@ def embed_with_ray(sources: Sequence, model, plan: WindowPlan, archive, *, spec:
                    deployment: str | None = None, **embed_options):
     """``archive.embed.embed_sources`` with the model work done by a Ray Data pipeline: the same archive and
     summary. Recordings the archive already holds are not sent to the cluster (the local loop lists them)."""
-    from vocalprobe.runtime.archive.embed import embed_sources, is_archived
+    from vocalprobe.runtime.archive.embed import embed_sources, in_input_order, not_archived
     from vocalprobe.runtime.field.stream import DetectConfig
 
     connect(address)
     sources = list(sources)
-    pending = [s for s in sources if not is_archived(archive, s, deployment)]
+    pending = not_archived(archive, sources, deployment)
     run = RayRun(pending, model, DetectConfig(plan, batch=batch), spec, concurrency=concurrency, num_cpus=num_cpus,
                  num_gpus=num_gpus, chunk_windows=chunk_windows, predictor=EmbeddingChunkPredictor,
                  width=len(model.classes) + embedding_dim(model, plan))
-    replayed = iter(run.sources)
-    todo = {id(s) for s in pending}
-    sources = [next(replayed) if id(s) in todo else s for s in sources]
-    summary = embed_sources(sources, run.model, plan, archive, batch=batch, deployment=deployment, **embed_options)
+    summary = embed_sources(in_input_order(sources, pending, run.sources), run.model, plan, archive, batch=batch, deployment=deployment, **embed_options)
     log.info("Ray actors' providers: %s", ", ".join(sorted(run.providers)) or "none")
     return summary
 

@@ -404,16 +404,13 @@ def embed_with_workers(sources: Sequence, model, plan: WindowPlan, archive, *, s
     """``archive.embed.embed_sources`` with the model work spread over ``workers`` processes: the same archive.
     Recordings the archive already holds are not read ahead nor sent to the pool (the local loop lists them), so
     a resumed run costs only what is left."""
-    from vocalprobe.runtime.archive.embed import embed_sources, is_archived
+    from vocalprobe.runtime.archive.embed import embed_sources, in_input_order, not_archived
     from vocalprobe.runtime.field.stream import DetectConfig
 
     config = DetectConfig(plan, batch=batch)
     sources = list(sources)
-    pending = [s for s in sources if not is_archived(archive, s, deployment)]
+    pending = not_archived(archive, sources, deployment)
     with WorkerPool(spec, workers) as pool, Pipeline(pool, model, config, pending, operation="embed") as pipeline:
         log.info("%d workers, providers in use: %s", workers, ", ".join(pool.providers))
-        ahead = iter(pipeline.sources)
-        todo = {id(s) for s in pending}
-        ordered = [next(ahead) if id(s) in todo else s for s in sources]
-        return embed_sources(ordered, pipeline.model, plan, archive, batch=batch, deployment=deployment,
+        return embed_sources(in_input_order(sources, pending, pipeline.sources), pipeline.model, plan, archive, batch=batch, deployment=deployment,
                              **embed_options)
