@@ -30,8 +30,7 @@ would depend on its batch neighbours. Measurements: README and docs/features.md.
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ from vocalprobe.runtime.core.chunking import chunk_bounds  # torch-free, shared 
 from vocalprobe.runtime.core.preprocess import MIN_SAMPLES
 
 __all__ = ["LayerFeatures", "FrameStats", "chunk_bounds", "clip_features", "combine_stats", "pool_stats",
-           "num_frames", "select_layers"]
+           "num_frames", "conv_frames", "select_layers"]
 
 
 class FrameStats(NamedTuple):
@@ -204,7 +203,12 @@ def clip_features(module: LayerFeatures, samples: np.ndarray, chunk_samples: int
 
 def num_frames(n_samples: int, config) -> int:
     """Frames the backbone CNN makes from ``n_samples`` samples (0 below its receptive field, 400 for base models)."""
+    return conv_frames(n_samples, zip(config.conv_kernel, config.conv_stride))
+
+
+def conv_frames(n_samples: int, convs: Iterable[tuple[int, int]]) -> int:
+    """Frames a chain of unpadded convolutions ``(kernel, stride)`` makes from ``n_samples`` samples."""
     frames = int(n_samples)
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
-        frames = max(0, math.floor((frames - kernel) / stride) + 1)
+    for kernel, stride in convs:
+        frames = max(0, (frames - kernel) // stride + 1)
     return frames

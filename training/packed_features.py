@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from vocalprobe.training.features import FrameStats, LayerFeatures
+from vocalprobe.training.features import FrameStats, LayerFeatures, conv_frames
 
 __all__ = ["DEFAULT_MAX_FRAMES", "PackedFeatures"]
 
@@ -83,10 +83,7 @@ class PackedFeatures:
     # -- public ---------------------------------------------------------------------------------------------------
     def frames(self, n_samples: int) -> int:
         """Frames the CNN makes from a preprocessed clip of ``n_samples`` samples."""
-        frames = int(n_samples)
-        for kernel, stride in self._convs:  # as features.num_frames, without the model's config
-            frames = max(0, (frames - kernel) // stride + 1)
-        return frames
+        return conv_frames(n_samples, self._convs)
 
     def features(self, waveforms: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Raw clips (1-D, 16 kHz, each at most one chunk) -> per clip ``[n_layers, 2D]`` float32, as
