@@ -75,7 +75,7 @@ def stream(
     model: ModelOpt = ...,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (re-running into it resumes).")] = ...,
     format: Annotated[str, typer.Option("--format", help="Comma-separated: raven, csv, jsonl, birdnet-csv, audacity, "
-                                        "kaleidoscope, parquet (pip install 'vocalprobe[parquet]').")
+                                        "kaleidoscope, parquet (pip install 'vocalprobe\\[parquet]').")
                       ] = "raven,csv,jsonl",
     window: WindowOpt = None,
     hop: Annotated[Optional[float], typer.Option(help="Hop between windows in seconds (default: the window).")] = None,

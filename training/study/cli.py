@@ -38,7 +38,7 @@ ShardOpt = Annotated[Optional[str], typer.Option(
     "e.g. one SLURM array task each; then run the study without --shard to train the probes from the cache.")]
 EngineOpt = Annotated[str, typer.Option(
     "--engine", help="local, or ray: extract the features as Ray tasks, one per (backbone, dataset, shard), one GPU "
-    "each when the cluster has GPUs (pip install 'vocalprobe[ray]'); the probes then train here.")]
+    "each when the cluster has GPUs (pip install 'vocalprobe\\[ray]'); the probes then train here.")]
 AddressOpt = Annotated[Optional[str], typer.Option(
     "--address", help="--engine ray: a running cluster (default: start a local Ray on this machine's cores).")]
 
