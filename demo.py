@@ -165,7 +165,7 @@ def stream_field_recording(model_path: Path, field_dir: Path, out_dir: Path, ign
                            thresholds: tuple[tuple[str, float], ...] = ()) -> FieldScore:
     """``stream`` on the field recording (``thresholds``: per-class, as ``--min-conf CLASSES.csv`` gives them)."""
     from vocalprobe.runtime.field.ensemble import load_models
-    from vocalprobe.runtime.field.events import chance_score, read_events, score_events
+    from vocalprobe.runtime.field.events import chance_score, detected_events, score_events
     from vocalprobe.runtime.field.outputs import Outputs
     from vocalprobe.runtime.field.sources import collect_files
     from vocalprobe.runtime.field.stream import DetectConfig, run_sources
@@ -180,7 +180,7 @@ def stream_field_recording(model_path: Path, field_dir: Path, out_dir: Path, ign
     outputs = Outputs(out_dir, ("raven", "csv", "jsonl"), model.sample_rate / 2)
     summary = run_sources(collect_files(field_recordings(field_dir)), model, config, outputs)
     truth = read_truth(field_dir)
-    detected = read_events(out_dir / "detections.csv")
+    detected = detected_events(out_dir)
     score = score_events(detected, truth)
     chance_precision, _ = chance_score(detected, truth)
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
@@ -205,10 +205,10 @@ def query_call(truth: list):
     return max(truth, key=lambda e: (round(e.end_s - e.start_s, 4), -e.start_s))
 
 
-def class_score(name: str, detections_csv: Path, truth: list, label: str) -> ClassScore:
-    from vocalprobe.runtime.field.events import read_events, score_events
+def class_score(name: str, stream_out: Path, truth: list, label: str) -> ClassScore:
+    from vocalprobe.runtime.field.events import detected_events, score_events
 
-    detected = [e for e in read_events(detections_csv) if e.label == label]
+    detected = [e for e in detected_events(stream_out) if e.label == label]
     score = score_events(detected, [e for e in truth if e.label == label])
     return ClassScore(name, score.n_detected, score.n_truth, score.precision, score.recall)
 
@@ -238,7 +238,8 @@ def write_reviewed_table(hits: list, truth: list, label: str, path: Path, high_f
 def agile_loop(graph: Path, backbone: str, layer: str, field_dir: Path, out_dir: Path,
                study_streams: list[tuple[str, Path]]) -> AgileLoop:
     """embed -> search -> label import -> probe fit -> probe apply -> export attach -> stream, each through the
-    function its command calls; ``study_streams``: (name, detections.csv) of the study's graphs, scored alongside."""
+    function its command calls; ``study_streams``: (name, stream output folder) of the study's graphs, scored
+    alongside."""
     import time
 
     from vocalprobe.export.attach import attach_head
@@ -289,10 +290,9 @@ def agile_loop(graph: Path, backbone: str, layer: str, field_dir: Path, out_dir:
     _, thresholds = read_thresholds(str(head_dir / THRESHOLDS_CSV), FIELD_MIN_CONF)
     stream_field_recording(new_graph, field_dir, out_dir / "stream", {BACKGROUND}, thresholds=thresholds)
     base = stream_field_recording(graph, field_dir, out_dir / "stream-study", {BACKGROUND})  # the graph it replaces
-    scores = [class_score(name, csv_path, truth, query.label) for name, csv_path in study_streams]
-    scores.append(class_score(f"`{graph.name}` (study)", base.out_dir / "detections.csv", truth, query.label))
-    scores.append(class_score(f"`{new_graph.name}` (attached probe)", out_dir / "stream" / "detections.csv", truth,
-                              query.label))
+    scores = [class_score(name, stream_out, truth, query.label) for name, stream_out in study_streams]
+    scores.append(class_score(f"`{graph.name}` (study)", base.out_dir, truth, query.label))
+    scores.append(class_score(f"`{new_graph.name}` (attached probe)", out_dir / "stream", truth, query.label))
     speed = embedded.audio_seconds / embedded.wall_seconds if embedded.wall_seconds else 0.0
     return AgileLoop(graph, backbone, layer, db, embedded.windows, speed, db_bytes, query.label,
                      (query.start_s, query.end_s), len(hits), hits[0].score if hits else 0.0, positives,
@@ -411,7 +411,7 @@ def run_demo(root: str | Path = ".", *, log: Callable[[str], None] = print, prog
         log(f"5/5 agile loop: embed the field recording with {best.name}, search one call, label the hits, fit, "
             "apply, attach, stream")
         agile = agile_loop(best.path, best.name, best.layer, field_dir, demo_dir / "agile",
-                           [("`fusion.onnx` (study)", field.out_dir / "detections.csv")])
+                           [("`fusion.onnx` (study)", field.out_dir)])
     report = demo_dir / "report.md"
     atomic_write_text(report, render_report(study_dir, checks, field, root, agile))
     return report

@@ -72,13 +72,13 @@ def make_long_file(path: Path, hours: float, rate: int) -> None:
 
 def phase(args: argparse.Namespace) -> None:
     """One phase in this process: stream ``args.input`` into ``args.out`` as `vocalprobe stream` does."""
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.runtime.field.outputs import Outputs
     from vocalprobe.runtime.field.run_state import RunState
-    from vocalprobe.runtime.field.sources import collect_files
+    from vocalprobe.runtime.engine.sources import collect_files
     from vocalprobe.runtime.field.stream import DetectConfig, output_options, run_settings, run_sources
-    from vocalprobe.runtime.field.windows import WindowPlan
-    from vocalprobe.runtime.field.writers import parse_formats
+    from vocalprobe.runtime.engine.windows import WindowPlan
+    from vocalprobe.runtime.core.detections.tables import parse_formats
 
     formats = parse_formats(args.formats)
     model = TimedModel(OnnxModel(args.model, threads=args.threads))

@@ -135,7 +135,7 @@ def stream(
         run_sources,
     )
     from vocalprobe.runtime.field.windows import WindowPlan
-    from vocalprobe.runtime.field.writers import parse_formats
+    from vocalprobe.runtime.core.detections.tables import parse_formats
 
     inputs = inputs or []
     if not inputs and watch is None:
@@ -378,7 +378,7 @@ def bench(
 
 @friendly_errors
 def score_events(
-    detections: Annotated[Path, typer.Argument(help="Detections CSV (file,start_s,end_s,label,...).")],
+    detections: Annotated[Path, typer.Argument(help="A stream output folder (its detections.csv), or the table.")],
     truth: Annotated[Path, typer.Argument(help="Ground-truth CSV (file,start_s,end_s,label).")],
     collar: Annotated[float, typer.Option(help="DCASE event-based F1: onsets (and offsets) match within this many "
                                           "seconds.")] = 0.2,
@@ -389,10 +389,10 @@ def score_events(
 ) -> None:
     """Precision/recall of detected events against a ground-truth table (same label, overlapping in time), and
     the DCASE event-based F1 with onset/offset collars."""
-    from vocalprobe.runtime.field.events import chance_score, read_events, score_events_collar
+    from vocalprobe.runtime.field.events import chance_score, detected_events, read_events, score_events_collar
     from vocalprobe.runtime.field.events import score_events as score
 
-    detected, reference = read_events(detections), read_events(truth)
+    detected, reference = detected_events(detections), read_events(truth)
     files = {e.file for e in reference}
     outside = [d for d in detected if d.file not in files]
     if outside:
@@ -428,9 +428,10 @@ def review(
                                                 "DETECTIONS/review.html).")] = None,
 ) -> None:
     """One HTML page (no server) with a spectrogram, an audio player and the score of each top detection."""
+    from vocalprobe.runtime.core.detections.layout import REVIEW_NAME
     from vocalprobe.runtime.field.review import write_review
 
-    out = out if out is not None else (detections if detections.is_dir() else detections.parent) / "review.html"
+    out = out if out is not None else (detections if detections.is_dir() else detections.parent) / REVIEW_NAME
     sheet = write_review(detections, out, audio_root=audio, top=top)
     if sheet.unreadable:
         file, reason = sheet.unreadable[0]

@@ -13,9 +13,9 @@ import numpy as np
 
 from vocalprobe.runtime.archive.head import Head, HeadError, window_scores
 from vocalprobe.runtime.archive.store import ArchiveDB
-from vocalprobe.runtime.field.events import Detection
-from vocalprobe.runtime.field.writers import (CSV_SUFFIX, RAVEN_SUFFIX, combine_csv, parse_recorder_timestamp,
-                                              write_csv, write_raven)
+from vocalprobe.runtime.core.detections.layout import CSV_SUFFIX, DETECTIONS_CSV, RAVEN_SUFFIX, Detection, table_path
+from vocalprobe.runtime.core.detections.run_tables import combine_csv
+from vocalprobe.runtime.core.detections.tables import Recording, write_tables
 
 
 @dataclass
@@ -59,11 +59,9 @@ def apply_head(head: Head, archive: ArchiveDB, out_dir: str | Path, *, batch: in
     for rid, detections in found.items():
         name = recordings[rid].filename
         detections.sort(key=lambda d: (d.start_s, d.label))
-        rel = Path(name)
-        write_raven(detections, out_dir / rel.parent / (rel.stem + RAVEN_SUFFIX), begin_file=rel.name,
-                    high_freq_hz=high_freq)
-        csv_path = out_dir / rel.parent / (rel.stem + CSV_SUFFIX)
-        write_csv(detections, csv_path, recording_start=parse_recorder_timestamp(name))
-        tables.append(csv_path)
-    combine_csv(sorted(tables), out_dir / "detections.csv")
+        paths = {"raven": table_path(out_dir, name, RAVEN_SUFFIX), "csv": table_path(out_dir, name, CSV_SUFFIX)}
+        base = Path(name).name  # Raven's Begin File and Begin Path
+        write_tables(paths, detections, Recording(base, base, high_freq))
+        tables.append(paths["csv"])
+    combine_csv(sorted(tables), out_dir / DETECTIONS_CSV)
     return ApplySummary(n_windows, sum(len(d) for d in found.values()), len(found))

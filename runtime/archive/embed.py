@@ -21,11 +21,11 @@ from vocalprobe.runtime.archive.store import ArchiveDB, ArchiveError
 from vocalprobe.runtime.core.digests import file_sha256
 from vocalprobe.runtime.core.errors import AudioError
 from vocalprobe.runtime.core.resample import QUALITY
-from vocalprobe.runtime.field.onnx_model import ModelError, OnnxModel
-from vocalprobe.runtime.field.sources import FileSource
+from vocalprobe.runtime.engine.onnx_model import ModelError, OnnxModel
+from vocalprobe.runtime.engine.sources import FileSource
 from vocalprobe.runtime.field.stream import AudioClock, window_probabilities
-from vocalprobe.runtime.field.windows import Window, WindowPlan
-from vocalprobe.runtime.field.writers import parse_recorder_timestamp
+from vocalprobe.runtime.engine.windows import Window, WindowPlan
+from vocalprobe.runtime.core.detections.clock import parse_recorder_timestamp
 
 #: Windows written to SQLite and the index at a time (bounds memory, not results).
 FLUSH_WINDOWS = 512

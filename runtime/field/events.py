@@ -23,21 +23,14 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from vocalprobe.runtime.core.detections.layout import Detection, read_detections
 from vocalprobe.runtime.core.errors import VocalprobeError
 
 if TYPE_CHECKING:
-    from vocalprobe.runtime.field.windows import Window
+    from vocalprobe.runtime.engine.windows import Window
 
+#: A ground-truth table's columns (a detections table's, without the confidence).
 EVENT_COLUMNS = ("file", "start_s", "end_s", "label")
-
-
-@dataclass(frozen=True)
-class Detection:
-    file: str  # the input's name (relative to the folder given on the command line)
-    start_s: float
-    end_s: float
-    label: str
-    confidence: float
 
 
 def window_hits(probs: np.ndarray, classes: Sequence[str], min_conf: float | np.ndarray,
@@ -97,8 +90,13 @@ class Event:
     label: str
 
 
+def detected_events(folder_or_table: str | Path) -> list[Event]:
+    """The events of a run's detections (a stream output folder, or its ``detections.csv``), to score."""
+    return [Event(Path(d.file).name, d.start_s, d.end_s, d.label) for d in read_detections(folder_or_table)]
+
+
 def read_events(path: str | Path) -> list[Event]:
-    """Read a detections CSV or a ground-truth table; extra columns (confidence, start_time) are ignored."""
+    """Read a ground-truth table (``EVENT_COLUMNS``); extra columns are ignored."""
     path = Path(path)
     if not path.is_file():
         raise EventTableError(f"{path}: file not found")
@@ -213,6 +211,16 @@ def _maximum_matching(edges: dict[int, list[int]]) -> int:
     return sum(augment(d, set()) for d in edges)
 
 
+def _within_collar(detected: Event, truth: Event, collar_s: float, offset_fraction: float | None) -> bool:
+    """The onsets differ by at most the collar, and (unless onsets only) the offsets by at most max(collar,
+    ``offset_fraction`` x the true event's length)."""
+    if abs(truth.start_s - detected.start_s) > collar_s:
+        return False
+    if offset_fraction is None:
+        return True
+    return abs(truth.end_s - detected.end_s) <= max(collar_s, offset_fraction * (truth.end_s - truth.start_s))
+
+
 def score_events_collar(detected: Sequence[Event], truth: Sequence[Event], *, collar_s: float = 0.2,
                         offset_fraction: float | None = 0.5) -> CollarScore:
     """DCASE event-based precision, recall and F1 (see the module docs); ``offset_fraction=None`` checks onsets
@@ -228,9 +236,8 @@ def score_events_collar(detected: Sequence[Event], truth: Sequence[Event], *, co
         groups[(t.file, t.label)][1].append(t)
     matched: dict[str, int] = defaultdict(int)
     for (_, label), (dets, truths) in groups.items():
-        edges = {i: [j for j, t in enumerate(truths) if abs(t.start_s - d.start_s) <= collar_s and (
-            offset_fraction is None or abs(t.end_s - d.end_s) <= max(collar_s, offset_fraction * (t.end_s - t.start_s)))]
-            for i, d in enumerate(dets)}
+        edges = {i: [j for j, t in enumerate(truths) if _within_collar(d, t, collar_s, offset_fraction)]
+                 for i, d in enumerate(dets)}
         matched[label] += _maximum_matching(edges)
     labels = sorted({e.label for e in truth} | {e.label for e in detected})
     per_class = {}

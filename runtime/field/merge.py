@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Sequence
 
 from vocalprobe.runtime.core.atomic import atomic_open, atomic_write_bytes
+from vocalprobe.runtime.core.detections.layout import PARAMS_NAME
 from vocalprobe.runtime.core.digests import json_sha256
 from vocalprobe.runtime.core.errors import VocalprobeError
-from vocalprobe.runtime.field.out_lock import LOCK_NAME, OutputLock
+from vocalprobe.runtime.core.out_lock import LOCK_NAME, OutputLock
 from vocalprobe.runtime.field.run_state import (
     DONE,
     FAILED,
@@ -28,7 +29,6 @@ from vocalprobe.runtime.field.run_state import (
     RunState,
     read_settings,
 )
-from vocalprobe.runtime.field.writers import PARAMS_NAME
 
 
 class MergeError(VocalprobeError):

@@ -8,30 +8,31 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from vocalprobe.runtime.field.events import Detection
-from vocalprobe.runtime.field.out_lock import OutputLock
-from vocalprobe.runtime.field.run_state import JSONL_OUTPUT
-from vocalprobe.runtime.field.writers import (
+from vocalprobe.runtime.core.detections.clock import parse_recorder_timestamp
+from vocalprobe.runtime.core.detections.jsonl import JsonlWriter
+from vocalprobe.runtime.core.detections.layout import (
     BIRDNET_COLUMNS,
     COMBINED,
+    ERRORS_NAME,
+    JSONL_NAME,
     KALEIDOSCOPE_COLUMNS,
     PARAMS_NAME,
-    RAVEN_COLUMNS,
+    PER_FILE_FORMATS,
     SUFFIXES,
-    FileTables,
-    JsonlWriter,
-    OutputNameError,
-    Recording,
+    Detection,
+    table_path,
+)
+from vocalprobe.runtime.core.detections.run_tables import (
     combine_csv,
     combine_lines,
     combine_parquet,
     combine_raven,
-    parse_recorder_timestamp,
+    raven_seconds,
     write_errors,
     write_params,
 )
-
-PER_FILE_FORMATS = ("raven", "csv", "birdnet-csv", "audacity", "kaleidoscope", "parquet")
+from vocalprobe.runtime.core.detections.tables import FileTables, OutputNameError, Recording
+from vocalprobe.runtime.core.out_lock import OutputLock
 
 
 class Outputs:
@@ -67,7 +68,7 @@ class Outputs:
             self.lock.acquire()
             self._locked_by_open = True
         if "jsonl" in self.formats and self.jsonl is None:
-            self.jsonl = JsonlWriter(self.out_dir / JSONL_OUTPUT, jsonl_committed)
+            self.jsonl = JsonlWriter(self.out_dir / JSONL_NAME, jsonl_committed)
 
     def close(self) -> None:
         self.discard()
@@ -79,8 +80,7 @@ class Outputs:
             self._locked_by_open = False
 
     def table_path(self, name: str, suffix: str) -> Path:
-        rel = Path(name)
-        return self.out_dir / rel.parent / (rel.stem + suffix)
+        return table_path(self.out_dir, name, suffix)
 
     def begin(self, name: str | None = None, *, path: str | Path | None = None, source_rate: int | None = None,
               hold_jsonl: bool = True) -> None:
@@ -121,7 +121,7 @@ class Outputs:
             self._tables = None
         self._seconds[name] = audio_seconds
         if self.jsonl is not None:
-            written.append(JSONL_OUTPUT)
+            written.append(JSONL_NAME)
         return written
 
     def commit(self, retract: str | None = None) -> int | None:
@@ -139,11 +139,11 @@ class Outputs:
     def remove(self, written: Sequence[str]) -> None:
         """Delete the tables an earlier analysis of a file wrote (the file has failed since)."""
         for rel in written:
-            if rel != JSONL_OUTPUT:
+            if rel != JSONL_NAME:
                 (self.out_dir / rel).unlink(missing_ok=True)
 
     def write_errors(self, failed: Sequence[tuple[str, str]]) -> Path:
-        path = self.out_dir / "errors.csv"
+        path = self.out_dir / ERRORS_NAME
         write_errors(failed, path)
         return path
 
@@ -160,7 +160,8 @@ class Outputs:
             if fmt == "csv":
                 combine_csv(files, path)
             elif fmt == "raven":
-                combine_raven([(f, s if s is not None else _last_end(f)) for f, (_, s) in zip(files, parts)], path)
+                combine_raven([(f, s if s is not None else raven_seconds(f)) for f, (_, s) in zip(files, parts)],
+                              path)
             elif fmt == "parquet":
                 combine_parquet(files, path)
             else:
@@ -178,14 +179,3 @@ class Outputs:
         path = self.out_dir / PARAMS_NAME
         write_params(params, path)
         return path
-
-
-def _last_end(raven_table: Path) -> float:
-    """A recording's length when no journal knows it (done by an older vocalprobe): its last selection's end."""
-    end = RAVEN_COLUMNS.index("End Time (s)")
-    last = 0.0
-    with open(raven_table, encoding="utf-8") as handle:
-        handle.readline()
-        for line in handle:
-            last = max(last, float(line.split("\t")[end]))
-    return last

@@ -10,7 +10,6 @@ a numpy STFT written as a PNG by a small zlib writer.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import struct
@@ -21,30 +20,19 @@ from typing import Sequence
 
 import numpy as np
 
+from vocalprobe.runtime.core.detections.layout import Detection, read_detections
 from vocalprobe.runtime.core.errors import VocalprobeError
 
-__all__ = ["ReviewError", "ReviewItem", "ReviewSheet", "read_detections", "top_detections", "write_review",
-           "png_bytes", "spectrogram_image"]
+__all__ = ["ReviewError", "ReviewSheet", "top_detections", "write_review", "png_bytes", "spectrogram_image"]
 
 PAD_S = 0.5  # context before and after each detection
 MAX_CLIP_S = 10.0
 SPECTROGRAM_HEIGHT = 128  # frequency rows shown (the STFT's bins, cut to this many from the top of the band)
 MAX_COLUMNS = 480  # time columns at most: long clips get a larger hop
-DETECTIONS = "detections.csv"
-_REQUIRED = ("file", "start_s", "end_s", "label", "confidence")
 
 
 class ReviewError(VocalprobeError):
     """A detections folder or table the review sheet cannot be made from."""
-
-
-@dataclass(frozen=True)
-class ReviewItem:
-    file: str  # as in detections.csv: relative to the folder stream was given
-    start_s: float
-    end_s: float
-    label: str
-    confidence: float
 
 
 @dataclass
@@ -54,32 +42,11 @@ class ReviewSheet:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): shown without sound
 
 
-def read_detections(folder_or_table: str | Path) -> list[ReviewItem]:
-    """The rows of a run's ``detections.csv`` (a stream output folder, or the table itself)."""
-    path = Path(folder_or_table)
-    table = path / DETECTIONS if path.is_dir() else path
-    if not table.is_file():
-        raise ReviewError(f"{table}: no detections table (run `vocalprobe stream` with --format csv into this folder)")
-    with open(table, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ReviewError(f"{table}: missing column(s) {', '.join(missing)}; expected {', '.join(_REQUIRED)}")
-        items = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                items.append(ReviewItem(row["file"], float(row["start_s"]), float(row["end_s"]), row["label"],
-                                        float(row["confidence"])))
-            except ValueError:
-                raise ReviewError(f"{table} line {line}: start_s, end_s and confidence must be numbers") from None
-    return items
-
-
-def top_detections(items: Sequence[ReviewItem], top: int) -> dict[str, list[ReviewItem]]:
+def top_detections(items: Sequence[Detection], top: int) -> dict[str, list[Detection]]:
     """The ``top`` best-scored detections of every class (classes by name; ties: file, then time)."""
     if top < 1:
         raise ReviewError(f"--top must be >= 1, got {top}")
-    by_class: dict[str, list[ReviewItem]] = {}
+    by_class: dict[str, list[Detection]] = {}
     for item in items:
         by_class.setdefault(item.label, []).append(item)
     return {label: sorted(group, key=lambda d: (-d.confidence, d.file, d.start_s))[:top]
@@ -165,7 +132,7 @@ h2{margin-top:1.5em;border-bottom:1px solid #ccc}
 .missing{color:#a00;font-size:.85em}"""
 
 
-def _card(rank: int, item: ReviewItem, audio_root: Path, unreadable: list[tuple[str, str]]) -> str:
+def _card(rank: int, item: Detection, audio_root: Path, unreadable: list[tuple[str, str]]) -> str:
     head = (f'<div class="card"><div><span class="score">{item.confidence:.3f}</span> #{rank}</div>'
             f'<div class="meta">{html.escape(item.file)} · {item.start_s:.2f}–{item.end_s:.2f} s</div>')
     try:

@@ -22,10 +22,8 @@ from vocalprobe.runtime.core.errors import AudioError, VocalprobeError
 from vocalprobe.runtime.field.events import Detection, EventMerger, window_hits
 from vocalprobe.runtime.field.outputs import Outputs
 from vocalprobe.runtime.field.run_state import DONE, JSONL_OUTPUT, Fingerprint, RunState
-from vocalprobe.runtime.field.windows import Window, Windower, WindowPlan, WindowSpecError
-from vocalprobe.runtime.field.writers import (
-    OutputNameError,
-)
+from vocalprobe.runtime.engine.windows import Window, Windower, WindowPlan, WindowSpecError
+from vocalprobe.runtime.core.detections.tables import OutputNameError
 
 logger = logging.getLogger(__name__)
 

@@ -16,17 +16,9 @@ from typer.testing import CliRunner
 
 from vocalprobe.cli import app
 from vocalprobe.runtime.core.digests import file_sha256
-from vocalprobe.runtime.field.writers import (
-    BIRDNET_COLUMNS,
-    KALEIDOSCOPE_COLUMNS,
-    RAVEN_COLUMNS,
-    Detection,
-    OutputNameError,
-    Recording,
-    clock_time,
-    parse_recorder_timestamp,
-    write_table,
-)
+from vocalprobe.runtime.core.detections.clock import clock_time, parse_recorder_timestamp
+from vocalprobe.runtime.core.detections.layout import BIRDNET_COLUMNS, KALEIDOSCOPE_COLUMNS, RAVEN_COLUMNS, Detection
+from vocalprobe.runtime.core.detections.tables import OutputNameError, Recording, write_table
 
 LOW, MID, HIGH = DEFAULT_FREQS
 runner = CliRunner()
@@ -278,9 +270,9 @@ def test_a_nan_block_on_stdin_is_reported_and_the_stream_goes_on(tmp_path, graph
 def test_rows_reach_the_tables_in_start_order_as_events_become_final(graph):
     """Merged events close out of order (a long one after shorter ones that began later): the tables still get
     (start, label) order, the JSONL each event as soon as it is final."""
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.runtime.field.stream import DetectConfig, detect_stream
-    from vocalprobe.runtime.field.windows import WindowPlan
+    from vocalprobe.runtime.engine.windows import WindowPlan
 
     model = OnnxModel(graph)
     x = tone_track([(0.5, 6.0, LOW), (1.0, 1.6, MID), (3.0, 3.6, HIGH)], 7.0, 16_000, seed=5)  # tones overlap

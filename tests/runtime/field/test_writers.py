@@ -1,4 +1,4 @@
-"""Detection tables (runtime/field/writers.py): Raven, CSV with recorder time, JSONL, formats."""
+"""Detection tables (runtime/core/detections): Raven, CSV with recorder time, JSONL, formats."""
 
 from __future__ import annotations
 
@@ -8,17 +8,10 @@ from datetime import datetime
 
 import pytest
 
-from vocalprobe.runtime.field.writers import (
-    CSV_COLUMNS,
-    RAVEN_COLUMNS,
-    Detection,
-    JsonlError,
-    JsonlWriter,
-    parse_formats,
-    parse_recorder_timestamp,
-    write_csv,
-    write_raven,
-)
+from vocalprobe.runtime.core.detections.clock import parse_recorder_timestamp
+from vocalprobe.runtime.core.detections.jsonl import JsonlError, JsonlWriter
+from vocalprobe.runtime.core.detections.layout import CSV_COLUMNS, RAVEN_COLUMNS, Detection
+from vocalprobe.runtime.core.detections.tables import Recording, parse_formats, write_table
 
 DETECTIONS = [Detection("site1/20210502_040000.WAV", 1.5, 3.0, "low", 0.91234),
               Detection("site1/20210502_040000.WAV", 62.25, 63.0, "high", 0.5)]
@@ -26,8 +19,8 @@ DETECTIONS = [Detection("site1/20210502_040000.WAV", 1.5, 3.0, "low", 0.91234),
 
 def test_raven_table_columns_exact(tmp_path):
     path = tmp_path / "t.selection.table.txt"
-    write_raven(DETECTIONS, path, begin_file="20210502_040000.WAV", high_freq_hz=8000,
-                begin_path="/media/card/site1/20210502_040000.WAV")
+    write_table("raven", DETECTIONS, path, Recording("20210502_040000.WAV", "/media/card/site1/20210502_040000.WAV",
+                                                     8000))
     lines = path.read_text().splitlines()
     assert lines[0].split("\t") == ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
                                     "Low Freq (Hz)", "High Freq (Hz)", "Begin File", "Begin Path", "File Offset (s)",
@@ -41,11 +34,11 @@ def test_raven_table_columns_exact(tmp_path):
 
 def test_csv_with_recorder_time(tmp_path):
     path = tmp_path / "d.csv"
-    write_csv(DETECTIONS, path, recording_start=parse_recorder_timestamp(DETECTIONS[0].file))
+    write_table("csv", DETECTIONS, path, Recording(DETECTIONS[0].file, "/media/card/" + DETECTIONS[0].file, 8000))
     rows = list(csv.reader(path.open()))
     assert rows[0] == list(CSV_COLUMNS) + ["start_time"]
     assert rows[2] == ["site1/20210502_040000.WAV", "62.250", "63.000", "high", "0.5000", "2021-05-02T04:01:02.250"]
-    write_csv(DETECTIONS, path)
+    write_table("csv", DETECTIONS, path, Recording("site1/night.WAV", "/media/card/site1/night.WAV", 8000))
     assert next(csv.reader(path.open())) == list(CSV_COLUMNS)
 
 
