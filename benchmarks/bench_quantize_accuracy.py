@@ -76,7 +76,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.runtime.field.validate import validate
     from vocalprobe.training.study.default import default_study_config, run_default_study
 

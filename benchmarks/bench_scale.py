@@ -26,13 +26,13 @@ HERE = Path(__file__).resolve().parent
 RUN = r"""
 import json, sys, time
 from pathlib import Path
-from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
 from vocalprobe.runtime.field.run_state import RunState
-from vocalprobe.runtime.field.sources import collect_files
+from vocalprobe.runtime.engine.sources import collect_files
 from vocalprobe.runtime.field.outputs import Outputs
 from vocalprobe.runtime.field.stream import DetectConfig, output_options, run_settings, run_sources
-from vocalprobe.runtime.field.windows import WindowPlan
-from vocalprobe.runtime.field.workers import ModelSpec, run_with_workers
+from vocalprobe.runtime.engine.windows import WindowPlan
+from vocalprobe.runtime.engine.pool import ModelSpec, run_with_workers
 
 def main(graph, folder, out, mode, batch):
     threads = 2 if mode == "1x2" else 1
@@ -50,7 +50,7 @@ def main(graph, folder, out, mode, batch):
                                        spec=ModelSpec((graph,), threads=1))
         else:
             import ray
-            from vocalprobe.runtime.field.ray_engine import run_with_ray
+            from vocalprobe.runtime.engine.ray_engine import run_with_ray
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
             summary = run_with_ray(todo, model, config, outputs, state, spec=ModelSpec((graph,), threads=1),
                                    concurrency=2)

@@ -81,7 +81,7 @@ def roofline_runs(threads: int, folder: Path) -> dict[str, object]:
     """``{"fp32": run, "int8": run}``: one call of each large product."""
     import onnxruntime as ort
 
-    from vocalprobe.runtime.field.onnx_model import session_options
+    from vocalprobe.runtime.engine.onnx_model import session_options
 
     runs = {}
     for name, (path, feed) in _roofline_graphs(folder).items():
@@ -110,7 +110,7 @@ def profile_nodes(path: Path, feed: dict, threads: int, runs: int, folder: Path)
     profiler: op type, kernel time and input / output shapes."""
     import onnxruntime as ort
 
-    from vocalprobe.runtime.field.onnx_model import session_options
+    from vocalprobe.runtime.engine.onnx_model import session_options
 
     options = session_options(ort, threads)
     options.enable_profiling = True
@@ -250,7 +250,7 @@ def main() -> None:
     import soundfile as sf
 
     from vocalprobe.runtime.field.bench import stream_files, synthetic_audio
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
 
     graphs = mode_graphs(args.layer, modes, args.cache)
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from vocalprobe.runtime.field.bench import bench_model, bench_stream
-from vocalprobe.runtime.field.ensemble import Ensemble
-from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.ensemble import Ensemble
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
 
 HERE = Path(__file__).resolve().parent
 

@@ -93,7 +93,7 @@ def export_auto(study_dir: str | Path, out_path: str | Path, *, candidates: Sequ
     from vocalprobe.export.onnx_export import ExportError, export_from_study, select_probe
     from vocalprobe.export.parity import ParityError
     from vocalprobe.runtime.core.manifest import read_manifest
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.runtime.field.validate import predict_clip
 
     log = log or (lambda message: None)

@@ -4,7 +4,7 @@ The fused graph keeps the graph contract: one ``waveform`` input (shared by ever
 ``peak``, and ``probabilities`` ``[batch, classes]`` = sum_i w_i * p_i with every member's columns reordered (by class
 name) to the first member's order. ``embedding`` is the members' embeddings concatenated in member order. Every
 member's state stays available under its prefix (inputs ``m0_prior_*``, outputs ``m0_stats_*``), so
-``vocalprobe.runtime.field.long_clips`` feeds long clips to a fused graph exactly as to a single one.
+``vocalprobe.runtime.engine.long_clips`` feeds long clips to a fused graph exactly as to a single one.
 
 Members must share their class names (any order) and sample rate, chunk limit and default window; anything else is
 refused with an error naming the files and the difference. The metadata key ``members`` lists each member's file,
@@ -24,7 +24,7 @@ from vocalprobe.runtime.core.errors import VocalprobeError
 from vocalprobe.runtime.core.graph_contract import (EMBEDDING, INT8_SAFE_WEIGHTS, INT8_WEIGHTS, MEMBERS, PEAK, PRIOR_INPUTS,
                                                     PROBABILITIES, QUANTIZATION, STATE_BATCH_AXIS, STATS_OUTPUTS,
                                                     WAVEFORM, GraphMetadata, int8_weights)
-from vocalprobe.runtime.field.ensemble import normalized_weights
+from vocalprobe.runtime.engine.ensemble import normalized_weights
 
 __all__ = ["FusionError", "fuse_models", "fusion_from_study"]
 

@@ -6,7 +6,7 @@ PyTorch reference, and the maximum absolute difference of every output is record
 * clips up to the chunk limit: ``b`` clips of equal length (the clip and ``b - 1`` circular shifts of it, so every
   row differs) in ONE onnxruntime call, against the pipeline run on each clip alone (batching must not change a
   clip's result);
-* clips longer than the chunk limit: ``vocalprobe.runtime.field.long_clips.predict_long`` (onnxruntime, chunk by chunk
+* clips longer than the chunk limit: ``vocalprobe.runtime.engine.long_clips.predict_long`` (onnxruntime, chunk by chunk
   with carried statistics) against the study's definition (``training.deployable.study_features``: float64 merge of
   per-chunk statistics) followed by the probe.
 
@@ -89,8 +89,8 @@ def check_parity(pipeline, onnx_path: str | Path, clips: Sequence[np.ndarray], *
     """
     import torch
 
-    from vocalprobe.runtime.field.long_clips import predict_long
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.long_clips import predict_long
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.training.deployable import study_features
 
     model = OnnxModel(onnx_path, provider="cpu")

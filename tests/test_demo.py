@@ -54,7 +54,7 @@ def check_agile_section(text, agile):
     import csv
 
     from vocalprobe.runtime.archive.store import ArchiveDB
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
 
     assert "## The agile loop on the field recording" in text
     label = re.search(r"\| `label import --class (\w+)` \|", text).group(1)

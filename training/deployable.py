@@ -16,7 +16,7 @@ merges this input's frame statistics with the prior (Chan et al.'s parallel upda
 and embedding of *everything accumulated so far* plus the accumulated statistics. A clip longer than the chunk limit
 is cut with ``chunk_bounds`` (the same cut as training), every chunk is divided by the whole clip's peak, and the
 statistics are carried from chunk to chunk: the last call gives the whole clip's result in memory bounded by one
-chunk. ``predict_long`` does that loop in torch; ``vocalprobe.runtime.field.long_clips.predict_long`` does it with
+chunk. ``predict_long`` does that loop in torch; ``vocalprobe.runtime.engine.long_clips.predict_long`` does it with
 onnxruntime. ``study_features`` is the study's definition of a clip's features (float64 merge of per-chunk statistics)
 that both are held against.
 """

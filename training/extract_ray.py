@@ -93,7 +93,7 @@ def make_units(pairs: Sequence[tuple[str, str | Path]], n_shards: int, *, cache_
 def extract_on_ray(units: Sequence[ExtractionUnit], *, task: Callable = extract_unit,
                    max_retries: int = MAX_RETRIES) -> list[dict]:
     """Run every unit as a Ray task (Ray already connected: ``ray_engine.connect``); their counts, in unit order."""
-    from vocalprobe.runtime.field.ray_engine import import_ray
+    from vocalprobe.runtime.engine.ray_engine import import_ray
 
     ray = import_ray()
     gpus = ray.cluster_resources().get("GPU", 0)

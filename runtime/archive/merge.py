@@ -29,7 +29,7 @@ from vocalprobe.runtime.archive.store import (
 )
 from vocalprobe.runtime.core.shards import Shard
 from vocalprobe.runtime.field.merge import merge_folders
-from vocalprobe.runtime.field.out_lock import OutputLock
+from vocalprobe.runtime.core.out_lock import OutputLock
 
 log = logging.getLogger(__name__)
 

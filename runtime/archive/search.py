@@ -20,9 +20,9 @@ from vocalprobe.runtime.archive.embed import window_embeddings
 from vocalprobe.runtime.archive.store import ArchiveDB, ArchiveError
 from vocalprobe.runtime.core.atomic import atomic_write_text
 from vocalprobe.runtime.core.digests import file_sha256
-from vocalprobe.runtime.field.onnx_model import OnnxModel
-from vocalprobe.runtime.field.sources import FileSource
-from vocalprobe.runtime.field.windows import WindowPlan
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.sources import FileSource
+from vocalprobe.runtime.engine.windows import WindowPlan
 
 HIT_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
                "Begin Path", "File Offset (s)", "Score", "Rank")

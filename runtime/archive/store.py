@@ -27,7 +27,7 @@ import numpy as np
 
 from vocalprobe.runtime.archive import vectors
 from vocalprobe.runtime.core.errors import VocalprobeError
-from vocalprobe.runtime.field.out_lock import OutputLock
+from vocalprobe.runtime.core.out_lock import OutputLock
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """How long clips are cut into chunks: one pure function shared by training and the runtime (no torch).
 
 Training extracts a clip longer than the chunk limit chunk by chunk and merges the per-chunk frame statistics; the
-deployed graph gets the same chunks from ``vocalprobe.runtime.field.long_clips``. Both must cut at the same samples, so
+deployed graph gets the same chunks from ``vocalprobe.runtime.engine.long_clips``. Both must cut at the same samples, so
 both call ``chunk_bounds``.
 """
 

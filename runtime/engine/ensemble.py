@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vocalprobe.runtime.field.onnx_model import ModelError, OnnxModel
+from vocalprobe.runtime.engine.onnx_model import ModelError, OnnxModel
 
 
 class ModelMismatchError(ModelError):

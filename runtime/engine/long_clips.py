@@ -18,7 +18,7 @@ import numpy as np
 
 from vocalprobe.runtime.core.chunking import chunk_bounds
 from vocalprobe.runtime.core.graph_contract import EMBEDDING, PEAK, PROBABILITIES, WAVEFORM, prior_input_for
-from vocalprobe.runtime.field.onnx_model import ModelError
+from vocalprobe.runtime.engine.onnx_model import ModelError
 
 __all__ = ["predict_long", "state_names", "input_names"]
 

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from vocalprobe.runtime.core.errors import AudioError, VocalprobeError
-from vocalprobe.runtime.field.windows import Window, Windower, WindowPlan, WindowSpecError
+from vocalprobe.runtime.engine.windows import Window, Windower, WindowPlan, WindowSpecError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ModelSpec:
     threads: int | None = None
 
     def load(self):
-        from vocalprobe.runtime.field.ensemble import load_models
+        from vocalprobe.runtime.engine.ensemble import load_models
 
         return load_models(list(self.paths), weights=self.weights, provider=self.provider, threads=self.threads)
 

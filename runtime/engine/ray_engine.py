@@ -32,8 +32,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from vocalprobe.runtime.core.errors import AudioError, VocalprobeError
-from vocalprobe.runtime.field.windows import Window, WindowPlan, final_window, full_window_count
-from vocalprobe.runtime.field.workers import ModelSpec, available_cores, check_model_fits, window_batches
+from vocalprobe.runtime.engine.windows import Window, WindowPlan, final_window, full_window_count
+from vocalprobe.runtime.engine.pool import ModelSpec, available_cores, check_model_fits, window_batches
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def plan_chunks(sources: Sequence, plan: WindowPlan, batch: int, sample_rate: in
 
 def _local_problem(path: str, name: str, block_size: int, sample_rate: int) -> str | None:
     """What a local run says about a file that cannot be read (None: it reads)."""
-    from vocalprobe.runtime.field.sources import FileSource
+    from vocalprobe.runtime.engine.sources import FileSource
 
     try:
         for _ in FileSource(Path(path), name, block_size).blocks(sample_rate):
@@ -179,7 +179,7 @@ class ChunkPredictor:
         blocks: list[int] = []
         try:
             if chunk.whole:
-                from vocalprobe.runtime.field.sources import FileSource
+                from vocalprobe.runtime.engine.sources import FileSource
 
                 def counted() -> Iterator[np.ndarray]:
                     for block in FileSource(Path(chunk.path), chunk.name, chunk.block_size).blocks(self.sample_rate):
@@ -412,7 +412,7 @@ def scale_out(run_sources: Callable, files: list | None, *, model_paths: Sequenc
     from functools import partial
 
     from vocalprobe.runtime.core.shards import Shard
-    from vocalprobe.runtime.field.workers import default_threads, run_with_workers
+    from vocalprobe.runtime.engine.pool import default_threads, run_with_workers
 
     if engine not in ENGINES:
         raise RayEngineError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")

@@ -15,9 +15,9 @@ import soundfile as sf
 
 from vocalprobe.runtime.core.audio import seconds_to_samples
 from vocalprobe.runtime.field.outputs import Outputs
-from vocalprobe.runtime.field.sources import FileSource
+from vocalprobe.runtime.engine.sources import FileSource
 from vocalprobe.runtime.field.stream import DetectConfig, run_sources
-from vocalprobe.runtime.field.windows import WindowPlan
+from vocalprobe.runtime.engine.windows import WindowPlan
 
 
 def synthetic_audio(seconds: float, sample_rate: int = 16_000, seed: int = 0) -> np.ndarray:

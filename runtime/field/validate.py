@@ -24,7 +24,7 @@ from vocalprobe.runtime.core.clips import load_row
 from vocalprobe.runtime.core.errors import AudioError, ManifestError
 from vocalprobe.runtime.core.manifest import read_manifest
 from vocalprobe.runtime.core.metrics import bootstrap_uar_ci, confusion_matrix, uar
-from vocalprobe.runtime.field.onnx_model import ModelError, OnnxModel
+from vocalprobe.runtime.engine.onnx_model import ModelError, OnnxModel
 
 #: Default allowed |ONNX UAR - study UAR|, in UAR points (percent).
 DEFAULT_TOLERANCE_POINTS = 0.5
@@ -41,7 +41,7 @@ def predict_clip(model: OnnxModel, samples: np.ndarray) -> np.ndarray:
     limit = model.max_chunk_samples
     if limit is None or samples.shape[-1] <= limit:
         return model.predict(samples[None, :])[0]
-    from vocalprobe.runtime.field.long_clips import predict_long
+    from vocalprobe.runtime.engine.long_clips import predict_long
 
     members = getattr(model, "members", None)
     if members is None:

@@ -54,10 +54,10 @@ def test_attached_graph_equals_probe_apply_and_streams(tmp_path):
     from vocalprobe.runtime.archive.apply import archive_probabilities
     from vocalprobe.runtime.archive.head import load_head
     from vocalprobe.runtime.archive.store import ArchiveDB
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
-    from vocalprobe.runtime.field.sources import FileSource
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.sources import FileSource
     from vocalprobe.runtime.field.stream import window_probabilities
-    from vocalprobe.runtime.field.windows import WindowPlan
+    from vocalprobe.runtime.engine.windows import WindowPlan
 
     model = OnnxModel(tmp_path / "attached.onnx")
     loaded = load_head(head)

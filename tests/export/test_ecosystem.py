@@ -21,7 +21,7 @@ from vocalprobe.export.metadata import build_metadata
 from vocalprobe.export.onnx_export import apply_waveform_layout
 from vocalprobe.export.onnx_io import load_model, save_model, set_metadata
 from vocalprobe.runtime.core.graph_contract import PERCH_HOPLITE_CONFIG
-from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
 
 SR = 16_000
 WINDOW_S = 1.0

@@ -10,8 +10,8 @@ from export_cases import CHUNK, CLASSES
 from signals import tone_clip
 
 from vocalprobe.export.onnx_io import get_metadata, save_model, set_metadata
-from vocalprobe.runtime.field.long_clips import predict_long
-from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.long_clips import predict_long
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
 
 
 def _with_classes(src, dst, classes):

@@ -9,7 +9,7 @@ from export_cases import CHUNK, CLASSES, SR
 
 from vocalprobe.export.metadata import build_metadata, read_metadata
 from vocalprobe.runtime.core.graph_contract import GraphContractError
-from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
 
 
 def test_metadata_round_trip(exported):

@@ -10,8 +10,8 @@ from signals import tone_clip
 
 from vocalprobe.export.metadata import MetadataError, read_metadata
 from vocalprobe.export.parity import ParityError, check_parity
-from vocalprobe.runtime.field.long_clips import predict_long
-from vocalprobe.runtime.field.onnx_model import ModelError, OnnxModel
+from vocalprobe.runtime.engine.long_clips import predict_long
+from vocalprobe.runtime.engine.onnx_model import ModelError, OnnxModel
 from vocalprobe.training.backbones import load_backbone
 from vocalprobe.training.deployable import ProbePipeline, study_features
 from vocalprobe.training.deployable import predict_long as torch_predict_long

@@ -129,7 +129,7 @@ def extract_shard(config: StudyConfig, shard: Shard, *, progress: bool = True) -
 def extract_with_ray(config: StudyConfig, probe: ProbeConfig, *, address: str | None = None,
                      progress: bool = True) -> None:
     """The features every (dataset, backbone) still needs, as Ray tasks of (backbone, dataset, shard) units."""
-    from vocalprobe.runtime.field.ray_engine import connect
+    from vocalprobe.runtime.engine.ray_engine import connect
     from vocalprobe.training.extract_ray import extract_on_ray, make_units, shards_per_pair
 
     _needs_cache(config, "--engine ray")

@@ -17,10 +17,10 @@ import pytest
 from runtime_graphs import build_band_graph
 
 from vocalprobe.runtime.archive.store import ArchiveDB, offsets_of
-from vocalprobe.runtime.field.onnx_model import OnnxModel
-from vocalprobe.runtime.field.sources import FileSource
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.sources import FileSource
 from vocalprobe.runtime.field.stream import window_probabilities
-from vocalprobe.runtime.field.windows import WindowPlan
+from vocalprobe.runtime.engine.windows import WindowPlan
 
 ROOT = Path(__file__).resolve().parents[3]
 

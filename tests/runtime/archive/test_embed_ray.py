@@ -13,11 +13,11 @@ from test_shards_merge import assert_same_archive
 
 from vocalprobe.runtime.archive.embed import is_archived
 from vocalprobe.runtime.archive.store import ArchiveDB
-from vocalprobe.runtime.field.onnx_model import OnnxModel
-from vocalprobe.runtime.field.ray_engine import embed_with_ray, plan_chunks
-from vocalprobe.runtime.field.sources import collect_files
-from vocalprobe.runtime.field.windows import WindowPlan
-from vocalprobe.runtime.field.workers import ModelSpec
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.ray_engine import embed_with_ray, plan_chunks
+from vocalprobe.runtime.engine.sources import collect_files
+from vocalprobe.runtime.engine.windows import WindowPlan
+from vocalprobe.runtime.engine.pool import ModelSpec
 
 pytestmark = pytest.mark.slow  # a Ray cluster and its actors: seconds, still part of the default run
 

@@ -15,7 +15,7 @@ from runtime_graphs import build_band_graph
 from vocalprobe.runtime.archive.search import nearest
 from vocalprobe.runtime.archive.store import ArchiveDB
 from vocalprobe.runtime.core.shards import shard_of
-from vocalprobe.runtime.field.out_lock import OutputLock
+from vocalprobe.runtime.core.out_lock import OutputLock
 
 #: Tables of an archive, each in an order that does not depend on how it was written.
 TABLES = {"deployments": "id", "recordings": "id", "windows": "id", "vocalprobe_recordings": "recording_id",

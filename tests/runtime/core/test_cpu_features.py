@@ -37,7 +37,7 @@ def test_weight_bits_of_a_graph():
 
 @pytest.mark.parametrize("bits,warned", [(None, True), ("8-bit", True), ("pair-safe", False), ("7-bit", False)])
 def test_an_old_int8_graph_is_flagged_on_a_saturating_cpu(tmp_path, monkeypatch, caplog, bits, warned):
-    from vocalprobe.runtime.field import onnx_model
+    from vocalprobe.runtime.engine import onnx_model
 
     monkeypatch.setattr(onnx_model, "int8_pairs_saturate", lambda: True)
     metadata = {QUANTIZATION: "int8-conv", **({INT8_WEIGHTS: bits} if bits else {})}

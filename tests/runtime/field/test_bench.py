@@ -6,7 +6,7 @@ import pytest
 from runtime_graphs import build_band_graph
 
 from vocalprobe.runtime.field.bench import bench_model, bench_stream
-from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
 
 
 def test_bench_reports_speed_latency_memory(tmp_path):

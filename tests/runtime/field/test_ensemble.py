@@ -1,4 +1,4 @@
-"""Fusion of separate graphs at run time (runtime/field/ensemble.py): classes aligned by name, weights, refusals."""
+"""Fusion of separate graphs at run time (runtime/engine/ensemble.py): classes aligned by name, weights, refusals."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from runtime_graphs import DEFAULT_CLASSES, DEFAULT_FREQS, build_band_graph, tone_track
 
-from vocalprobe.runtime.field.ensemble import Ensemble, ModelMismatchError, load_models, parse_weights
-from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.ensemble import Ensemble, ModelMismatchError, load_models, parse_weights
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
 
 
 def three_tones(sr=16_000):

@@ -1,4 +1,4 @@
-"""The ONNX wrapper (runtime/field/onnx_model.py): the graph contract read at load, clear errors, providers."""
+"""The ONNX wrapper (runtime/engine/onnx_model.py): the graph contract read at load, clear errors, providers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from runtime_graphs import DEFAULT_CLASSES, DEFAULT_FREQS, build_band_graph, tone_track
 
 from vocalprobe.runtime.core.graph_contract import GraphContractError
-from vocalprobe.runtime.field.onnx_model import ModelError, OnnxModel, choose_providers
+from vocalprobe.runtime.engine.onnx_model import ModelError, OnnxModel, choose_providers
 
 
 def three_tones(sr=16_000):
@@ -141,7 +141,7 @@ def test_onnxruntime_after_usearch_is_an_error_not_a_crash(graph):
     pytest.importorskip("usearch", reason="usearch (archive extra) is not installed")
     script = ("import usearch.index, sys\n"
               "from vocalprobe.runtime.core.imports import usearch_loaded_first\n"
-              "from vocalprobe.runtime.field.onnx_model import OnnxModel\n"
+              "from vocalprobe.runtime.engine.onnx_model import OnnxModel\n"
               "if usearch_loaded_first() is None: sys.exit(3)\n"
               "try:\n    OnnxModel(sys.argv[1])\n"
               "except Exception as exc:\n    print(type(exc).__name__, exc); sys.exit(4)\n")
@@ -151,7 +151,7 @@ def test_onnxruntime_after_usearch_is_an_error_not_a_crash(graph):
     assert run.returncode == 4, (run.returncode, run.stdout, run.stderr)
     assert run.stdout.startswith("ImportOrderError usearch 2.") and "import onnxruntime" in run.stdout
     fine = subprocess.run([sys.executable, "-c", "import onnxruntime, usearch.index\n"
-                           "from vocalprobe.runtime.field.onnx_model import OnnxModel; import sys\n"
+                           "from vocalprobe.runtime.engine.onnx_model import OnnxModel; import sys\n"
                            "print(OnnxModel(sys.argv[1]).classes)", str(graph)],
                           capture_output=True, text=True, timeout=120)
     assert fine.returncode == 0 and "low" in fine.stdout, fine.stderr

@@ -1,4 +1,4 @@
-"""--engine ray (runtime/field/ray_engine.py) on a real local Ray: the same bytes as a local run, chunks cut only
+"""--engine ray (runtime/engine/ray_engine.py) on a real local Ray: the same bytes as a local run, chunks cut only
 where the samples stay exact, an actor killed mid-run is retried without duplicates, a clear error without Ray."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import soundfile as sf
 from runtime_graphs import DEFAULT_FREQS, tone_track
 from test_workers import FORMATS, config_of, make_recordings, run, tree
 
-from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
 from vocalprobe.runtime.field.outputs import Outputs
-from vocalprobe.runtime.field.ray_engine import ChunkPredictor, plan_chunks, run_with_ray
+from vocalprobe.runtime.engine.ray_engine import ChunkPredictor, plan_chunks, run_with_ray
 from vocalprobe.runtime.field.run_state import RunState
-from vocalprobe.runtime.field.sources import FileSource, collect_files
+from vocalprobe.runtime.engine.sources import FileSource, collect_files
 from vocalprobe.runtime.field.stream import DetectConfig, output_options, run_settings, window_probabilities
-from vocalprobe.runtime.field.windows import WindowPlan
-from vocalprobe.runtime.field.workers import ModelSpec
+from vocalprobe.runtime.engine.windows import WindowPlan
+from vocalprobe.runtime.engine.pool import ModelSpec
 
 pytestmark = pytest.mark.slow  # a Ray cluster and its actors: seconds, still part of the default run
 
@@ -61,7 +61,7 @@ def test_stream_via_ray_writes_the_bytes_of_a_local_run(ray_cluster, recordings,
 
 @pytest.mark.parametrize("policy", ["shorter", "drop"])
 def test_chunks_give_the_windows_and_probabilities_of_a_local_run(ray_cluster, recordings, graph, policy):
-    from vocalprobe.runtime.field.ray_engine import RayRun
+    from vocalprobe.runtime.engine.ray_engine import RayRun
 
     model = OnnxModel(graph, threads=1)
     config = DetectConfig(WindowPlan.from_seconds(0.7, 0.4, 16_000, policy), batch=2)
@@ -104,7 +104,7 @@ def test_an_actor_killed_mid_run_is_retried_without_duplicates(ray_cluster, reco
 
 def test_without_ray_the_error_says_how_to_install_it():
     code = ("import sys; sys.modules['ray'] = None\n"
-            "from vocalprobe.runtime.field.ray_engine import import_ray, RayEngineError\n"
+            "from vocalprobe.runtime.engine.ray_engine import import_ray, RayEngineError\n"
             "try:\n    import_ray()\nexcept RayEngineError as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install 'vocalprobe[ray]'" in out

@@ -1,4 +1,4 @@
-"""Audio sources (runtime/field/sources.py): raw PCM on stdin, and the folder watcher (when a recording is finished)."""
+"""Audio sources (runtime/engine/sources.py): raw PCM on stdin, and the folder watcher (when a recording is finished)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from vocalprobe.runtime.core.audio import wav_data_size
-from vocalprobe.runtime.field.sources import FolderWatcher, SourceError, StdinSource, still_being_written
+from vocalprobe.runtime.engine.sources import FolderWatcher, SourceError, StdinSource, still_being_written
 
 
 def test_stdin_multichannel_and_formats(tmp_path):

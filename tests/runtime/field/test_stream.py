@@ -18,10 +18,10 @@ from torch_blocked import run_cli_without_torch, run_python_without_torch
 from typer.testing import CliRunner
 
 from vocalprobe.cli import app
-from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
 from vocalprobe.runtime.field.outputs import Outputs
 from vocalprobe.runtime.field.run_state import DONE, RunState
-from vocalprobe.runtime.field.sources import FileSource, FolderWatcher, SourceError, collect_files
+from vocalprobe.runtime.engine.sources import FileSource, FolderWatcher, SourceError, collect_files
 from vocalprobe.runtime.field.stream import (
     DetectConfig,
     output_options,
@@ -29,7 +29,7 @@ from vocalprobe.runtime.field.stream import (
     run_sources,
     window_probabilities,
 )
-from vocalprobe.runtime.field.windows import WindowPlan, plan_windows
+from vocalprobe.runtime.engine.windows import WindowPlan, plan_windows
 
 LOW, MID, HIGH = DEFAULT_FREQS
 EVENTS = [(0.4, 2.1, LOW), (3.0, 4.6, MID), (6.0, 7.2, HIGH), (8.1, 8.9, LOW)]
@@ -95,11 +95,11 @@ class _Interrupted(FileSource):
 
 MEMORY_SCRIPT = textwrap.dedent("""
     import resource, sys
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
-    from vocalprobe.runtime.field.sources import FileSource
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.sources import FileSource
     from vocalprobe.runtime.field.outputs import Outputs
     from vocalprobe.runtime.field.stream import DetectConfig, run_sources
-    from vocalprobe.runtime.field.windows import WindowPlan
+    from vocalprobe.runtime.engine.windows import WindowPlan
     model = OnnxModel(sys.argv[1], threads=1)
     config = DetectConfig(WindowPlan.from_seconds(1.0, None, 16000), batch=8, min_conf=0.8, merge=True)
     def run(path, out):
@@ -313,11 +313,11 @@ def test_two_hour_file_streams_in_flat_memory(tmp_path, graph):
 
 DENSE_SCRIPT = textwrap.dedent("""
     import resource, sys
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
-    from vocalprobe.runtime.field.sources import FileSource
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.sources import FileSource
     from vocalprobe.runtime.field.outputs import Outputs
     from vocalprobe.runtime.field.stream import DetectConfig, run_sources
-    from vocalprobe.runtime.field.windows import WindowPlan
+    from vocalprobe.runtime.engine.windows import WindowPlan
     model = OnnxModel(sys.argv[1], threads=1)
     config = DetectConfig(WindowPlan.from_seconds(0.1, 0.05, 16000), batch=32, min_conf=0.0)
     formats = ("raven", "csv", "jsonl", "birdnet-csv")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from vocalprobe.cli import app
 from vocalprobe.runtime.core.manifest import ManifestRow, write_manifest
-from vocalprobe.runtime.field.onnx_model import ModelError, OnnxModel
+from vocalprobe.runtime.engine.onnx_model import ModelError, OnnxModel
 from vocalprobe.runtime.field.validate import predict_clip, validate, write_report
 
 runner = CliRunner()

@@ -1,11 +1,11 @@
-"""Window plans (runtime/field/windows.py): every final-window policy, and the Windower cutting any block size into exactly the planned windows."""
+"""Window plans (runtime/engine/windows.py): every final-window policy, and the Windower cutting any block size into exactly the planned windows."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from vocalprobe.runtime.field.windows import Window, Windower, WindowPlan, WindowSpecError, plan_windows
+from vocalprobe.runtime.engine.windows import Window, Windower, WindowPlan, WindowSpecError, plan_windows
 
 
 def test_window_plans():

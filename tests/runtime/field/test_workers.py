@@ -1,4 +1,4 @@
-"""--workers N (runtime/field/workers.py): the same bytes as one process, failing files skipped, Ctrl-C stops cleanly
+"""--workers N (runtime/engine/pool.py): the same bytes as one process, failing files skipped, Ctrl-C stops cleanly
 and the run resumes, workers that cannot load the model fail in one line."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import soundfile as sf
 from runtime_graphs import DEFAULT_FREQS, tone_track
 from test_validate import manifest as labelled_manifest  # noqa: F401  (a fixture)
 
-from vocalprobe.runtime.field.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
 from vocalprobe.runtime.field.outputs import Outputs
 from vocalprobe.runtime.field.run_state import RunState
-from vocalprobe.runtime.field.sources import FileSource, collect_files
+from vocalprobe.runtime.engine.sources import FileSource, collect_files
 from vocalprobe.runtime.field.stream import (
     DetectConfig,
     output_options,
@@ -28,8 +28,8 @@ from vocalprobe.runtime.field.stream import (
     run_sources,
     window_probabilities,
 )
-from vocalprobe.runtime.field.windows import WindowPlan
-from vocalprobe.runtime.field.workers import ModelSpec, WorkerError, WorkerPool, run_with_workers, window_batches
+from vocalprobe.runtime.engine.windows import WindowPlan
+from vocalprobe.runtime.engine.pool import ModelSpec, WorkerError, WorkerPool, run_with_workers, window_batches
 
 FORMATS = ("raven", "csv", "jsonl")
 INTERNAL = (".vocalprobe-journal.sqlite", ".vocalprobe.lock")
@@ -117,12 +117,12 @@ def test_a_worker_that_cannot_load_the_model_is_one_error(graph):
 
 CTRL_C_SCRIPT = textwrap.dedent("""
     import sys
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.runtime.field.run_state import RunState
-    from vocalprobe.runtime.field.sources import collect_files
+    from vocalprobe.runtime.engine.sources import collect_files
     from vocalprobe.runtime.field.outputs import Outputs
     from vocalprobe.runtime.field.stream import DetectConfig, output_options, run_settings
-    from vocalprobe.runtime.field.windows import WindowPlan
+    from vocalprobe.runtime.engine.windows import WindowPlan
     from vocalprobe.runtime.field import workers
 
     def main(graph, folder, out):
@@ -288,7 +288,7 @@ def test_embed_with_workers_writes_the_archive_of_one_process(recordings, graph,
     the unreadable file listed the same; a second run skips every recording."""
     from vocalprobe.runtime.archive.embed import embed_sources
     from vocalprobe.runtime.archive.store import ArchiveDB
-    from vocalprobe.runtime.field.workers import embed_with_workers
+    from vocalprobe.runtime.engine.pool import embed_with_workers
 
     model = OnnxModel(graph, threads=1)
     plan = WindowPlan.from_seconds(0.5, 0.3, 16_000)
