@@ -28,7 +28,7 @@ from vocalprobe.runtime.archive.store import (
     offsets_of,
 )
 from vocalprobe.runtime.core.shards import Shard
-from vocalprobe.runtime.field.merge import merge_folders
+from vocalprobe.runtime.core.shards import merge_folders
 from vocalprobe.runtime.core.out_lock import OutputLock
 
 log = logging.getLogger(__name__)

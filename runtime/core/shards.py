@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, TypeVar
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.out_lock import LOCK_NAME
 
 T = TypeVar("T")
 
@@ -59,3 +61,22 @@ def shard_of(key: str, count: int) -> int:
 
 def parse_shard(text: str | None) -> Shard | None:
     return None if text is None else Shard.parse(text)
+
+
+def merge_folders(out_dir: str | Path, shard_dirs: Sequence[str | Path], error: type[Exception], *, what: str,
+                  one: str, flag: str) -> tuple[Path, list[Path]]:
+    """The checks every merge of shard folders makes (stream outputs in ``runtime/field/merge``, archives in
+    ``runtime/archive/merge``): shards given, each once, a new or empty ``out_dir`` that is none of them. ``error``
+    is raised naming ``what``."""
+    out_dir = Path(out_dir)
+    folders = [Path(d) for d in shard_dirs]
+    if not folders:
+        raise error(f"give the {what} of the shards to merge")
+    if any(p.name != LOCK_NAME for p in out_dir.glob("*")) if out_dir.is_dir() else out_dir.exists():
+        raise error(f"{out_dir} is not empty; merge into a new folder")
+    resolved = [f.resolve() for f in folders]
+    if len(set(resolved)) != len(resolved):
+        raise error(f"a shard {one} is given twice; give each shard's {flag} folder once")
+    if out_dir.resolve() in resolved:
+        raise error(f"{out_dir} is one of the shards; merge into a new folder")
+    return out_dir, folders

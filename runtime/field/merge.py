@@ -20,7 +20,8 @@ from vocalprobe.runtime.core.atomic import atomic_open, atomic_write_bytes
 from vocalprobe.runtime.core.detections.layout import PARAMS_NAME
 from vocalprobe.runtime.core.digests import json_sha256
 from vocalprobe.runtime.core.errors import VocalprobeError
-from vocalprobe.runtime.core.out_lock import LOCK_NAME, OutputLock
+from vocalprobe.runtime.core.out_lock import OutputLock
+from vocalprobe.runtime.core.shards import merge_folders
 from vocalprobe.runtime.field.run_state import (
     DONE,
     FAILED,
@@ -122,24 +123,6 @@ def _params(shards: Sequence[_Shard]) -> bytes | None:
         raise MergeError(f"the shards' {PARAMS_NAME} differ ({', '.join(str(f) for f in found)}): they were not "
                          "made by one vocalprobe with one model and settings")
     return next(iter(found.values()), None)
-
-
-def merge_folders(out_dir: str | Path, shard_dirs: Sequence[str | Path], error: type[Exception], *, what: str,
-                  one: str, flag: str) -> tuple[Path, list[Path]]:
-    """The checks every merge makes of its folders (stream outputs here, archives in ``runtime/archive/merge``):
-    shards given, each once, a new or empty ``out_dir`` that is none of them. ``error`` is raised naming ``what``."""
-    out_dir = Path(out_dir)
-    folders = [Path(d) for d in shard_dirs]
-    if not folders:
-        raise error(f"give the {what} of the shards to merge")
-    if any(p.name != LOCK_NAME for p in out_dir.glob("*")) if out_dir.is_dir() else out_dir.exists():
-        raise error(f"{out_dir} is not empty; merge into a new folder")
-    resolved = [f.resolve() for f in folders]
-    if len(set(resolved)) != len(resolved):
-        raise error(f"a shard {one} is given twice; give each shard's {flag} folder once")
-    if out_dir.resolve() in resolved:
-        raise error(f"{out_dir} is one of the shards; merge into a new folder")
-    return out_dir, folders
 
 
 def merge_outputs(out_dir: str | Path, shard_dirs: Sequence[str | Path]) -> MergeSummary:
