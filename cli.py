@@ -1,7 +1,7 @@
-"""The `vocalprobe` console script: one typer app that joins each subpackage's commands.
+"""The `vocalprobe` console script: one typer app that joins the command groups of ``vocalprobe.commands``.
 
-Heavy libraries (torch, transformers, onnxruntime) are imported inside command bodies only, so `vocalprobe --help`
-is instant and the runtime commands work where torch is not installed.
+Each group imports its work (torch, transformers, onnxruntime, the runtime itself) inside its command bodies, so
+`vocalprobe --help` loads none of it (benchmarks/bench_cli.py) and the runtime commands work without torch.
 """
 
 from __future__ import annotations
@@ -11,15 +11,7 @@ import logging
 import typer
 
 from vocalprobe import __version__
-from vocalprobe import demo
-from vocalprobe.export import attach as export_attach
-from vocalprobe.export import cli as export_cli
-from vocalprobe.runtime.archive import cli as archive_cli
-from vocalprobe.runtime.datasets import cli as data_cli
-from vocalprobe.runtime.field import cli as field_cli
-from vocalprobe.training import archive_probe
-from vocalprobe.training.aves import cli as aves_cli
-from vocalprobe.training.study import cli as study_cli
+from vocalprobe.commands import archive, convert_aves, data, demo, export, field, study
 
 app = typer.Typer(
     name="vocalprobe",
@@ -29,25 +21,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# In the order of the workflow: the demo, then data -> study -> export -> validate -> field runtime.
-app.command("demo")(demo.demo_command)
-app.add_typer(data_cli.app, name="data")
-app.command("study")(study_cli.study)
-app.command("convert-aves")(aves_cli.convert_aves)
-app.add_typer(export_cli.app, name="export")
-app.command("validate")(field_cli.validate)
-app.command("stream")(field_cli.stream)
-app.command("merge")(field_cli.merge)
-app.command("bench")(field_cli.bench)
-app.command("score-events")(field_cli.score_events)
-app.command("review")(field_cli.review)
-# The embedding archive: embed once, then search, label, fit and apply probes, attach one to its graph.
-app.command("embed")(archive_cli.embed)
-app.command("search")(archive_cli.search)
-app.add_typer(archive_cli.label_app, name="label")
-archive_cli.probe_app.command("fit")(archive_cli.fit_command(archive_probe.fit_head))
-app.add_typer(archive_cli.probe_app, name="probe")
-export_cli.app.command("attach")(archive_cli.attach_command(export_attach.attach_head))
+# In the order of the workflow: the demo, then data -> study -> export -> validate -> field runtime -> the embedding
+# archive (embed once, then search, label, fit and apply probes; `export attach` puts one on its graph).
+app.add_typer(demo.app)
+app.add_typer(data.app, name="data")
+app.add_typer(study.app)
+app.add_typer(convert_aves.app)
+app.add_typer(export.app, name="export")
+app.add_typer(field.app)
+app.add_typer(archive.app)
 
 
 def _version(value: bool) -> None:

@@ -23,12 +23,9 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable
-
-import typer
+from typing import Callable
 
 from vocalprobe.runtime.core.atomic import atomic_write_text
-from vocalprobe.runtime.core.cli_common import friendly_errors
 
 #: The field recording's windows: 1 s windows every 0.5 s, so a call is never cut in two by the only window seeing it.
 FIELD_WINDOW_S = 1.0
@@ -139,7 +136,7 @@ def export_graphs(study_dir: Path, models_dir: Path, log: Callable[[str], None]
 def validate_graphs(graphs: list[tuple[str, str, Path, Path | None]], manifest: Path, reports_dir: Path
                     ) -> list[GraphCheck]:
     """Each graph against the study's Test UAR; a quantized one also against its fp32 graph (decisions changed)."""
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.runtime.field.validate import validate, write_report
 
     checks = []
@@ -164,12 +161,12 @@ def field_recordings(field_dir: Path) -> list[Path]:
 def stream_field_recording(model_path: Path, field_dir: Path, out_dir: Path, ignore: set[str], *,
                            thresholds: tuple[tuple[str, float], ...] = ()) -> FieldScore:
     """``stream`` on the field recording (``thresholds``: per-class, as ``--min-conf CLASSES.csv`` gives them)."""
-    from vocalprobe.runtime.field.ensemble import load_models
+    from vocalprobe.runtime.engine.ensemble import load_models
     from vocalprobe.runtime.field.events import chance_score, detected_events, score_events
     from vocalprobe.runtime.field.outputs import Outputs
-    from vocalprobe.runtime.field.sources import collect_files
+    from vocalprobe.runtime.engine.sources import collect_files
     from vocalprobe.runtime.field.stream import DetectConfig, run_sources
-    from vocalprobe.runtime.field.windows import WindowPlan
+    from vocalprobe.runtime.engine.windows import WindowPlan
 
     model = load_models([str(model_path)])
     plan = WindowPlan.from_seconds(FIELD_WINDOW_S, FIELD_HOP_S, model.sample_rate, "pad")
@@ -249,10 +246,10 @@ def agile_loop(graph: Path, backbone: str, layer: str, field_dir: Path, out_dir:
     from vocalprobe.runtime.archive.labels import import_tables
     from vocalprobe.runtime.archive.search import archive_model, archive_plan, query_embedding, search, write_hits
     from vocalprobe.runtime.archive.store import ArchiveDB
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
-    from vocalprobe.runtime.field.sources import collect_files
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.sources import collect_files
     from vocalprobe.runtime.field.stream import read_thresholds
-    from vocalprobe.runtime.field.windows import WindowPlan
+    from vocalprobe.runtime.engine.windows import WindowPlan
     from vocalprobe.training.archive_probe import fit_head
 
     if out_dir.exists():
@@ -416,24 +413,3 @@ def run_demo(root: str | Path = ".", *, log: Callable[[str], None] = print, prog
     atomic_write_text(report, render_report(study_dir, checks, field, root, agile))
     return report
 
-
-@friendly_errors
-def demo_command(
-    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads for the study and export (1 is fastest on "
-                                                     "a busy 2-core machine).")] = 1,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
-) -> None:
-    """Run the embedded default end to end: study -> export (fp32, int8, fusion) -> validate -> stream + score ->
-    the agile loop (embed, search, label, probe fit/apply, attach, stream).
-
-    Everything lands under artifacts/ (start with artifacts/demo/report.md); nothing is downloaded.
-    """
-    import torch
-    from rich.console import Console
-    from rich.markdown import Markdown
-
-    torch.set_num_threads(threads)
-    console = Console()
-    report = run_demo(".", log=lambda m: console.print(m, markup=False, highlight=False), progress=progress)
-    console.print(Markdown(report.read_text(encoding="utf-8")))
-    typer.echo(f"report: {report}")

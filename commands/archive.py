@@ -1,23 +1,29 @@
-"""`vocalprobe embed`, `search`, `label import`, `probe fit|apply` and `export attach`: the archive's CLI face.
+"""`vocalprobe embed`, `search`, `label import` and `probe fit|apply`: the embedding archive's commands.
 
-The torch side (``probe fit``) and the export side (``export attach``) are handed in by the root CLI
-(``fit_command(trainer)``, ``attach_command(attacher)``), so this runtime module never imports them.
+``probe fit`` trains with torch (``training.archive_probe``), imported inside its body like every command's work.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from vocalprobe.runtime.core.cli_common import fail, friendly_errors
-from vocalprobe.runtime.field.scale_options import AddressOpt, ConcurrencyOpt, EngineOpt, NumCpusOpt, NumGpusOpt
+from vocalprobe.commands.errors import fail, friendly_errors
+from vocalprobe.commands.options import (
+    AddressOpt,
+    ConcurrencyOpt,
+    EngineOpt,
+    NumCpusOpt,
+    NumGpusOpt,
+    ThreadsOpt,
+)
 
 DbOpt = Annotated[Path, typer.Option("--db", help="Archive database folder (perch-hoplite format).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads (default: onnxruntime's).")]
 
+app = typer.Typer()
 label_app = typer.Typer(help="Reviewed labels into an archive.", no_args_is_help=True)
 probe_app = typer.Typer(help="Probes trained on an archive's stored vectors.", no_args_is_help=True)
 
@@ -26,6 +32,7 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+@app.command("embed")
 @friendly_errors
 def embed(
     inputs: Annotated[list[str], typer.Argument(help="Audio files or folders (recursive; wav/flac/ogg).")],
@@ -54,9 +61,9 @@ def embed(
     from vocalprobe.runtime.archive.embed import embed_sources
     from vocalprobe.runtime.archive.store import ArchiveDB
     from vocalprobe.runtime.core.shards import parse_shard
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
-    from vocalprobe.runtime.field.sources import collect_files
-    from vocalprobe.runtime.field.windows import WindowPlan
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.sources import collect_files
+    from vocalprobe.runtime.engine.windows import WindowPlan
 
     if "-" in inputs:
         raise fail("embed reads files and folders, not stdin")
@@ -79,8 +86,8 @@ def embed(
     with ArchiveDB.open_writer(db) as archive:
         archive.mark_shard(None if part is None else str(part))
         if engine == "ray":
-            from vocalprobe.runtime.field.ray_engine import embed_with_ray
-            from vocalprobe.runtime.field.workers import ModelSpec
+            from vocalprobe.runtime.engine.ray_engine import embed_with_ray
+            from vocalprobe.runtime.engine.pool import ModelSpec
 
             spec = ModelSpec((str(model),), None, "auto" if num_gpus else "cpu",
                              threads if threads is not None else max(1, int(num_cpus or 1)))
@@ -88,7 +95,7 @@ def embed(
                                      num_cpus=num_cpus, num_gpus=num_gpus, concurrency=concurrency,
                                      deployment=deployment, positions=positions)
         elif workers > 1:
-            from vocalprobe.runtime.field.workers import ModelSpec, default_threads, embed_with_workers
+            from vocalprobe.runtime.engine.pool import ModelSpec, default_threads, embed_with_workers
 
             spec = ModelSpec((str(model),), None, "cpu", threads if threads is not None else default_threads(workers))
             summary = embed_with_workers(files, net, plan, archive, spec=spec, workers=workers, batch=batch,
@@ -107,6 +114,7 @@ def embed(
         raise typer.Exit(2)
 
 
+@app.command("search")
 @friendly_errors
 def search(
     query: Annotated[Path, typer.Argument(help="Audio file holding the example call.")],
@@ -179,44 +187,30 @@ def probe_apply(
                f"{summary.windows / took:,.0f} windows/s: {summary.detections} detection(s) -> {out}")
 
 
-def fit_command(trainer: Callable) -> Callable:
-    """``probe fit`` around ``trainer`` (``training.archive_probe.fit_head``)."""
+@probe_app.command("fit")
+@friendly_errors
+def probe_fit(
+    db: DbOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Head folder to write.")],
+    linear: Annotated[bool, typer.Option(help="A linear probe instead of the paper's MLP.")] = False,
+    precision: Annotated[float, typer.Option(help="Target precision of each class's threshold.")] = 0.9,
+    seed: Annotated[int, typer.Option(help="Split, weights and batch order.")] = 0,
+) -> None:
+    """Train a probe on the archive's annotated windows (stored vectors only; no audio is read)."""
+    from vocalprobe.training.archive_probe import fit_head
 
-    @friendly_errors
-    def probe_fit(
-        db: DbOpt,
-        out: Annotated[Path, typer.Option("--out", "-o", help="Head folder to write.")],
-        linear: Annotated[bool, typer.Option(help="A linear probe instead of the paper's MLP.")] = False,
-        precision: Annotated[float, typer.Option(help="Target precision of each class's threshold.")] = 0.9,
-        seed: Annotated[int, typer.Option(help="Split, weights and batch order.")] = 0,
-    ) -> None:
-        """Train a probe on the archive's annotated windows (stored vectors only; no audio is read)."""
-        report = trainer(db, out, linear=linear, precision=precision, seed=seed)
-        lo, hi = report.test_uar_ci95
-        typer.echo(f"classes: {', '.join(f'{c} ({n})' for c, n in report.counts.items())}; split "
-                   f"{report.n_train}/{report.n_val}/{report.n_test} (train/val/test)")
-        typer.echo(f"held-out UAR {report.test_uar * 100:.1f} (95% CI {lo * 100:.1f}-{hi * 100:.1f})")
-        for c, t in report.thresholds.items():
-            note = "" if report.precision_reached[c] else f" (precision {precision:g} not reached)"
-            typer.echo(f"  threshold {c}: {t:.4f}{note}")
-        if report.left_out:
-            _say(f"note: {report.left_out} window(s) with two different positive labels were left out")
-        typer.echo(f"wrote {report.out_dir}")
-
-    return probe_fit
+    report = fit_head(db, out, linear=linear, precision=precision, seed=seed)
+    lo, hi = report.test_uar_ci95
+    typer.echo(f"classes: {', '.join(f'{c} ({n})' for c, n in report.counts.items())}; split "
+               f"{report.n_train}/{report.n_val}/{report.n_test} (train/val/test)")
+    typer.echo(f"held-out UAR {report.test_uar * 100:.1f} (95% CI {lo * 100:.1f}-{hi * 100:.1f})")
+    for c, t in report.thresholds.items():
+        note = "" if report.precision_reached[c] else f" (precision {precision:g} not reached)"
+        typer.echo(f"  threshold {c}: {t:.4f}{note}")
+    if report.left_out:
+        _say(f"note: {report.left_out} window(s) with two different positive labels were left out")
+    typer.echo(f"wrote {report.out_dir}")
 
 
-def attach_command(attacher: Callable) -> Callable:
-    """``export attach`` around ``attacher`` (``export.attach.attach_head``)."""
-
-    @friendly_errors
-    def attach(
-        graph: Annotated[Path, typer.Argument(help="The graph the archive was embedded with.")],
-        head: Annotated[Path, typer.Argument(help="Head folder written by `vocalprobe probe fit`.")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="The new .onnx graph.")],
-    ) -> None:
-        """One deployable graph: GRAPH's backbone and layer with the new probe on top."""
-        path = attacher(graph, head, out)
-        typer.echo(f"wrote {path}")
-
-    return attach
+app.add_typer(label_app, name="label")
+app.add_typer(probe_app, name="probe")

@@ -7,9 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from vocalprobe.runtime.core.cli_common import friendly_errors
+from vocalprobe.commands.errors import friendly_errors
+
+app = typer.Typer()
 
 
+@app.command("convert-aves")
 @friendly_errors
 def convert_aves(
     checkpoint: Annotated[Path, typer.Argument(

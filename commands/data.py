@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vocalprobe.runtime.core.cli_common import friendly_errors
+from vocalprobe.commands.errors import friendly_errors
 
 app = typer.Typer(help="Prepare, split and describe datasets (manifests).", no_args_is_help=True)
 # Path arguments are declared readable=False: click would refuse an unreadable path as a usage error (exit 2, a

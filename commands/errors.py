@@ -1,4 +1,7 @@
-"""What every CLI command shares: user errors become one red line and exit code 1, never a traceback."""
+"""What every command shares: user errors become one red line and exit code 1, never a traceback.
+
+``vocalprobe.runtime.core.errors`` is imported only once an error is raised, so importing the CLI loads no runtime.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,10 @@ from typing import Callable, TypeVar
 
 import typer
 
-from vocalprobe.runtime.core.errors import VocalprobeError, os_reason
-
 F = TypeVar("F", bound=Callable)
+
+#: Libraries of the training extra: a command missing one says how to install it.
+_TRAINING_EXTRA = {"torch", "transformers", "sklearn", "matplotlib", "onnx", "onnxscript", "safetensors"}
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -21,6 +25,8 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 def os_error_line(exc: OSError) -> str:
     """One line for an OS refusal: the file it concerns and what the OS said (permission denied, disk full ...)."""
+    from vocalprobe.runtime.core.errors import os_reason
+
     reason = os_reason(exc)
     if exc.errno == errno.ENOSPC:
         reason += "; free some space and re-run (finished outputs are kept)"
@@ -38,18 +44,21 @@ def friendly_errors(func: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except VocalprobeError as exc:
-            raise fail(str(exc)) from None
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.split(".")[0] in {"torch", "transformers", "sklearn", "matplotlib", "onnx",
-                                                        "onnxscript", "safetensors"}:
-                raise fail(f"this command needs `{exc.name}`, which is not installed. Install the training extra: "
-                           "pip install torch==2.13.0 && pip install 'vocalprobe[train]'") from None
-            raise
-        except OSError as exc:
-            raise fail(os_error_line(exc)) from None
         except KeyboardInterrupt:
             typer.secho("interrupted; finished outputs are kept, re-run the command to resume", err=True)
             sys.exit(130)
+        except Exception as exc:
+            from vocalprobe.runtime.core.errors import VocalprobeError
+
+            if isinstance(exc, VocalprobeError):
+                raise fail(str(exc)) from None
+            if isinstance(exc, ModuleNotFoundError):
+                if exc.name and exc.name.split(".")[0] in _TRAINING_EXTRA:
+                    raise fail(f"this command needs `{exc.name}`, which is not installed. Install the training "
+                               "extra: pip install torch==2.13.0 && pip install 'vocalprobe[train]'") from None
+                raise
+            if isinstance(exc, OSError):
+                raise fail(os_error_line(exc)) from None
+            raise
 
     return wrapper  # type: ignore[return-value]

@@ -1,4 +1,5 @@
-"""`vocalprobe export`: a study's probe -> one ONNX graph, and `vocalprobe export fusion`: graphs -> one fused graph.
+"""`vocalprobe export`: a study's probe -> one ONNX graph, `export fusion`: graphs -> one fused graph, and
+`export attach`: an archive's probe on top of the graph it was embedded with.
 
 ``vocalprobe export STUDY_DIR ...`` is short for ``vocalprobe export study STUDY_DIR ...``: the group dispatches any
 first argument that is not a subcommand name to ``study``.
@@ -13,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from vocalprobe.runtime.core.cli_common import friendly_errors
+from vocalprobe.commands.errors import friendly_errors
 
 
 class _DefaultToStudy(TyperGroup):
@@ -130,7 +131,7 @@ def fusion(
     Members must have the same class names (reordered if needed), sample rate and chunk limit.
     """
     from vocalprobe.export.fusion import FusionError, fuse_models, fusion_from_study
-    from vocalprobe.runtime.field.ensemble import parse_weights
+    from vocalprobe.runtime.engine.ensemble import parse_weights
     from vocalprobe.export.metadata import read_metadata
 
     if quantize == "auto":
@@ -155,3 +156,17 @@ def fusion(
     typer.echo(f"wrote {out}: fusion of " + ", ".join(
         f"{m['backbone']} layer {m['layer']} (w={m['weight']:.3g})" for m in described)
         + (f"; study Test UAR of this fusion {float(meta['test_uar']) * 100:.2f}" if "test_uar" in meta else ""))
+
+
+@app.command("attach")
+@friendly_errors
+def attach(
+    graph: Annotated[Path, typer.Argument(help="The graph the archive was embedded with.")],
+    head: Annotated[Path, typer.Argument(help="Head folder written by `vocalprobe probe fit`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The new .onnx graph.")],
+) -> None:
+    """One deployable graph: GRAPH's backbone and layer with the new probe on top."""
+    from vocalprobe.export.attach import attach_head
+
+    path = attach_head(graph, head, out)
+    typer.echo(f"wrote {path}")

@@ -1,8 +1,8 @@
 """`vocalprobe stream`, `merge`, `validate`, `bench`, `score-events` and `review`: the torch-free commands a recorder
 runs.
 
-Commands parse options and call ``stream.py``, ``validate.py``, ``bench.py``, ``events.py`` and ``review.py``; onnxruntime is
-imported inside the command bodies (through ``onnx_model``), never when the CLI is imported.
+Commands parse options and call ``runtime.field``'s stream, validate, bench, events and review; the runtime and
+onnxruntime are imported inside the command bodies, never when the CLI is imported.
 """
 
 from __future__ import annotations
@@ -13,15 +13,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from vocalprobe.runtime.core.cli_common import fail, friendly_errors
-from vocalprobe.runtime.field.scale_options import AddressOpt, ConcurrencyOpt, EngineOpt, NumCpusOpt, NumGpusOpt
+from vocalprobe.commands.errors import fail, friendly_errors
+from vocalprobe.commands.options import (
+    AddressOpt,
+    ConcurrencyOpt,
+    EngineOpt,
+    NumCpusOpt,
+    NumGpusOpt,
+    ThreadsOpt,
+)
+
+app = typer.Typer()
 
 ModelOpt = Annotated[list[Path], typer.Option("--model", "-m", help="Exported .onnx graph; repeat it to fuse "
                                                                      "several models (probabilities averaged).")]
 WindowOpt = Annotated[Optional[float], typer.Option(help="Analysis window in seconds (default: the model's "
                                                           "sample_duration).")]
 BatchOpt = Annotated[int, typer.Option(help="Windows per model call (throughput; memory is window x batch).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads (default: onnxruntime's).")]
 ProviderOpt = Annotated[str, typer.Option(help="auto (CUDA when onnxruntime-gpu finds a GPU, else CPU), cpu or cuda.")]
 
 
@@ -68,6 +76,83 @@ class _Progress:
         self._progress.update(self._task, text=self._text())
 
 
+@app.command("validate")
+@friendly_errors
+def validate(
+    model: Annotated[Path, typer.Argument(help="Exported .onnx graph.")],
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV with a split column.")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    tolerance: Annotated[float, typer.Option(help="Allowed |UAR difference| with the study (or the reference), "
+                                             "in UAR points.")] = 0.5,
+    reference: Annotated[Optional[Path], typer.Option(
+        "--reference", help="Compare with this graph's UAR on the same clips instead of the study's (e.g. a "
+        "quantized graph against its fp32 graph; works on any labelled manifest).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Report folder (default: MODEL.validate-SPLIT next to the model).")] = None,
+    provider: ProviderOpt = "auto",
+    threads: ThreadsOpt = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CI.")] = 1000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes, each with its own session(s) and --threads "
+                                         "(default: cores / workers); the report is that of one process.")] = 1,
+) -> None:
+    """Score an exported graph with onnxruntime only and compare with the study's UAR (exit 1 when off)."""
+    from contextlib import ExitStack
+
+    from rich.progress import Progress
+
+    from vocalprobe.runtime.core.manifest import read_manifest
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
+    from vocalprobe.runtime.field.validate import validate as run_validate
+    from vocalprobe.runtime.field.validate import write_report
+
+    net = OnnxModel(model, provider=provider, threads=threads)
+    _say(f"model: {net.describe()}")
+    reference_net = None
+    if reference is not None:
+        reference_net = OnnxModel(reference, provider=provider, threads=threads)
+        _say(f"reference: {reference_net.describe()}")
+    n_clips = len(read_manifest(manifest).split(split))
+    with ExitStack() as pools, Progress(transient=True) as progress:
+        pool = reference_pool = None
+        if workers > 1:
+            from vocalprobe.runtime.engine.pool import ModelSpec, WorkerPool, default_threads
+
+            each = threads if threads is not None else default_threads(workers)
+            pool = pools.enter_context(WorkerPool(ModelSpec((str(model),), None, provider, each), workers))
+            if reference is not None:
+                reference_pool = pools.enter_context(WorkerPool(ModelSpec((str(reference),), None, provider, each),
+                                                                workers))
+            _say(f"{workers} workers x {each} thread(s), providers in use: {', '.join(pool.providers)}")
+        task = progress.add_task(f"validate {split}", total=n_clips)
+        report = run_validate(net, manifest, split=split, tolerance_points=tolerance, n_resamples=resamples,
+                              on_clip=lambda: progress.advance(task), reference_model=reference_net, pool=pool,
+                              reference_pool=reference_pool)
+    out = out if out is not None else model.with_name(f"{model.stem}.validate-{split}")
+    json_path, png_path, note = write_report(report, out)
+    if report.uar is not None:
+        lo, hi = report.uar_ci95
+        typer.echo(f"ONNX UAR on {split}: {report.uar * 100:.2f} (95% CI {lo * 100:.2f}-{hi * 100:.2f}) "
+                   f"over {report.n_scored} of {report.n_clips} clips")
+    if report.reference_uar is not None and report.reference_model is not None:
+        typer.echo(f"reference UAR ({report.reference_key}): {report.reference_uar * 100:.2f}; decisions changed: "
+                   f"{report.decisions_changed} of {report.n_scored} clips")
+    elif report.reference_uar is not None:
+        typer.echo(f"study UAR ({report.reference_key}): {report.reference_uar * 100:.2f}")
+    if report.difference_points is not None:
+        typer.echo(f"difference: {report.difference_points:+.2f} points (tolerance {tolerance:g})")
+    for item in report.unreadable:
+        typer.secho(f"unreadable: {item['path']}: {item['problem']}", fg=typer.colors.YELLOW, err=True)
+    for line in report.notes + ([note] if note else []):
+        typer.secho(f"note: {line}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"report: {json_path}" + (f", confusion matrix: {png_path}" if png_path else ""))
+    if report.passed is False:
+        raise fail(f"the ONNX UAR differs from the {'reference' if reference else 'study'}'s by "
+                   f"{report.difference_points:+.2f} points (more than --tolerance {tolerance:g})")
+    if report.uar is None:
+        raise fail("no clip could be read")
+
+
+@app.command("stream")
 @friendly_errors
 def stream(
     inputs: Annotated[Optional[list[str]], typer.Argument(
@@ -122,10 +207,10 @@ def stream(
 ) -> None:
     """Detect calls in field recordings with exported models, in constant memory, resumable."""
     from vocalprobe.runtime.core.errors import AudioError
-    from vocalprobe.runtime.field.ensemble import load_models
+    from vocalprobe.runtime.engine.ensemble import load_models
     from vocalprobe.runtime.field.outputs import Outputs
     from vocalprobe.runtime.field.run_state import JOURNAL_NAME, RunState
-    from vocalprobe.runtime.field.sources import FolderWatcher, StdinSource, collect_files
+    from vocalprobe.runtime.engine.sources import FolderWatcher, StdinSource, collect_files
     from vocalprobe.runtime.field.stream import (
         DetectConfig,
         analysis_params,
@@ -134,7 +219,7 @@ def stream(
         run_settings,
         run_sources,
     )
-    from vocalprobe.runtime.field.windows import WindowPlan
+    from vocalprobe.runtime.engine.windows import WindowPlan
     from vocalprobe.runtime.core.detections.tables import parse_formats
 
     inputs = inputs or []
@@ -158,7 +243,7 @@ def stream(
     watcher = FolderWatcher(watch, settle_s=settle) if watch is not None else None
     files = collect_files(inputs, block_size) if inputs and inputs != ["-"] else None
     every_file = files  # before --shard: `merge` lays the shards out in this order
-    from vocalprobe.runtime.field.ray_engine import scale_out
+    from vocalprobe.runtime.engine.ray_engine import scale_out
 
     runner, files = scale_out(run_sources, files, model_paths=model, weights=weights, provider=provider,
                               threads=threads, workers=workers, shard=shard, engine=engine, address=address,
@@ -239,6 +324,7 @@ def stream(
         raise typer.Exit(summary.exit_code)
 
 
+@app.command("merge")
 @friendly_errors
 def merge(
     folders: Annotated[list[Path], typer.Argument(
@@ -269,81 +355,7 @@ def merge(
                f"{summary.detections} detection(s) -> {out}")
 
 
-@friendly_errors
-def validate(
-    model: Annotated[Path, typer.Argument(help="Exported .onnx graph.")],
-    manifest: Annotated[Path, typer.Argument(help="Manifest CSV with a split column.")],
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
-    tolerance: Annotated[float, typer.Option(help="Allowed |UAR difference| with the study (or the reference), "
-                                             "in UAR points.")] = 0.5,
-    reference: Annotated[Optional[Path], typer.Option(
-        "--reference", help="Compare with this graph's UAR on the same clips instead of the study's (e.g. a "
-        "quantized graph against its fp32 graph; works on any labelled manifest).")] = None,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="Report folder (default: MODEL.validate-SPLIT next to the model).")] = None,
-    provider: ProviderOpt = "auto",
-    threads: ThreadsOpt = None,
-    resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CI.")] = 1000,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes, each with its own session(s) and --threads "
-                                         "(default: cores / workers); the report is that of one process.")] = 1,
-) -> None:
-    """Score an exported graph with onnxruntime only and compare with the study's UAR (exit 1 when off)."""
-    from contextlib import ExitStack
-
-    from rich.progress import Progress
-
-    from vocalprobe.runtime.core.manifest import read_manifest
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
-    from vocalprobe.runtime.field.validate import validate as run_validate
-    from vocalprobe.runtime.field.validate import write_report
-
-    net = OnnxModel(model, provider=provider, threads=threads)
-    _say(f"model: {net.describe()}")
-    reference_net = None
-    if reference is not None:
-        reference_net = OnnxModel(reference, provider=provider, threads=threads)
-        _say(f"reference: {reference_net.describe()}")
-    n_clips = len(read_manifest(manifest).split(split))
-    with ExitStack() as pools, Progress(transient=True) as progress:
-        pool = reference_pool = None
-        if workers > 1:
-            from vocalprobe.runtime.field.workers import ModelSpec, WorkerPool, default_threads
-
-            each = threads if threads is not None else default_threads(workers)
-            pool = pools.enter_context(WorkerPool(ModelSpec((str(model),), None, provider, each), workers))
-            if reference is not None:
-                reference_pool = pools.enter_context(WorkerPool(ModelSpec((str(reference),), None, provider, each),
-                                                                workers))
-            _say(f"{workers} workers x {each} thread(s), providers in use: {', '.join(pool.providers)}")
-        task = progress.add_task(f"validate {split}", total=n_clips)
-        report = run_validate(net, manifest, split=split, tolerance_points=tolerance, n_resamples=resamples,
-                              on_clip=lambda: progress.advance(task), reference_model=reference_net, pool=pool,
-                              reference_pool=reference_pool)
-    out = out if out is not None else model.with_name(f"{model.stem}.validate-{split}")
-    json_path, png_path, note = write_report(report, out)
-    if report.uar is not None:
-        lo, hi = report.uar_ci95
-        typer.echo(f"ONNX UAR on {split}: {report.uar * 100:.2f} (95% CI {lo * 100:.2f}-{hi * 100:.2f}) "
-                   f"over {report.n_scored} of {report.n_clips} clips")
-    if report.reference_uar is not None and report.reference_model is not None:
-        typer.echo(f"reference UAR ({report.reference_key}): {report.reference_uar * 100:.2f}; decisions changed: "
-                   f"{report.decisions_changed} of {report.n_scored} clips")
-    elif report.reference_uar is not None:
-        typer.echo(f"study UAR ({report.reference_key}): {report.reference_uar * 100:.2f}")
-    if report.difference_points is not None:
-        typer.echo(f"difference: {report.difference_points:+.2f} points (tolerance {tolerance:g})")
-    for item in report.unreadable:
-        typer.secho(f"unreadable: {item['path']}: {item['problem']}", fg=typer.colors.YELLOW, err=True)
-    for line in report.notes + ([note] if note else []):
-        typer.secho(f"note: {line}", fg=typer.colors.YELLOW, err=True)
-    typer.echo(f"report: {json_path}" + (f", confusion matrix: {png_path}" if png_path else ""))
-    if report.passed is False:
-        raise fail(f"the ONNX UAR differs from the {'reference' if reference else 'study'}'s by "
-                   f"{report.difference_points:+.2f} points (more than --tolerance {tolerance:g})")
-    if report.uar is None:
-        raise fail("no clip could be read")
-
-
+@app.command("bench")
 @friendly_errors
 def bench(
     model: Annotated[list[Path], typer.Argument(help="Exported .onnx graph(s); several are also timed as a fusion.")],
@@ -356,8 +368,8 @@ def bench(
 ) -> None:
     """Speed (x real time), per-window latency and peak memory of models on this machine, with synthetic audio."""
     from vocalprobe.runtime.field.bench import bench_model, bench_stream
-    from vocalprobe.runtime.field.ensemble import Ensemble
-    from vocalprobe.runtime.field.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.ensemble import Ensemble
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
 
     nets = [OnnxModel(p, provider=provider, threads=threads) for p in model]
     candidates = list(nets) + ([Ensemble(nets)] if len(nets) > 1 else [])
@@ -376,6 +388,7 @@ def bench(
                        f"{s.overhead * 100:.1f}% of model time")
 
 
+@app.command("score-events")
 @friendly_errors
 def score_events(
     detections: Annotated[Path, typer.Argument(help="A stream output folder (its detections.csv), or the table.")],
@@ -418,6 +431,7 @@ def score_events(
                    f"{nt} true)")
 
 
+@app.command("review")
 @friendly_errors
 def review(
     detections: Annotated[Path, typer.Argument(help="A stream output folder (its detections.csv), or the table.")],

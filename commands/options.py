@@ -1,4 +1,4 @@
-"""The scale-out options `stream` and `embed` share (typer aliases, so both commands say the same thing)."""
+"""The options several commands share, declared once (typer aliases), so every command says the same thing."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
+#: onnxruntime's intra-op threads: stream, validate, bench, embed and search.
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads (default: onnxruntime's).")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+
+# The scale-out of stream and embed (and --address of study's Ray extraction).
 # "\[" keeps rich's help renderer from reading [ray] as markup (it would print 'vocalprobe').
 EngineOpt = Annotated[str, typer.Option(help="local, or ray (pip install 'vocalprobe\\[ray]').")]
 AddressOpt = Annotated[Optional[str], typer.Option(help="--engine ray: a running cluster (default: start a local "

@@ -7,7 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from vocalprobe.runtime.core.cli_common import friendly_errors
+from vocalprobe.commands.errors import friendly_errors
+from vocalprobe.commands.options import AddressOpt, ProgressOpt
+
+app = typer.Typer()
 
 DataOpt = Annotated[Optional[list[str]], typer.Option(
     "--data", help="Manifest with train/val/test splits; repeat for several datasets. NAME=PATH names the dataset "
@@ -32,17 +35,15 @@ ThreadsOpt = Annotated[Optional[int], typer.Option(
 DtypeOpt = Annotated[Optional[str], typer.Option(
     "--dtype", help="Backbone precision: float32 (default), or bfloat16 / float16 on a GPU; the difference to "
     "float32 on the first clips is printed and saved as precision.json beside the probes.")]
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 ShardOpt = Annotated[Optional[str], typer.Option(
     "--shard", help="Only extract shard i/n (0-based) of every dataset x backbone's features into the feature cache, "
     "e.g. one SLURM array task each; then run the study without --shard to train the probes from the cache.")]
-EngineOpt = Annotated[str, typer.Option(
+StudyEngineOpt = Annotated[str, typer.Option(
     "--engine", help="local, or ray: extract the features as Ray tasks, one per (backbone, dataset, shard), one GPU "
     "each when the cluster has GPUs (pip install 'vocalprobe\\[ray]'); the probes then train here.")]
-AddressOpt = Annotated[Optional[str], typer.Option(
-    "--address", help="--engine ray: a running cluster (default: start a local Ray on this machine's cores).")]
 
 
+@app.command("study")
 @friendly_errors
 def study(
     data: DataOpt = None,
@@ -57,7 +58,7 @@ def study(
     dtype: DtypeOpt = None,
     progress: ProgressOpt = True,
     shard: ShardOpt = None,
-    engine: EngineOpt = "local",
+    engine: StudyEngineOpt = "local",
     address: AddressOpt = None,
 ) -> None:
     """Probe every layer of every backbone on every dataset, pick the best layers, fuse them, write the report.

@@ -18,7 +18,7 @@ import typer
 from typer.testing import CliRunner
 
 from vocalprobe.cli import app
-from vocalprobe.runtime.core.cli_common import friendly_errors
+from vocalprobe.commands.errors import friendly_errors
 
 runner = CliRunner()
 ROOT_CAPS = "dac_override,dac_read_search"  # what lets root read and write files whatever their mode
