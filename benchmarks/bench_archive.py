@@ -143,7 +143,7 @@ def bench_search(n: int, dim: int, k: int, queries: int, folder: Path) -> None:
 
 
 def bench_apply(archive, dim: int) -> None:
-    from vocalprobe.runtime.archive.head import Head
+    from vocalprobe.runtime.archive.head import Head, HeadRecord
 
     rng = np.random.default_rng(2)
     sizes = (dim, 128, 64, 32, 3)
@@ -153,8 +153,11 @@ def bench_apply(archive, dim: int) -> None:
                                   np.zeros(b, np.float32))))
         if b != 3:
             layers += [("layernorm", (np.ones(b, np.float32), np.zeros(b, np.float32))), ("relu", ())]
-    head = Head(("a", "b", "c"), {"a": 0.5, "b": 0.5, "c": 0.5}, np.zeros(dim, np.float32), np.ones(dim, np.float32),
-                tuple(layers), {})
+    record = HeadRecord(kind="mlp", classes=("a", "b", "c"), hidden_sizes=tuple(sizes[1:-1]),
+                        thresholds={"a": 0.5, "b": 0.5, "c": 0.5}, precision_target=0.9, precision_reached={},
+                        graph_sha256="", embedding_dim=dim, seed=0, counts={}, split={}, test_uar=0.0,
+                        test_uar_ci95=(0.0, 0.0), val_uar=0.0, database="")
+    head = Head(record, np.zeros(dim, np.float32), np.ones(dim, np.float32), tuple(layers))
     started = time.perf_counter()
     n = 0
     for rows, vecs in archive.iter_window_batches():

@@ -71,7 +71,8 @@ def _head_nodes(head: Head, embedding: str, probabilities: str) -> tuple[list, l
         out = f"{_PREFIX}h{i}"
         if kind == "linear":
             w, b = f"{_PREFIX}w{i}", f"{_PREFIX}b{i}"
-            inits += [numpy_helper.from_array(np.ascontiguousarray(params[0].T), w), numpy_helper.from_array(params[1], b)]
+            weight = np.ascontiguousarray(params[0].T)  # MatMul takes [in, out]; the probe's Linear holds [out, in]
+            inits += [numpy_helper.from_array(weight, w), numpy_helper.from_array(params[1], b)]
             nodes += [helper.make_node("MatMul", [current, w], [out + "_mm"]),
                       helper.make_node("Add", [out + "_mm", b], [out])]
         elif kind == "layernorm":
@@ -99,9 +100,9 @@ def attach_head(graph_path: str | Path, head_dir: str | Path, out_path: str | Pa
     except OnnxFileError as exc:
         raise AttachError(str(exc)) from None
     sha = file_sha256(graph_path)
-    if head.info.get("graph_sha256") != sha:
+    if head.record.graph_sha256 != sha:
         raise AttachError(f"{head_dir} was trained on the vectors of another graph (sha256 "
-                          f"{str(head.info.get('graph_sha256'))[:12]}... != {graph_path.name}'s {sha[:12]}...)")
+                          f"{head.record.graph_sha256[:12]}... != {graph_path.name}'s {sha[:12]}...)")
     meta = get_metadata(model)
     info = GraphMetadata.from_map(meta, str(graph_path))
     if info.embedding_outputs_key is None:
@@ -126,10 +127,9 @@ def attach_head(graph_path: str | Path, head_dir: str | Path, out_path: str | Pa
     new_meta[CLASSES] = json.dumps(list(head.classes))
     new_meta[CLASS_THRESHOLDS] = json.dumps({c: head.thresholds[c] for c in head.classes if c != BACKGROUND})
     new_meta[ATTACHED_HEAD] = json.dumps({
-        "kind": head.info.get("kind"), "base_graph": graph_path.name, "base_graph_sha256": sha,
-        "database": head.info.get("database"), "test_uar": head.info.get("test_uar"),
-        "test_uar_ci95": head.info.get("test_uar_ci95"), "precision_target": head.info.get("precision_target"),
-        "counts": head.info.get("counts")}, sort_keys=True)
+        "kind": head.record.kind, "base_graph": graph_path.name, "base_graph_sha256": sha,
+        "database": head.record.database, "test_uar": head.record.test_uar, "test_uar_ci95": head.record.test_uar_ci95,
+        "precision_target": head.record.precision_target, "counts": head.record.counts}, sort_keys=True)
     GraphMetadata.from_map(new_meta, "the metadata to write")
     set_metadata(model, new_meta)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vocalprobe.runtime.archive.head import BACKGROUND, HEAD_FORMAT, HEAD_JSON, THRESHOLDS_CSV
+from vocalprobe.runtime.archive.head import BACKGROUND, HEAD_JSON, THRESHOLDS_CSV, HeadRecord
 from vocalprobe.runtime.archive.store import POSITIVE, ArchiveDB
 from vocalprobe.runtime.core.atomic import atomic_write_text
 from vocalprobe.runtime.core.errors import VocalprobeError
@@ -155,14 +154,14 @@ def fit_head(db: str | Path, out_dir: str | Path, *, linear: bool = False, preci
                      probe_config={} if linear else config.to_dict())
     out_dir.mkdir(parents=True, exist_ok=True)
     save_probe(out_dir / "probe", clf.model_, info)
-    head = {"format": HEAD_FORMAT, "kind": "linear" if linear else "mlp", "classes": list(classes),
-            "hidden_sizes": list(clf.model_.hidden_sizes), "thresholds": thresholds,
-            "precision_target": precision, "precision_reached": reached, "graph_sha256": settings["graph_sha256"],
-            "embedding_dim": int(X.shape[1]), "seed": seed, "counts": counts,
-            "split": {"train": int(len(train)), "val": int(len(val)), "test": int(len(test))},
-            "test_uar": float(test_uar), "test_uar_ci95": [float(ci[0]), float(ci[1])],
-            "val_uar": float(clf.best_val_uar_), "database": str(Path(db).resolve())}
-    atomic_write_text(out_dir / HEAD_JSON, json.dumps(head, indent=2, sort_keys=True) + "\n")
+    head = HeadRecord(kind="linear" if linear else "mlp", classes=classes,
+                      hidden_sizes=tuple(clf.model_.hidden_sizes), thresholds=thresholds, precision_target=precision,
+                      precision_reached=reached, graph_sha256=settings["graph_sha256"],
+                      embedding_dim=int(X.shape[1]), seed=seed, counts=counts,
+                      split={"train": int(len(train)), "val": int(len(val)), "test": int(len(test))},
+                      test_uar=float(test_uar), test_uar_ci95=(float(ci[0]), float(ci[1])),
+                      val_uar=float(clf.best_val_uar_), database=str(Path(db).resolve()))
+    atomic_write_text(out_dir / HEAD_JSON, head.to_json())
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(("class", "threshold"))

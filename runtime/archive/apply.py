@@ -27,9 +27,9 @@ class ApplySummary:
 
 def check_head_fits(head: Head, archive: ArchiveDB) -> None:
     settings = archive.settings()
-    if head.info.get("graph_sha256") != settings["graph_sha256"]:
+    if head.record.graph_sha256 != settings["graph_sha256"]:
         raise HeadError(f"the head was trained on vectors of another graph (sha256 "
-                        f"{str(head.info.get('graph_sha256'))[:12]}... != {settings['graph_sha256'][:12]}...)")
+                        f"{head.record.graph_sha256[:12]}... != {settings['graph_sha256'][:12]}...)")
     if head.n_features != int(settings["embedding_dim"]):
         raise HeadError(f"the head expects {head.n_features} features, the archive holds "
                         f"{settings['embedding_dim']}-dim vectors")

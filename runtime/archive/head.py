@@ -1,22 +1,26 @@
 """A probe head trained on archived vectors (``vocalprobe probe fit``), applied with numpy: no torch, no backbone.
 
 The head folder holds ``probe.safetensors`` (+ ``probe.json``: the training side's probe checkpoint), ``head.json``
-(classes, per-class thresholds, held-out scores, the archive's graph) and ``thresholds.csv`` (``class,threshold``).
+(a ``HeadRecord``: classes, per-class thresholds, held-out scores, the archive's graph) and ``thresholds.csv``
+(``class,threshold``).
 safetensors is a JSON header and raw little-endian arrays, read here with numpy alone (no pickle, no extra package).
 The forward is ``training.probe.MLPProbe``'s: z-score, [Linear, LayerNorm, ReLU] blocks, a final Linear, softmax.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.records import from_record, to_record
 
 HEAD_JSON, WEIGHTS, THRESHOLDS_CSV = "head.json", "probe.safetensors", "thresholds.csv"
 HEAD_FORMAT = 1
@@ -52,13 +56,90 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
 
 
 @dataclass(frozen=True)
+class HeadRecord:
+    """``head.json``: what ``probe fit`` made the head from and how it scored; written by ``to_json`` (sorted keys,
+    so equal records are equal files) and read back, checked, by ``from_json``."""
+
+    kind: str  # "mlp" | "linear"
+    classes: tuple[str, ...]  # the probe's outputs, in order (``BACKGROUND`` last when trained)
+    hidden_sizes: tuple[int, ...]
+    thresholds: dict[str, float]  # per class: the lowest score reaching precision_target on the held-out windows
+    precision_target: float
+    precision_reached: dict[str, bool]
+    graph_sha256: str  # the graph whose embeddings the head was trained on
+    embedding_dim: int
+    seed: int
+    counts: dict[str, int]  # labelled windows per class
+    split: dict[str, int]  # windows in train, val and test
+    test_uar: float
+    test_uar_ci95: tuple[float, float]
+    val_uar: float
+    database: str  # the archive folder it was trained from
+    format: int = HEAD_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(to_record(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str | Path = HEAD_JSON) -> "HeadRecord":
+        """The record in ``text`` (``source`` names it in errors); a damaged or foreign file is refused."""
+        again = "write the head again with `vocalprobe probe fit`"
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise HeadError(f"{source}: not valid JSON ({exc}); {again}") from None
+        if not isinstance(data, dict):
+            raise HeadError(f"{source}: not a head record (a JSON object expected); {again}")
+        if isinstance(data.get("format"), int) and data["format"] > HEAD_FORMAT:
+            raise HeadError(f"{source}: head format {data['format']} is newer than this vocalprobe; upgrade it")
+        hints = typing.get_type_hints(cls)
+        fields = [f for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [f.name for f in fields if f.name not in data]
+        wrong = [f"{f.name} ({json.dumps(data[f.name])[:40]})" for f in dataclasses.fields(cls)
+                 if f.name in data and not _fits(data[f.name], hints[f.name])]
+        if missing or wrong:
+            problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
+                [f"wrong type: {', '.join(wrong)}"] if wrong else [])
+            raise HeadError(f"{source}: a damaged head record ({'; '.join(problems)}); {again}")
+        record = from_record(cls, data, ignore_unknown=True)
+        unscored = [c for c in record.classes if c not in record.thresholds]
+        if len(record.classes) < 2 or unscored:
+            raise HeadError(f"{source}: a damaged head record (classes {list(record.classes)}, no threshold for "
+                            f"{', '.join(unscored) or '-'}); {again}")
+        return record
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the shape a ``HeadRecord`` field's annotation asks for."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, list):
+            return False
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        return len(value) == len(items) and all(map(_fits, value, items))
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(v, args[1]) for v in value.values())
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+@dataclass(frozen=True)
 class Head:
-    classes: tuple[str, ...]
-    thresholds: dict[str, float]
+    record: HeadRecord
     mean: np.ndarray  # (n_features,)
     std: np.ndarray
     layers: tuple[tuple[str, tuple[np.ndarray, ...]], ...]  # ("linear", (W, b)) | ("layernorm", (g, b)) | ("relu", ())
-    info: dict
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.record.classes
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return self.record.thresholds
 
     @property
     def n_features(self) -> int:
@@ -104,17 +185,18 @@ def load_head(folder: str | Path) -> Head:
     if not (folder / HEAD_JSON).is_file() or not (folder / WEIGHTS).is_file():
         raise HeadError(f"{folder}: not a probe head folder ({HEAD_JSON} and {WEIGHTS} expected; write one with "
                         "`vocalprobe probe fit`)")
-    info = json.loads((folder / HEAD_JSON).read_text(encoding="utf-8"))
-    if int(info.get("format", 0)) > HEAD_FORMAT:
-        raise HeadError(f"{folder}: head format {info['format']} is newer than this vocalprobe; upgrade it")
+    record = HeadRecord.from_json((folder / HEAD_JSON).read_text(encoding="utf-8"), folder / HEAD_JSON)
     tensors, _ = read_safetensors(folder / WEIGHTS)
     try:
-        layers = head_layers(tensors, len(info["hidden_sizes"]))
+        layers = head_layers(tensors, len(record.hidden_sizes))
         mean, std = tensors["mean"].astype(np.float32), tensors["std"].astype(np.float32)
     except KeyError as exc:
         raise HeadError(f"{folder / WEIGHTS}: lacks tensor {exc} of the probe in {HEAD_JSON}") from None
-    return Head(tuple(info["classes"]), {k: float(v) for k, v in info["thresholds"].items()}, mean, std, layers,
-                info)
+    if mean.shape != (record.embedding_dim,) or layers[-1][1][0].shape[0] != len(record.classes):
+        raise HeadError(f"{folder}: {WEIGHTS} does not hold the probe {HEAD_JSON} describes ({mean.shape[0]} "
+                        f"features and {layers[-1][1][0].shape[0]} classes, not {record.embedding_dim} and "
+                        f"{len(record.classes)}); write the head again with `vocalprobe probe fit`")
+    return Head(record, mean, std, layers)
 
 
 def window_scores(head: Head, batches: Iterator[tuple[list, np.ndarray]]) -> Iterator[tuple[list, np.ndarray]]:
