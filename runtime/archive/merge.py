@@ -19,17 +19,15 @@ from typing import Sequence
 
 from vocalprobe.runtime.archive.embed import FLUSH_WINDOWS
 from vocalprobe.runtime.archive.store import (
-    AUDIO_SOURCES_KEY,
     MODEL_CONFIG_KEY,
     SHARD_KEY,
     SQLITE_NAME,
     ArchiveDB,
     ArchiveError,
-    offsets_of,
+    FinishedRecording,
 )
-from vocalprobe.runtime.core.shards import Shard
-from vocalprobe.runtime.core.shards import merge_folders
 from vocalprobe.runtime.core.out_lock import OutputLock
+from vocalprobe.runtime.core.shards import Shard, merge_folders
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +35,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _Recording:
     shard: int  # index into the opened shards
-    id: int
-    filename: str
-    datetime: str | None
-    deployment: str
-    project: str
-    sha256: str
-    n_windows: int
-    audio_seconds: float
-    position: int
+    stored: FinishedRecording  # as that shard holds it
+    position: int  # its place in the whole input list
 
 
 @dataclass
@@ -57,16 +48,12 @@ class ArchiveMergeSummary:
 
 
 def _recordings(archive: ArchiveDB, shard: int) -> list[_Recording]:
-    rows = archive.db.execute(
-        "SELECT r.id, r.filename, r.datetime, d.name, d.project, v.sha256, v.n_windows, v.audio_seconds, p.position "
-        "FROM recordings r JOIN deployments d ON d.id = r.deployment_id JOIN vocalprobe_recordings v ON "
-        "v.recording_id = r.id LEFT JOIN vocalprobe_positions p ON p.recording_id = r.id ORDER BY r.id")
     out = []
-    for row in rows:
-        if row[-1] is None:
-            raise ArchiveError(f"{archive.folder}: {row[1]} has no place in the input list (embedded by a vocalprobe "
-                               "before `merge --db`); embed that shard again into a new --db folder")
-        out.append(_Recording(shard, *row))
+    for r in archive.finished_recordings():
+        if r.position is None:
+            raise ArchiveError(f"{archive.folder}: {r.filename} has no place in the input list (embedded by a "
+                               "vocalprobe before `merge --db`); embed that shard again into a new --db folder")
+        out.append(_Recording(shard, r, r.position))
     return out
 
 
@@ -105,36 +92,34 @@ def _in_run_order(archives: Sequence[ArchiveDB]) -> list[_Recording]:
     recordings = [r for i, a in enumerate(archives) for r in _recordings(a, i)]
     owner: dict[tuple[str, str, str], Path] = {}
     for r in recordings:
-        key = (r.filename, r.deployment, r.project)
+        key = (r.stored.filename, r.stored.deployment, r.stored.project)
         if key in owner:
-            raise ArchiveError(f"{r.filename} is in both {owner[key]} and {archives[r.shard].folder}; merge the "
-                               "archives of one --shard i/n split, each once")
+            raise ArchiveError(f"{r.stored.filename} is in both {owner[key]} and {archives[r.shard].folder}; merge "
+                               "the archives of one --shard i/n split, each once")
         owner[key] = archives[r.shard].folder
     return sorted(recordings, key=lambda r: r.position)
 
 
-def _audio_sources(archives: Sequence[ArchiveDB], order: Sequence[_Recording]) -> dict:
+def _audio_globs(archives: Sequence[ArchiveDB], order: Sequence[_Recording]) -> list[dict]:
     """hoplite's ``audio_sources`` of the one run: each project once, in the order its first recording comes."""
     globs: dict[str, dict] = {}
     for archive in archives:
-        for item in (archive.metadata().get(AUDIO_SOURCES_KEY) or {"audio_globs": []})["audio_globs"]:
+        for item in archive.audio_globs():
             globs.setdefault(item["dataset_name"], item)
     first = {}
     for r in order:
-        first.setdefault(r.project, r.position)
+        first.setdefault(r.stored.project, r.position)
     names = sorted(globs, key=lambda n: (n not in first, first.get(n, 0)))
-    return {"audio_globs": [globs[n] for n in names]}
+    return [globs[n] for n in names]
 
 
-def _copy_recording(out: ArchiveDB, src: ArchiveDB, r: _Recording) -> int:
+def _copy_recording(out: ArchiveDB, src: ArchiveDB, r: FinishedRecording) -> int:
     new_id = out.begin_recording(r.filename, r.deployment, r.project, r.datetime)
     try:
-        ids = [row[0] for row in src.db.execute("SELECT id FROM windows WHERE recording_id = ? ORDER BY id",
-                                                (r.id,))]
-        for start in range(0, len(ids), FLUSH_WINDOWS):  # the batches embed adds them in
-            part = ids[start:start + FLUSH_WINDOWS]
-            rows = src.windows(part)
-            out.add_windows(new_id, [(w.start_s, w.end_s) for w in rows], src.vectors(part))
+        windows = src.recording_windows(r.id)
+        for start in range(0, len(windows), FLUSH_WINDOWS):  # the batches embed adds them in
+            part = windows[start:start + FLUSH_WINDOWS]
+            out.add_windows(new_id, [(w.start_s, w.end_s) for w in part], src.vectors([w.id for w in part]))
         out.commit_recording(new_id, r.sha256, r.n_windows, r.audio_seconds)
     except BaseException:
         out.abort_recording()
@@ -143,12 +128,10 @@ def _copy_recording(out: ArchiveDB, src: ArchiveDB, r: _Recording) -> int:
 
 
 def _copy_annotations(out: ArchiveDB, src: ArchiveDB, ids: dict[int, int]) -> None:
-    rows = [(ids[rid], offsets, label, label_type, provenance) for rid, offsets, label, label_type, provenance in
-            src.db.execute("SELECT recording_id, offsets, label, label_type, provenance FROM annotations ORDER BY id")
-            if rid in ids]
-    for provenance in dict.fromkeys(row[-1] for row in rows):
-        out.add_annotations([(rid, *offsets_of(blob), label, label_type)
-                             for rid, blob, label, label_type, p in rows if p == provenance], provenance)
+    rows = [a for a in src.annotation_rows() if a.recording_id in ids]
+    for provenance in dict.fromkeys(a.provenance for a in rows):
+        out.add_annotations([(ids[a.recording_id], a.start_s, a.end_s, a.label, a.label_type)
+                             for a in rows if a.provenance == provenance], provenance)
 
 
 def merge_archives(out_dir: str | Path, shard_dirs: Sequence[str | Path]) -> ArchiveMergeSummary:
@@ -170,17 +153,16 @@ def merge_archives(out_dir: str | Path, shard_dirs: Sequence[str | Path]) -> Arc
         with ArchiveDB.open_writer(out_dir) as out:
             meta = archives[0].metadata()
             out.initialise(archives[0].settings(), meta[MODEL_CONFIG_KEY])
-            out.db.execute("BEGIN")
-            out.set_metadata(AUDIO_SOURCES_KEY, _audio_sources(archives, order))
-            out.db.execute("COMMIT")
+            out.set_audio_globs(_audio_globs(archives, order))
             new_ids: list[dict[int, int]] = [{} for _ in archives]
             kept: dict[str, str] = {}
-            for r in order:
+            for item in order:
+                r = item.stored
                 if r.sha256 in kept:  # one run skips the same audio under a later name
                     summary.skipped.append((r.filename, f"same audio as {kept[r.sha256]}, already embedded"))
                     continue
                 kept[r.sha256] = r.filename
-                new_ids[r.shard][r.id] = _copy_recording(out, archives[r.shard], r)
+                new_ids[item.shard][r.id] = _copy_recording(out, archives[item.shard], r)
                 summary.recordings += 1
                 summary.windows += r.n_windows
             for archive, ids in zip(archives, new_ids):

@@ -104,6 +104,31 @@ class RecordingRow:
     path: Path  # the audio file: the project's base_path (audio_sources) / filename
 
 
+@dataclass(frozen=True)
+class FinishedRecording:
+    """A recording whose windows are all stored, with what replaying it into another archive needs."""
+
+    id: int
+    filename: str
+    datetime: str | None
+    deployment: str
+    project: str
+    sha256: str
+    n_windows: int
+    audio_seconds: float
+    position: int | None  # its place in the whole input list (a shard's archive); None in a one-run archive
+
+
+@dataclass(frozen=True)
+class AnnotationRow:
+    recording_id: int
+    start_s: float
+    end_s: float
+    label: str
+    label_type: int  # NEGATIVE | POSITIVE
+    provenance: str
+
+
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if readonly:
         if not path.is_file():
@@ -208,18 +233,9 @@ class ArchiveDB:
 
     def initialise(self, settings: dict[str, Any], model_config: dict[str, Any]) -> None:
         """First use: write the settings; later uses: refuse other settings (another graph, other windows)."""
-        meta = self.metadata()
-        known = meta.get(VOCALPROBE_KEY)
+        known = self.metadata().get(VOCALPROBE_KEY)
         if known is not None:
-            if known["graph_sha256"] != settings["graph_sha256"]:
-                raise ArchiveError(f"{self.folder} holds embeddings of another graph (sha256 {known['graph_sha256'][:12]}"
-                                   f"..., {known.get('graph_file', '?')}); this graph's sha256 is "
-                                   f"{settings['graph_sha256'][:12]}...: use another --db folder")
-            fixed = ("window_samples", "hop_samples", "final_window", "sample_rate")
-            changed = [f"{k} {known[k]} -> {settings[k]}" for k in fixed if known.get(k) != settings[k]]
-            if changed:
-                raise ArchiveError(f"{self.folder} was embedded with other windows ({'; '.join(changed)}); use the "
-                                   "same --window/--hop/--final-window, or another --db folder")
+            self._refuse_other_settings(known, settings)
             return
         self.db.execute("BEGIN")
         self.set_metadata(USEARCH_CONFIG_KEY, vectors.usearch_config(settings["embedding_dim"]))
@@ -227,6 +243,19 @@ class ArchiveDB:
         self.set_metadata(MODEL_CONFIG_KEY, model_config)
         self.db.execute("COMMIT")
         self.index = vectors.load_index(self.folder / INDEX_NAME, self.metadata()[USEARCH_CONFIG_KEY])
+
+    def _refuse_other_settings(self, known: dict[str, Any], settings: dict[str, Any]) -> None:
+        """Vectors of another graph, or of other windows, cannot join the ones this archive holds."""
+        theirs, ours = known["graph_sha256"], settings["graph_sha256"]
+        if theirs != ours:
+            raise ArchiveError(f"{self.folder} holds embeddings of another graph (sha256 {theirs[:12]}..., "
+                               f"{known.get('graph_file', '?')}); this graph's sha256 is {ours[:12]}...: use "
+                               "another --db folder")
+        fixed = ("window_samples", "hop_samples", "final_window", "sample_rate")
+        changed = [f"{k} {known[k]} -> {settings[k]}" for k in fixed if known.get(k) != settings[k]]
+        if changed:
+            raise ArchiveError(f"{self.folder} was embedded with other windows ({'; '.join(changed)}); use the "
+                               "same --window/--hop/--final-window, or another --db folder")
 
     def mark_shard(self, shard: str | None) -> None:
         """Record which ``--shard i/n`` this archive holds (None: all the inputs); a folder holds one of them."""
@@ -247,16 +276,22 @@ class ArchiveDB:
             raise ArchiveError(f"{self.folder}: not a vocalprobe archive (no '{VOCALPROBE_KEY}' metadata)")
         return meta[VOCALPROBE_KEY]
 
-    def add_audio_source(self, dataset_name: str, base_path: Path) -> None:
+    def audio_globs(self) -> list[dict[str, Any]]:
         """hoplite's ``audio_sources``: where each project's files are (its notebooks load audio from there)."""
-        sources = self.metadata().get(AUDIO_SOURCES_KEY) or {"audio_globs": []}
-        globs = [g for g in sources["audio_globs"] if g["dataset_name"] != dataset_name]
+        return (self.metadata().get(AUDIO_SOURCES_KEY) or {"audio_globs": []})["audio_globs"]
+
+    def set_audio_globs(self, globs: Sequence[dict[str, Any]]) -> None:
+        self.db.execute("BEGIN")
+        self.set_metadata(AUDIO_SOURCES_KEY, {"audio_globs": list(globs)})
+        self.db.execute("COMMIT")
+
+    def add_audio_source(self, dataset_name: str, base_path: Path) -> None:
+        """Record (or move) where project ``dataset_name``'s files are."""
+        globs = [g for g in self.audio_globs() if g["dataset_name"] != dataset_name]
         globs.append({"dataset_name": dataset_name, "base_path": str(base_path.resolve()), "file_glob": "**/*",
                       "min_audio_len_s": 0.0, "target_sample_rate_hz": -2, "shard_len_s": None,
                       "max_shards_per_file": None})
-        self.db.execute("BEGIN")
-        self.set_metadata(AUDIO_SOURCES_KEY, {"audio_globs": globs})
-        self.db.execute("COMMIT")
+        self.set_audio_globs(globs)
 
     # -- writing one recording -------------------------------------------------------------------------------------
 
@@ -367,8 +402,7 @@ class ArchiveDB:
         return vectors.get_vectors(self.index, np.asarray(ids, dtype=np.int64))
 
     def recordings(self) -> dict[int, RecordingRow]:
-        bases = {g["dataset_name"]: Path(g["base_path"])
-                 for g in (self.metadata().get(AUDIO_SOURCES_KEY) or {"audio_globs": []})["audio_globs"]}
+        bases = {g["dataset_name"]: Path(g["base_path"]) for g in self.audio_globs()}
         out = {}
         for rid, filename, name, project in self.db.execute(
                 "SELECT r.id, r.filename, d.name, d.project FROM recordings r JOIN deployments d "
@@ -376,6 +410,14 @@ class ArchiveDB:
             base = bases.get(project)
             out[rid] = RecordingRow(rid, filename, name, project, base / filename if base else Path(filename))
         return out
+
+    def finished_recordings(self) -> list[FinishedRecording]:
+        """Every finished recording, by id (the order the archive was written in)."""
+        rows = self.db.execute(
+            "SELECT r.id, r.filename, r.datetime, d.name, d.project, v.sha256, v.n_windows, v.audio_seconds, "
+            "p.position FROM recordings r JOIN deployments d ON d.id = r.deployment_id JOIN vocalprobe_recordings v "
+            "ON v.recording_id = r.id LEFT JOIN vocalprobe_positions p ON p.recording_id = r.id ORDER BY r.id")
+        return [FinishedRecording(*row) for row in rows]
 
     def recording_windows(self, recording_id: int) -> list[WindowRow]:
         rows = self.db.execute("SELECT id, recording_id, offsets FROM windows WHERE recording_id = ? ORDER BY id",
@@ -399,6 +441,12 @@ class ArchiveDB:
                 added += 1
         self.db.execute("COMMIT")
         return added
+
+    def annotation_rows(self) -> list[AnnotationRow]:
+        """Every annotation as stored (on a recording's offsets), in the order they were added."""
+        rows = self.db.execute("SELECT recording_id, offsets, label, label_type, provenance FROM annotations "
+                               "ORDER BY id")
+        return [AnnotationRow(rid, *offsets_of(blob), label, int(t), p) for rid, blob, label, t, p in rows]
 
     def annotations(self) -> list[tuple[int, str, int]]:
         """``(window_id, label, label_type)`` of every annotation on a stored window (same recording and offsets,
