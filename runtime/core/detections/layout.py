@@ -13,7 +13,8 @@ replaced by the format's suffix, ``table_path``):
   ``detections.kaleidoscope.csv``, ``detections.parquet``, and ``detections.jsonl`` (one event per line, appended);
 * ``errors.csv`` (``ERRORS_COLUMNS``: the inputs that could not be read), ``analysis_params.csv``
   (``PARAMS_COLUMNS``: what the run was made with), ``review.html`` (``vocalprobe review``'s default page);
-* the run's journal (``run_state.JOURNAL_NAME``) and its lock (``out_lock.LOCK_NAME``), hidden files.
+* the run's journal (``runtime.field.run_state.JOURNAL_NAME``) and its lock (``runtime.core.out_lock.LOCK_NAME``),
+  hidden files.
 """
 
 from __future__ import annotations
