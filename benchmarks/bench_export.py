@@ -6,8 +6,8 @@ audio-seconds per second (x real time) on this CPU for the chosen ``--variants``
 
 * ``eager``: PyTorch (``ProbePipeline.predict``), * ``fp32``: onnxruntime fp32,
 * ``int8``: dynamic int8, MatMul only (``--quantize int8``),
-* ``int8-static``: ``DEFAULT_STATIC_RECIPE`` (``--quantize int8-static``): static QDQ of every Conv but the input
-  conv, dynamic int8 MatMul, fp32 head,
+* ``int8-static``: ``static_qdq.DEFAULT_STATIC_RECIPE`` (what was ``--quantize int8-static``; the static recipes
+  live in static_qdq.py): static QDQ of every Conv but the input conv, dynamic int8 MatMul, fp32 head,
 * ``static-all``: static QDQ of every Conv and MatMul (the first recipe: the input conv quantized too),
 * ``static-qdq-matmul``: as ``int8-static`` but the MatMuls static QDQ too,
 * ``static-conv1`` / ``static-conv12`` / ``static-conv123`` / ``static-conv456``: as ``int8-static`` but only those
@@ -53,11 +53,12 @@ def calls(n: int, seconds: float, seed: int) -> np.ndarray:
 
 
 _PARTIAL = {"static-conv1": (1,), "static-conv12": (1, 2), "static-conv123": (1, 2, 3), "static-conv456": (4, 5, 6)}
-VARIANTS = ("eager", "fp32", "int8", "int8-conv", "int8-static", "static-all", "static-qdq-matmul", *_PARTIAL, "static-a16")
+VARIANTS = ("eager", "fp32", "int8", "int8-conv", "int8-static", "static-all", "static-qdq-matmul", *_PARTIAL,
+            "static-a16")
 
 
 def static_recipes():
-    from vocalprobe.export.quantize import DEFAULT_STATIC_RECIPE, StaticRecipe
+    from static_qdq import DEFAULT_STATIC_RECIPE, StaticRecipe
 
     return {"int8-static": DEFAULT_STATIC_RECIPE,
             "static-all": StaticRecipe(matmul="static", fp32_input_conv=False, fp32_head=False),
@@ -94,7 +95,9 @@ def main() -> None:
 
     from vocalprobe.export.metadata import build_metadata
     from vocalprobe.export.onnx_export import export_pipeline
-    from vocalprobe.export.quantize import quantize_dynamic_matmul, quantize_int8_conv, quantize_static_qdq
+    from static_qdq import quantize_static_qdq
+
+    from vocalprobe.export.quantize import quantize_dynamic_matmul, quantize_int8_conv
     from vocalprobe.training.backbones import load_backbone
     from vocalprobe.training.deployable import ProbePipeline
     from vocalprobe.training.probe import MLPProbe

@@ -12,7 +12,8 @@ study first when missing), exports every backbone's best layer and the paper's f
 It prints, per graph: fp32 UAR, quantized UAR, the difference in points and the decisions changed. The backbones
 are the demo's tiny UNTRAINED ones: their pooled features differ little between clips, so decisions sit close to
 each other and quantization noise moves them more easily than it would with a trained backbone (a worst case).
-Usage: ``python benchmarks/bench_quantize_accuracy.py [--modes int8,int8-conv,int8-static]`` (~5 minutes).
+Usage: ``python benchmarks/bench_quantize_accuracy.py [--modes int8,int8-conv]`` (default: every quantized mode of
+``export.quant_modes``; ~5 minutes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+
+from vocalprobe.export import quant_modes
 
 
 def heldout_manifest(folder: Path, *, seed: int, clips_per_class: int) -> Path:
@@ -66,7 +69,7 @@ def export_all(study_dir: Path, out_dir: Path, modes: list[str]) -> dict[tuple[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="Folder holding artifacts/ (the demo's root).")
-    parser.add_argument("--modes", default="int8,int8-conv,int8-static")
+    parser.add_argument("--modes", default=",".join(m for m in quant_modes.names() if m != "none"))
     parser.add_argument("--clips-per-class", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7, help="Seed of the held-out set (the study's data uses 42).")
     parser.add_argument("--threads", type=int, default=2)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from vocalprobe.commands.errors import friendly_errors
 
@@ -26,6 +26,19 @@ class _DefaultToStudy(TyperGroup):
         return super().parse_args(ctx, args)
 
 
+class _QuantizeFromModes(TyperCommand):
+    """Fills the help of --quantize and --quant-tolerance from ``export.quant_modes`` when typer builds the command
+    (when the CLI runs), so importing the CLI loads nothing of export/ and the modes are named in one table only."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from vocalprobe.export.quant_modes import quantize_help, tolerance_help
+
+        helps = {"quantize": quantize_help(), "quant_tolerance": tolerance_help()}
+        for param in self.params:
+            param.help = helps.get(param.name, param.help)
+
+
 app = typer.Typer(cls=_DefaultToStudy, no_args_is_help=True, add_completion=False,
                   help="Export a study's probe (default: its best layer) as one ONNX graph, or fuse graphs. "
                   "`vocalprobe export STUDY_DIR --out FILE.onnx` is short for `vocalprobe export study ...`.")
@@ -34,13 +47,7 @@ DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="Dataset na
                                                    "study has several).")]
 BackboneOpt = Annotated[Optional[str], typer.Option("--backbone", help="Backbone label or name as in the study "
                                                     "(needed when the dataset has several).")]
-QuantizeOpt = Annotated[str, typer.Option("--quantize", help="none | int8 (dynamic int8 MatMuls) | int8-conv "
-                                          "(int8 MatMuls and CNN convolutions, one activation range per frame: ~2x "
-                                          "faster than fp32 at small layers) | int8-static (static QDQ calibrated on "
-                                          "Train clips: fastest, but changed 13-15% of the demo's decisions) | auto "
-                                          "(export none, int8 and int8-conv, time them on THIS machine and keep the "
-                                          "fastest that changes at most 2% of the Val/Test decisions). Check any of "
-                                          "them with `vocalprobe validate --reference FP32.onnx`.")]
+QuantizeOpt = Annotated[str, typer.Option("--quantize")]  # help: _QuantizeFromModes
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch while "
                                                    "exporting and checking parity.")]
 
@@ -56,7 +63,7 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-@app.command("study")
+@app.command("study", cls=_QuantizeFromModes)
 @friendly_errors
 def study(
     study_dir: Annotated[Path, typer.Argument(help="A study folder (with summary.json), e.g. "
@@ -67,11 +74,8 @@ def study(
     layer: Annotated[str, typer.Option("--layer", help="'best' (the study's best layer on Val) or a layer "
                                        "number the study probed.")] = "best",
     quantize: QuantizeOpt = "none",
-    calibration_clips: Annotated[int, typer.Option("--calibration-clips", min=1, help="Train clips used to "
-                                                   "calibrate int8-static.")] = 32,
     quant_tolerance: Annotated[Optional[float], typer.Option(
-        "--quant-tolerance", min=0.0, help="Max |Δprobability| of a quantized graph against PyTorch fp32 (default "
-        "0.25 for int8 and int8-conv, 0.5 for int8-static); the UAR change is measured with `vocalprobe validate`.")] = None,
+        "--quant-tolerance", min=0.0)] = None,  # help: _QuantizeFromModes
     threads: ThreadsOpt = None,
 ) -> None:
     """Export one probe of a study as ONE graph: preprocessing, backbone truncated after the layer, pooling, MLP.
@@ -80,22 +84,22 @@ def study(
     written; a report is written beside it as FILE.parity.json.
     """
     from vocalprobe.export.onnx_export import export_from_study
+    from vocalprobe.export.quant_modes import AUTO, AUTO_MAX_CHANGED
     from vocalprobe.runtime.core.atomic import atomic_write_text
 
     _set_threads(threads)
-    if quantize == "auto":
+    if quantize == AUTO:
         from vocalprobe.export.auto_mode import export_auto
 
         choice = export_auto(study_dir, out, threads=threads, log=_say, dataset=dataset, backbone=backbone,
                              layer=layer, quant_tolerance=quant_tolerance)
         _say(choice.table())
-        _say(f"--quantize auto: {choice.chosen} is the fastest here within 2% of changed decisions "
+        _say(f"--quantize auto: {choice.chosen} is the fastest here within {AUTO_MAX_CHANGED:.0%} of changed decisions "
              f"({choice.clips} Val/Test clips)")
         result = choice.result
     else:
         result = export_from_study(study_dir, out, dataset=dataset, backbone=backbone, layer=layer,
-                                   quantize=quantize, calibration_clips=calibration_clips,
-                                   quant_tolerance=quant_tolerance, log=_say)
+                                   quantize=quantize, quant_tolerance=quant_tolerance, log=_say)
     reports = [r for r in (result.parity, result.quantized_parity) if r is not None]
     for report in reports:
         _say(report.summary())
@@ -109,7 +113,7 @@ def study(
                f"{float(meta['test_uar']) * 100:.2f}" if "test_uar" in meta else f"wrote {out}")
 
 
-@app.command("fusion")
+@app.command("fusion", cls=_QuantizeFromModes)
 @friendly_errors
 def fusion(
     members: Annotated[Optional[list[Path]], typer.Argument(help="Member graphs written by `vocalprobe export`.")
@@ -131,12 +135,13 @@ def fusion(
     Members must have the same class names (reordered if needed), sample rate and chunk limit.
     """
     from vocalprobe.export.fusion import FusionError, fuse_models, fusion_from_study
+    from vocalprobe.export.quant_modes import AUTO, names
     from vocalprobe.runtime.engine.ensemble import parse_weights
     from vocalprobe.export.metadata import read_metadata
 
-    if quantize == "auto":
-        raise FusionError("--quantize auto applies to `vocalprobe export STUDY_DIR`; choose none, int8, int8-conv "
-                          "or int8-static for a fusion (or export its members with auto)")
+    if quantize == AUTO:
+        raise FusionError(f"--quantize auto applies to `vocalprobe export STUDY_DIR`; choose {', '.join(names())} "
+                          "for a fusion (or export its members with auto)")
     if from_study is not None:
         if members:
             raise FusionError("give either member graphs or --from-study, not both")

@@ -4,7 +4,8 @@ Which mode is fastest depends on the CPU (int8 kernels, VNNI, cores) and the lay
 slower than fp32, so no fixed recommendation fits every device. ``auto`` exports each candidate mode (with the usual
 parity guard), times each graph here with the runtime's own session (batches of windows, the modes interleaved,
 the best round kept), counts the clips of the study's Val and Test splits whose decision differs from the fp32
-graph's, and keeps the fastest mode within ``max_changed`` (default 2 % of the decisions). fp32 always qualifies.
+graph's, and keeps the fastest mode within ``max_changed`` (``quant_modes.AUTO_MAX_CHANGED`` of the decisions). fp32
+always qualifies. The candidates are the modes ``export.quant_modes`` marks ``auto``.
 """
 
 from __future__ import annotations
@@ -17,13 +18,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from vocalprobe.export.quant_modes import AUTO_MAX_CHANGED, auto_candidates
 from vocalprobe.runtime.core.errors import VocalprobeError
 
-__all__ = ["AUTO_CANDIDATES", "ModeTrial", "AutoChoice", "export_auto", "choose"]
-
-#: ``int8-static`` is left out: on the backbones tested it changed far more than 2 % of the decisions.
-AUTO_CANDIDATES = ("none", "int8", "int8-conv")
-DEFAULT_MAX_CHANGED = 0.02
+__all__ = ["ModeTrial", "AutoChoice", "export_auto", "choose"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class AutoChoice:
         return "\n".join(lines)
 
 
-def choose(trials: Sequence[ModeTrial], max_changed: float = DEFAULT_MAX_CHANGED) -> str:
+def choose(trials: Sequence[ModeTrial], max_changed: float = AUTO_MAX_CHANGED) -> str:
     """The fastest measured mode whose share of changed decisions is at most ``max_changed``."""
     eligible = [t for t in trials if t.refused is None and t.x_realtime is not None and t.changed is not None
                 and (t.mode == "none" or t.changed <= max_changed)]
@@ -84,8 +82,8 @@ def _speed(models: dict, *, rounds: int, seconds: float) -> dict[str, float]:
     return best
 
 
-def export_auto(study_dir: str | Path, out_path: str | Path, *, candidates: Sequence[str] = AUTO_CANDIDATES,
-                max_changed: float = DEFAULT_MAX_CHANGED, threads: int | None = None, max_clips: int = 200,
+def export_auto(study_dir: str | Path, out_path: str | Path, *, candidates: Sequence[str] | None = None,
+                max_changed: float = AUTO_MAX_CHANGED, threads: int | None = None, max_clips: int = 200,
                 rounds: int = 2, seconds: float = 20.0, log: Callable[[str], None] | None = None,
                 **export_options) -> AutoChoice:
     """Export every mode of ``candidates`` from the study, measure them here and keep the fastest within the bound
@@ -97,6 +95,7 @@ def export_auto(study_dir: str | Path, out_path: str | Path, *, candidates: Sequ
     from vocalprobe.runtime.field.validate import predict_clip
 
     log = log or (lambda message: None)
+    candidates = auto_candidates() if candidates is None else tuple(candidates)
     if "none" not in candidates:
         candidates = ("none", *candidates)
     out_path = Path(out_path)

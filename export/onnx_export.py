@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from vocalprobe.export import quant_modes
 from vocalprobe.export.onnx_io import save_model, set_metadata
 from vocalprobe.runtime.core.errors import VocalprobeError
 from vocalprobe.runtime.core.graph_contract import (INPUT_NAMES, LAYOUT_ANY_LEADING, OPTIONAL_INPUTS, OUTPUT_NAMES,
@@ -44,10 +45,9 @@ from vocalprobe.runtime.core.resample import MODEL_SAMPLE_RATE
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["ExportError", "ExportResult", "export_pipeline", "export_from_study", "select_probe", "QUANTIZE_CHOICES",
-           "parity_clips", "PARITY_SECONDS", "apply_waveform_layout"]
+__all__ = ["ExportError", "ExportResult", "export_pipeline", "export_from_study", "select_probe", "parity_clips",
+           "PARITY_SECONDS", "apply_waveform_layout"]
 
-QUANTIZE_CHOICES = ("none", "int8", "int8-conv", "int8-static")
 #: Parity clip lengths in seconds; the longest is replaced by 1.25 x the chunk limit (see ``parity_clips``).
 PARITY_SECONDS = (0.1, 1.0, 7.0)
 
@@ -307,12 +307,12 @@ def parity_clips(manifest, chunk_samples: int, *, split: str = "test", seconds: 
 
 def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: str | None = None,
                       backbone: str | None = None, layer: str | int = "best", quantize: str = "none",
-                      calibration_clips: int = 32, parity: bool = True, quant_tolerance: float | None = None,
+                      parity: bool = True, quant_tolerance: float | None = None,
                       log: Callable[[str], None] | None = None) -> ExportResult:
     """Export a study's probe (default: the best layer on Val) as one ONNX graph at ``out_path``.
 
-    ``quant_tolerance``: max |Δprobability| allowed for a quantized graph (default: the family's ``atol_int8``,
-    ``atol_int8_conv`` or ``atol_int8_static``).
+    ``quantize``: a mode of ``export.quant_modes``; ``quant_tolerance``: max |Δprobability| allowed for a quantized
+    graph (default: the mode's ``atol``).
     """
     import torch
     from vocalprobe.export.families import family_of
@@ -325,8 +325,9 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
     from vocalprobe.training.probe import load_probe
 
     log = log or (lambda message: None)
-    if quantize not in QUANTIZE_CHOICES:
-        raise ExportError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {quantize!r}")
+    if quantize not in quant_modes.names():
+        raise ExportError(f"--quantize must be one of {', '.join(quant_modes.names())}, got {quantize!r}")
+    mode = quant_modes.mode(quantize)
     out_path = Path(out_path)
     if out_path.suffix != ".onnx":
         raise ExportError(f"--out must end in .onnx, got {out_path}")
@@ -341,6 +342,8 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
         raise ExportError(f"{info.backbone}: the weights changed since the study (fingerprint {loaded.fingerprint} "
                           f"!= {info.backbone_fingerprint}); re-run the study or restore the checkpoint")
     family = family_of(loaded.family)
+    if not mode.applies_to(loaded.family):
+        raise ExportError(f"--quantize {quantize} does not apply to {loaded.family} backbones")
     pipeline = ProbePipeline(loaded.model, clf.model_, info.layer).float()
     if not selection.manifest.is_file():
         raise ExportError(f"the study's manifest {selection.manifest} is missing (paths are relative to the "
@@ -375,24 +378,12 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
             report = check_parity(pipeline, fp32, clips, chunk_samples=chunk_samples, atol=family.atol,
                                   atol_embedding=family.atol_embedding)
         final = fp32
-        if quantize != "none":
-            from vocalprobe.export import quantize as q
-
+        if mode.function is not None:
             quantized = Path(tmp) / "quantized.onnx"
-            if quantize == "int8":
-                log("quantizing: dynamic int8, MatMul only")
-                q.quantize_dynamic_matmul(fp32, quantized)
-            elif quantize == "int8-conv":
-                log("quantizing: dynamic int8 MatMuls, CNN convolutions int8 with one activation range per frame")
-                q.quantize_int8_conv(fp32, quantized)
-            else:
-                log(f"quantizing: static int8 (QDQ: {q.DEFAULT_STATIC_RECIPE.describe()}), calibrated on up to "
-                    f"{calibration_clips} Train clips")
-                q.quantize_static_qdq(fp32, quantized, q.TrainClipReader(manifest, max_clips=calibration_clips,
-                                                                         max_samples=chunk_samples))
+            log(f"quantizing: {mode.help}")
+            mode.quantize(fp32, quantized)
             if parity:
-                tolerance = quant_tolerance if quant_tolerance is not None else {
-                    "int8": family.atol_int8, "int8-conv": family.atol_int8_conv}.get(quantize, family.atol_int8_static)
+                tolerance = quant_tolerance if quant_tolerance is not None else mode.atol
                 quant_report = check_parity(pipeline, quantized, clips, chunk_samples=chunk_samples,
                                             atol=tolerance, atol_embedding=None, label=quantize)
             final = quantized

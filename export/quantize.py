@@ -1,9 +1,9 @@
 """int8 versions of an exported fp32 graph (onnxruntime.quantization); metadata is carried over.
 
-Three modes, because int8 pays on CPUs but the CNN front end's activations are loud-and-quiet within one clip:
-``int8`` (dynamic MatMuls), ``int8-conv`` (also the CNN's convs, one activation range per frame, ``export.conv_int8``)
-and ``int8-static`` (static QDQ, calibrated; fast but inaccurate on the backbones tested). Which nodes stay fp32 is
-decided from the graph's structure (``static_plan``). Measurements and the recipes that failed: docs/quantization.md.
+The modes (``export.quant_modes``), because int8 pays on CPUs but the CNN front end's activations are loud-and-quiet
+within one clip: ``int8`` (dynamic MatMuls) and ``int8-conv`` (also the CNN's convs, one activation range per frame,
+``export.conv_int8``). Which nodes stay fp32 is decided from the graph's structure (``graph_parts``). Measurements
+and the recipes that failed (static QDQ, now ``benchmarks/static_qdq.py``): docs/quantization.md.
 """
 
 from __future__ import annotations
@@ -11,121 +11,37 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from vocalprobe.export.graph_rewrites import attribute
 from vocalprobe.export.onnx_io import get_metadata, load_model, save_model, set_metadata
 from vocalprobe.runtime.core.errors import VocalprobeError
-from vocalprobe.runtime.core.graph_contract import INT8_WEIGHTS, PRIOR_INPUTS, QUANTIZATION, WAVEFORM
+from vocalprobe.runtime.core.graph_contract import INT8_WEIGHTS, PRIOR_INPUTS, QUANTIZATION
 
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["QuantizationError", "quantize_dynamic_matmul", "quantize_int8_conv", "quantize_static_qdq", "TrainClipReader", "StaticRecipe",
-           "StaticPlan", "static_plan", "DEFAULT_STATIC_RECIPE", "STATE_INPUTS"]
+__all__ = ["QuantizationError", "quantize_dynamic_matmul", "quantize_int8_conv", "GraphParts", "graph_parts",
+           "STATE_INPUTS"]
 
-#: The graph's accumulator inputs; everything they feed is the head (``static_plan``).
+#: The graph's accumulator inputs; everything they feed is the head (``graph_parts``).
 STATE_INPUTS = PRIOR_INPUTS
-_CALIBRATIONS = ("MinMax", "Percentile", "Entropy")
-_MODES = ("static", "dynamic", "fp32")
-_ACTIVATIONS = ("uint8", "uint16", "int16")
 
 
 class QuantizationError(VocalprobeError):
-    """onnxruntime's quantizer could not process the graph, or a recipe is invalid."""
-
-
-@dataclass(frozen=True)
-class StaticRecipe:
-    """How ``quantize_static_qdq`` quantizes a graph.
-
-    ``conv`` / ``matmul``: "static" (QDQ, calibrated activations), "dynamic" (MatMul only: int8 weights, activations
-    quantized at run time) or "fp32". ``fp32_input_conv`` / ``fp32_positional_conv`` / ``fp32_head``: keep those nodes
-    in fp32 (module docs). ``calibration``: MinMax, Percentile (``percentile``) or Entropy. ``per_channel``: per
-    output-channel weight scales. ``reduce_range``: 7-bit weights (on by default: CPUs without VNNI add
-    uint8 x int8 products in saturating int16, which 8-bit weights overflow; ``export.int8_weights``).
-    ``activation_symmetric``: symmetric activation ranges. ``matmul_const_b_only``: statically quantize only
-    MatMuls with a constant (weight) operand, not attention's activation x activation products.
-    ``conv_output_quantized``: False leaves Conv outputs in fp32 (one rounding less per layer, but onnxruntime then
-    cannot fuse the Conv into QLinearConv). ``cnn_layers``: which of the CNN's conv layers are static (0 = the input
-    conv, then 1, 2, ... in graph order; the positional conv is not one of them); the others stay fp32. None = all
-    (the input conv still subject to ``fp32_input_conv``). ``activations``: "uint8", or "uint16" / "int16" for
-    16-bit activations with int8 weights (A16W8; onnxruntime's CPU provider has no 16-bit Conv kernel, so those
-    Convs run as fp32 between Q/DQ pairs: accuracy experiments only).
-    """
-
-    conv: str = "static"
-    matmul: str = "dynamic"
-    fp32_input_conv: bool = True
-    fp32_positional_conv: bool = False
-    fp32_head: bool = True
-    calibration: str = "MinMax"
-    percentile: float = 99.999
-    per_channel: bool = True
-    reduce_range: bool = True
-    activation_symmetric: bool = False
-    matmul_const_b_only: bool = False
-    conv_output_quantized: bool = True
-    cnn_layers: tuple[int, ...] | None = None
-    activations: str = "uint8"
-
-    def __post_init__(self):
-        if self.cnn_layers is not None:
-            layers = tuple(self.cnn_layers)
-            if any(not isinstance(i, int) or i < 0 for i in layers) or len(set(layers)) != len(layers):
-                raise QuantizationError(f"recipe cnn_layers must be distinct indices >= 0, got {self.cnn_layers!r}")
-            if 0 in layers and self.fp32_input_conv:
-                raise QuantizationError("recipe cnn_layers includes 0 (the input conv) but fp32_input_conv is set")
-            object.__setattr__(self, "cnn_layers", tuple(sorted(layers)))
-        if self.activations not in _ACTIVATIONS:
-            raise QuantizationError(f"recipe activations must be one of {', '.join(_ACTIVATIONS)}, "
-                                    f"got {self.activations!r}")
-        if self.conv not in ("static", "fp32"):
-            raise QuantizationError(f"recipe conv must be 'static' or 'fp32', got {self.conv!r}")
-        if self.matmul not in _MODES:
-            raise QuantizationError(f"recipe matmul must be one of {', '.join(_MODES)}, got {self.matmul!r}")
-        if self.calibration not in _CALIBRATIONS:
-            raise QuantizationError(f"recipe calibration must be one of {', '.join(_CALIBRATIONS)}, "
-                                    f"got {self.calibration!r}")
-        if not 50.0 < self.percentile <= 100.0:
-            raise QuantizationError(f"recipe percentile must be in (50, 100], got {self.percentile}")
-
-    def with_(self, **changes) -> "StaticRecipe":
-        return replace(self, **changes)
-
-    def describe(self) -> str:
-        kept = [name for name, keep in (("input conv", self.fp32_input_conv),
-                                        ("positional conv", self.fp32_positional_conv), ("head", self.fp32_head)) if keep]
-        calib = self.calibration + (f" {self.percentile:g}" if self.calibration == "Percentile" else "")
-        return (f"Conv {self.conv}, MatMul {self.matmul}; fp32: {', '.join(kept) or 'nothing'}; {calib} calibration"
-                + (", per-channel weights" if self.per_channel else "") + (", reduce_range" if self.reduce_range else "")
-                + (", symmetric activations" if self.activation_symmetric else "")
-                + (", MatMul with constant B only" if self.matmul_const_b_only else "")
-                + ("" if self.conv_output_quantized else ", fp32 Conv outputs")
-                + ("" if self.cnn_layers is None else
-                   f", static CNN convs {','.join(map(str, self.cnn_layers)) or 'none'} only")
-                + ("" if self.activations == "uint8" else f", {self.activations} activations"))
-
-
-#: ``--quantize int8-static``: Conv static QDQ except the input conv, MatMul dynamic, head fp32 (measurements and the
-#: choice: the README's "int8" section and benchmarks/bench_export.py).
-DEFAULT_STATIC_RECIPE = StaticRecipe()
+    """onnxruntime's quantizer could not process the graph."""
 
 
 @dataclass
-class StaticPlan:
-    """Node names a recipe keeps in fp32, by reason (``static_plan``)."""
+class GraphParts:
+    """The nodes of an exported graph the int8 modes treat apart, by role (``graph_parts``)."""
 
     input_convs: list[str] = field(default_factory=list)
     cnn_convs: list[str] = field(default_factory=list)  # the CNN's convs in graph order, the input conv first
-    unselected_convs: list[str] = field(default_factory=list)  # CNN convs outside ``recipe.cnn_layers``
     positional_convs: list[str] = field(default_factory=list)
     head: list[str] = field(default_factory=list)
-    excluded: list[str] = field(default_factory=list)  # the union the recipe asks for, in graph order
 
 
 def _downstream(graph, sources: set[str]) -> list:
@@ -138,8 +54,8 @@ def _downstream(graph, sources: set[str]) -> list:
     return nodes
 
 
-def static_plan(model: "onnx.ModelProto", recipe: StaticRecipe = DEFAULT_STATIC_RECIPE) -> StaticPlan:
-    """Which nodes of ``model`` ``recipe`` keeps in fp32, found from the graph's structure, not from node names;
+def graph_parts(model: "onnx.ModelProto") -> GraphParts:
+    """The nodes of ``model`` the int8 modes keep in fp32, found from the graph's structure, not from node names;
     names must be unique and set.
 
     * the *input conv* (no other Conv feeds it): 8 bits of the peak-normalised waveform would leave quiet calls a
@@ -152,28 +68,15 @@ def static_plan(model: "onnx.ModelProto", recipe: StaticRecipe = DEFAULT_STATIC_
     convs = [n for n in graph.node if n.op_type == "Conv"]
     conv_outputs = {o for n in convs for o in n.output}
     fed_by_conv = {id(n) for n in _downstream(graph, conv_outputs)}
-    plan = StaticPlan()
-    plan.input_convs = [n.name for n in convs if id(n) not in fed_by_conv]
-    plan.positional_convs = [n.name for n in convs if attribute(n, "group", 1) > 1]
-    plan.cnn_convs = [n.name for n in convs if n.name not in plan.positional_convs]
-    if recipe.cnn_layers is not None:
-        if recipe.cnn_layers and recipe.cnn_layers[-1] >= len(plan.cnn_convs):
-            raise QuantizationError(f"recipe cnn_layers {recipe.cnn_layers} but the graph's CNN has "
-                                    f"{len(plan.cnn_convs)} conv layers (0..{len(plan.cnn_convs) - 1})")
-        plan.unselected_convs = [name for i, name in enumerate(plan.cnn_convs)
-                                 if i not in recipe.cnn_layers and name not in plan.input_convs]
+    parts = GraphParts()
+    parts.input_convs = [n.name for n in convs if id(n) not in fed_by_conv]
+    parts.positional_convs = [n.name for n in convs if attribute(n, "group", 1) > 1]
+    parts.cnn_convs = [n.name for n in convs if n.name not in parts.positional_convs]
     inputs = {i.name for i in graph.input}
-    plan.head = [n.name for n in _downstream(graph, {name for name in STATE_INPUTS if name in inputs})]
-    chosen = set()
-    for keep, names in ((recipe.fp32_input_conv, plan.input_convs),
-                        (recipe.fp32_positional_conv, plan.positional_convs), (recipe.fp32_head, plan.head),
-                        (True, plan.unselected_convs)):
-        if keep:
-            chosen.update(names)
-    if "" in chosen:
-        raise QuantizationError("the graph has unnamed nodes; static_plan needs node names")
-    plan.excluded = [n.name for n in graph.node if n.name in chosen]
-    return plan
+    parts.head = [n.name for n in _downstream(graph, {name for name in STATE_INPUTS if name in inputs})]
+    if "" in {*parts.input_convs, *parts.positional_convs, *parts.head}:
+        raise QuantizationError("the graph has unnamed nodes; graph_parts needs node names")
+    return parts
 
 
 def _carry_metadata(source: Path, target: Path, kind: str, extra: dict[str, str] | None = None) -> None:
@@ -208,8 +111,8 @@ def _preprocess(source: Path, work: Path) -> Path:
 
 
 class _DropAlreadyQuantizedWarning(logging.Filter):
-    """onnxruntime warns on the root logger when a graph has Q/DQ nodes already; the hybrid recipe does that on
-    purpose (static Conv, then dynamic MatMul)."""
+    """onnxruntime warns on the root logger when a graph has Q/DQ nodes already; the static research recipes
+    (``benchmarks/static_qdq.py``: static Conv, then these dynamic MatMuls) do that on purpose."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "already quantized" not in record.getMessage()
@@ -249,7 +152,7 @@ def _positional_conv_as_dft(path: Path) -> None:
     from vocalprobe.export.spectral_conv import convs_as_block_dft
 
     model = onnx.load(str(path))
-    if convs_as_block_dft(model, static_plan(model).positional_convs):
+    if convs_as_block_dft(model, graph_parts(model).positional_convs):
         clear_value_info(model)
         onnx.save(model, str(path))
 
@@ -284,9 +187,9 @@ def quantize_int8_conv(source: str | Path, target: str | Path) -> Path:
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp, _quiet_onnxruntime():
         pre = _preprocess(source, Path(tmp))
         dynamic = Path(tmp) / "int8.onnx"
-        _dynamic_matmul(pre, dynamic, nodes_to_exclude=static_plan(onnx.load(str(pre))).head)
+        _dynamic_matmul(pre, dynamic, nodes_to_exclude=graph_parts(onnx.load(str(pre))).head)
         model = onnx.load(str(dynamic))
-        plan = static_plan(model)
+        plan = graph_parts(model)
         fuse_gelu(model)
         rewrite = convs_as_int8_matmuls(model, [name for name in plan.cnn_convs if name not in plan.input_convs])
         if not rewrite.rewritten:
@@ -303,114 +206,5 @@ def quantize_int8_conv(source: str | Path, target: str | Path) -> Path:
                   + "; MatMuls dynamic int8; fp32: input conv" + (" (GroupNorm folded)" if folded else "")
                   + ", positional conv" + (" (as block DFT products)" if spectral else "") + ", head")
         _carry_metadata(source, out, "int8-conv", {"quantization_recipe": recipe})
-        out.replace(target)
-    return target
-
-
-class TrainClipReader:
-    """Calibration data: up to ``max_clips`` Train clips of a manifest, one ``{WAVEFORM: [1, samples]}`` each.
-
-    Clips longer than ``max_samples`` are cut to their first ``max_samples`` (the graph sees at most one chunk at a
-    time). Unreadable clips are skipped and counted in ``skipped``.
-    """
-
-    def __init__(self, manifest, *, max_clips: int = 32, max_samples: int | None = None, split: str = "train"):
-        if max_clips < 1:
-            raise QuantizationError(f"calibration needs at least 1 clip, got {max_clips}")
-        self.manifest = manifest
-        rows = manifest.split(split).rows
-        step = max(1, len(rows) // max_clips)  # spread over the split (manifests are often sorted by class)
-        self.rows = rows[::step][:max_clips]
-        self.max_samples = max_samples
-        self.skipped = 0
-        self._iter = None
-
-    def _clips(self):
-        from vocalprobe.runtime.core.clips import load_row
-
-        for row in self.rows:
-            try:
-                samples = load_row(self.manifest, row)
-            except VocalprobeError:
-                self.skipped += 1
-                continue
-            if self.max_samples is not None:
-                samples = samples[: self.max_samples]
-            yield {WAVEFORM: np.ascontiguousarray(samples[None], dtype=np.float32)}
-
-    def get_next(self):
-        if self._iter is None:
-            self._iter = self._clips()
-        return next(self._iter, None)
-
-    def rewind(self) -> None:
-        self._iter = None
-
-
-class _EqualLengthWindows:
-    """The calibration inputs cut into windows of the shortest one's length (at most ``per_clip`` per clip):
-    onnxruntime's histogram calibrators (Percentile, Entropy) stack all activations and need equal shapes."""
-
-    def __init__(self, reader, per_clip: int = 4):
-        waves = []
-        while (item := reader.get_next()) is not None:
-            waves.append(np.asarray(item[WAVEFORM], dtype=np.float32))
-        if not waves:
-            raise QuantizationError("no calibration clip could be read")
-        n = min(w.shape[-1] for w in waves)
-        self.items = [{WAVEFORM: np.ascontiguousarray(w[..., i * n:(i + 1) * n])}
-                      for w in waves for i in range(min(per_clip, w.shape[-1] // n))]
-        self._iter = iter(self.items)
-
-    def get_next(self):
-        return next(self._iter, None)
-
-
-def quantize_static_qdq(source: str | Path, target: str | Path, reader,
-                        recipe: StaticRecipe = DEFAULT_STATIC_RECIPE) -> Path:
-    """Static int8 QDQ of ``source`` following ``recipe`` (int8 weights, uint8 activations), calibrated on
-    ``reader`` (an object with ``get_next() -> {WAVEFORM: [1, samples]} | None``)."""
-    import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
-    source, target = Path(source), Path(target)
-    if recipe.calibration != "MinMax":
-        reader = _EqualLengthWindows(reader)
-
-    class _Reader(CalibrationDataReader):  # onnxruntime checks the base class
-        def get_next(self):
-            return reader.get_next()
-
-    activation_type = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16,
-                       "int16": QuantType.QInt16}[recipe.activations]
-    op_types = (["Conv"] if recipe.conv == "static" else []) + (["MatMul"] if recipe.matmul == "static" else [])
-    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp, _quiet_onnxruntime():
-        pre = _preprocess(source, Path(tmp))
-        plan = static_plan(onnx.load(str(pre)), recipe)
-        out = Path(tmp) / "int8-static.onnx"
-        if op_types:
-            extra = {"CalibTensorRangeSymmetric": False, "ActivationSymmetric": recipe.activation_symmetric,
-                     "MatMulConstBOnly": recipe.matmul_const_b_only}
-            if not recipe.conv_output_quantized:
-                extra["OpTypesToExcludeOutputQuantization"] = ["Conv"]
-            if recipe.calibration == "Percentile":
-                extra["CalibPercentile"] = recipe.percentile
-            try:
-                quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
-                                op_types_to_quantize=op_types, activation_type=activation_type,
-                                weight_type=QuantType.QInt8, per_channel=recipe.per_channel,
-                                reduce_range=recipe.reduce_range, nodes_to_exclude=plan.excluded,
-                                calibrate_method=getattr(CalibrationMethod, recipe.calibration), extra_options=extra)
-            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-                raise QuantizationError(f"{source}: static quantization failed ({exc})") from exc
-        else:
-            onnx.save(onnx.load(str(pre)), str(out))
-        if recipe.matmul == "dynamic":
-            dynamic = Path(tmp) / "int8-mixed.onnx"
-            _dynamic_matmul(out, dynamic, nodes_to_exclude=static_plan(onnx.load(str(out)), recipe).excluded)
-            out = dynamic
-        _carry_metadata(source, out, "int8-static", {"quantization_recipe": recipe.describe(),
-                                                      INT8_WEIGHTS: "7-bit" if recipe.reduce_range else "8-bit"})
         out.replace(target)
     return target

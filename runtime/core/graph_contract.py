@@ -148,7 +148,7 @@ METADATA_KEYS: tuple[MetadataKey, ...] = (
     MetadataKey(VAL_UAR, "fraction 0..1", meaning="the study's PyTorch score on Val"),
     MetadataKey(TEST_UAR, "fraction 0..1", meaning="the study's PyTorch score on Test"),
     # descriptive: written by export, shown to users, never needed to run the graph
-    MetadataKey(QUANTIZATION, "none | int8 | int8-conv | int8-static (fusion: comma-joined)", default="none"),
+    MetadataKey(QUANTIZATION, "none, or a mode of export/quant_modes.py (fusion: comma-joined)", default="none"),
     MetadataKey("quantization_recipe", "text"),
     MetadataKey(INT8_WEIGHTS, "pair-safe | 7-bit | 8-bit", meaning="the int8 weight codes: pair-safe and 7-bit are "
                 "exact on x86 CPUs without VNNI, 8-bit is not (runtime.core.cpu_features); absent on a quantized "

@@ -249,7 +249,7 @@ def test_cancel_transposes_only_around_scalar_elementwise_regions():
 def test_int8_conv_graph_stays_close_to_pytorch(exported, tmp_path, name, layer):
     import onnx
 
-    from vocalprobe.export.quantize import quantize_int8_conv, static_plan
+    from vocalprobe.export.quantize import graph_parts, quantize_int8_conv
 
     pipeline, fp32 = exported(name, layer)
     out = quantize_int8_conv(fp32, tmp_path / "int8conv.onnx")
@@ -258,7 +258,7 @@ def test_int8_conv_graph_stays_close_to_pytorch(exported, tmp_path, name, layer)
     assert meta["int8_weights"] == "pair-safe"
     model = onnx.load(str(out))
     ops = [n.op_type for n in model.graph.node]
-    plan = static_plan(onnx.load(str(fp32)))
+    plan = graph_parts(onnx.load(str(fp32)))
     group_norm = name != "wav2vec2-stable"  # the others' input conv has a per-channel GroupNorm: folded
     # only the positional conv (and the input conv, where it has no GroupNorm to fold) stay convolutions
     assert ops.count("Conv") == (1 if group_norm else 2)
