@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vocalprobe.runtime.archive.head import BACKGROUND, HEAD_JSON, THRESHOLDS_CSV, HeadRecord
+from vocalprobe.runtime.archive.head import BACKGROUND, HEAD_JSON, PROBE_STEM, THRESHOLDS_CSV, HeadRecord
 from vocalprobe.runtime.archive.store import POSITIVE, ArchiveDB
 from vocalprobe.runtime.core.atomic import atomic_write_text
 from vocalprobe.runtime.core.errors import VocalprobeError
@@ -153,7 +153,7 @@ def fit_head(db: str | Path, out_dir: str | Path, *, linear: bool = False, preci
                      val_uar=float(clf.best_val_uar_), test_uar=float(test_uar), seed=seed, dataset=str(db),
                      probe_config={} if linear else config.to_dict())
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_probe(out_dir / "probe", clf.model_, info)
+    save_probe(out_dir / PROBE_STEM, clf.model_, info)
     head = HeadRecord(kind="linear" if linear else "mlp", classes=classes,
                       hidden_sizes=tuple(clf.model_.hidden_sizes), thresholds=thresholds, precision_target=precision,
                       precision_reached=reached, graph_sha256=settings["graph_sha256"],

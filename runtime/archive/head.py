@@ -22,7 +22,10 @@ import numpy as np
 from vocalprobe.runtime.core.errors import VocalprobeError
 from vocalprobe.runtime.core.records import from_record, to_record
 
-HEAD_JSON, WEIGHTS, THRESHOLDS_CSV = "head.json", "probe.safetensors", "thresholds.csv"
+HEAD_JSON, THRESHOLDS_CSV = "head.json", "thresholds.csv"
+#: The training side's probe checkpoint in the head folder: PROBE_STEM + ``.safetensors`` (the weights) and ``.json``.
+PROBE_STEM = "probe"
+WEIGHTS = PROBE_STEM + ".safetensors"
 HEAD_FORMAT = 1
 #: torch.nn.LayerNorm's default epsilon, as MLPProbe uses it.
 LAYER_NORM_EPS = 1e-5
