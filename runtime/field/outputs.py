@@ -79,9 +79,6 @@ class Outputs:
             self.lock.release()
             self._locked_by_open = False
 
-    def table_path(self, name: str, suffix: str) -> Path:
-        return table_path(self.out_dir, name, suffix)
-
     def begin(self, name: str | None = None, *, path: str | Path | None = None, source_rate: int | None = None,
               hold_jsonl: bool = True) -> None:
         """A recording starts: its tables are streamed into temporary files and its JSONL rows held until ``commit``
@@ -94,7 +91,7 @@ class Outputs:
             self.jsonl.begin()
         if name is None:
             return
-        paths = {fmt: self.table_path(name, SUFFIXES[fmt]) for fmt in self.formats if fmt in PER_FILE_FORMATS}
+        paths = {fmt: table_path(self.out_dir, name, SUFFIXES[fmt]) for fmt in self.formats if fmt in PER_FILE_FORMATS}
         combined = {self.out_dir / COMBINED[fmt] for fmt in self.formats if fmt in COMBINED}
         clash = sorted(str(p.relative_to(self.out_dir)) for p in paths.values() if p in combined)
         if clash:
@@ -171,7 +168,8 @@ class Outputs:
 
     def this_run_tables(self, names: Sequence[str]) -> Callable[[str], list[tuple[str, float | None]]]:
         def tables(suffix: str) -> list[tuple[str, float | None]]:
-            found = [(str(self.table_path(n, suffix).relative_to(self.out_dir)), self._seconds.get(n)) for n in names]
+            found = [(str(table_path(self.out_dir, n, suffix).relative_to(self.out_dir)), self._seconds.get(n))
+                     for n in names]
             return sorted(found)
         return tables
 
