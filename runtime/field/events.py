@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from vocalprobe.runtime.core.detections.layout import Detection, read_detections
+from vocalprobe.runtime.core.detections.layout import CSV_COLUMNS, Detection, read_detections
 from vocalprobe.runtime.core.errors import VocalprobeError
 
 if TYPE_CHECKING:
     from vocalprobe.runtime.engine.windows import Window
 
-#: A ground-truth table's columns (a detections table's, without the confidence).
-EVENT_COLUMNS = ("file", "start_s", "end_s", "label")
+#: A ground-truth table's columns: a detections table's, without the confidence.
+EVENT_COLUMNS = CSV_COLUMNS[:4]
 
 
 def window_hits(probs: np.ndarray, classes: Sequence[str], min_conf: float | np.ndarray,

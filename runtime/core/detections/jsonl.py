@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import IO
 
 from vocalprobe.runtime.core.detections.clock import clock_time
-from vocalprobe.runtime.core.detections.layout import CSV_TIME_COLUMN, JSONL_NAME, Detection
+from vocalprobe.runtime.core.detections.layout import CSV_COLUMNS, CSV_TIME_COLUMN, JSONL_NAME, Detection
 from vocalprobe.runtime.core.errors import VocalprobeError
 
 
 def jsonl_line(detection: Detection, recording_start: datetime | None = None) -> str:
-    event = {"file": detection.file, "start_s": round(detection.start_s, 3), "end_s": round(detection.end_s, 3),
-             "label": detection.label, "confidence": round(float(detection.confidence), 4)}
+    event = dict(zip(CSV_COLUMNS, (detection.file, round(detection.start_s, 3), round(detection.end_s, 3),
+                                   detection.label, round(float(detection.confidence), 4))))
     if recording_start is not None:
         event[CSV_TIME_COLUMN] = clock_time(recording_start, detection.start_s)
     return json.dumps(event)

@@ -207,8 +207,8 @@ class KaleidoscopeWriter(TableWriter):
 def parquet_schema():
     """The parquet tables' schema: the CSV's columns, typed (``start_time`` null where the name has no clock)."""
     pa = pyarrow_module()
-    return pa.schema([("file", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()),
-                      ("label", pa.string()), ("confidence", pa.float64()), (CSV_TIME_COLUMN, pa.string())])
+    types = (pa.string(), pa.float64(), pa.float64(), pa.string(), pa.float64(), pa.string())
+    return pa.schema(list(zip(CSV_COLUMNS + (CSV_TIME_COLUMN,), types, strict=True)))
 
 
 class ParquetWriter(TableWriter):
