@@ -160,22 +160,19 @@ def field_recordings(field_dir: Path) -> list[Path]:
 
 def stream_field_recording(model_path: Path, field_dir: Path, out_dir: Path, ignore: set[str], *,
                            thresholds: tuple[tuple[str, float], ...] = ()) -> FieldScore:
-    """``stream`` on the field recording (``thresholds``: per-class, as ``--min-conf CLASSES.csv`` gives them)."""
-    from vocalprobe.runtime.engine.ensemble import load_models
+    """``stream`` on the field recording (``thresholds``: per-class, as ``--min-conf CLASSES.csv`` gives them),
+    through the command's own core (``run_stream``)."""
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.runtime.field.events import chance_score, detected_events, score_events
-    from vocalprobe.runtime.field.outputs import Outputs
-    from vocalprobe.runtime.engine.sources import collect_files
-    from vocalprobe.runtime.field.stream import DetectConfig, run_sources
-    from vocalprobe.runtime.engine.windows import WindowPlan
+    from vocalprobe.runtime.field.run import StreamJob, run_stream
 
-    model = load_models([str(model_path)])
-    plan = WindowPlan.from_seconds(FIELD_WINDOW_S, FIELD_HOP_S, model.sample_rate, "pad")
-    config = DetectConfig(plan, batch=8, min_conf=FIELD_MIN_CONF, merge=True,
-                          ignore=frozenset(ignore & set(model.classes)), thresholds=thresholds)
+    classes = set(OnnxModel(model_path).classes)
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    outputs = Outputs(out_dir, ("raven", "csv", "jsonl"), model.sample_rate / 2)
-    summary = run_sources(collect_files(field_recordings(field_dir)), model, config, outputs)
+    job = StreamJob((model_path,), out_dir, tuple(str(p) for p in field_recordings(field_dir)),
+                    ("raven", "csv", "jsonl"), window_s=FIELD_WINDOW_S, hop_s=FIELD_HOP_S, batch=8,
+                    min_conf=FIELD_MIN_CONF, thresholds=thresholds, merge=True, ignore=frozenset(ignore & classes))
+    summary = run_stream(job).summary
     truth = read_truth(field_dir)
     detected = detected_events(out_dir)
     score = score_events(detected, truth)
@@ -314,11 +311,13 @@ def render_agile(loop: AgileLoop, rel: Callable[[Path], str]) -> list[str]:
              "later step reads the stored vectors, until the new graph streams the recording again. Each step is "
              "the function its command calls.", "",
              "| step | what it did |", "|---|---|",
-             f"| `embed` | `{loop.graph.name}`: {loop.windows:,} windows ({FIELD_WINDOW_S:g} s every {FIELD_HOP_S:g} s) "
+             f"| `embed` | `{loop.graph.name}`: {loop.windows:,} windows ({FIELD_WINDOW_S:g} s every "
+             f"{FIELD_HOP_S:g} s) "
              f"into a perch-hoplite database of {loop.db_bytes / 1e3:,.0f} kB, {loop.embed_x_realtime:.0f}x real "
              "time |",
-             f"| `search` | query: the truth table's longest call ({loop.label}, {loop.query[0]:.2f}-{loop.query[1]:.2f} "
-             f"s); the top {loop.hits} hits (best cosine {loop.best_score:.4f}) as a Raven table |",
+             f"| `search` | query: the truth table's longest call ({loop.label}, "
+             f"{loop.query[0]:.2f}-{loop.query[1]:.2f} s); the top {loop.hits} hits (best cosine "
+             f"{loop.best_score:.4f}) as a Raven table |",
              f"| `label import --class {loop.label}` | the ground truth reviewed the hits: {loop.reviewed_positive} "
              f"positive, {loop.hits - loop.reviewed_positive} negative; {loop.annotations} annotations, "
              f"{loop.unmatched} rows unmatched |",
@@ -328,11 +327,13 @@ def render_agile(loop: AgileLoop, rel: Callable[[Path], str]) -> list[str]:
              f"| `probe apply` | {loop.applied_windows:,} stored windows scored at {loop.apply_windows_per_s:,.0f} "
              f"windows/s (streaming: {loop.stream_windows_per_s:,.0f} windows/s), {loop.applied_detections} above "
              "the threshold |",
-             f"| `export attach` | `{loop.new_graph.name}`: {loop.backbone}'s backbone and layer, the new probe on top |",
+             f"| `export attach` | `{loop.new_graph.name}`: {loop.backbone}'s backbone and layer, the new probe on "
+             "top |",
              "", f"Events of **{loop.label}** only (the class the new probe learned), streamed and scored as above: "
              f"the study's graphs at min-conf {FIELD_MIN_CONF:g}, the new graph at its own threshold "
              "(`head/thresholds.csv` as `--min-conf`).", "",
-             f"| graph | {loop.label} events | true {loop.label} calls | precision | recall |", "|---|---:|---:|---:|---:|"]
+             f"| graph | {loop.label} events | true {loop.label} calls | precision | recall |",
+             "|---|---:|---:|---:|---:|"]
     lines += [f"| {c.graph} | {c.detections} | {c.truth} | {c.precision:.2f} | {c.recall:.2f} |" for c in loop.scores]
     lines += ["", "The held-out UAR is measured on reviewed hits, the windows the search found easiest; the stream row "
               "is the figure that counts. The backbones are untrained: these numbers exercise the loop, not the "

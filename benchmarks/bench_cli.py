@@ -25,8 +25,10 @@ BARE = "pass"
 TYPER = ("import typer\napp = typer.Typer(add_completion=False)\n@app.command()\ndef hello(name: str = 'x') -> None:\n"
          "    'Say hello.'\napp(['--help'], standalone_mode=False)\n")
 LOADED = ("import sys; sys.argv = ['vocalprobe', '--help']\nfrom vocalprobe.cli import main\ntry:\n    main()\n"
-          "except SystemExit:\n    pass\nheavy = ('numpy', 'torch', 'onnxruntime', 'vocalprobe.runtime', 'vocalprobe.training', "
-          "'vocalprobe.export')\nprint(sorted(m for m in sys.modules if m.startswith(heavy)), file=sys.stderr)\n")
+          "except SystemExit:\n    pass\n"
+          "heavy = ('numpy', 'torch', 'onnxruntime', 'vocalprobe.runtime', 'vocalprobe.training',\n"
+          "         'vocalprobe.export')\n"
+          "print(sorted(m for m in sys.modules if m.startswith(heavy)), file=sys.stderr)\n")
 
 
 def median_seconds(code: str, runs: int) -> tuple[float, float]:

@@ -117,7 +117,8 @@ def main() -> None:
             torch.manual_seed(0)
             transformers.HubertModel(transformers.HubertConfig()).save_pretrained(tmp / "hubert-base-random")
         backbone = load_backbone(tmp / "hubert-base-random")
-        print(f"backbone: HuBERT-base geometry, random weights ({sum(p.numel() for p in backbone.model.parameters()) / 1e6:.1f} M "
+        parameters = sum(p.numel() for p in backbone.model.parameters())
+        print(f"backbone: HuBERT-base geometry, random weights ({parameters / 1e6:.1f} M "
               f"parameters); clip {args.clip_seconds:g} s, batch 1; torch {torch.__version__}, onnxruntime "
               f"{ort.__version__}, {args.threads} threads, best of {args.rounds} round(s)", flush=True)
         options = ort.SessionOptions()

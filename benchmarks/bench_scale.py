@@ -1,7 +1,8 @@
 """Scaling on one machine, in one run: 1 worker x 2 threads vs 2 workers x 1 thread vs Ray with 2 CPUs, for a layer-3
 int8-conv stand-in (a random-init HuBERT-base cut after layer 3, exported and quantized as `vocalprobe export` does;
 see bench_stream.py) on a folder of 1-minute 48 kHz files. Prints x real time, peak RSS (the main process plus its
-children: workers, or Ray's actors and daemons, sampled every 0.2 s) and whether each run's tables are byte-identical to the first's.
+children: workers, or Ray's actors and daemons, sampled every 0.2 s) and whether each run's tables are byte-identical
+to the first's.
 
     python benchmarks/bench_scale.py                   # 8 files of 60 s
     python benchmarks/bench_scale.py --files 16 --graph my.onnx

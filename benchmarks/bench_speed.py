@@ -58,7 +58,8 @@ def _roofline_graphs(folder: Path) -> dict[str, tuple[Path, dict]]:
     fp32 = helper.make_graph(
         [helper.make_node("MatMul", ["a", "w"], ["y"])], "roof_fp32",
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, [ROOF_M, ROOF_K])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [ROOF_M, ROOF_N])], [numpy_helper.from_array(weight, "w")])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [ROOF_M, ROOF_N])],
+        [numpy_helper.from_array(weight, "w")])
     int8 = helper.make_graph(
         [helper.make_node("MatMulIntegerToFloat", ["a", "w", "sa", "sw"], ["y"], domain="com.microsoft")], "roof_int8",
         [helper.make_tensor_value_info("a", TensorProto.UINT8, [ROOF_M, ROOF_K])],

@@ -89,11 +89,13 @@ class StaticRecipe:
         return replace(self, **changes)
 
     def describe(self) -> str:
-        kept = [name for name, keep in (("input conv", self.fp32_input_conv),
-                                        ("positional conv", self.fp32_positional_conv), ("head", self.fp32_head)) if keep]
+        parts = (("input conv", self.fp32_input_conv), ("positional conv", self.fp32_positional_conv),
+                 ("head", self.fp32_head))
+        kept = [name for name, keep in parts if keep]
         calib = self.calibration + (f" {self.percentile:g}" if self.calibration == "Percentile" else "")
         return (f"Conv {self.conv}, MatMul {self.matmul}; fp32: {', '.join(kept) or 'nothing'}; {calib} calibration"
-                + (", per-channel weights" if self.per_channel else "") + (", reduce_range" if self.reduce_range else "")
+                + (", per-channel weights" if self.per_channel else "")
+                + (", reduce_range" if self.reduce_range else "")
                 + (", symmetric activations" if self.activation_symmetric else "")
                 + (", MatMul with constant B only" if self.matmul_const_b_only else "")
                 + ("" if self.conv_output_quantized else ", fp32 Conv outputs")

@@ -60,49 +60,30 @@ def embed(
     """Embed field recordings once into an archive (resumable; a finished recording is never embedded twice)."""
     from vocalprobe.runtime.archive.embed import embed_sources
     from vocalprobe.runtime.archive.store import ArchiveDB
-    from vocalprobe.runtime.core.shards import parse_shard
     from vocalprobe.runtime.engine.onnx_model import OnnxModel
+    from vocalprobe.runtime.engine.scale import ModelSpec, Scale
     from vocalprobe.runtime.engine.sources import collect_files
     from vocalprobe.runtime.engine.windows import WindowPlan
 
     if "-" in inputs:
         raise fail("embed reads files and folders, not stdin")
-    if engine not in ("local", "ray"):
-        raise fail(f"--engine must be local or ray, got {engine!r}")
-    if workers > 1 and engine == "ray":
-        raise fail("--workers is for the local engine; with --engine ray use --concurrency")
+    scale = Scale(engine, workers, shard, address, num_cpus, num_gpus, concurrency)
     net = OnnxModel(model, provider="cpu", threads=threads)
     plan = WindowPlan.from_seconds(window if window is not None else net.sample_duration, hop, net.sample_rate,
                                    final_window)
     files = collect_files(inputs, block_size)
-    part = parse_shard(shard)
     positions = None
-    if part is not None:
+    if scale.part is not None:
         positions = {s.name: i for i, s in enumerate(files)}  # before the split: the order one run embeds in
         total = len(files)
-        files = list(part.select(files, key=lambda s: s.name))
-        _say(f"shard {part}: {len(files)} of {total} files")
+        files = scale.select(files, key=lambda s: s.name)
+        _say(f"shard {scale.part}: {len(files)} of {total} files")
+    spec = ModelSpec((str(model),), None, "auto" if num_gpus else "cpu", scale.threads(threads))
     _say(f"model: {net.describe()}")
     with ArchiveDB.open_writer(db) as archive:
-        archive.mark_shard(None if part is None else str(part))
-        if engine == "ray":
-            from vocalprobe.runtime.engine.ray_engine import embed_with_ray
-            from vocalprobe.runtime.engine.pool import ModelSpec
-
-            spec = ModelSpec((str(model),), None, "auto" if num_gpus else "cpu",
-                             threads if threads is not None else max(1, int(num_cpus or 1)))
-            summary = embed_with_ray(files, net, plan, archive, spec=spec, batch=batch, address=address,
-                                     num_cpus=num_cpus, num_gpus=num_gpus, concurrency=concurrency,
-                                     deployment=deployment, positions=positions)
-        elif workers > 1:
-            from vocalprobe.runtime.engine.pool import ModelSpec, default_threads, embed_with_workers
-
-            spec = ModelSpec((str(model),), None, "cpu", threads if threads is not None else default_threads(workers))
-            summary = embed_with_workers(files, net, plan, archive, spec=spec, workers=workers, batch=batch,
-                                         deployment=deployment, positions=positions)
-        else:
-            summary = embed_sources(files, net, plan, archive, batch=batch, deployment=deployment,
-                                    positions=positions)
+        archive.mark_shard(None if scale.part is None else str(scale.part))
+        summary = embed_sources(files, net, plan, archive, batch=batch, deployment=deployment, positions=positions,
+                                scale=scale, spec=spec)
     for name, why in summary.skipped:
         _say(f"skipped {name}: {why}")
     for name, why in summary.failed:

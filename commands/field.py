@@ -206,115 +206,33 @@ def stream(
     db: Annotated[Optional[Path], typer.Option("--db", help="--embeddings: the archive folder.")] = None,
 ) -> None:
     """Detect calls in field recordings with exported models, in constant memory, resumable."""
-    from vocalprobe.runtime.core.errors import AudioError
-    from vocalprobe.runtime.engine.ensemble import load_models
-    from vocalprobe.runtime.field.outputs import Outputs
-    from vocalprobe.runtime.field.run_state import JOURNAL_NAME, RunState
-    from vocalprobe.runtime.engine.sources import FolderWatcher, StdinSource, collect_files
-    from vocalprobe.runtime.field.stream import (
-        DetectConfig,
-        analysis_params,
-        output_options,
-        read_thresholds,
-        run_settings,
-        run_sources,
-    )
-    from vocalprobe.runtime.engine.windows import WindowPlan
-    from vocalprobe.runtime.core.detections.tables import parse_formats
+    from functools import partial
 
-    inputs = inputs or []
-    if not inputs and watch is None:
-        raise fail("give audio files or folders, - for stdin, or --watch DIR")
-    if watch is not None and inputs:
-        raise fail("--watch follows one folder; give no other inputs with it")
-    if "-" in inputs and len(inputs) > 1:
-        raise fail("- (stdin) cannot be mixed with files or folders")
-    formats = parse_formats(format)
-    net = load_models([str(p) for p in model], weights=weights, provider=provider, threads=threads)
-    window_s = window if window is not None else net.sample_duration
-    plan = WindowPlan.from_seconds(window_s, hop, net.sample_rate, final_window)
-    unknown = sorted(set(ignore or []) - set(net.classes))
-    if unknown:
-        raise fail(f"--ignore {', '.join(unknown)}: not a class of the model (classes: {', '.join(net.classes)})")
-    default_conf, thresholds = read_thresholds(min_conf, min_conf_default)
-    config = DetectConfig(plan, batch=batch, min_conf=default_conf, top_k=top_k, merge=merge,
-                          ignore=frozenset(ignore or []), thresholds=thresholds)
-    config.class_thresholds(net.classes)  # a table naming classes the model lacks is refused before any work
-    watcher = FolderWatcher(watch, settle_s=settle) if watch is not None else None
-    files = collect_files(inputs, block_size) if inputs and inputs != ["-"] else None
-    every_file = files  # before --shard: `merge` lays the shards out in this order
-    from vocalprobe.runtime.engine.ray_engine import scale_out
-
-    runner, files = scale_out(run_sources, files, model_paths=model, weights=weights, provider=provider,
-                              threads=threads, workers=workers, shard=shard, engine=engine, address=address,
-                              num_cpus=num_cpus, num_gpus=num_gpus, concurrency=concurrency, say=_say)
-    _say(f"model: {net.describe()}")
-    _say(f"providers in use: {', '.join(net.providers)}")
-    _say(f"windows: {plan.window / net.sample_rate:g} s, hop {plan.hop / net.sample_rate:g} s, final window "
-         f"{plan.final_window}; batch {batch}; min-conf {default_conf:g}"
-         + (f" ({len(thresholds)} class(es) from {min_conf})" if thresholds else "")
-         + ("; merged events" if merge else ""))
-    params = analysis_params(net, config, formats)
-    overlap_s = (plan.window - plan.hop) / net.sample_rate
-
-    # The folder is ours, or this fails at once.
     from vocalprobe.runtime.archive.embed import stream_archive
+    from vocalprobe.runtime.core.detections.tables import parse_formats
+    from vocalprobe.runtime.engine.scale import Scale
+    from vocalprobe.runtime.field.run import StreamJob, run_stream
+    from vocalprobe.runtime.field.stream import read_thresholds
 
-    with Outputs(out, formats, net.sample_rate / 2, overlap_s=overlap_s) as outputs, stream_archive(
-            db, net, plan, embeddings=embeddings, stdin=inputs == ["-"], workers=workers, engine=engine,
-            shard=shard) as sink:
-        if inputs == ["-"]:
-            source = StdinSource(sample_rate, channels, dtype, block_frames=block_size)
-            if (out / JOURNAL_NAME).exists():  # its live rows would not be in the journal's count of the JSONL
-                raise fail(f"{out} holds the outputs of a run over files; stream stdin into another --out folder")
-            with _Progress(None, None) as progress:
-                summary = run_sources([source], net, config, outputs, None, progress=progress, log=_say,
-                                      params=params)
-        else:
-            with RunState(out, run_settings(net, config), output_options(config, formats),
-                          rewrite_outputs=rewrite_outputs) as state:
-                for described, n in state.other_options().items():
-                    _say(f"note: {n} file(s) done earlier were written with other output options ({described}); "
-                         + ("they are analysed again" if rewrite_outputs
-                            else "they keep those outputs (--rewrite-outputs analyses them again)"))
-                if watcher is not None:
-                    _say(f"watching {watch} (a file is read once it has not changed for {settle:g} s and, for WAV, "
-                         "once its header's data size is all there; Ctrl-C to stop)")
-                    sources = state.todo(watcher.source(p, block_size)
-                                         for p in watcher.follow(poll_s=poll, idle_exit_s=idle_exit))
-                    with _Progress(None, None) as progress:
-                        summary = run_sources(sources, net, config, outputs, state, progress=progress,
-                                              log=_say, params=params, embeddings=sink)
-                else:
-                    state.number(every_file)
-                    todo = list(state.todo(files))
-                    if sink is not None:
-                        todo, again = sink.with_unembedded(files, todo, state.skipped)
-                        if again:
-                            _say(f"embeddings: {again} file(s) done earlier in {out} are not in {db}; they are "
-                                 "streamed again")
-                    total = 0.0
-                    for s in todo:
-                        try:
-                            total += s.duration()
-                        except AudioError:  # reported (and listed in errors.csv) when the file's turn comes
-                            continue
-                    if state.skipped:
-                        _say(f"resuming: {len(state.skipped)} of {len(files)} files already done in {out}")
-                    with _Progress(total, len(todo)) as progress:
-                        summary = runner(todo, net, config, outputs, state, progress=progress, log=_say,
-                                         params=params, embeddings=sink)
-
+    default_conf, thresholds = read_thresholds(min_conf, min_conf_default)
+    scale = Scale(engine, workers, shard, address, num_cpus, num_gpus, concurrency)
+    job = StreamJob(tuple(model), out, tuple(inputs or ()), parse_formats(format), window, hop, final_window, batch,
+                    threads, provider, weights, default_conf, thresholds, top_k, merge, frozenset(ignore or []),
+                    rewrite_outputs, block_size, scale, sample_rate, channels, dtype, watch, settle, poll, idle_exit)
+    sink = partial(stream_archive, db, embeddings=embeddings, scale=scale) if embeddings or db is not None else None
+    outcome = run_stream(job, say=_say, progress=_Progress, embeddings=sink)
+    summary = outcome.summary
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
     _say(f"done: {len(summary.done)} file(s), {summary.detections} detection(s), "
          f"{summary.audio_seconds / 3600:.3f} h of audio at {speed:.1f}x real time -> {out}")
-    if sink is not None:
-        for name, why in sink.summary.skipped:
+    if outcome.embeddings is not None:
+        for name, why in outcome.embeddings.summary.skipped:
             _say(f"embeddings: skipped {name}: {why}")
-        _say(f"embeddings: {len(sink.summary.done)} recording(s), {sink.summary.windows} window(s) -> {db}")
+        _say(f"embeddings: {len(outcome.embeddings.summary.done)} recording(s), {outcome.embeddings.summary.windows} "
+             f"window(s) -> {db}")
     if summary.failed_all:
         earlier = len(summary.failed_all) - len(summary.failed)
-        what = "NaN/inf block(s) in the stream" if inputs == ["-"] else "file(s) could not be read"
+        what = "NaN/inf block(s) in the stream" if job.stdin else "file(s) could not be read"
         problems = (f"{len(summary.failed_all)} {what}"
                     + (f" ({earlier} in an earlier run; they are retried once they change)" if earlier else "")
                     + f", listed in {out / 'errors.csv'}")

@@ -44,7 +44,8 @@ class AutoChoice:
         for t in self.trials:
             speed = f"{t.x_realtime:.1f}x" if t.x_realtime is not None else "-"
             changed = f"{100 * t.changed:.1f}%" if t.changed is not None else (t.refused or "-")
-            lines.append(f"{t.mode:10s} {speed:>12s} {changed:>18s}" + ("   <- chosen" if t.mode == self.chosen else ""))
+            chosen = "   <- chosen" if t.mode == self.chosen else ""
+            lines.append(f"{t.mode:10s} {speed:>12s} {changed:>18s}{chosen}")
         return "\n".join(lines)
 
 
@@ -92,7 +93,7 @@ def export_auto(study_dir: str | Path, out_path: str | Path, *, candidates: Sequ
     from vocalprobe.export.parity import ParityError
     from vocalprobe.runtime.core.manifest import read_manifest
     from vocalprobe.runtime.engine.onnx_model import OnnxModel
-    from vocalprobe.runtime.field.validate import predict_clip
+    from vocalprobe.runtime.engine.long_clips import predict_clip
 
     log = log or (lambda message: None)
     candidates = auto_candidates() if candidates is None else tuple(candidates)

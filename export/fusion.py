@@ -21,7 +21,8 @@ import numpy as np
 
 from vocalprobe.export.onnx_io import OnnxFileError, get_metadata, load_model, save_model, set_metadata
 from vocalprobe.runtime.core.errors import VocalprobeError
-from vocalprobe.runtime.core.graph_contract import (EMBEDDING, INT8_SAFE_WEIGHTS, INT8_WEIGHTS, MEMBERS, PEAK, PRIOR_INPUTS,
+from vocalprobe.runtime.core.graph_contract import (EMBEDDING, INT8_SAFE_WEIGHTS, INT8_WEIGHTS, MEMBERS, PEAK,
+                                                    PRIOR_INPUTS,
                                                     PROBABILITIES, QUANTIZATION, STATE_BATCH_AXIS, STATS_OUTPUTS,
                                                     WAVEFORM, GraphMetadata, int8_weights)
 from vocalprobe.runtime.engine.ensemble import normalized_weights

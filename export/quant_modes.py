@@ -72,8 +72,8 @@ def quantize_help() -> str:
     """The help of ``--quantize``: every mode, then ``auto``."""
     listed = " | ".join(m.name + ("" if m.name == "none" else f" ({m.help})") for m in MODES)
     return (f"{listed} | {AUTO} (export {', '.join(auto_candidates())}, time them on THIS machine and keep the "
-            f"fastest that changes at most {AUTO_MAX_CHANGED:.0%} of the Val/Test decisions). Speed and accuracy of each: "
-            "docs/quantization.md; check any graph with `vocalprobe validate --reference FP32.onnx`.")
+            f"fastest that changes at most {AUTO_MAX_CHANGED:.0%} of the Val/Test decisions). Speed and accuracy of "
+            "each: docs/quantization.md; check any graph with `vocalprobe validate --reference FP32.onnx`.")
 
 
 def tolerance_help() -> str:

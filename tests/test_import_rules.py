@@ -17,7 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = ("runtime", "training", "export", "commands")
 ROOT_MODULES = ("__init__.py", "__main__.py", "cli.py", "demo.py")
-HEAVY = {"torch", "transformers", "optimum", "onnx", "onnxscript", "safetensors", "sklearn"}  # matplotlib: optional plots
+# matplotlib is left out: its plots are optional
+HEAVY = {"torch", "transformers", "optimum", "onnx", "onnxscript", "safetensors", "sklearn"}
 
 
 def module_name(path: Path) -> str:

@@ -273,7 +273,8 @@ def _first_line(exc: BaseException) -> str:
 def tiny_config(family: str, *, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2,
                 intermediate_size: int = 64, conv_channels: int = 32, stable_layer_norm: bool = False,
                 vocab_size: int = 8):
-    """A small config of ``family`` with the base models' real CNN geometry (7 convs, 20 ms frames, 400-sample field)."""
+    """A small config of ``family`` with the base models' real CNN geometry (7 convs, 20 ms frames, 400-sample
+    field)."""
     import transformers
 
     classes = {"hubert": transformers.HubertConfig, "wav2vec2": transformers.Wav2Vec2Config,
@@ -319,9 +320,11 @@ def make_tiny_checkpoint(family: str, out_dir: str | Path, *, seed: int = 0, hid
     out_dir.mkdir(parents=True, exist_ok=True)
     with _no_transformers_progress():
         model.save_pretrained(out_dir, safe_serialization=True)
+    recipe = dict(family=family, seed=seed, hidden_size=hidden_size, num_layers=num_layers,
+                  stable_layer_norm=stable_layer_norm, ctc=ctc)
     atomic_write_text(out_dir / "README.md", (
         f"# Tiny untrained {family} checkpoint\n\n"
         "Randomly initialised weights (not trained on anything), written by "
         "`vocalprobe.training.backbones.make_tiny_checkpoint` for tests and the embedded demo study.\n\n"
-        f"```json\n{json.dumps(dict(family=family, seed=seed, hidden_size=hidden_size, num_layers=num_layers, stable_layer_norm=stable_layer_norm, ctc=ctc), indent=2)}\n```\n"))
+        f"```json\n{json.dumps(recipe, indent=2)}\n```\n"))
     return out_dir

@@ -36,7 +36,7 @@ from vocalprobe.runtime.core.preprocess import MIN_SAMPLES
 from vocalprobe.training.features import LayerFeatures, clip_features
 from vocalprobe.training.probe import MLPProbe
 
-__all__ = ["ProbePipeline", "PipelineOutput", "INPUT_NAMES", "OUTPUT_NAMES", "build_pipeline", "predict_long",
+__all__ = ["ProbePipeline", "PipelineOutput", "INPUT_NAMES", "OUTPUT_NAMES", "predict_long",
            "study_features", "default_state"]
 
 
@@ -101,10 +101,6 @@ class ProbePipeline(nn.Module):
     def predict(self, waveform: torch.Tensor) -> PipelineOutput:
         """Whole clips of equal length ``[b, samples]`` (each its own peak, nothing accumulated)."""
         return self(waveform, **self.default_state(waveform.shape[0]))
-
-
-def build_pipeline(backbone_model: nn.Module, probe: MLPProbe, layer: int) -> ProbePipeline:
-    return ProbePipeline(backbone_model, probe, layer)
 
 
 @torch.no_grad()

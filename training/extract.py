@@ -92,9 +92,6 @@ class FeatureSet:
             raise KeyError(f"layer {layer} was not extracted; available: {list(self.layers)}")
         return self.features[:, self.layers.index(layer)]
 
-    def split_mask(self, name: str) -> np.ndarray:
-        return self.splits == name
-
 
 def cache_settings(backbone: Backbone, manifest: Manifest, *, layers: Sequence[int], chunk_samples: int,
                    dtype: str) -> dict:
@@ -263,9 +260,9 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
     (default all, 0..N). ``device``: auto / cpu / cuda. ``cache_dir``: parent folder of the feature caches (None:
     no cache). ``chunk_seconds``: clips longer than this are processed in chunks (at least 0.625 s, so no chunk
     needs padding). ``batch_size``: at most this many equal-length clips per forward pass
-    where clips are not packed (float32 on the CPU packs up to ``PackedFeatures.max_frames`` frames instead). ``dtype``: float32
-    (default), bfloat16 or float16 autocast; for the latter two the difference to float32 on the first
-    ``precision_clips`` batched clips is measured and returned in ``FeatureSet.precision``. ``shard_size``: clips
+    where clips are not packed (float32 on the CPU packs up to ``PackedFeatures.max_frames`` frames instead).
+    ``dtype``: float32 (default), bfloat16 or float16 autocast; for the latter two the difference to float32 on the
+    first ``precision_clips`` batched clips is measured and returned in ``FeatureSet.precision``. ``shard_size``: clips
     per cache shard (how much work an interruption can lose). ``shard``: extract only the clips of shard i/n
     (``row_key`` hashed), into this unit's own index of the shared cache; the result holds that shard's clips.
     ``on_shard``: called with the number of clips this run computed so far, after each cache shard is written

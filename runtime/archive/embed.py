@@ -1,5 +1,6 @@
-"""`vocalprobe embed`: every window's ``embedding`` output into an archive, with stream's sources, resampling,
-windows and batching (``runtime.field``), so an archived vector is exactly what ``stream`` computed on that window.
+"""`vocalprobe embed`: every window's ``embedding`` output into an archive, a consumer of the engine's predictions
+(``engine.predict``, as ``stream`` is), so an archived vector is exactly what ``stream`` computed on that window, with
+one process, ``--workers`` or Ray alike.
 
 Memory is flat in the length of a recording: windows go to the database ``FLUSH_WINDOWS`` at a time inside the
 recording's transaction. A recording whose audio (sha256) is already in the archive is skipped, under its own name
@@ -9,10 +10,10 @@ recording's transaction. A recording whose audio (sha256) is already in the arch
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -21,43 +22,16 @@ from vocalprobe.runtime.archive.store import ArchiveDB, ArchiveError
 from vocalprobe.runtime.core.digests import file_sha256
 from vocalprobe.runtime.core.errors import AudioError
 from vocalprobe.runtime.core.resample import QUALITY
-from vocalprobe.runtime.engine.onnx_model import ModelError, OnnxModel
-from vocalprobe.runtime.engine.sources import FileSource
-from vocalprobe.runtime.field.stream import AudioClock, window_probabilities
-from vocalprobe.runtime.engine.windows import Window, WindowPlan
 from vocalprobe.runtime.core.detections.clock import parse_recorder_timestamp
+from vocalprobe.runtime.engine.batches import WITH_EMBEDDING
+from vocalprobe.runtime.engine.onnx_model import OnnxModel
+from vocalprobe.runtime.engine.predict import predict
+from vocalprobe.runtime.engine.scale import ONE_PROCESS, ModelSpec, Scale
+from vocalprobe.runtime.engine.sources import FileSource
+from vocalprobe.runtime.engine.windows import Window, WindowPlan
 
 #: Windows written to SQLite and the index at a time (bounds memory, not results).
 FLUSH_WINDOWS = 512
-
-
-class WithEmbedding:
-    """A model whose ``predict`` returns ``[probabilities | embedding]`` from ONE session run, so stream's batching
-    loop (``window_probabilities``) yields both; ``split`` separates them again."""
-
-    def __init__(self, model: OnnxModel):
-        if model.info.embedding_outputs_key is None:
-            raise ModelError(f"{model.path.name}: the graph has no embedding output (no embedding_outputs_key)")
-        self.model = model
-        self.classes = model.classes
-        self.sample_rate = model.sample_rate
-        self.max_chunk_samples = model.max_chunk_samples
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        probs, emb = self.model.predict_with_embedding(batch)
-        return np.concatenate([probs, emb], axis=1)
-
-    def split(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        k = len(self.classes)
-        return row[..., :k], row[..., k:]
-
-
-def window_embeddings(blocks: Iterable[np.ndarray], model: OnnxModel, plan: WindowPlan,
-                      batch: int = 8) -> Iterable[tuple[Window, np.ndarray]]:
-    """``(window, embedding)`` of every window of a stream of model-rate blocks (stream's windows and batches)."""
-    both = WithEmbedding(model)
-    for window, row in window_probabilities(blocks, both, plan, batch):
-        yield window, both.split(row)[1]
 
 
 def archive_settings(model: OnnxModel, plan: WindowPlan, embedding_dim: int) -> dict:
@@ -109,15 +83,8 @@ def is_archived(archive: ArchiveDB, source: FileSource, deployment: str | None =
 
 
 def not_archived(archive: ArchiveDB, sources: Sequence[FileSource], deployment: str | None = None) -> list:
-    """The sources an engine (worker pool, Ray) must still predict: those the archive does not hold yet."""
+    """The sources the engine must still predict: those the archive does not hold yet."""
     return [s for s in sources if not is_archived(archive, s, deployment)]
-
-
-def in_input_order(sources: Sequence, pending: Sequence, stand_ins: Iterable) -> list:
-    """``sources`` with each of ``pending`` (``not_archived``'s list) replaced, in order, by the engine's stand-in
-    for it; the archived ones stay, so ``embed_sources`` lists them as skipped where they are in the input."""
-    replaced, todo = iter(stand_ins), {id(s) for s in pending}
-    return [next(replaced) if id(s) in todo else s for s in sources]
 
 
 @dataclass
@@ -135,13 +102,12 @@ class ArchiveSink:
     hook ``stream --embeddings`` hands to ``run_sources`` (``begin`` / ``add`` / ``commit`` / ``abort``).
 
     A recording already in the archive (same name and audio, or the same audio under another name) is listed as
-    skipped and its windows are ignored. ``model``: the graph as ``WithEmbedding`` (one session run per batch)."""
+    skipped and its windows are ignored."""
 
     def __init__(self, archive: ArchiveDB, model: OnnxModel, plan: WindowPlan, *, deployment: str | None = None,
                  positions: Mapping[str, int] | None = None):
         self.archive = archive
         self.positions = positions  # a shard's: each source's place in the whole input list, by name
-        self.model = WithEmbedding(model)
         self.sample_rate = model.sample_rate
         self.deployment = deployment
         self.summary = EmbedSummary()
@@ -236,35 +202,45 @@ class ArchiveSink:
 
 def embed_sources(sources: Sequence[FileSource], model: OnnxModel, plan: WindowPlan, archive: ArchiveDB, *,
                   batch: int = 8, deployment: str | None = None, positions: Mapping[str, int] | None = None,
-                  on_audio: Callable[[float], None] | None = None) -> EmbedSummary:
+                  on_audio: Callable[[float], None] | None = None, scale: Scale = ONE_PROCESS,
+                  spec: ModelSpec | None = None) -> EmbedSummary:
     """Embed every source not yet in ``archive``; unreadable ones are listed in the summary and skipped.
-    ``positions`` (a shard's run): every source's place in the whole input list, kept for ``merge --db``."""
+    ``positions`` (a shard's run): every source's place in the whole input list, kept for ``merge --db``.
+    ``scale`` and ``spec``: where the engine runs the model; recordings the archive holds are not predicted at all,
+    so a resumed run costs only what is left."""
     started = time.perf_counter()
     sink = ArchiveSink(archive, model, plan, deployment=deployment, positions=positions)
-    for source in sources:
-        if not sink.begin(source):
-            continue
-        n_windows, clock = 0, AudioClock(model.sample_rate, on_audio)
-        try:
-            for window, row in window_probabilities(clock.count(source.blocks(model.sample_rate)), sink.model, plan,
-                                                    batch):
-                sink.add(window, sink.model.split(row)[1])
-                n_windows += 1
-        except AudioError as exc:
-            sink.abort(exc.problem)
-            continue
-        except BaseException:
-            sink.abort()
-            raise
-        sink.commit(n_windows, clock.seconds)
+    sources = list(sources)
+    pending = not_archived(archive, sources, deployment)
+    todo = {id(s) for s in pending}
+    with closing(predict(pending, model, plan, batch, scale, WITH_EMBEDDING, spec=spec)) as recordings:
+        for source in sources:
+            recording = next(recordings) if id(source) in todo else None
+            if not sink.begin(source):  # listed as skipped: archived already (under its name, or as a twin)
+                continue
+            if recording is None:  # not_archived said it was archived, begin says not: it changed meanwhile
+                sink.abort("changed while the run started; run again")
+                continue
+            n_windows = 0
+            try:
+                for prediction in recording.predictions(on_audio):
+                    for window, embedding in zip(prediction.windows, prediction.embeddings):
+                        sink.add(window, embedding)
+                    n_windows += len(prediction)
+            except AudioError as exc:
+                sink.abort(exc.problem)
+                continue
+            except BaseException:
+                sink.abort()
+                raise
+            sink.commit(n_windows, recording.audio_seconds)
     sink.summary.wall_seconds = time.perf_counter() - started
     return sink.summary
 
 
 @contextmanager
 def stream_archive(db: Path | None, model, plan: WindowPlan, *, embeddings: bool, stdin: bool = False,
-                   workers: int = 1, engine: str = "local", shard: str | None = None
-                   ) -> Iterator[ArchiveSink | None]:
+                   scale: Scale = ONE_PROCESS) -> Iterator[ArchiveSink | None]:
     """``stream --embeddings --db DIR``: the sink ``run_sources`` writes each window's embedding to (None without
     the options); the combinations one archive writer cannot serve are refused before any work."""
     if not embeddings and db is None:
@@ -275,7 +251,7 @@ def stream_archive(db: Path | None, model, plan: WindowPlan, *, embeddings: bool
                            "into the archive folder --db names")
     if stdin:
         raise ArchiveError("--embeddings stores recordings by file: it reads files and folders, not stdin")
-    if workers > 1 or engine != "local" or shard is not None:
+    if not scale.one_process or scale.shard is not None:
         raise ArchiveError("--embeddings writes one archive from one process: drop --workers/--shard/--engine ray, "
                            "or write the archive with `vocalprobe embed`, which takes them")
     if not isinstance(model, OnnxModel):
@@ -284,5 +260,5 @@ def stream_archive(db: Path | None, model, plan: WindowPlan, *, embeddings: bool
         yield ArchiveSink(archive, model, plan)
 
 
-__all__ = ["embed_sources", "not_archived", "in_input_order", "window_embeddings", "WithEmbedding", "ArchiveSink", "EmbedSummary",
-           "stream_archive", "archive_settings", "hoplite_model_config"]
+__all__ = ["embed_sources", "not_archived", "ArchiveSink", "EmbedSummary", "stream_archive", "archive_settings",
+           "hoplite_model_config"]

@@ -5,9 +5,9 @@ A row names its recording by ``Begin Path`` (Raven's multi-file tables, and ``vo
 reviewed ``search`` hits table (it has ``Score`` and ``Rank`` columns), a row whose times are still those of its
 stored window labels that window alone: with overlapping windows its neighbours share half of it, and the reviewer
 judged only the hit. Any other row labels the windows it overlaps by at least half of the shorter of the two (a
-call clipped by a window edge is not a call in it). Annotations carry the window's own offsets, as hoplite's agile notebooks write
-them. Rows that match no recording or window, or carry no label, are reported with their line, never dropped
-silently.
+call clipped by a window edge is not a call in it). Annotations carry the window's own offsets, as hoplite's agile
+notebooks write them. Rows that match no recording or window, or carry no label, are reported with their line, never
+dropped silently.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vocalprobe.runtime.archive.embed import window_embeddings
+from vocalprobe.runtime.engine.batches import window_embeddings
 from vocalprobe.runtime.archive.store import ArchiveDB, ArchiveError
 from vocalprobe.runtime.core.atomic import atomic_write_text
 from vocalprobe.runtime.core.digests import file_sha256

@@ -12,7 +12,7 @@ import io
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 from vocalprobe.runtime.core.atomic import atomic_write_text
 from vocalprobe.runtime.core.errors import ManifestError
@@ -165,14 +165,3 @@ def write_manifest(path: str | Path, rows: Iterable[ManifestRow] | Manifest) -> 
             exc.filename = str(path)
         raise
     return Manifest(manifest.rows, path.resolve().parent)
-
-
-def relative_to_root(paths: Sequence[Path], root: Path) -> list[str]:
-    """Paths as manifest entries: POSIX-style and relative to ``root`` when they lie under it."""
-    out = []
-    for p in paths:
-        try:
-            out.append(Path(p).resolve().relative_to(root.resolve()).as_posix())
-        except ValueError:
-            out.append(Path(p).resolve().as_posix())
-    return out

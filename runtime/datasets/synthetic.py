@@ -1,8 +1,9 @@
 """The embedded default dataset: synthetic animal calls that are learnable, realistic enough, and deterministic.
 
 Seven call types plus a ``background`` class (noise only: the negative class a detector needs), each with random
-duration, pitch, harmonics and SNR over coloured background noise. Clips are written at mixed sample rates (22.05, 44.1, 48 kHz) and bit depths (8/16/24-bit PCM, float) in WAV and FLAC, so every
-later step exercises real resampling and I/O. A 10-minute AudioMoth-style "field recording" with calls at known times
+duration, pitch, harmonics and SNR over coloured background noise. Clips are written at mixed sample rates (22.05,
+44.1, 48 kHz) and bit depths (8/16/24-bit PCM, float) in WAV and FLAC, so every later step exercises real resampling
+and I/O. A 10-minute AudioMoth-style "field recording" with calls at known times
 and its ground-truth table serves the streaming classifier. Same seed, same bytes.
 """
 

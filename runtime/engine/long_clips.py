@@ -20,7 +20,7 @@ from vocalprobe.runtime.core.chunking import chunk_bounds
 from vocalprobe.runtime.core.graph_contract import EMBEDDING, PEAK, PROBABILITIES, WAVEFORM, prior_input_for
 from vocalprobe.runtime.engine.onnx_model import ModelError
 
-__all__ = ["predict_long", "state_names", "input_names"]
+__all__ = ["predict_long", "predict_clip", "state_names", "input_names"]
 
 
 def input_names(session) -> set[str]:
@@ -84,3 +84,20 @@ def predict_long(session_or_model: Any, samples_16k: np.ndarray, chunk_samples: 
     probabilities = result[class_key][0].astype(np.float32, copy=False)
     embedding = result[emb_key][0].astype(np.float32, copy=False) if emb_key else None
     return probabilities, embedding
+
+
+def predict_clip(model, samples: np.ndarray) -> np.ndarray:
+    """Probabilities ``[classes]`` of one whole clip at the model's rate.
+
+    The one place that decides how a clip is fed. A clip longer than the graph's ``max_chunk_samples`` metadata is
+    fed chunk by chunk with carried statistics (``predict_long`` above), exactly as the study
+    extracted it; an ensemble does that per member and averages.
+    """
+    limit = model.max_chunk_samples
+    if limit is None or samples.shape[-1] <= limit:
+        return model.predict(samples[None, :])[0]
+    members = getattr(model, "members", None)
+    if members is None:
+        return predict_long(model, samples, limit)[0]
+    return model.combine([predict_long(member, samples, member.max_chunk_samples or samples.shape[-1])[0]
+                          for member in members])

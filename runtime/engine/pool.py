@@ -1,18 +1,17 @@
-"""``--workers N``: every core of one machine for ``stream`` (and ``embed``), with outputs identical to one process.
+"""``--workers N``: every core of one machine for ``stream`` and ``embed`` (and ``validate``), with outputs identical
+to one process.
 
 The unit of work is a batch of windows, not a file. One reader thread walks the inputs in order, decodes and
-resamples each as a one-process run does (``source.blocks``), cuts the same windows into the same batches
-(``window_batches``) and hands them to N worker processes (spawn), each holding its own onnxruntime session with
-``threads`` intra-op threads. ``stream.run_sources`` itself runs unchanged in the main process on the wrapped sources
-and model of a ``Pipeline``: its ``predict`` takes back the probabilities computed ahead for that very batch, so
-events, tables and journal are written as in one process, with the same rows in the same order. Batches rather than
-files keep all workers busy on a single long recording too, and the next file is read while one is written out.
+resamples each as one process does (``source.blocks``), cuts the same batches (``batches.window_batches``, once) and
+hands them to N worker processes (spawn), each holding its own onnxruntime session with ``threads`` intra-op
+threads. The consumer (``stream``, ``embed``) takes each recording's predictions back in order, with the windows the
+reader cut: batches rather than files keep all workers busy on a single long recording too, and the next file is
+read while one is written out.
 
 Memory is bounded: at most ``inflight`` batches are between the reader and the consumer (inflight x batch x window
-samples, held twice: once sent, once kept to check), plus ``prefetch_blocks`` decoded blocks. A plain
-``multiprocessing`` queue of numpy arrays carries them (``benchmarks/bench_scale.py`` measures it against the model).
-Workers ignore SIGINT: on Ctrl-C the main process stops the reader and the workers (a worker whose parent has gone
-exits by itself), and the journal holds every file finished before, so a re-run resumes.
+samples). A plain ``multiprocessing`` queue of numpy arrays carries them (``benchmarks/bench_scale.py`` measures it
+against the model). Workers ignore SIGINT: on Ctrl-C the main process stops the reader and the workers (a worker
+whose parent has gone exits by itself), and the journal holds every file finished before, so a re-run resumes.
 """
 
 from __future__ import annotations
@@ -23,15 +22,16 @@ import os
 import queue
 import signal
 import threading
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from vocalprobe.runtime.core.errors import AudioError, VocalprobeError
-from vocalprobe.runtime.engine.windows import Window, Windower, WindowPlan, WindowSpecError
+from vocalprobe.runtime.engine.batches import AudioClock, Prediction, window_batches
+from vocalprobe.runtime.engine.scale import ModelSpec
+from vocalprobe.runtime.engine.windows import WindowPlan
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: How long a blocked queue read waits before checking that the other side is still alive.
 _POLL_S = 0.5
@@ -41,85 +41,17 @@ class WorkerError(VocalprobeError):
     """Worker processes that cannot start, or died or failed while predicting."""
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """How a worker loads the model: the same files and options the main process loaded (picklable)."""
-
-    paths: tuple[str, ...]
-    weights: str | None = None
-    provider: str = "auto"
-    threads: int | None = None
-
-    def load(self):
-        from vocalprobe.runtime.engine.ensemble import load_models
-
-        return load_models(list(self.paths), weights=self.weights, provider=self.provider, threads=self.threads)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def default_threads(workers: int) -> int:
-    """Intra-op threads per worker: the cores shared out, at least one."""
-    return max(1, available_cores() // max(1, workers))
-
-
-def check_model_fits(model, plan: WindowPlan, batch: int) -> None:
-    """The checks ``stream.window_probabilities`` makes, before anything is read."""
-    if batch < 1:
-        raise WindowSpecError(f"--batch must be >= 1, got {batch}")
-    if model.max_chunk_samples is not None and plan.window > model.max_chunk_samples:
-        raise WindowSpecError(f"a window of {plan.window} samples is longer than this graph accepts "
-                              f"(max_chunk_samples = {model.max_chunk_samples}); use a shorter --window")
-
-
-def window_batches(blocks: Iterable[np.ndarray], plan: WindowPlan,
-                   batch: int) -> Iterator[tuple[list[Window], np.ndarray]]:
-    """The batches ``stream.window_probabilities`` gives the model, in order: ``batch`` full windows at a time, and a
-    shorter final window (policy ``shorter``) alone, after the full ones. Equal batches give equal probabilities."""
-    windower = Windower(plan)
-    pending: list[tuple[Window, np.ndarray]] = []
-
-    def flush() -> tuple[list[Window], np.ndarray]:
-        out = ([w for w, _ in pending], np.stack([s for _, s in pending]))
-        pending.clear()
-        return out
-
-    for block in blocks:
-        for win, samples in windower.push(block):
-            pending.append((win, samples))
-            if len(pending) == batch:
-                yield flush()
-    for win, samples in windower.finish():
-        if len(samples) == plan.window:
-            pending.append((win, samples))
-        else:
-            if pending:
-                yield flush()
-            yield [win], samples[None, :]
-    if pending:
-        yield flush()
-
-
 # -- the worker processes ---------------------------------------------------------------------------------------------
 
 def _predict_clip(model, samples: np.ndarray) -> np.ndarray:
-    from vocalprobe.runtime.field.validate import predict_clip
+    from vocalprobe.runtime.engine.long_clips import predict_clip
 
     return predict_clip(model, samples)
 
 
-def _predict_with_embedding(model, batch: np.ndarray) -> np.ndarray:
-    """``[probabilities | embedding]`` of a batch, from one session run (what ``embed`` archives)."""
-    probs, embedding = model.predict_with_embedding(batch)
-    return np.concatenate([probs, embedding], axis=1)
-
-
-_OPERATIONS = {"predict": lambda model, x: model.predict(x), "clip": _predict_clip, "embed": _predict_with_embedding}
+#: What a worker does with an array: a batch's probabilities, (probabilities, embeddings), or a whole clip's.
+_OPERATIONS = {"predict": lambda model, x: model.predict(x), "embed": lambda model, x: model.predict_with_embedding(x),
+               "clip": _predict_clip}
 
 
 def _worker_main(spec: ModelSpec, tasks, results, parent_pid: int) -> None:
@@ -192,7 +124,7 @@ class WorkerPool:
         self._tasks.put((seq, operation, array))
         return seq
 
-    def result(self, seq: int) -> np.ndarray:
+    def result(self, seq: int):
         while seq not in self._done:
             kind, got, value = self._get()
             if kind == "error":
@@ -220,197 +152,123 @@ class WorkerPool:
         self.close()
 
 
-# -- stream through the pool ------------------------------------------------------------------------------------------
+# -- predict through the pool -----------------------------------------------------------------------------------------
 
 class _Stopped(Exception):
     """The consumer has gone: the reader stops."""
 
 
-class Pipeline:
-    """Reads ``sources`` ahead in a thread, in order, and keeps the pool busy with their window batches.
+class _Reader:
+    """Reads ``sources`` ahead in a thread, in order, cuts their batches and keeps the pool busy with them.
 
-    ``stream.run_sources`` is then given ``pipeline.sources`` and ``pipeline.model``, and runs exactly as in one
-    process: each wrapped source yields the blocks the reader decoded, and the model's ``predict`` returns the
-    probabilities a worker computed for that very batch (checked equal to the batch the reader sent). Files keep
-    their order, so the next file is read and predicted while the current one is still being written out.
+    It tells the consumer, in one ordered queue, ``(index, kind, value)``: ``audio`` (samples read), ``batch``
+    (the windows and the pool's ticket), ``error`` (the source's ``AudioError``), ``end``; or ``fatal``.
     """
 
-    def __init__(self, pool: WorkerPool, model, config, sources: Sequence, *, inflight: int | None = None,
-                 prefetch_blocks: int = 16, operation: str = "predict"):
-        check_model_fits(model, config.plan, config.batch)
-        self.pool, self.config, self.operation = pool, config, operation
-        self.model = PipelinedModel(model, self)
-        self.sources = [_AheadSource(source, i, self) for i, source in enumerate(sources)]
-        self._blocks: queue.Queue = queue.Queue(maxsize=prefetch_blocks)
-        self._submitted: queue.Queue = queue.Queue()
+    def __init__(self, pool: WorkerPool, sources: Sequence, rate: int, plan: WindowPlan, batch: int,
+                 operation: str, inflight: int | None = None):
+        self.pool = pool
+        self._messages: queue.Queue = queue.Queue()
         self._slots = threading.Semaphore(inflight or 2 * len(pool.processes) + 2)
         self._stop = threading.Event()
-        self.current = -1  # the source run_sources is reading
-        self._reader = threading.Thread(target=self._read, args=([s.source for s in self.sources], model.sample_rate),
+        self._thread = threading.Thread(target=self._read, args=(sources, rate, plan, batch, operation),
                                         name="vocalprobe-reader", daemon=True)
-        self._reader.start()
+        self._thread.start()
 
     # -- the reader thread
-    def _put(self, item: tuple) -> None:
-        while not self._stop.is_set():
-            try:
-                return self._blocks.put(item, timeout=_POLL_S)
-            except queue.Full:
-                continue
-        raise _Stopped
-
-    def _read(self, sources: list, rate: int) -> None:
-        plan, batch = self.config.plan, self.config.batch
+    def _read(self, sources: Sequence, rate: int, plan: WindowPlan, batch: int, operation: str) -> None:
         try:
             for index, source in enumerate(sources):
-                def feed(blocks=source.blocks(rate), index=index) -> Iterator[np.ndarray]:
+                def counted(blocks=source.blocks(rate), index=index) -> Iterator[np.ndarray]:
                     for block in blocks:
-                        self._put((index, "block", block))
+                        self._messages.put((index, "audio", len(block)))
                         yield block
 
                 try:
-                    for _windows, inputs in window_batches(feed(), plan, batch):
+                    for windows, samples in window_batches(counted(), plan, batch):
                         while not self._slots.acquire(timeout=_POLL_S):
                             if self._stop.is_set():
                                 raise _Stopped
-                        self._submitted.put((index, self.pool.submit(inputs, self.operation), inputs))
+                        self._messages.put((index, "batch", (windows, self.pool.submit(samples, operation))))
                 except AudioError as exc:
-                    self._put((index, "error", exc))
+                    self._messages.put((index, "error", exc))
                     continue
-                self._put((index, "end", None))
+                self._messages.put((index, "end", None))
         except _Stopped:
             return
         except BaseException as exc:  # raised in the main thread at the consumer's next read
-            try:
-                self._put((len(sources), "fatal", exc))
-            except _Stopped:
-                return
+            self._messages.put((len(sources), "fatal", exc))
 
     # -- the consumer (main thread)
-    def _get(self, q: queue.Queue, idle=None) -> tuple:
+    def messages(self, index: int) -> Iterator[tuple[str, object]]:
+        """The messages of source ``index`` up to its ``end`` (or ``error``); a batch's is ``(windows, result)``."""
         while True:
             try:
-                return q.get(timeout=_POLL_S)
+                got, kind, value = self._messages.get(timeout=_POLL_S)
             except queue.Empty:
-                if idle is not None:
-                    idle()
-                if not self._reader.is_alive() and q.empty():
+                if not self._thread.is_alive() and self._messages.empty():
                     raise WorkerError("internal: the reader stopped before the inputs were all read") from None
-
-    def _drop_earlier(self) -> None:
-        """Free the batches of sources the consumer left out without reading them (``embed`` skips recordings the
-        archive holds): the reader waits for their slots."""
-        while True:
-            with self._submitted.mutex:  # only this thread takes items: a peek, then a get
-                if not self._submitted.queue or self._submitted.queue[0][0] >= self.current:
-                    return
-            _index, seq, _inputs = self._submitted.get()
-            try:
-                self.pool.result(seq)
-            finally:
-                self._slots.release()
-
-    def blocks_of(self, index: int) -> Iterator[np.ndarray]:
-        self.current = index
-        self._drop_earlier()
-        while True:
-            got, kind, value = self._get(self._blocks, idle=self._drop_earlier)
+                continue
             if kind == "fatal":
                 raise value
-            if got < index:  # a source run_sources left out before reading it
-                continue
-            if got > index:
-                raise WorkerError(f"internal: input {index} was read twice")
-            if kind == "block":
-                yield value
-            elif kind == "end":
+            if got != index:
+                raise WorkerError(f"internal: a message of input {got} while reading input {index}")
+            if kind == "batch":
+                windows, seq = value
+                try:
+                    value = (windows, self.pool.result(seq))
+                finally:
+                    self._slots.release()
+            yield kind, value
+            if kind in ("end", "error"):
                 return
-            else:
-                raise value  # the file's AudioError: reported and skipped like in one process
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        while True:
-            index, seq, inputs = self._get(self._submitted)
-            try:
-                probs = self.pool.result(seq)
-            finally:
-                self._slots.release()
-            if index == self.current:
-                break  # earlier indices: batches of a source that failed or was left out part-way
-        if inputs.shape != batch.shape or not np.array_equal(inputs, batch):
-            raise WorkerError("internal: the batch predicted ahead differs from the one asked for")
-        return probs
 
     def close(self) -> None:
         self._stop.set()
-        self._reader.join(timeout=5)
-
-    def __enter__(self) -> "Pipeline":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        self._thread.join(timeout=5)
 
 
-class _AheadSource:
-    """A source as ``run_sources`` sees it, whose blocks the pipeline's reader has already decoded."""
+class PooledRecording:
+    """A recording as the pool predicts it: the reader's block lengths and the workers' predictions, in order."""
 
-    def __init__(self, source, index: int, pipeline: Pipeline):
-        self.source, self._index, self._pipeline = source, index, pipeline
+    def __init__(self, source, index: int, reader: _Reader, rate: int, outputs: tuple[str, ...]):
+        self.source, self.index, self._reader, self._outputs = source, index, reader, outputs
+        self._clock = AudioClock(rate)
+        self._messages = reader.messages(index)  # one pass over this recording's messages, shared with ``drain``
 
-    def __getattr__(self, name: str):
-        return getattr(self.source, name)
+    @property
+    def audio_seconds(self) -> float:
+        return self._clock.seconds
 
-    def blocks(self, target_rate: int) -> Iterator[np.ndarray]:
-        return self._pipeline.blocks_of(self._index)
+    def predictions(self, on_audio: Callable[[float], None] | None = None) -> Iterator[Prediction]:
+        self._clock.on_audio = on_audio
+        for kind, value in self._messages:
+            if kind == "audio":
+                self._clock.add(value)
+            elif kind == "batch":
+                windows, result = value
+                yield Prediction(windows, *(result if "embedding" in self._outputs else (result, None)))
+            elif kind == "error":
+                raise value
 
-
-class PipelinedModel:
-    """The model as ``run_sources`` sees it: metadata of the loaded model, predictions from the pool."""
-
-    def __init__(self, model, pipeline: Pipeline):
-        self.inner, self._pipeline = model, pipeline
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._pipeline.predict(batch)
-
-    def predict_with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities, embeddings) of a pipeline of operation ``embed``. Before the first input is read (the
-        archive's probe of the embedding size) the model in this process answers."""
-        if self._pipeline.current < 0:
-            return self.inner.predict_with_embedding(batch)
-        both = self._pipeline.predict(batch)
-        k = len(self.inner.classes)
-        return both[:, :k], both[:, k:]
+    def drain(self) -> None:
+        """Take back what the consumer left unread (the pool's slots are freed as results are taken)."""
+        for _ in self._messages:
+            pass
 
 
-def run_with_workers(sources: Sequence, model, config, outputs, state=None, *, spec: ModelSpec, workers: int,
-                     **run_options):
-    """``stream.run_sources`` with the model work spread over ``workers`` processes: the same outputs and summary.
-    ``spec`` loads the model ``model`` is (``ModelSpec(paths, weights, provider, threads)``)."""
-    from vocalprobe.runtime.field.stream import run_sources
-
-    with WorkerPool(spec, workers) as pool, Pipeline(pool, model, config, list(sources)) as pipeline:
-        say = run_options.get("log") or log.info
-        say(f"{workers} workers, providers in use: {', '.join(pool.providers)}")
-        return run_sources(pipeline.sources, pipeline.model, config, outputs, state, **run_options)
-
-
-def embed_with_workers(sources: Sequence, model, plan: WindowPlan, archive, *, spec: ModelSpec, workers: int,
-                       batch: int = 8, deployment: str | None = None, **embed_options):
-    """``archive.embed.embed_sources`` with the model work spread over ``workers`` processes: the same archive.
-    Recordings the archive already holds are not read ahead nor sent to the pool (the local loop lists them), so
-    a resumed run costs only what is left."""
-    from vocalprobe.runtime.archive.embed import embed_sources, in_input_order, not_archived
-    from vocalprobe.runtime.field.stream import DetectConfig
-
-    config = DetectConfig(plan, batch=batch)
-    sources = list(sources)
-    pending = not_archived(archive, sources, deployment)
-    with WorkerPool(spec, workers) as pool, Pipeline(pool, model, config, pending, operation="embed") as pipeline:
-        log.info("%d workers, providers in use: %s", workers, ", ".join(pool.providers))
-        return embed_sources(in_input_order(sources, pending, pipeline.sources), pipeline.model, plan, archive, batch=batch, deployment=deployment,
-                             **embed_options)
+def predict_with_workers(sources: Sequence, model, plan: WindowPlan, batch: int, outputs: tuple[str, ...],
+                         spec: ModelSpec, workers: int, *,
+                         log: Callable[[str], None] | None = None) -> Iterator[PooledRecording]:
+    """``predict.predict`` on ``workers`` processes, each loading ``spec``: the same predictions, in order."""
+    operation = "embed" if "embedding" in outputs else "predict"
+    with WorkerPool(spec, workers) as pool:
+        (log or logger.info)(f"{workers} workers, providers in use: {', '.join(pool.providers)}")
+        reader = _Reader(pool, sources, model.sample_rate, plan, batch, operation)
+        try:
+            for index, source in enumerate(sources):
+                recording = PooledRecording(source, index, reader, model.sample_rate, outputs)
+                yield recording
+                recording.drain()
+        finally:
+            reader.close()

@@ -1,9 +1,10 @@
-"""The streaming core: blocks of audio -> fixed-length windows -> batched model -> detections -> events.
+"""The stream product's consumer: the engine's window predictions (``engine.predict``) -> detections -> events ->
+the output folder.
 
-Memory is bounded by ``window + block`` samples for the window buffer plus ``batch x window`` for the model input,
-whatever the length of the recording; detections are streamed into the tables as they are final, never collected.
-``run_sources`` drives many sources with resume (the folder's journal, ``run_state.py``), the output folder
-(``outputs.py``) and error listing.
+Memory is bounded by what the engine holds (``window + block`` samples for the window buffer plus ``batch x window``
+for the model input), whatever the length of the recording; detections are streamed into the tables as they are
+final, never collected. ``run_sources`` drives many sources with resume (the folder's journal, ``run_state.py``), the
+output folder (``outputs.py``) and error listing; ``run.run_stream`` is the whole command.
 """
 
 from __future__ import annotations
@@ -14,61 +15,22 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from vocalprobe.runtime.core.detections.tables import OutputNameError
 from vocalprobe.runtime.core.errors import AudioError, VocalprobeError
+from vocalprobe.runtime.engine.batches import PROBABILITIES, WITH_EMBEDDING, AudioClock, Model, Prediction, run_model
+from vocalprobe.runtime.engine.batches import check_fits, window_batches
+from vocalprobe.runtime.engine.predict import Source, predict
+from vocalprobe.runtime.engine.scale import ONE_PROCESS, ModelSpec, Scale
+from vocalprobe.runtime.engine.windows import Window, WindowPlan, WindowSpecError
 from vocalprobe.runtime.field.events import Detection, EventMerger, window_hits
 from vocalprobe.runtime.field.outputs import Outputs
 from vocalprobe.runtime.field.run_state import DONE, JSONL_OUTPUT, Fingerprint, RunState
-from vocalprobe.runtime.engine.windows import Window, Windower, WindowPlan, WindowSpecError
-from vocalprobe.runtime.core.detections.tables import OutputNameError
 
 logger = logging.getLogger(__name__)
-
-
-class Model(Protocol):
-    classes: tuple[str, ...]
-    sample_rate: int
-    max_chunk_samples: int | None
-
-    def predict(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-def window_probabilities(blocks: Iterable[np.ndarray], model: Model, plan: WindowPlan,
-                         batch: int = 8) -> Iterator[tuple[Window, np.ndarray]]:
-    """Probabilities ``[classes]`` of every window of the stream, in order, running ``batch`` windows at a time."""
-    if batch < 1:
-        raise WindowSpecError(f"--batch must be >= 1, got {batch}")
-    if model.max_chunk_samples is not None and plan.window > model.max_chunk_samples:
-        raise WindowSpecError(f"a window of {plan.window} samples is longer than this graph accepts "
-                              f"(max_chunk_samples = {model.max_chunk_samples}); use a shorter --window")
-    windower = Windower(plan)
-    inputs = np.empty((batch, plan.window), dtype=np.float32)
-    pending: list[Window] = []
-
-    def run() -> Iterator[tuple[Window, np.ndarray]]:
-        probs = model.predict(inputs[:len(pending)])
-        yield from zip(list(pending), probs)
-        pending.clear()
-
-    for block in blocks:
-        for win, samples in windower.push(block):
-            inputs[len(pending)] = samples
-            pending.append(win)
-            if len(pending) == batch:
-                yield from run()
-    for win, samples in windower.finish():
-        if len(samples) == plan.window:
-            inputs[len(pending)] = samples
-            pending.append(win)
-        else:  # policy "shorter": its own batch, after the full windows
-            if pending:
-                yield from run()
-            yield win, model.predict(samples[None, :])[0]
-    if pending:
-        yield from run()
 
 
 @dataclass(frozen=True)
@@ -221,34 +183,16 @@ class _InOrder:
             self.sink(heapq.heappop(self._held)[3])
 
 
-class AudioClock:
-    """Seconds of audio that went through ``count`` (and, per block, to ``on_audio``: a progress bar)."""
-
-    def __init__(self, sample_rate: int, on_audio: Callable[[float], None] | None = None):
-        self.sample_rate, self.on_audio, self.seconds = sample_rate, on_audio, 0.0
-
-    def count(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        for block in blocks:
-            seconds = len(block) / self.sample_rate
-            self.seconds += seconds
-            if self.on_audio is not None:
-                self.on_audio(seconds)
-            yield block
-
-
-def detect_stream(blocks: Iterable[np.ndarray], name: str, model: Model, config: DetectConfig, *,
-                  on_event: Callable[[Detection], None] | None = None,
-                  on_audio: Callable[[float], None] | None = None,
-                  on_row: Callable[[Detection], None] | None = None,
-                  on_embedding: Callable[[Window, np.ndarray], None] | None = None) -> SourceResult:
-    """Run one stream of model-rate blocks; ``on_event`` sees each event once final, ``on_row`` each event in table
-    order (start, label), ``on_audio`` each block's seconds. Nothing is kept: memory does not grow with the events.
-    With ``on_embedding`` the model's rows are ``[probabilities | embedding]`` (``runtime.archive``'s
-    ``WithEmbedding``: one session run gives both) and each window's embedding goes there."""
+def detect(predictions: Iterable[Prediction], name: str, model: Model, config: DetectConfig, *,
+           on_event: Callable[[Detection], None] | None = None,
+           on_row: Callable[[Detection], None] | None = None,
+           on_embedding: Callable[[Window, np.ndarray], None] | None = None) -> tuple[int, int]:
+    """Detections of one recording's window predictions; ``on_event`` sees each event once final, ``on_row`` each
+    event in table order (start, label), ``on_embedding`` each window's embedding (predictions made with
+    ``WITH_EMBEDDING``). Nothing is kept: memory does not grow with the events. Returns (detections, windows)."""
     merger = EventMerger(name, model.sample_rate, config.merge)
     thresholds = config.class_thresholds(model.classes)
     n_detections = 0
-    clock = AudioClock(model.sample_rate, on_audio)
 
     def count_row(d: Detection) -> None:
         nonlocal n_detections
@@ -266,20 +210,33 @@ def detect_stream(blocks: Iterable[np.ndarray], name: str, model: Model, config:
                 on_event(event)
 
     n_windows = 0
-    n_classes = len(model.classes)
-    for window, probs in window_probabilities(clock.count(blocks), model, config.plan, config.batch):
-        n_windows += 1
-        if on_embedding is not None:
-            on_embedding(window, probs[n_classes:])
-            probs = probs[:n_classes]
-        hits = window_hits(probs, model.classes, thresholds, config.top_k, config.ignore)
-        emit(merger.push(window, hits))
-        start = window.start / model.sample_rate
-        if config.merge:
-            runs = {label: runs.get(label, start) for label, _ in hits}
-        rows.release_before(min([start, *runs.values()]))
+    for prediction in predictions:
+        for i, (window, probs) in enumerate(zip(prediction.windows, prediction.probabilities)):
+            n_windows += 1
+            if on_embedding is not None:
+                on_embedding(window, prediction.embeddings[i])
+            hits = window_hits(probs, model.classes, thresholds, config.top_k, config.ignore)
+            emit(merger.push(window, hits))
+            start = window.start / model.sample_rate
+            if config.merge:
+                runs = {label: runs.get(label, start) for label, _ in hits}
+            rows.release_before(min([start, *runs.values()]))
     emit(merger.finish())
     rows.flush()
+    return n_detections, n_windows
+
+
+def detect_stream(blocks: Iterable[np.ndarray], name: str, model: Model, config: DetectConfig, *,
+                  on_event: Callable[[Detection], None] | None = None,
+                  on_audio: Callable[[float], None] | None = None,
+                  on_row: Callable[[Detection], None] | None = None) -> SourceResult:
+    """``detect`` on one stream of model-rate blocks, predicted in this process (``on_audio``: each block's
+    seconds)."""
+    check_fits(model, config.plan, config.batch)
+    clock = AudioClock(model.sample_rate, on_audio)
+    predictions = (Prediction(windows, *run_model(model, samples, PROBABILITIES))
+                   for windows, samples in window_batches(clock.count(blocks), config.plan, config.batch))
+    n_detections, n_windows = detect(predictions, name, model, config, on_event=on_event, on_row=on_row)
     return SourceResult(name, n_detections, n_windows, clock.seconds)
 
 
@@ -307,16 +264,9 @@ class Progress(Protocol):
     def file_done(self) -> None: ...
 
 
-class Source(Protocol):
-    name: str
-
-    def blocks(self, target_rate: int) -> Iterator[np.ndarray]: ...
-
-
 class EmbeddingSink(Protocol):
     """Where ``stream --embeddings`` writes each recording's window embeddings (``runtime.archive.embed.ArchiveSink``):
-    ``model`` gives ``[probabilities | embedding]`` rows; a recording is begun, fed, then committed or aborted."""
-    model: Model
+    a recording is begun, fed, then committed or aborted."""
 
     def begin(self, source: Source) -> bool: ...
 
@@ -325,6 +275,8 @@ class EmbeddingSink(Protocol):
     def commit(self, n_windows: int, audio_seconds: float) -> None: ...
 
     def abort(self, problem: str | None = None) -> None: ...
+
+    def with_unembedded(self, files: Sequence, todo: Sequence, done_names: Sequence[str]) -> tuple[list, int]: ...
 
 
 def _warn_narrow_band(name: str, source_rate: int | None, model_rate: int) -> None:
@@ -337,7 +289,8 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
                 state: RunState | None = None, *, progress: Progress | None = None,
                 log: Callable[[str], None] | None = None,
                 params: Sequence[tuple[str, object]] | None = None,
-                embeddings: EmbeddingSink | None = None) -> RunSummary:
+                embeddings: EmbeddingSink | None = None, scale: Scale = ONE_PROCESS,
+                spec: ModelSpec | None = None) -> RunSummary:
     """Stream every source given, writing its outputs as it goes; unreadable sources are listed and skipped.
 
     With ``state`` (the folder's journal) each file's outcome is recorded, so pass ``state.todo(sources)`` to leave
@@ -345,9 +298,8 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
     dropped if it fails, and preceded by a retraction when an earlier version of the file had rows. ``params``: the
     rows of ``analysis_params.csv``, written beside the outputs. ``embeddings``: each window's embedding is also
     written there, from the same model run (the recording is committed there before the journal marks it done).
+    ``scale`` and ``spec``: where the engine runs the model (``engine.predict``); the outputs are the same.
     """
-    if embeddings is not None:
-        model = embeddings.model
     summary = RunSummary()
     started = time.perf_counter()
     outputs.open(state.jsonl_committed if state is not None else None)
@@ -370,8 +322,11 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
                 outputs.write_errors(summary.failed)
         return on_audio if glitches is not None else (progress.audio if progress is not None else None)
 
+    recordings = predict(sources, model, config.plan, config.batch, scale,
+                         WITH_EMBEDDING if embeddings is not None else PROBABILITIES, spec=spec, log=log)
     try:
-        for source in sources:
+        for recording in recordings:
+            source = recording.source
             path = getattr(source, "path", None)
             journalled = state is not None and path is not None
             before = state.lookup(path) if journalled else None
@@ -388,9 +343,10 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
                 outputs.begin(source.name, path=path, source_rate=source_rate, hold_jsonl=path is not None)
                 if embeddings is not None:
                     embeddings.begin(source)
-                result = detect_stream(source.blocks(model.sample_rate), source.name, model, config,
-                                       on_event=outputs.event, on_audio=glitch_reporter(source), on_row=outputs.row,
-                                       on_embedding=embeddings.add if embeddings is not None else None)
+                n_detections, n_windows = detect(recording.predictions(glitch_reporter(source)), source.name, model,
+                                                 config, on_event=outputs.event, on_row=outputs.row,
+                                                 on_embedding=embeddings.add if embeddings is not None else None)
+                result = SourceResult(source.name, n_detections, n_windows, recording.audio_seconds)
                 if embeddings is not None:
                     embeddings.commit(result.n_windows, result.audio_seconds)
             except (AudioError, OutputNameError) as exc:
@@ -432,6 +388,7 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
             (outputs.out_dir / "errors.csv").unlink()
         outputs.combine(state.done_tables if state is not None else outputs.this_run_tables(summary.done))
     finally:
+        recordings.close()  # stops the engine's workers
         outputs.close()
         if not summary.wall_seconds:
             summary.wall_seconds = time.perf_counter() - started

@@ -5,7 +5,7 @@ same clips (``reference=``: e.g. a quantized graph against its fp32 graph, on an
 Each clip is fed whole, resampled to the model's rate, one at a time (``predict_clip``). Clips that cannot be read
 are listed in the report and counted; the UAR is over the clips that could be read, and the report says so.
 
-With worker pools (``--workers N``: ``workers.WorkerPool``, one per graph) the clips are read here and submitted
+With worker pools (``--workers N``: ``engine.pool.WorkerPool``, one per graph) the clips are read here and submitted
 ahead, and their answers read back in manifest order, so the report is the one of one process.
 """
 
@@ -24,6 +24,7 @@ from vocalprobe.runtime.core.clips import load_row
 from vocalprobe.runtime.core.errors import AudioError, ManifestError
 from vocalprobe.runtime.core.manifest import read_manifest
 from vocalprobe.runtime.core.metrics import bootstrap_uar_ci, confusion_matrix, uar
+from vocalprobe.runtime.engine.long_clips import predict_clip
 from vocalprobe.runtime.engine.onnx_model import ModelError, OnnxModel
 
 #: Default allowed |ONNX UAR - study UAR|, in UAR points (percent).
@@ -31,27 +32,8 @@ DEFAULT_TOLERANCE_POINTS = 0.5
 _REFERENCE_KEY = {"test": "test_uar", "val": "val_uar"}
 
 
-def predict_clip(model: OnnxModel, samples: np.ndarray) -> np.ndarray:
-    """Probabilities ``[classes]`` of one whole clip at the model's rate.
-
-    The one place that decides how a clip is fed. A clip longer than the graph's ``max_chunk_samples`` metadata is
-    fed chunk by chunk with carried statistics (``runtime.long_clips.predict_long``), exactly as the study
-    extracted it; an ensemble does that per member and averages.
-    """
-    limit = model.max_chunk_samples
-    if limit is None or samples.shape[-1] <= limit:
-        return model.predict(samples[None, :])[0]
-    from vocalprobe.runtime.engine.long_clips import predict_long
-
-    members = getattr(model, "members", None)
-    if members is None:
-        return predict_long(model, samples, limit)[0]
-    return model.combine([predict_long(member, samples, member.max_chunk_samples or samples.shape[-1])[0]
-                          for member in members])
-
-
 class ClipPool(Protocol):
-    """What ``validate`` needs of ``workers.WorkerPool``: whole clips in, their probabilities back by ticket."""
+    """What ``validate`` needs of ``engine.pool.WorkerPool``: whole clips in, their probabilities back by ticket."""
 
     processes: list
 

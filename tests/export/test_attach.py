@@ -56,7 +56,7 @@ def test_attached_graph_equals_probe_apply_and_streams(tmp_path):
     from vocalprobe.runtime.archive.store import ArchiveDB
     from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.runtime.engine.sources import FileSource
-    from vocalprobe.runtime.field.stream import window_probabilities
+    from vocalprobe.runtime.engine.batches import window_probabilities
     from vocalprobe.runtime.engine.windows import WindowPlan
 
     model = OnnxModel(tmp_path / "attached.onnx")

@@ -34,7 +34,8 @@ def conv_model(weight: np.ndarray, stride: int, bias: np.ndarray | None = None):
         inits.append(numpy_helper.from_array(bias.astype(np.float32), "b"))
         inputs.append("b")
     node = helper.make_node("Conv", inputs, ["y"], name="conv", strides=[stride])
-    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", in_channels, "T"])],
+    graph = helper.make_graph([node], "conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", in_channels, "T"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", out_channels, "T2"])],
                               inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -295,7 +296,8 @@ def _conv_norm_graph(kernel: int, stride: int, affine: bool = True):
                   helper.make_node("Add", ["m", "beta"], ["a"], name="add")]
         last = "a"
     nodes.append(helper.make_node("Relu", [last], ["y"], name="relu"))
-    graph = helper.make_graph(nodes, "conv_norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 1, "N"])],
+    graph = helper.make_graph(nodes, "conv_norm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 1, "N"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", channels, "T"])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
@@ -341,7 +343,8 @@ def _grouped_conv_graph(kernel: int, pads: tuple[int, int], channels: int = 12, 
         inits.append(numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "b"))
         inputs.append("b")
     node = helper.make_node("Conv", inputs, ["y"], name="pos", group=groups, pads=list(pads))
-    graph = helper.make_graph([node], "pos", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", channels, "T"])],
+    graph = helper.make_graph([node], "pos",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", channels, "T"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", channels, "T2"])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 

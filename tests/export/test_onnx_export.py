@@ -1,4 +1,5 @@
-"""ONNX export (export/onnx_export.py, export/parity.py): parity with PyTorch at any length and batch, long clips, truncation, the graph contract."""
+"""ONNX export (export/onnx_export.py, export/parity.py): parity with PyTorch at any length and batch, long clips,
+truncation, the graph contract."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def test_long_clip_matches_the_study_definition(exported):
 
 
 def test_validate_hook_feeds_long_clips_in_chunks(exported):
-    from vocalprobe.runtime.field.validate import predict_clip
+    from vocalprobe.runtime.engine.long_clips import predict_clip
 
     _, path = exported("hubert", 2)
     model = OnnxModel(path)

@@ -104,7 +104,8 @@ def test_export_quantize_auto_through_the_cli(tiny_study):  # noqa: F811  (the i
     lines = result.output.splitlines()
     chosen = next(line for line in lines if line.startswith("--quantize auto: ")).split()[2]
     assert chosen in ("none", "int8", "int8-conv")
-    table = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in ("none", "int8", "int8-conv")}
+    table = {line.split()[0]: line for line in lines
+             if line.split() and line.split()[0] in ("none", "int8", "int8-conv")}
     assert set(table) == {"none", "int8", "int8-conv"} and "<- chosen" in table[chosen]
     assert read_metadata(out)["quantization"] == chosen
     assert json.loads(out.with_suffix(".parity.json").read_text())[0]["passed"]

@@ -116,8 +116,8 @@ def test_default_recipe_keeps_input_conv_and_head_fp32(hubert_l2, tmp_path):
                 and n.name not in head_names]
     meta = read_metadata(out)
     assert meta["quantization"] == "int8-static" and meta["quantization_recipe"] == DEFAULT_STATIC_RECIPE.describe()
-    report = check_parity(pipeline, out, [calibration_tone(1.3, seed=5), calibration_tone(4.5, seed=6)], chunk_samples=CHUNK,
-                          atol=0.5, label="int8-static")
+    report = check_parity(pipeline, out, [calibration_tone(1.3, seed=5), calibration_tone(4.5, seed=6)],
+                          chunk_samples=CHUNK, atol=0.5, label="int8-static")
     assert report.max_diff("probabilities") > 0  # really a different (quantized) computation
 
 

@@ -306,7 +306,8 @@ def test_leftover_missing_and_mismatched_keys_are_named(tmp_path):
 
 def test_unknown_config_keys_are_rejected(tmp_path):
     with pytest.raises(checkpoints.AvesConversionError, match="unknown encoder_typo"):
-        checkpoints.hubert_config_from_torchaudio(torchaudio_json(tiny_config()) | {"encoder_typo": 1}, mask_embedding=False)
+        config = torchaudio_json(tiny_config()) | {"encoder_typo": 1}
+        checkpoints.hubert_config_from_torchaudio(config, mask_embedding=False)
 
 
 _UNPICKLED: list[str] = []

@@ -375,7 +375,8 @@ def report_markdown(study_dir: Path, summary: StudySummary, figures: list[tuple[
 
     out += ["## Fusion", "", "Mean of the Test posteriors of every backbone's best-on-Val probe, then argmax "
             "(paper II.B), one fusion per seed. Test UAR [%] with the bootstrap 95% CI of each seed:", "",
-            "| Dataset | Layers fused | " + " | ".join(f"seed {s}" for s in summary.fusion[0].seeds) + " | mean ± std |",
+            "| Dataset | Layers fused | " + " | ".join(f"seed {s}" for s in summary.fusion[0].seeds)
+            + " | mean ± std |",
             "|---|---|" + "---:|" * (len(summary.fusion[0].seeds) + 1)]
     for f in summary.fusion:
         fused = ", ".join(f"{b} L{layer}" for b, layer in zip(f.backbones, f.layers))

@@ -19,7 +19,7 @@ from runtime_graphs import build_band_graph
 from vocalprobe.runtime.archive.store import ArchiveDB, offsets_of
 from vocalprobe.runtime.engine.onnx_model import OnnxModel
 from vocalprobe.runtime.engine.sources import FileSource
-from vocalprobe.runtime.field.stream import window_probabilities
+from vocalprobe.runtime.engine.batches import window_probabilities
 from vocalprobe.runtime.engine.windows import WindowPlan
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -192,7 +192,7 @@ def test_a_resumed_embed_with_workers_sends_only_what_is_left_to_the_pool(tmp_pa
     import soundfile as sf
     from runtime_graphs import tone_track
 
-    from vocalprobe.runtime.field import workers
+    from vocalprobe.runtime.engine import pool
 
     folder = tone_folder(tmp_path / "audio", n_files=3, seconds=2.0)
     args = ["embed", folder, "-m", graph, "--db", tmp_path / "db", "--workers", "2", "--threads", "1"]
@@ -204,12 +204,12 @@ def test_a_resumed_embed_with_workers_sends_only_what_is_left_to_the_pool(tmp_pa
 
     read_ahead = []
 
-    class Recording(workers.Pipeline):
-        def __init__(self, pool, model, config, sources, **kwargs):
+    class Recording(pool._Reader):
+        def __init__(self, workers, sources, *args, **kwargs):
             read_ahead.extend(s.name for s in sources)
-            super().__init__(pool, model, config, sources, **kwargs)
+            super().__init__(workers, sources, *args, **kwargs)
 
-    monkeypatch.setattr(workers, "Pipeline", Recording)
+    monkeypatch.setattr(pool, "_Reader", Recording)
     result = run_cli(args)
     assert result.exit_code == 0, result.output
     assert read_ahead == ["REC01/20210512_040000.WAV"]  # the archived recordings are not predicted again

@@ -11,13 +11,14 @@ import soundfile as sf
 from runtime_graphs import tone_track
 from test_shards_merge import assert_same_archive
 
-from vocalprobe.runtime.archive.embed import is_archived
+from vocalprobe.runtime.archive.embed import embed_sources, is_archived
 from vocalprobe.runtime.archive.store import ArchiveDB
 from vocalprobe.runtime.engine.onnx_model import OnnxModel
-from vocalprobe.runtime.engine.ray_engine import embed_with_ray, plan_chunks
+from vocalprobe.runtime.engine import ray_engine
+from vocalprobe.runtime.engine.ray_engine import plan_chunks
+from vocalprobe.runtime.engine.scale import ModelSpec, Scale
 from vocalprobe.runtime.engine.sources import collect_files
 from vocalprobe.runtime.engine.windows import WindowPlan
-from vocalprobe.runtime.engine.pool import ModelSpec
 
 pytestmark = pytest.mark.slow  # a Ray cluster and its actors: seconds, still part of the default run
 
@@ -33,7 +34,7 @@ def audio(tmp_path_factory, tone_folder):
     return root
 
 
-def test_embed_via_ray_is_the_local_archive(ray_cluster, audio, graph, tmp_path, run_cli):
+def test_embed_via_ray_is_the_local_archive(ray_cluster, audio, graph, tmp_path, run_cli, monkeypatch):
     args = ["embed", audio, "-m", graph, "--hop", "0.25", "--batch", "3"]
     local = run_cli([*args, "--db", tmp_path / "local"])
     assert local.exit_code == 2 and "could not embed REC02/broken.WAV" in local.output, local.output
@@ -43,9 +44,11 @@ def test_embed_via_ray_is_the_local_archive(ray_cluster, audio, graph, tmp_path,
     files = collect_files([audio])
     chunks = plan_chunks(files, plan, 3, 16_000, chunk_windows=7)
     assert sum(not c.whole for c in chunks) > len(files)  # recordings really are cut
+    monkeypatch.setattr(ray_engine, "DEFAULT_CHUNK_WINDOWS", 7)
     with ArchiveDB.open_writer(tmp_path / "ray") as archive:
-        summary = embed_with_ray(files, model, plan, archive, spec=ModelSpec((str(graph),), threads=1), batch=3,
-                                 concurrency=2, chunk_windows=7)
+        summary = embed_sources(files, model, plan, archive, spec=ModelSpec((str(graph),), threads=1), batch=3,
+                                scale=Scale(engine="ray", concurrency=2))
+    monkeypatch.undo()
     assert [n for n, _ in summary.failed] == ["REC02/broken.WAV"] and len(summary.done) == 5
     assert_same_archive(tmp_path / "ray", tmp_path / "local")
 
@@ -69,8 +72,8 @@ def test_a_resumed_ray_embed_adds_only_the_new_recording(ray_cluster, audio, gra
     plan = WindowPlan.from_seconds(0.5, None, 16_000)
     files = collect_files([folder])
     with ArchiveDB.open_writer(tmp_path / "db") as archive:
-        summary = embed_with_ray(files, model, plan, archive, spec=ModelSpec((str(graph),), threads=1),
-                                 concurrency=2)
+        summary = embed_sources(files, model, plan, archive, spec=ModelSpec((str(graph),), threads=1),
+                                scale=Scale(engine="ray", concurrency=2))
     assert summary.done == [extra.relative_to(folder).as_posix()]
     assert len(summary.skipped) == len(files) - 1 and all(why == "already embedded" for _, why in summary.skipped)
     with ArchiveDB.open_reader(tmp_path / "db") as archive:

@@ -170,6 +170,7 @@ def test_unlistable_sub_folder_is_reported(tmp_path):
     finally:
         (tmp_path / "src" / "owl" / "night").chmod(0o755)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert f"problem: {tmp_path / 'src' / 'owl' / 'night'}: folder cannot be listed (permission denied)" in result.stderr
+    night = tmp_path / "src" / "owl" / "night"
+    assert f"problem: {night}: folder cannot be listed (permission denied)" in result.stderr
     assert "night" in (tmp_path / "out" / "errors.csv").read_text()
     assert not (tmp_path / "out" / "manifest.csv").exists()

@@ -1,4 +1,5 @@
-"""The embedded synthetic dataset (runtime/datasets/synthetic.py): varied, deterministic, learnable, with a field recording."""
+"""The embedded synthetic dataset (runtime/datasets/synthetic.py): varied, deterministic, learnable, with a field
+recording."""
 
 from __future__ import annotations
 

@@ -16,12 +16,17 @@ from test_workers import FORMATS, config_of, make_recordings, run, tree
 
 from vocalprobe.runtime.engine.onnx_model import OnnxModel
 from vocalprobe.runtime.field.outputs import Outputs
-from vocalprobe.runtime.engine.ray_engine import ChunkPredictor, plan_chunks, run_with_ray
+from contextlib import contextmanager
+
+from vocalprobe.runtime.engine import ray_engine
+from vocalprobe.runtime.engine.batches import window_probabilities
+from vocalprobe.runtime.engine.predict import predict
+from vocalprobe.runtime.engine.ray_engine import ChunkPredictor, plan_chunks
+from vocalprobe.runtime.engine.scale import ModelSpec, Scale
 from vocalprobe.runtime.field.run_state import RunState
 from vocalprobe.runtime.engine.sources import FileSource, collect_files
-from vocalprobe.runtime.field.stream import DetectConfig, output_options, run_settings, window_probabilities
+from vocalprobe.runtime.field.stream import DetectConfig, output_options, run_settings, run_sources
 from vocalprobe.runtime.engine.windows import WindowPlan
-from vocalprobe.runtime.engine.pool import ModelSpec
 
 pytestmark = pytest.mark.slow  # a Ray cluster and its actors: seconds, still part of the default run
 
@@ -34,13 +39,25 @@ def recordings(tmp_path_factory):
     return folder
 
 
+@contextmanager
+def ray_settings(chunk_windows: int = ray_engine.DEFAULT_CHUNK_WINDOWS, predictor: type = ChunkPredictor):
+    """Small chunks (so recordings are cut) or an actor class that dies, for the runs inside."""
+    saved = ray_engine.DEFAULT_CHUNK_WINDOWS, ray_engine.PREDICTOR
+    ray_engine.DEFAULT_CHUNK_WINDOWS, ray_engine.PREDICTOR = chunk_windows, predictor
+    try:
+        yield
+    finally:
+        ray_engine.DEFAULT_CHUNK_WINDOWS, ray_engine.PREDICTOR = saved
+
+
 def ray_run(folder: Path, out: Path, graph: Path, config: DetectConfig, **options):
     model = OnnxModel(graph, threads=1)
     with Outputs(out, FORMATS, 8000) as outputs, RunState(out, run_settings(model, config),
-                                                         output_options(config, FORMATS)) as state:
+                                                         output_options(config, FORMATS)) as state, \
+            ray_settings(**options):
         todo = list(state.todo(collect_files([folder], block_size=5_000)))
-        return run_with_ray(todo, model, config, outputs, state, spec=ModelSpec((str(graph),), threads=1),
-                            concurrency=2, **options)
+        return run_sources(todo, model, config, outputs, state, spec=ModelSpec((str(graph),), threads=1),
+                           scale=Scale(engine="ray", concurrency=2))
 
 
 def test_stream_via_ray_writes_the_bytes_of_a_local_run(ray_cluster, recordings, graph, tmp_path):
@@ -61,15 +78,15 @@ def test_stream_via_ray_writes_the_bytes_of_a_local_run(ray_cluster, recordings,
 
 @pytest.mark.parametrize("policy", ["shorter", "drop"])
 def test_chunks_give_the_windows_and_probabilities_of_a_local_run(ray_cluster, recordings, graph, policy):
-    from vocalprobe.runtime.engine.ray_engine import RayRun
-
     model = OnnxModel(graph, threads=1)
     config = DetectConfig(WindowPlan.from_seconds(0.7, 0.4, 16_000, policy), batch=2)
     source = FileSource(recordings / "night2" / "20210505_040000.flac", "x.flac", 5_000)
     local = list(window_probabilities(source.blocks(16_000), model, config.plan, config.batch))
-    replay = RayRun([source], model, config, ModelSpec((str(graph),), threads=1), concurrency=2, chunk_windows=4)
-    assert len(replay.chunks) > 3
-    replayed = list(window_probabilities(replay.sources[0].blocks(16_000), replay.model, config.plan, config.batch))
+    assert len(plan_chunks([source], config.plan, config.batch, 16_000, chunk_windows=4)) > 3
+    with ray_settings(chunk_windows=4):
+        recording, = predict([source], model, config.plan, config.batch, Scale(engine="ray", concurrency=2),
+                             spec=ModelSpec((str(graph),), threads=1))
+        replayed = [(w, p) for batch in recording.predictions() for w, p in zip(batch.windows, batch.probabilities)]
     assert [w for w, _ in replayed] == [w for w, _ in local]
     np.testing.assert_array_equal(np.stack([p for _, p in replayed]), np.stack([p for _, p in local]))
 

@@ -34,8 +34,9 @@ def test_run_state_resumes_and_refuses_other_settings(tmp_path):
     state.mark_done(audio, "a.wav", 3, ["a.detections.csv"])
     again = RunState(tmp_path / "out", {"window": 1})
     assert again.is_done(audio) and again.count(DONE) == 1
-    assert again.lookup(audio) == FileRecord(RunState.key(audio), "a.wav", DONE, Fingerprint(10, audio.stat().st_mtime_ns),
-                                             3, ("a.detections.csv",), None, {})
+    fingerprint = Fingerprint(10, audio.stat().st_mtime_ns)
+    assert again.lookup(audio) == FileRecord(RunState.key(audio), "a.wav", DONE, fingerprint, 3, ("a.detections.csv",),
+                                             None, {})
     assert again.outputs_ending(".detections.csv") == ["a.detections.csv"]
     audio.write_bytes(b"y" * 20)  # replaced since: analysed again
     assert not again.is_done(audio)

@@ -1,4 +1,5 @@
-"""Audio sources (runtime/engine/sources.py): raw PCM on stdin, and the folder watcher (when a recording is finished)."""
+"""Audio sources (runtime/engine/sources.py): raw PCM on stdin, and the folder watcher (when a recording is
+finished)."""
 
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ from vocalprobe.runtime.field.stream import (
     output_options,
     run_settings,
     run_sources,
-    window_probabilities,
 )
+from vocalprobe.runtime.engine.batches import window_probabilities
 from vocalprobe.runtime.engine.windows import WindowPlan, plan_windows
 
 LOW, MID, HIGH = DEFAULT_FREQS
@@ -523,8 +523,9 @@ def test_watched_folder_that_disappears_is_reported(tmp_path, graph, pcm):
     watcher = FolderWatcher(watched, settle_s=1.0, clock=lambda: now[0])
     with RunState(out, run_settings(model, config), output_options(config, ("csv",))) as state:
         with pytest.raises(SourceError, match="the folder disappeared"):
-            run_sources(state.todo(watcher.source(p) for p in watcher.follow(poll_s=1.0, idle_exit_s=30.0, sleep=sleep)), model,
-                        config, Outputs(out, ("csv",), 8000), state)
+            followed = watcher.follow(poll_s=1.0, idle_exit_s=30.0, sleep=sleep)
+            run_sources(state.todo(watcher.source(p) for p in followed), model, config, Outputs(out, ("csv",), 8000),
+                        state)
         assert state.count(DONE) == 1  # what was done before is kept
     assert (out / "A.detections.csv").is_file()
 

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from vocalprobe.cli import app
 from vocalprobe.runtime.core.manifest import ManifestRow, write_manifest
 from vocalprobe.runtime.engine.onnx_model import ModelError, OnnxModel
-from vocalprobe.runtime.field.validate import predict_clip, validate, write_report
+from vocalprobe.runtime.engine.long_clips import predict_clip
+from vocalprobe.runtime.field.validate import validate, write_report
 
 runner = CliRunner()
 

@@ -1,4 +1,5 @@
-"""Window plans (runtime/engine/windows.py): every final-window policy, and the Windower cutting any block size into exactly the planned windows."""
+"""Window plans (runtime/engine/windows.py): every final-window policy, and the Windower cutting any block size into
+exactly the planned windows."""
 
 from __future__ import annotations
 

@@ -26,10 +26,11 @@ from vocalprobe.runtime.field.stream import (
     output_options,
     run_settings,
     run_sources,
-    window_probabilities,
 )
+from vocalprobe.runtime.engine.batches import window_batches, window_probabilities
+from vocalprobe.runtime.engine.pool import WorkerError, WorkerPool
+from vocalprobe.runtime.engine.scale import ModelSpec, Scale
 from vocalprobe.runtime.engine.windows import WindowPlan
-from vocalprobe.runtime.engine.pool import ModelSpec, WorkerError, WorkerPool, run_with_workers, window_batches
 
 FORMATS = ("raven", "csv", "jsonl")
 INTERNAL = (".vocalprobe-journal.sqlite", ".vocalprobe.lock")
@@ -43,7 +44,8 @@ def make_recordings(root: Path) -> Path:
     for i, (name, rate, seconds) in enumerate(specs):
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        events = [(0.3 + k * 2.1 + 0.1 * i, 1.4 + k * 2.1, DEFAULT_FREQS[(i + k) % 3]) for k in range(int(seconds // 2.1))]
+        events = [(0.3 + k * 2.1 + 0.1 * i, 1.4 + k * 2.1, DEFAULT_FREQS[(i + k) % 3])
+                  for k in range(int(seconds // 2.1))]
         sf.write(path, tone_track(events, seconds, rate, seed=i), rate)
     (folder / "night1" / "broken.WAV").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     return folder
@@ -66,8 +68,8 @@ def run(folder: Path, out: Path, graph: Path, workers: int | None):
         todo = list(state.todo(collect_files([folder], block_size=5_000)))
         if workers is None:
             return run_sources(todo, model, config, outputs, state)
-        return run_with_workers(todo, model, config, outputs, state, spec=ModelSpec((str(graph),), threads=1),
-                                workers=workers)
+        return run_sources(todo, model, config, outputs, state, spec=ModelSpec((str(graph),), threads=1),
+                           scale=Scale(workers=workers))
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +123,9 @@ CTRL_C_SCRIPT = textwrap.dedent("""
     from vocalprobe.runtime.field.run_state import RunState
     from vocalprobe.runtime.engine.sources import collect_files
     from vocalprobe.runtime.field.outputs import Outputs
-    from vocalprobe.runtime.field.stream import DetectConfig, output_options, run_settings
+    from vocalprobe.runtime.field.stream import DetectConfig, output_options, run_settings, run_sources
+    from vocalprobe.runtime.engine.scale import ModelSpec, Scale
     from vocalprobe.runtime.engine.windows import WindowPlan
-    from vocalprobe.runtime.field import workers
 
     def main(graph, folder, out):
         model = OnnxModel(graph, threads=1)
@@ -132,8 +134,8 @@ CTRL_C_SCRIPT = textwrap.dedent("""
         with Outputs(out, formats, 8000) as outputs, RunState(out, run_settings(model, config),
                                                              output_options(config, formats)) as state:
             todo = list(state.todo(collect_files([folder], block_size=5000)))
-            workers.run_with_workers(todo, model, config, outputs, state, workers=2,
-                                     spec=workers.ModelSpec((graph,), threads=1))
+            run_sources(todo, model, config, outputs, state, scale=Scale(workers=2),
+                        spec=ModelSpec((graph,), threads=1))
 
     if __name__ == "__main__":  # spawned workers import this file again
         main(*sys.argv[1:4])
@@ -175,7 +177,8 @@ def test_ctrl_c_stops_workers_cleanly_and_the_run_resumes(graph, one_process, tm
                                                          output_options(config, FORMATS)) as state:
         todo = list(state.todo(collect_files([folder], block_size=5_000)))
         assert len(todo) == 40 - done_before
-        run_with_workers(todo, model, config, outputs, state, spec=ModelSpec((str(graph),), threads=1), workers=2)
+        run_sources(todo, model, config, outputs, state, spec=ModelSpec((str(graph),), threads=1),
+                    scale=Scale(workers=2))
     clean = tmp_path / "clean"
     summary = run(folder, clean, graph, None)
     assert len(summary.done) == 40
@@ -288,7 +291,6 @@ def test_embed_with_workers_writes_the_archive_of_one_process(recordings, graph,
     the unreadable file listed the same; a second run skips every recording."""
     from vocalprobe.runtime.archive.embed import embed_sources
     from vocalprobe.runtime.archive.store import ArchiveDB
-    from vocalprobe.runtime.engine.pool import embed_with_workers
 
     model = OnnxModel(graph, threads=1)
     plan = WindowPlan.from_seconds(0.5, 0.3, 16_000)
@@ -297,12 +299,12 @@ def test_embed_with_workers_writes_the_archive_of_one_process(recordings, graph,
         alone = embed_sources(sources, model, plan, archive, batch=3)
     spec = ModelSpec((str(graph),), threads=1)
     with ArchiveDB.open_writer(tmp_path / "two") as archive:
-        two = embed_with_workers(sources, model, plan, archive, spec=spec, workers=2, batch=3)
+        two = embed_sources(sources, model, plan, archive, spec=spec, scale=Scale(workers=2), batch=3)
     assert two.done == alone.done and len(two.done) == 4 and two.windows == alone.windows
     assert two.failed == alone.failed and [n for n, _ in two.failed] == ["night1/broken.WAV"]
     assert archive_contents(tmp_path / "two") == archive_contents(tmp_path / "one")
     with ArchiveDB.open_writer(tmp_path / "two") as archive:
-        again = embed_with_workers(sources, model, plan, archive, spec=spec, workers=2, batch=3)
+        again = embed_sources(sources, model, plan, archive, spec=spec, scale=Scale(workers=2), batch=3)
     assert again.done == [] and len(again.skipped) == 4
     assert archive_contents(tmp_path / "two") == archive_contents(tmp_path / "one")
 
