@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vocalprobe.runtime.core.atomic import atomic_open, atomic_write_bytes
-from vocalprobe.runtime.core.detections.layout import PARAMS_NAME
+from vocalprobe.runtime.core.detections.layout import JSONL_NAME, PARAMS_NAME
 from vocalprobe.runtime.core.digests import json_sha256
 from vocalprobe.runtime.core.errors import VocalprobeError
 from vocalprobe.runtime.core.out_lock import OutputLock
@@ -25,7 +25,6 @@ from vocalprobe.runtime.core.shards import merge_folders
 from vocalprobe.runtime.field.run_state import (
     DONE,
     FAILED,
-    JSONL_OUTPUT,
     FileRecord,
     RunState,
     read_settings,
@@ -147,16 +146,16 @@ def merge_outputs(out_dir: str | Path, shard_dirs: Sequence[str | Path]) -> Merg
             for record in records:
                 if record.status == DONE:
                     for rel in record.outputs:
-                        if rel != JSONL_OUTPUT:
+                        if rel != JSONL_NAME:
                             _copy(source[record.key].folder / rel, out_dir / rel)
             if params is not None:
                 atomic_write_bytes(out_dir / PARAMS_NAME, params)
             jsonl_end = None
-            if "jsonl" in formats or any(JSONL_OUTPUT in r.outputs for r in records):
-                rows = {s.folder: _final_rows(s.folder / JSONL_OUTPUT, s.jsonl_committed) for s in shards}
+            if "jsonl" in formats or any(JSONL_NAME in r.outputs for r in records):
+                rows = {s.folder: _final_rows(s.folder / JSONL_NAME, s.jsonl_committed) for s in shards}
                 text = b"".join(line for r in records if r.status == DONE and r.wrote_jsonl
                                 for line in rows[source[r.key].folder].get(r.name, []))
-                atomic_write_bytes(out_dir / JSONL_OUTPUT, text)
+                atomic_write_bytes(out_dir / JSONL_NAME, text)
                 jsonl_end = len(text)
             state.merge(records, jsonl_committed=jsonl_end)
             failures = state.failures()

@@ -13,7 +13,7 @@ Two fingerprints keep a folder honest:
   earlier keep what they were written with; ``rewrite_outputs`` re-analyses those whose options differ.
 
 The journal also records how many bytes of ``detections.jsonl`` are final, so rows of a file whose commit was cut
-short by a kill are dropped, never doubled. A folder holding the JSON state of older versions is migrated once.
+short by a kill are dropped, never doubled.
 """
 
 from __future__ import annotations
@@ -26,17 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Sequence
 
-from vocalprobe.runtime.core.atomic import atomic_write_text
+from vocalprobe.runtime.core.detections.layout import JSONL_NAME
 from vocalprobe.runtime.core.digests import json_sha256
 from vocalprobe.runtime.core.errors import VocalprobeError
 
 JOURNAL_NAME = ".vocalprobe-journal.sqlite"
 JOURNAL_FORMAT = "2"
-LEGACY_STATE_NAME = ".vocalprobe-stream-state.json"  # format 1: one JSON file
-JSONL_OUTPUT = "detections.jsonl"
+#: The run state of pre-release vocalprobes (one JSON file): refused, not migrated.
+PRE_RELEASE_STATE_NAME = ".vocalprobe-stream-state.json"
 DONE, FAILED = "done", "failed"
-#: Keys of format 1's settings that fixed the numbers (the others were output options).
-_LEGACY_RUN_KEYS = ("models", "weights", "window", "hop", "final_window")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -89,7 +87,7 @@ class FileRecord:
 
     @property
     def wrote_jsonl(self) -> bool:
-        return JSONL_OUTPUT in self.outputs
+        return JSONL_NAME in self.outputs
 
 
 class HasPath(Protocol):
@@ -139,22 +137,20 @@ class RunState:
         self.skipped: list[str] = []  # names ``todo`` left out as already done
         self.positions: dict[str, int] = {}  # key -> place in the whole input list (``number``)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        legacy_path = self.out_dir / LEGACY_STATE_NAME
-        legacy = self._read_legacy(legacy_path) if legacy_path.exists() else None  # refused before anything is made
+        if (self.out_dir / PRE_RELEASE_STATE_NAME).exists():
+            raise StateError(f"{self.out_dir} holds the run state of a pre-release vocalprobe "
+                             f"({PRE_RELEASE_STATE_NAME}); use another --out folder, or delete it to start over")
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA page_size=1024")  # a commit rewrites a few pages: small ones spare the card
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; the outputs are fsynced first
             self._db.executescript(_SCHEMA)
-            self._add_columns()
             self._check_format()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{self.path}: unreadable journal ({exc}); use another --out folder, "
                              "or delete this one to start over") from exc
         self._options_id = self._option_id(self.options)
-        if legacy is not None:
-            self._migrate(legacy_path, legacy)
 
     # -- opening ----------------------------------------------------------------------------------------------
     def _meta(self, key: str) -> str | None:
@@ -164,24 +160,18 @@ class RunState:
     def _set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
-    def _add_columns(self) -> None:
-        """Journals written before recordings' lengths and places were kept gain the columns (NULL: not known)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
-        for name, kind in (("seconds", "REAL"), ("position", "INTEGER")):
-            if name not in columns:
-                self._db.execute(f"ALTER TABLE files ADD COLUMN {name} {kind}")
-
     def _check_format(self) -> None:
         found = self._meta("format")
         if found is None:
             self._db.execute("BEGIN")
             self._set_meta("format", JOURNAL_FORMAT)
             self._set_meta("settings", json.dumps(self.settings, sort_keys=True))
-            jsonl = self.out_dir / JSONL_OUTPUT  # rows already there (a stdin stream's) are kept as they are
+            jsonl = self.out_dir / JSONL_NAME  # rows already there (a stdin stream's) are kept as they are
             self._set_meta("jsonl_committed", str(jsonl.stat().st_size if jsonl.exists() else 0))
             self._db.execute("COMMIT")
             return
-        if found != JOURNAL_FORMAT:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
+        if found != JOURNAL_FORMAT or not {"seconds", "position"} <= columns:
             raise StateError(f"{self.path}: journal format {found!r} (this vocalprobe reads {JOURNAL_FORMAT!r}); "
                              "use the vocalprobe that wrote it, or another --out folder")
         before = json.loads(self._meta("settings") or "{}")
@@ -194,54 +184,6 @@ class RunState:
         text = json.dumps(options, sort_keys=True)
         self._db.execute("INSERT OR IGNORE INTO options (json) VALUES (?)", (text,))
         return self._db.execute("SELECT id FROM options WHERE json = ?", (text,)).fetchone()[0]
-
-    def _read_legacy(self, legacy: Path) -> dict:
-        """The JSON state of format 1, if its numeric settings are this run's."""
-        try:
-            data = json.loads(legacy.read_text(encoding="utf-8"))
-            old = data["settings"]
-            data = {"settings": dict(old), "done": dict(data.get("done", {})), "failed": dict(data.get("failed", {}))}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise StateError(f"{legacy}: unreadable run state of an older vocalprobe ({exc}); "
-                             "delete it to start this folder over") from exc
-        changed = [k for k in _LEGACY_RUN_KEYS if old.get(k) != self.settings.get(k)]
-        if changed:
-            raise StateError(f"{self.out_dir} holds results made with other settings (changed: {', '.join(changed)}); "
-                             "use another --out folder, or delete it to start over")
-        return data
-
-    def _migrate(self, legacy: Path, data: dict) -> None:
-        """Bring the JSON state of format 1 into the journal, then retire it."""
-        old, done, failed = data["settings"], data["done"], data["failed"]
-        formats = old.get("formats", [])
-        options = {k: v for k, v in old.items() if k not in _LEGACY_RUN_KEYS}
-        jsonl = self.out_dir / JSONL_OUTPUT
-        committed = 0
-        if "jsonl" in formats and jsonl.exists():
-            # Format 1 kept the rows of finished files when it reopened the file; do that once, for good.
-            names = {r["name"] for r in done.values()}
-            kept = []
-            with open(jsonl, encoding="utf-8") as handle:
-                for line in handle:
-                    try:
-                        if json.loads(line).get("file") in names:
-                            kept.append(line if line.endswith("\n") else line + "\n")
-                    except json.JSONDecodeError:
-                        continue
-            atomic_write_text(jsonl, "".join(kept))
-            committed = jsonl.stat().st_size
-
-        def fingerprint(record: dict) -> Fingerprint | None:
-            fp = record.get("fingerprint")
-            return Fingerprint(fp["size"], fp["mtime_ns"]) if fp else None
-
-        records = [FileRecord(k, r["name"], DONE, fingerprint(r), r.get("detections"),
-                              tuple(r.get("outputs", [])) + ((JSONL_OUTPUT,) if "jsonl" in formats else ()),
-                              options=options) for k, r in done.items()]
-        records += [FileRecord(k, r["name"], FAILED, fingerprint(r), problem=r.get("problem"), options=options)
-                    for k, r in failed.items()]
-        self.merge(records, jsonl_committed=committed)
-        os.replace(legacy, legacy.with_name(legacy.name + ".migrated"))
 
     # -- reading ----------------------------------------------------------------------------------------------
     @staticmethod

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from vocalprobe.runtime.core.detections.layout import ERRORS_NAME, JSONL_NAME
 from vocalprobe.runtime.core.detections.tables import OutputNameError
 from vocalprobe.runtime.core.errors import AudioError, VocalprobeError
 from vocalprobe.runtime.engine.batches import PROBABILITIES, WITH_EMBEDDING, AudioClock, Model, Prediction, run_model
@@ -28,7 +29,7 @@ from vocalprobe.runtime.engine.scale import ONE_PROCESS, ModelSpec, Scale
 from vocalprobe.runtime.engine.windows import Window, WindowPlan, WindowSpecError
 from vocalprobe.runtime.field.events import Detection, EventMerger, window_hits
 from vocalprobe.runtime.field.outputs import Outputs
-from vocalprobe.runtime.field.run_state import DONE, JSONL_OUTPUT, Fingerprint, RunState
+from vocalprobe.runtime.field.run_state import DONE, Fingerprint, RunState
 
 logger = logging.getLogger(__name__)
 
@@ -369,7 +370,7 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
                 raise
             written = outputs.finish_tables(result.name, result.audio_seconds)
             if retract is not None and outputs.jsonl is None:
-                written.append(JSONL_OUTPUT)  # its earlier rows are still there, to retract when a JSONL is written
+                written.append(JSONL_NAME)  # its earlier rows are still there, to retract when a JSONL is written
             jsonl_end = outputs.commit(retract) if path is not None else None
             if journalled:
                 state.mark_done(path, source.name, result.n_detections, written, fingerprint=fingerprint,
@@ -384,8 +385,8 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
         summary.done_all = state.count(DONE) if state is not None else len(summary.done)
         if summary.failed_all:
             outputs.write_errors(summary.failed_all)
-        elif (outputs.out_dir / "errors.csv").exists():
-            (outputs.out_dir / "errors.csv").unlink()
+        elif (outputs.out_dir / ERRORS_NAME).exists():
+            (outputs.out_dir / ERRORS_NAME).unlink()
         outputs.combine(state.done_tables if state is not None else outputs.this_run_tables(summary.done))
     finally:
         recordings.close()  # stops the engine's workers

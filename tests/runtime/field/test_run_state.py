@@ -1,9 +1,8 @@
-"""The stream's journal (runtime/field/run_state.py): resume, refusal of other numbers, output options, migration."""
+"""The stream's journal (runtime/field/run_state.py): resume, refusal of other numbers, output options."""
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from vocalprobe.runtime.field.run_state import (
     DONE,
     FAILED,
     JOURNAL_NAME,
-    LEGACY_STATE_NAME,
+    PRE_RELEASE_STATE_NAME,
     FileRecord,
     Fingerprint,
     RunState,
@@ -81,35 +80,21 @@ def test_jsonl_size_is_committed_with_the_file(tmp_path):
     assert again.jsonl_committed == 123 and again.lookup(audio).wrote_jsonl
 
 
-def test_state_of_the_older_json_format_is_migrated(tmp_path):
+def test_a_pre_release_state_or_journal_is_refused_not_migrated(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    done, cut, failed = tmp_path / "done.wav", tmp_path / "cut.wav", tmp_path / "bad.wav"
-    for path in (done, cut, failed):
-        path.write_bytes(b"x" * 8)
-    fingerprint = lambda p: {"size": 8, "mtime_ns": p.stat().st_mtime_ns}  # noqa: E731
-    settings = {"models": ["abc"], "weights": [1.0], "window": 16000, "hop": 16000, "final_window": "pad",
-                "min_conf": 0.5, "top_k": None, "merge": False, "formats": ["csv", "jsonl"], "ignore": []}
-    legacy = {"version": 1, "settings_sha256": "unused", "settings": settings,
-              "done": {os.path.abspath(done): {"name": "done.wav", "detections": 1,
-                                               "outputs": ["done.detections.csv"], "fingerprint": fingerprint(done)}},
-              "failed": {os.path.abspath(failed): {"name": "bad.wav", "problem": "corrupt",
-                                                   "fingerprint": fingerprint(failed)}}}
-    (out / LEGACY_STATE_NAME).write_text(json.dumps(legacy))
-    (out / "detections.jsonl").write_text('{"file": "done.wav", "label": "low"}\n{"file": "cut.wav", "label": "low"}\n')
-    new_settings = {"models": ["abc"], "weights": [1.0], "sample_rate": 16000, "resampler": "soxr HQ",
-                    "window": 16000, "hop": 16000, "final_window": "pad"}
-    with pytest.raises(StateError, match="changed: hop"):
-        RunState(out, {**new_settings, "hop": 8000})
-    assert (out / LEGACY_STATE_NAME).exists()  # a refused migration leaves the old state as it was
-    state = RunState(out, new_settings, {"min_conf": 0.5, "top_k": None, "merge": False,
-                                         "formats": ["csv", "jsonl"], "ignore": []})
-    assert state.is_done(done) and state.is_done(failed) and not state.is_done(cut)
-    assert state.failures() == [("bad.wav", "corrupt")] and state.other_options() == {}
-    assert state.lookup(done).outputs == ("done.detections.csv", "detections.jsonl")
-    assert (out / "detections.jsonl").read_text() == '{"file": "done.wav", "label": "low"}\n'
-    assert state.jsonl_committed == (out / "detections.jsonl").stat().st_size
-    assert not (out / LEGACY_STATE_NAME).exists() and (out / (LEGACY_STATE_NAME + ".migrated")).exists()
+    (out / PRE_RELEASE_STATE_NAME).write_text(json.dumps({"version": 1, "settings": {}, "done": {}}))
+    with pytest.raises(StateError, match="pre-release vocalprobe"):
+        RunState(out, {})
+    assert not (out / JOURNAL_NAME).exists()  # nothing made beside it
+    other = tmp_path / "other"
+    RunState(other, {}).close()
+    db = sqlite3.connect(other / JOURNAL_NAME)
+    db.execute("ALTER TABLE files DROP COLUMN position")  # a journal from before recordings' places were kept
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="journal format"):
+        RunState(other, {})
 
 
 def test_unreadable_or_foreign_journal_is_refused(tmp_path):
