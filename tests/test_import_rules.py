@@ -112,6 +112,13 @@ def test_no_import_cycle():
     ("vocalprobe.training", ("vocalprobe.export", "vocalprobe.demo", "vocalprobe.cli", "vocalprobe.commands")),
     ("vocalprobe.export", ("vocalprobe.demo", "vocalprobe.cli", "vocalprobe.commands")),
     ("vocalprobe.demo", ("vocalprobe.cli", "vocalprobe.commands")),
+    # inside the runtime: core <- engine (the producer) <- field, archive (its consumers, which share only those two)
+    ("vocalprobe.runtime.core", ("vocalprobe.runtime.engine", "vocalprobe.runtime.field", "vocalprobe.runtime.archive",
+                                 "vocalprobe.runtime.datasets")),
+    ("vocalprobe.runtime.engine", ("vocalprobe.runtime.field", "vocalprobe.runtime.archive",
+                                   "vocalprobe.runtime.datasets")),
+    ("vocalprobe.runtime.field", ("vocalprobe.runtime.archive",)),
+    ("vocalprobe.runtime.archive", ("vocalprobe.runtime.field",)),
 ])
 def test_dependencies_point_one_way(room, forbidden):
     bad = [(name, target) for name, targets in internal_edges().items() if name.startswith(room)
