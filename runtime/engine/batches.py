@@ -20,9 +20,14 @@ WITH_EMBEDDING = ("probabilities", "embedding")
 
 
 class Model(Protocol):
+    """``OnnxModel`` (one graph: ``members == [itself]``, ``weights == [1.0]``) or ``Ensemble`` (``info`` None)."""
+
     classes: tuple[str, ...]
     sample_rate: int
     max_chunk_samples: int | None
+    members: list
+    weights: np.ndarray
+    name: str
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 

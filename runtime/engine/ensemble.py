@@ -45,6 +45,8 @@ def normalized_weights(weights: Sequence[float] | None, n_models: int) -> np.nda
 class Ensemble:
     """Average the probabilities of ``members`` (optionally weighted); same interface as ``OnnxModel``."""
 
+    info = None  # several graphs: no one graph's metadata (and no single embedding)
+
     def __init__(self, members: Sequence[OnnxModel], weights: Sequence[float] | None = None):
         if not members:
             raise ModelMismatchError("an ensemble needs at least one model")

@@ -96,8 +96,8 @@ def predict_clip(model, samples: np.ndarray) -> np.ndarray:
     limit = model.max_chunk_samples
     if limit is None or samples.shape[-1] <= limit:
         return model.predict(samples[None, :])[0]
-    members = getattr(model, "members", None)
-    if members is None:
+    members = model.members
+    if members == [model]:  # one graph (a fused graph included), not an ensemble of files
         return predict_long(model, samples, limit)[0]
     return model.combine([predict_long(member, samples, member.max_chunk_samples or samples.shape[-1])[0]
                           for member in members])

@@ -165,6 +165,15 @@ class OnnxModel:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def members(self) -> list[OnnxModel]:
+        """One graph (a fused graph included) is its own only member, as an ``Ensemble`` of one would be."""
+        return [self]
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.ones(1)
+
     def describe(self) -> str:
         meta = self.info.metadata
         bits = [f"{self.path.name}"]

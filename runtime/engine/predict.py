@@ -10,6 +10,7 @@ drops them when the next recording is asked for. Close the iterator (``contextli
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
@@ -29,7 +30,13 @@ from vocalprobe.runtime.engine.windows import WindowPlan
 
 
 class Source(Protocol):
+    """What the engine reads: ``FileSource`` (``path`` set) or ``StdinSource`` (``glitches``: its NaN stretches)."""
+
     name: str
+    path: Path | None
+    glitches: list[tuple[float, float]] | None
+
+    def source_rate(self) -> int: ...
 
     def blocks(self, target_rate: int) -> Iterator[np.ndarray]: ...
 
@@ -67,10 +74,8 @@ def check_outputs(model, outputs: tuple[str, ...]) -> None:
     if unknown or "probabilities" not in outputs:
         raise ValueError(f"outputs must be ('probabilities',) or ('probabilities', 'embedding'), got {outputs}")
     if "embedding" in outputs:
-        info = getattr(model, "info", None)  # an Ensemble has no info: a fusion has no single embedding
-        if info is None or info.embedding_outputs_key is None:
-            name = getattr(model, "name", "the model")
-            raise ModelError(f"{name}: the graph has no embedding output (no embedding_outputs_key)")
+        if model.info is None or model.info.embedding_outputs_key is None:  # an Ensemble's info is None
+            raise ModelError(f"{model.name}: the graph has no embedding output (no embedding_outputs_key)")
 
 
 def predict(sources: Iterable[Source], model: Model, plan: WindowPlan, batch: int, scale: Scale = ONE_PROCESS,

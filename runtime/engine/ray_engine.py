@@ -96,7 +96,7 @@ def plan_chunks(sources: Sequence, plan: WindowPlan, batch: int, sample_rate: in
     step = max(batch, chunk_windows // batch * batch)
     chunks: list[Chunk] = []
     for index, source in enumerate(sources):
-        block_size = getattr(source, "block_size", 65_536)
+        block_size = source.block_size
         try:
             info = audio_info(source.path)
             kind = sf.info(str(source.path)).format
@@ -313,7 +313,7 @@ def predict_with_ray(sources: Sequence, model, plan: WindowPlan, batch: int, out
                      log: Callable[[str], None] | None = None) -> Iterator[RayRecording]:
     """``predict.predict`` on a Ray Data pipeline (``scale``: the cluster, actors and their resources)."""
     for source in sources:  # a recording of no chunk (none here) would stall the replay
-        if not hasattr(source, "path"):
+        if source.path is None:
             raise RayEngineError("--engine ray reads files (not stdin or --watch); use the local engine")
     connect(scale.address)
     chunks = plan_chunks(sources, plan, batch, model.sample_rate, DEFAULT_CHUNK_WINDOWS)

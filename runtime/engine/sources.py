@@ -49,6 +49,7 @@ class FileSource:
     path: Path
     name: str  # how outputs refer to it: relative to the folder given on the command line, POSIX-style
     block_size: int = DEFAULT_BLOCK_SIZE
+    glitches = None  # a file is read whole: what cannot be read fails it (class attribute, not a field)
 
     def duration(self) -> float:
         return audio_info(self.path).duration
@@ -72,6 +73,7 @@ class StdinSource:
     stream: BinaryIO | None = None  # default: sys.stdin.buffer
     block_frames: int = DEFAULT_BLOCK_SIZE
     name: str = STDIN_NAME
+    path = None  # no file: nothing to journal (class attribute, not a field)
     #: (start_s, end_s) of blocks that held NaN/inf samples, analysed as silence (a live stream survives a glitch).
     glitches: list[tuple[float, float]] = field(default_factory=list, compare=False)
 

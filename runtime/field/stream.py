@@ -106,9 +106,8 @@ def run_fingerprint(model: Model) -> dict:
     from vocalprobe.runtime.core.digests import file_sha256
     from vocalprobe.runtime.core.resample import QUALITY
 
-    members = getattr(model, "members", [model])
-    return {"models": [file_sha256(m.path) for m in members],
-            "weights": [float(w) for w in getattr(model, "weights", [1.0])],
+    return {"models": [file_sha256(m.path) for m in model.members],
+            "weights": [float(w) for w in model.weights],
             "sample_rate": model.sample_rate, "resampler": f"soxr {QUALITY}"}
 
 
@@ -134,7 +133,7 @@ def analysis_params(model: Model, config: DetectConfig, formats: Sequence[str]) 
     rate = model.sample_rate
     fingerprint = run_fingerprint(model)
     rows: list[tuple[str, object]] = [("vocalprobe_version", __version__)]
-    members = getattr(model, "members", [model])
+    members = model.members
     for i, (member, digest) in enumerate(zip(members, fingerprint["models"])):
         suffix = f"_{i + 1}" if len(members) > 1 else ""
         rows += [(f"model{suffix}", Path(member.path).name), (f"model_sha256{suffix}", digest)]
@@ -309,7 +308,7 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
 
     def glitch_reporter(source: Source) -> Callable[[float], None] | None:
         """A live stream's NaN blocks go to errors.csv at once (the stream may never end)."""
-        glitches = getattr(source, "glitches", None)
+        glitches = source.glitches
         seen = [0]
 
         def on_audio(seconds: float) -> None:
@@ -328,7 +327,7 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
     try:
         for recording in recordings:
             source = recording.source
-            path = getattr(source, "path", None)
+            path = source.path
             journalled = state is not None and path is not None
             before = state.lookup(path) if journalled else None
             fingerprint = None
@@ -339,7 +338,7 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
                     fingerprint = None
             retract = source.name if before is not None and before.wrote_jsonl else None
             try:
-                source_rate = source.source_rate() if hasattr(source, "source_rate") else None
+                source_rate = source.source_rate()
                 _warn_narrow_band(source.name, source_rate, model.sample_rate)
                 outputs.begin(source.name, path=path, source_rate=source_rate, hold_jsonl=path is not None)
                 if embeddings is not None:
