@@ -208,7 +208,6 @@ def stream(
     """Detect calls in field recordings with exported models, in constant memory, resumable."""
     from functools import partial
 
-    from vocalprobe.runtime.archive.embed import stream_archive
     from vocalprobe.runtime.core.detections.tables import parse_formats
     from vocalprobe.runtime.engine.scale import Scale
     from vocalprobe.runtime.field.run import StreamJob, run_stream
@@ -219,7 +218,11 @@ def stream(
     job = StreamJob(tuple(model), out, tuple(inputs or ()), parse_formats(format), window, hop, final_window, batch,
                     threads, provider, weights, default_conf, thresholds, top_k, merge, frozenset(ignore or []),
                     rewrite_outputs, block_size, scale, sample_rate, channels, dtype, watch, settle, poll, idle_exit)
-    sink = partial(stream_archive, db, embeddings=embeddings, scale=scale) if embeddings or db is not None else None
+    sink = None
+    if embeddings or db is not None:  # the archive is imported only when asked for
+        from vocalprobe.runtime.archive.embed import stream_archive
+
+        sink = partial(stream_archive, db, embeddings=embeddings, scale=scale)
     outcome = run_stream(job, say=_say, progress=_Progress, embeddings=sink)
     summary = outcome.summary
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
