@@ -36,6 +36,15 @@ REVIEW_HITS = 100
 AGILE_PRECISION = 0.9
 
 
+@dataclass(frozen=True)
+class DemoConfig:
+    """The size of what the demo builds: the default study's inputs (``DefaultInputs``) and its number of seeds
+    (None: ``configs/default.toml``'s). The product runs the defaults; the demo's test a smaller demo."""
+
+    inputs: object = None  # training.study.default.DefaultInputs; None: its defaults (imported lazily: torch)
+    seeds: int | None = None
+
+
 @dataclass
 class GraphCheck:
     name: str
@@ -382,16 +391,18 @@ def render_report(study_dir: Path, checks: list[GraphCheck], field: FieldScore |
     return "\n".join(lines) + "\n"
 
 
-def run_demo(root: str | Path = ".", *, log: Callable[[str], None] = print, progress: bool = True) -> Path:
+def run_demo(root: str | Path = ".", *, log: Callable[[str], None] = print, progress: bool = True,
+             config: DemoConfig = DemoConfig()) -> Path:
     """Run every step under ``root``; returns the path of ``artifacts/demo/report.md``."""
     from vocalprobe.runtime.archive.vectors import usearch_index
     from vocalprobe.runtime.datasets.synthetic import BACKGROUND
-    from vocalprobe.training.study.default import default_study_config, run_default_study
+    from vocalprobe.training.study.default import DEFAULT_INPUTS, default_study_config, run_default_study
 
     usearch_index()  # step 5 needs the archive extra (usearch): say so now, not after the study
     root = Path(root)
     log("1/5 study: the embedded default (synthetic data, tiny untrained backbones)")
-    study_dir = run_default_study(root, progress=progress)
+    overrides = {} if config.seeds is None else {"seeds": config.seeds}
+    study_dir = run_default_study(root, progress=progress, inputs=config.inputs or DEFAULT_INPUTS, **overrides)
     manifest = Path(default_study_config(root).datasets[0].manifest)
     demo_dir = root / "artifacts" / "demo"
     log("2/5 export: best layers (fp32, int8, int8-conv) and their fusion, each checked against PyTorch")

@@ -11,21 +11,12 @@ from vocalprobe.training.study import default as default_study
 
 
 @pytest.mark.slow
-def test_demo_runs_every_step(tmp_path, monkeypatch):
-    # A smaller default: 2-layer backbones, 10 clips per class, a 1-minute field recording, 1 seed.
-    monkeypatch.setattr(default_study, "TINY_SHAPE", dict(hidden_size=32, num_layers=2, num_heads=2,
-                                                          intermediate_size=64, conv_channels=32))
-    from vocalprobe.runtime.datasets import synthetic  # the study imports the generator lazily: patch it here
-
-    original = synthetic.generate_dataset
-    monkeypatch.setattr(synthetic, "generate_dataset",
-                        lambda out, seed=42, **kw: original(out, seed=seed, clips_per_class=10, field_minutes=1.0))
-    monkeypatch.setattr(synthetic, "is_current", lambda out, **kw: (out / "manifest.csv").is_file())
-    original_config = default_study.default_study_config
-    monkeypatch.setattr(default_study, "default_study_config",
-                        lambda root=".", **kw: original_config(root, **{"seeds": 1, **kw}))
-
-    report = demo_module.run_demo(tmp_path, log=lambda m: None, progress=False)
+def test_demo_runs_every_step(tmp_path):
+    # A smaller demo: 2-layer backbones, 10 clips per class, a 1-minute field recording, 1 seed.
+    small = default_study.DefaultInputs(shape=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                                                   conv_channels=32), clips_per_class=10, field_minutes=1.0)
+    report = demo_module.run_demo(tmp_path, log=lambda m: None, progress=False,
+                                  config=demo_module.DemoConfig(inputs=small, seeds=1))
     text = report.read_text()
     models = tmp_path / "artifacts" / "demo" / "models"
     names = sorted(p.name for p in models.glob("*.onnx"))

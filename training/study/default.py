@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,22 @@ from vocalprobe.training.study.runner import run_study
 TINY_FAMILIES = ("hubert", "wav2vec2", "wavlm")
 TINY_SHAPE = dict(hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128, conv_channels=64)
 DATASET_SEED = 42
+
+
+@dataclass(frozen=True)
+class DefaultInputs:
+    """What the embedded default builds before it runs: the tiny backbones' shape and the synthetic set's size.
+    The defaults are the product's; a test asks for a smaller one instead of patching module globals."""
+
+    shape: dict = field(default_factory=lambda: dict(TINY_SHAPE))
+    clips_per_class: int = 60
+    field_minutes: float = 10.0
+
+    def dataset_settings(self) -> dict:
+        return dict(seed=DATASET_SEED, clips_per_class=self.clips_per_class, field_minutes=self.field_minutes)
+
+
+DEFAULT_INPUTS = DefaultInputs()
 
 
 def default_config_text() -> str:
@@ -49,20 +66,20 @@ def default_study_config(root: str | Path = ".", **overrides: Any) -> StudyConfi
     return config
 
 
-def ensure_inputs(config: StudyConfig) -> None:
+def ensure_inputs(config: StudyConfig, inputs: DefaultInputs = DEFAULT_INPUTS) -> None:
     """Generate the synthetic dataset and build the tiny checkpoints the demo config names, where missing."""
     from vocalprobe.runtime.datasets.synthetic import generate_dataset, is_current
 
     families = [_tiny_family(path) for path in config.backbones]  # refuse a wrong config before writing anything
     for ds in config.datasets:
         # synthetic.json is written last: present, current and with our seed means complete and up to date
-        if not is_current(Path(ds.manifest).parent, seed=DATASET_SEED):
-            generate_dataset(Path(ds.manifest).parent, seed=DATASET_SEED)
+        if not is_current(Path(ds.manifest).parent, **inputs.dataset_settings()):
+            generate_dataset(Path(ds.manifest).parent, **inputs.dataset_settings())
     for seed, (path, family) in enumerate(zip(config.backbones, families)):
         folder = Path(path)
         if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
             continue
-        _build_tiny(family, folder, seed=seed)
+        _build_tiny(family, folder, seed=seed, shape=inputs.shape)
 
 
 def _tiny_family(path: str | Path) -> str:
@@ -75,14 +92,14 @@ def _tiny_family(path: str | Path) -> str:
     return family
 
 
-def _build_tiny(family: str, folder: Path, *, seed: int) -> None:
+def _build_tiny(family: str, folder: Path, *, seed: int, shape: dict) -> None:
     """Write the checkpoint into a temporary folder beside ``folder``, then rename: never a half checkpoint."""
     from vocalprobe.training.backbones import make_tiny_checkpoint
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        make_tiny_checkpoint(family, tmp, seed=seed, **TINY_SHAPE)
+        make_tiny_checkpoint(family, tmp, seed=seed, **shape)
         if folder.exists():
             shutil.rmtree(folder)  # an incomplete folder from an older interrupted run
         os.replace(tmp, folder)
@@ -91,9 +108,10 @@ def _build_tiny(family: str, folder: Path, *, seed: int) -> None:
             shutil.rmtree(tmp)
 
 
-def run_default_study(root: str | Path = ".", *, progress: bool = True, **overrides: Any) -> Path:
+def run_default_study(root: str | Path = ".", *, progress: bool = True, inputs: DefaultInputs = DEFAULT_INPUTS,
+                      **overrides: Any) -> Path:
     """Create the demo inputs if needed, run (or resume) the demo study; returns the study folder."""
     config = default_study_config(root, **overrides)
-    ensure_inputs(config)
+    ensure_inputs(config, inputs)
     run_study(config, progress=progress)
     return config.out_dir
