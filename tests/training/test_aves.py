@@ -193,7 +193,8 @@ def _torchaudio_models():
     try:
         from torchaudio.models import wav2vec2_model
     except (ImportError, OSError) as exc:
-        pytest.skip(f"torchaudio not usable here: {exc}")
+        pytest.skip(f"torchaudio not usable here ({exc}); its PyPI builds match torch 2.11 only (a venv with "
+                    "torch==2.11.0 torchaudio==2.11.0 runs this comparison)")
     return wav2vec2_model
 
 
