@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.adam import adam as adam_update
 
 from vocalprobe.runtime.core.metrics import uar
 from vocalprobe.training.probe import (
@@ -36,9 +37,9 @@ from vocalprobe.training.probe import (
     check_labels,
 )
 
-#: Probes per group by device type. On 2 CPU cores groups of 4 were fastest (docs/probes.md): each probe's first
+#: Probes per group by device type. On 2 CPU cores groups of 8 were fastest (docs/probes.md): each probe's first
 #: Linear with its Adam state is ~3 MB, and a group's must stay in the cache.
-GROUP_SIZE = {"cpu": 4, "cuda": 64}
+GROUP_SIZE = {"cpu": 8, "cuda": 64}
 
 _BETAS, _EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which ProbeClassifier uses
 
@@ -283,11 +284,9 @@ def _parameters(model: MLPProbe) -> list[torch.Tensor]:
 
 
 class _Adam:
-    """``torch.optim.Adam``'s update (its single-tensor algorithm) on stacked parameters, one learning rate per probe.
-
-    Every probe of a group takes the same steps, so the bias corrections are shared; a probe's learning rate scales
-    its rows only.
-    """
+    """Adam on stacked parameters with one learning rate per probe: ``torch.optim.adam.adam``, fused (one pass over
+    each tensor), called once per distinct learning rate. Every probe of a group has taken the same steps, so one
+    step count serves them all."""
 
     def __init__(self, params: list[torch.Tensor], cfg: ProbeConfig, n_probes: int):
         self.params = params
@@ -298,35 +297,26 @@ class _Adam:
         self.n_steps = 0
 
     def keep(self, rows: torch.Tensor, params: list[torch.Tensor]) -> None:
+        """Only ``rows`` of the group go on training."""
         self.params = params
         self.m = [m[rows] for m in self.m]
         self.v = [v[rows] for v in self.v]
-        kept = rows.tolist()
-        self.lr = [self.lr[r] for r in kept]
+        self.lr = [self.lr[r] for r in rows.tolist()]
 
     @torch.no_grad()
     def step(self) -> None:
-        (beta1, beta2), params = _BETAS, self.params
-        grads = [p.grad for p in params]
-        if self.weight_decay:
-            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+        grads = [p.grad for p in self.params]
+        tensors = (self.params, grads, self.m, self.v)
+        for lr in sorted(set(self.lr)):
+            rows = [r for r, value in enumerate(self.lr) if value == lr]
+            if len(rows) == len(self.lr):
+                part = tensors
+            else:  # probes whose learning rate was cut take their step apart: views of their rows
+                part = tuple([t[r] for r in rows for t in ts] for ts in tensors)
+            steps = [torch.tensor(float(self.n_steps), device=self.params[0].device) for _ in part[0]]
+            adam_update(*part, [], steps, fused=True, amsgrad=False, beta1=_BETAS[0], beta2=_BETAS[1],
+                                  lr=lr, weight_decay=self.weight_decay, eps=_EPS, maximize=False)
         self.n_steps += 1
-        torch._foreach_lerp_(self.m, grads, 1 - beta1)
-        torch._foreach_mul_(self.v, beta2)
-        torch._foreach_addcmul_(self.v, grads, grads, value=1 - beta2)
-        bias_correction1 = 1 - beta1 ** self.n_steps
-        bias_correction2_sqrt = (1 - beta2 ** self.n_steps) ** 0.5
-        denom = torch._foreach_sqrt(self.v)
-        torch._foreach_div_(denom, bias_correction2_sqrt)
-        torch._foreach_add_(denom, _EPS)
-        if len(set(self.lr)) == 1:  # one learning rate: exactly torch's update
-            torch._foreach_addcdiv_(params, self.m, denom, value=-self.lr[0] / bias_correction1)
-            return
-        step_size = torch.tensor([lr / bias_correction1 for lr in self.lr], dtype=params[0].dtype,
-                                 device=params[0].device)  # (P,)
-        update = torch._foreach_div(self.m, denom)
-        torch._foreach_mul_(update, [step_size.view(-1, *[1] * (p.dim() - 1)) for p in params])
-        torch._foreach_sub_(params, update)
 
 
 class _Plateau:
