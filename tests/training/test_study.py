@@ -249,6 +249,7 @@ def test_rerun_over_a_finished_study_trains_nothing_and_rewrites_the_same_bytes(
     before = {p: p.read_bytes() for p in config.out_dir.rglob("*") if p.is_file()}
 
     import vocalprobe.training.backbones as backbones
+    import vocalprobe.training.probe_batched as probe_batched
     from vocalprobe.training.probe import ProbeClassifier
 
     def refuse(*args, **kwargs):
@@ -256,6 +257,7 @@ def test_rerun_over_a_finished_study_trains_nothing_and_rewrites_the_same_bytes(
 
     monkeypatch.setattr(backbones, "load_backbone", refuse)
     monkeypatch.setattr(ProbeClassifier, "fit", refuse)
+    monkeypatch.setattr(probe_batched, "fit_probes", refuse)
     again = run_study(config, progress=False)
     assert again == summary
     after = {p: p.read_bytes() for p in config.out_dir.rglob("*") if p.is_file()}
@@ -285,7 +287,13 @@ def test_rerun_reuses_finished_probes(study, monkeypatch):
     victim = runs / "tones" / "hubert" / "L01_s1"
     old_proba = np.load(victim.with_name(victim.name + ".test_proba.npy"))
     victim.with_name(victim.name + ".json").unlink()
+    import vocalprobe.training.probe_batched as probe_batched
+
+    trained, fit_probes = [], probe_batched.fit_probes
+    monkeypatch.setattr(probe_batched, "fit_probes",
+                        lambda *a, **kw: trained.append(kw["jobs"]) or fit_probes(*a, **kw))
     third = run_study(config, progress=False)
+    assert [[(job.layer, job.seed) for job in jobs] for jobs in trained] == [[(1, 1)]]  # only what is missing
     after = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
     changed = {p.name for p in after if after[p] != before.get(p)}
     assert changed <= {"L01_s1.json", "L01_s1.safetensors", "L01_s1.test_proba.npy", "clips.json"}

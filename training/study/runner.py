@@ -288,29 +288,40 @@ class BackboneRun:
         return np.asarray(fs.features, dtype=np.float32), table
 
     def _train(self, features: np.ndarray, todo: Sequence[tuple[int, int]]) -> None:
-        """Train, score and save the ``todo`` probes on ``features`` (n_clips, n_layers, 2D)."""
+        """Train the ``todo`` probes on ``features`` (n_clips, n_layers, 2D) all at once (``probe_batched``), then
+        score and save each; a probe's files are written as soon as its group has finished."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from vocalprobe.training.probe_batched import GROUP_SIZE, ProbeJob, fit_probes
 
         if not todo:
             return
+        table = self.table
+        labels = np.asarray(table.labels, dtype=np.int64)
+        train, val = table.index("train"), table.index("val")
+        group = GROUP_SIZE.get(torch_device_type(self.probe.device), GROUP_SIZE["cuda"])
         what = f"probes {self.dataset.name} / {self.label}"
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, disable=not self.progress, transient=False) as bar:
             task = bar.add_task(what, total=len(todo))
-            for layer, seed in todo:
-                bar.update(task, description=f"{what}: layer {layer} seed {seed}")
-                self._train_one(features[:, self.table.layers.index(layer), :], layer, seed)  # (n_clips, 2D)
-                bar.advance(task)
+            for start in range(0, len(todo), group):
+                chunk = list(todo[start:start + group])
+                bar.update(task, description=f"{what}: {len(chunk)} probes at once")
+                jobs = [ProbeJob(table.layers.index(layer), seed) for layer, seed in chunk]
+                fitted = fit_probes(features, labels, train=train, val=val, jobs=jobs, config=self.probe,
+                                    n_classes=len(self.manifest.labels), group_size=group)
+                for (layer, seed), clf in zip(chunk, fitted):
+                    self._save_one(features[:, table.layers.index(layer), :], layer, seed, clf)  # (n_clips, 2D)
+                    bar.advance(task)
 
-    def _train_one(self, x: np.ndarray, layer: int, seed: int) -> None:
-        from vocalprobe.training.probe import ProbeClassifier, ProbeInfo, save_probe
+    def _save_one(self, x: np.ndarray, layer: int, seed: int, clf) -> None:
+        """Score a trained probe on Val and Test and save it, its Test posteriors and its result."""
+        from vocalprobe.training.probe import ProbeInfo, save_probe
 
         table, ds = self.table, self.dataset
         labels = np.asarray(table.labels, dtype=np.int64)
         train, val, test = (table.index(s) for s in ("train", "val", "test"))
-        probe = replace(self.probe, seed=seed)
-        clf = ProbeClassifier(probe).fit(x[train], labels[train], x[val], labels[val],
-                                         n_classes=len(self.manifest.labels))
+        probe = clf.config
         val_uar = clf.score(x[val], labels[val])
         proba = clf.predict_proba(x[test], layer=layer)  # (n_test, n_classes)
         y_test = labels[test]
@@ -351,6 +362,11 @@ class BackboneRun:
 
     def failed(self) -> list[dict[str, str]]:
         return [{"backbone": self.label, **f} for f in self.table.failed]
+
+
+def torch_device_type(device: str) -> str:
+    """``"cuda"`` for ``"cuda:1"``: the key of ``probe_batched.GROUP_SIZE``."""
+    return device.split(":")[0]
 
 
 def _argmax_lowest(values: Sequence[float]) -> int:
