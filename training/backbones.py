@@ -188,10 +188,10 @@ def _model_class(model_type: str, where: str):
     import transformers
 
     classes = {"hubert": transformers.HubertModel, "wav2vec2": transformers.Wav2Vec2Model,
-               "wavlm": transformers.WavLMModel}
+               "wavlm": transformers.WavLMModel, "whisper": transformers.WhisperModel}  # whisper: encoder used
     if model_type not in classes:
         raise BackboneError(f"{where}: model_type {model_type!r} is not supported; vocalprobe handles the "
-                            f"{', '.join(FAMILIES)} families")
+                            f"{', '.join(FAMILIES)} and whisper families")
     return classes[model_type]
 
 

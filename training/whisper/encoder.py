@@ -28,15 +28,18 @@ class WhisperInputError(VocalprobeError):
 
 
 class WhisperLayers(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, max_layer: int | None = None):
+        """``max_layer``: the last block kept (default all); the final LayerNorm belongs to the last block only."""
         super().__init__()
         from transformers import WhisperFeatureExtractor
 
         encoder = getattr(model, "encoder", model)
+        total = len(encoder.layers)
+        max_layer = total if max_layer is None else int(max_layer)
         self.conv1, self.conv2 = encoder.conv1, encoder.conv2
         self.positions = encoder.embed_positions
-        self.blocks = nn.ModuleList(list(encoder.layers))
-        self.final_norm = encoder.layer_norm
+        self.blocks = nn.ModuleList(list(encoder.layers)[:max_layer])
+        self.final_norm = encoder.layer_norm if max_layer == total and total > 0 else None
         mels = WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins).mel_filters  # (freqs, mels)
         self.register_buffer("mel_filters", torch.from_numpy(np.asarray(mels, dtype=np.float32)), persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT, periodic=True), persistent=False)
@@ -51,7 +54,7 @@ class WhisperLayers(nn.Module):
         return (mel + 4.0) / 4.0
 
     def hidden_states(self, waveform: torch.Tensor) -> list[torch.Tensor]:
-        """``[batch, samples]`` (at most 30 s) -> layers 0..num_layers, each ``[batch, frames, d_model]``."""
+        """``[batch, samples]`` (at most 30 s) -> layers 0..max_layer, each ``[batch, frames, d_model]``."""
         if waveform.shape[-1] > MAX_SAMPLES:
             raise WhisperInputError(f"a Whisper encoder takes at most {MAX_SAMPLES} samples (30 s) at once, got "
                                          f"{waveform.shape[-1]}; cut longer clips into chunks")
@@ -63,5 +66,6 @@ class WhisperLayers(nn.Module):
             out = block(x, attention_mask=None)
             x = out[0] if isinstance(out, tuple) else out
             states.append(x)
-        states[-1] = self.final_norm(x)
+        if self.final_norm is not None:
+            states[-1] = self.final_norm(x)
         return states
