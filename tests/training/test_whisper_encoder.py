@@ -46,3 +46,52 @@ def test_short_clips_run_on_their_own_frames(whisper_tiny_en, speech):
     assert half[0].shape == (1, 50, 384)
     with pytest.raises(WhisperInputError, match="at most 480000 samples"):
         layers.hidden_states(torch.zeros(1, 480_001))
+
+
+def test_backbone_features_and_truncation(whisper_tiny_en, speech):
+    from vocalprobe.training.backbones import load_backbone
+    from vocalprobe.training.features import LayerFeatures
+
+    _, hf_dir = whisper_tiny_en
+    backbone = load_backbone(hf_dir)
+    assert (backbone.family, backbone.num_layers, backbone.dim) == ("whisper", 4, 384)
+    samples, _ = speech
+    clip = torch.from_numpy(samples)[None]
+    with torch.no_grad():
+        full = LayerFeatures(backbone.model)(clip)
+        cut = LayerFeatures(backbone.model, layers=[0, 2])(clip)
+        states = WhisperLayers(backbone.model).hidden_states(clip / clip.abs().max())
+    assert full.shape == (1, 5, 768) and cut.shape == (1, 2, 768)
+    torch.testing.assert_close(cut, full[:, [0, 2]])  # no final LayerNorm on a truncated module's last layer
+    torch.testing.assert_close(full[0, 4, :384], states[4][0].mean(0))  # the last layer is after the LayerNorm
+    assert not torch.allclose(states[4], WhisperLayers(backbone.model, max_layer=4).blocks[3](states[3], None))
+
+
+def test_study_runs_on_a_converted_folder(whisper_tiny_en, synthetic_manifest, tmp_path):
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+
+    _, hf_dir = whisper_tiny_en
+    manifest = synthetic_manifest(tmp_path / "data", [1.0, 1.5, 2.0, 0.8] * 3)
+    runner = CliRunner()
+    result = runner.invoke(app, ["study", "--data", f"tones={manifest}", "--backbone", str(hf_dir), "--layers",
+                                 "0,4", "--seeds", "1", "--device", "cpu", "--out", str(tmp_path), "--name", "w",
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    import csv
+
+    with open(tmp_path / "w" / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(int(row["layer"]) for row in rows) == [0, 4]
+    assert all(row["n_train"] == "4" and row["backbone"] == hf_dir.name for row in rows)
+
+
+def test_chunks_over_thirty_seconds_are_refused(whisper_tiny_en, synthetic_manifest, tmp_path):
+    from vocalprobe.runtime.core.errors import VocalprobeError
+    from vocalprobe.training.extract import extract_features
+
+    _, hf_dir = whisper_tiny_en
+    manifest = synthetic_manifest(tmp_path / "data", [1.0, 1.0, 1.0])
+    with pytest.raises(VocalprobeError, match="at most 30 s at once"):
+        extract_features(manifest, hf_dir, chunk_seconds=40.0)
