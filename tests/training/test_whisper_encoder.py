@@ -95,3 +95,23 @@ def test_chunks_over_thirty_seconds_are_refused(whisper_tiny_en, synthetic_manif
     manifest = synthetic_manifest(tmp_path / "data", [1.0, 1.0, 1.0])
     with pytest.raises(VocalprobeError, match="at most 30 s at once"):
         extract_features(manifest, hf_dir, chunk_seconds=40.0)
+
+
+def test_registry_names_prefer_the_converted_folder(whisper_tiny_en, tmp_path, monkeypatch):
+    from vocalprobe.training.backbones import REGISTRY, BackboneError, load_backbone
+    from vocalprobe.training.study.config import backbone_key
+
+    _, hf_dir = whisper_tiny_en
+    assert {"whisper-tiny", "whisper-tiny.en", "whisper-base", "whisper-base.en", "whisper-small",
+            "whisper-small.en"} <= set(REGISTRY)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BackboneError, match="openai/whisper-tiny.en"):  # no folder: the hub id, offline here
+        load_backbone("whisper-tiny.en", local_files_only=True)
+    assert "weights_sha256" not in backbone_key("whisper-tiny.en")
+    (tmp_path / "artifacts" / "models").mkdir(parents=True)
+    (tmp_path / "artifacts" / "models" / "whisper-tiny.en").symlink_to(hf_dir)
+    for name in ("whisper-tiny.en", "openai/whisper-tiny.en"):
+        backbone = load_backbone(name)
+        assert backbone.spec.name == "whisper-tiny.en" and backbone.source == str(hf_dir.resolve())
+        assert backbone.family == "whisper" and backbone.num_layers == 4
+    assert "weights_sha256" in backbone_key("whisper-tiny.en")
