@@ -10,7 +10,9 @@ clips ``[batch, samples]``:
    (``hidden_states[k]``). One exception, by choice: for stable-layer-norm ("large"-style) checkpoints transformers
    applies the final encoder LayerNorm to its LAST hidden state only; we leave it out at every layer, so all layers
    are raw block outputs and a truncated export equals the full model's features. The paper's base models are not
-   stable-layer-norm, so for them every layer is ``hidden_states[k]`` exactly;
+   stable-layer-norm, so for them every layer is ``hidden_states[k]`` exactly. Whisper encoders (model_type
+   ``whisper``) run through ``training.whisper.encoder.WhisperLayers`` instead (log-mel front end, no 30 s
+   padding; their last layer is taken after the final LayerNorm, as transformers' ``hidden_states``);
 3. for every requested layer the mean and the POPULATION standard deviation over frames, concatenated:
    ``[batch, n_layers, 2 * D]`` with the mean in ``[..., :D]`` and the std in ``[..., D:]``.
 

@@ -115,3 +115,13 @@ def test_registry_names_prefer_the_converted_folder(whisper_tiny_en, tmp_path, m
         assert backbone.spec.name == "whisper-tiny.en" and backbone.source == str(hf_dir.resolve())
         assert backbone.family == "whisper" and backbone.num_layers == 4
     assert "weights_sha256" in backbone_key("whisper-tiny.en")
+
+
+def test_clips_over_thirty_seconds_go_in_chunks(whisper_tiny_en, synthetic_manifest, tmp_path):
+    from vocalprobe.training.extract import extract_features
+
+    _, hf_dir = whisper_tiny_en
+    manifest = synthetic_manifest(tmp_path / "data", [35.0, 1.0, 2.0])
+    features = extract_features(manifest, hf_dir, layers=[0, 4], device="cpu", progress=False)
+    assert features.features.shape == (3, 2, 768) and np.isfinite(features.features).all()
+    assert not features.failed
