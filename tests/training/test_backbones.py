@@ -33,7 +33,7 @@ def test_registry_holds_the_papers_seven_and_whisper():
     assert REGISTRY["aves-bio"].hub_id is None
     assert {s.name for s in REGISTRY.values() if s.kind == "PT+FT"} == {"wav2vec2-100h", "wav2vec2-960h",
                                                                         "wavlm-100h"}
-    assert {s.family for s in REGISTRY.values()} == {"hubert", "wav2vec2", "wavlm"}
+    assert {s.family for s in REGISTRY.values()} == {"hubert", "wav2vec2", "wavlm", "whisper"}
     assert all(s.dim == 768 and s.num_layers == 12 for s in REGISTRY.values())
 
 
