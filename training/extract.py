@@ -283,6 +283,9 @@ def extract_features(manifest: Manifest | str | os.PathLike, backbone: Backbone 
     if chunk_samples < 2 * MIN_SAMPLES:
         raise VocalprobeError(f"chunk limit must be at least {2 * MIN_SAMPLES / MODEL_SAMPLE_RATE} s "
                               f"(so that no chunk needs padding), got {chunk_seconds} s")
+    if backbone.family == "whisper" and chunk_samples > 30 * MODEL_SAMPLE_RATE:
+        raise VocalprobeError(f"{backbone.name}: a Whisper encoder sees at most 30 s at once; set the chunk limit "
+                              f"to 30 s or less, got {chunk_seconds} s")
     try:
         backbone.model.to(torch_device)
         module = LayerFeatures(backbone.model, layers=layers)

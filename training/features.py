@@ -10,7 +10,9 @@ clips ``[batch, samples]``:
    (``hidden_states[k]``). One exception, by choice: for stable-layer-norm ("large"-style) checkpoints transformers
    applies the final encoder LayerNorm to its LAST hidden state only; we leave it out at every layer, so all layers
    are raw block outputs and a truncated export equals the full model's features. The paper's base models are not
-   stable-layer-norm, so for them every layer is ``hidden_states[k]`` exactly;
+   stable-layer-norm, so for them every layer is ``hidden_states[k]`` exactly. Whisper encoders (model_type
+   ``whisper``) run through ``training.whisper.encoder.WhisperLayers`` instead (log-mel front end, no 30 s
+   padding; their last layer is taken after the final LayerNorm, as transformers' ``hidden_states``);
 3. for every requested layer the mean and the POPULATION standard deviation over frames, concatenated:
    ``[batch, n_layers, 2 * D]`` with the mean in ``[..., :D]`` and the std in ``[..., D:]``.
 
@@ -80,7 +82,7 @@ class LayerFeatures(nn.Module):
         super().__init__()
         config = model.config
         self.family = str(config.model_type)
-        if self.family not in ("hubert", "wav2vec2", "wavlm"):
+        if self.family not in ("hubert", "wav2vec2", "wavlm", "whisper"):
             raise ValueError(f"unsupported model_type {self.family!r}")
         total = int(config.num_hidden_layers)
         if max_layer is None:
@@ -91,6 +93,13 @@ class LayerFeatures(nn.Module):
         self.layers = select_layers(self.max_layer, layers)
         self.dim = int(config.hidden_size)
         self.min_samples = int(min_samples)
+        if self.family == "whisper":  # log-mel front end and its own layer convention (training/whisper/encoder.py)
+            from vocalprobe.training.whisper.encoder import WhisperLayers
+
+            self.whisper = WhisperLayers(model, self.max_layer)
+            self.eval()
+            return
+        self.whisper = None
         self.stable_layer_norm = bool(config.do_stable_layer_norm)
         self.feature_extractor = model.feature_extractor
         self.feature_projection = model.feature_projection
@@ -129,6 +138,8 @@ class LayerFeatures(nn.Module):
     # -- backbone -----------------------------------------------------------------------------------------------
     def hidden_states(self, waveform: torch.Tensor) -> list[torch.Tensor]:
         """Hidden states ``[batch, frames, D]`` of layers 0..max_layer for an already preprocessed batch."""
+        if self.whisper is not None:
+            return self.whisper.hidden_states(waveform)
         features = self.feature_extractor(waveform).transpose(1, 2)  # (b, frames, conv channels)
         projected = self.feature_projection(features)
         hidden = projected[0] if isinstance(projected, tuple) else projected  # (b, frames, D)

@@ -19,9 +19,11 @@ from vocalprobe.training.backbones import (
 )
 
 
-def test_registry_holds_the_papers_seven():
+def test_registry_holds_the_papers_seven_and_whisper():
+    whisper = {f"whisper-{size}{en}" for size in ("tiny", "base", "small") for en in ("", ".en")}
     assert set(REGISTRY) == {"aves-bio", "hubert", "wav2vec2", "wav2vec2-100h", "wav2vec2-960h", "wavlm",
-                             "wavlm-100h"}
+                             "wavlm-100h"} | whisper
+    assert {REGISTRY[name].hub_id for name in whisper} == {f"openai/{name}" for name in whisper}
     assert REGISTRY["hubert"].hub_id == "facebook/hubert-base-ls960"
     assert REGISTRY["wav2vec2"].hub_id == "facebook/wav2vec2-base"
     assert REGISTRY["wav2vec2-100h"].hub_id == "facebook/wav2vec2-base-100h"
@@ -31,8 +33,10 @@ def test_registry_holds_the_papers_seven():
     assert REGISTRY["aves-bio"].hub_id is None
     assert {s.name for s in REGISTRY.values() if s.kind == "PT+FT"} == {"wav2vec2-100h", "wav2vec2-960h",
                                                                         "wavlm-100h"}
-    assert {s.family for s in REGISTRY.values()} == {"hubert", "wav2vec2", "wavlm"}
-    assert all(s.dim == 768 and s.num_layers == 12 for s in REGISTRY.values())
+    assert {s.family for s in REGISTRY.values()} == {"hubert", "wav2vec2", "wavlm", "whisper"}
+    assert all(s.dim == 768 and s.num_layers == 12 for s in REGISTRY.values() if s.family != "whisper")
+    assert {(s.dim, s.num_layers) for s in REGISTRY.values() if s.family == "whisper"} == {(384, 4), (512, 6),
+                                                                                           (768, 12)}
 
 
 @pytest.mark.parametrize("family", ["hubert", "wav2vec2", "wavlm"])

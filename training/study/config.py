@@ -260,6 +260,8 @@ def backbone_key(name: str) -> dict[str, Any]:
     folder = None
     if spec is not None and spec.hub_id is None:
         folder = aves_dir()
+    elif spec is not None:
+        folder = spec.local_folder()  # a converted Whisper folder, when there is one
     elif spec is None and Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()
     key: dict[str, Any] = {"name": str(name)}
