@@ -449,3 +449,27 @@ def test_demo_study_with_a_backbone_it_cannot_build_is_one_line(tmp_path, monkey
     assert len(errors) == 1 and "Traceback" not in result.output and result.exception.__class__ is SystemExit
     assert "cannot build artifacts/models/whisper" in errors[0] and "vocalprobe study --backbone" in errors[0]
     assert not (tmp_path / "artifacts").exists()  # refused before the dataset or any checkpoint was written
+
+
+@pytest.mark.parametrize("marker", ["legacy", "hashed"])
+def test_demo_refuses_a_real_dataset_prepared_over_the_synthetic_folder(tmp_path, monkeypatch, marker):
+    """`data prepare KIND SRC --out artifacts/data/synthetic` over a demo set: the demo must not run on it quietly."""
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+    from vocalprobe.runtime.datasets import synthetic
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "artifacts" / "data" / "synthetic"
+    make_tones(folder)  # real-looking data: tones, not the generator's clips
+    info = {"generator_version": synthetic.GENERATOR_VERSION, "seed": 42, "clips_per_class": 60,
+            "field_minutes": 10.0, "stratify": True}
+    if marker == "hashed":
+        info["manifest_sha256"] = "0" * 64
+    (folder / "synthetic.json").write_text(json.dumps(info))
+    before = (folder / "manifest.csv").read_bytes()
+    result = CliRunner().invoke(app, ["study", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "is not the synthetic dataset the demo generates" in result.output
+    assert (folder / "manifest.csv").read_bytes() == before
+    assert not (tmp_path / "artifacts" / "models").exists()
