@@ -97,9 +97,9 @@ def _build_tiny(family: str, folder: Path, *, seed: int) -> None:
             shutil.rmtree(tmp)
 
 
-def run_default_study(root: str | Path = ".", *, progress: bool = True, **overrides: Any) -> Path:
+def run_default_study(root: str | Path = ".", *, progress: bool = True, say=None, **overrides: Any) -> Path:
     """Create the demo inputs if needed, run (or resume) the demo study; returns the study folder."""
     config = default_study_config(root, **overrides)
     ensure_inputs(config)
-    run_study(config, progress=progress)
+    run_study(config, progress=progress, say=say)
     return config.out_dir
