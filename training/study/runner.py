@@ -72,8 +72,7 @@ def run_study(config: StudyConfig, *, progress: bool = True, write_outputs: bool
     train here, as with the local engine, from the cache. ``say(text)`` hears each dataset's warnings (a leaking
     split, too few Test clips, a class/source confound) before its features are extracted.
     """
-    from vocalprobe.runtime.datasets.audit import audit
-    from vocalprobe.runtime.datasets.provenance import dataset_origin
+    from vocalprobe.runtime.datasets.audit import audit, dataset_origin
     from vocalprobe.training.backbones import resolve_device
 
     if engine not in ENGINES:
