@@ -25,12 +25,35 @@ class Kind(str, Enum):
 
 SeedOpt = Annotated[int, typer.Option(help="Seed of the random 70:20:10 Train/Val/Test split (the paper's protocol).")]
 StratifyOpt = Annotated[bool, typer.Option("--stratify/--no-stratify",
-                                           help="Split every class on its own (keeps class proportions per split).")]
+                                           help="--group-by none: split every class on its own (keeps class "
+                                                "proportions per split). Group splits are always balanced per class.")]
+
+
+class GroupBy(str, Enum):
+    group = "group"
+    none = "none"
+
+
+GroupByOpt = Annotated[Optional[GroupBy], typer.Option(
+    "--group-by", help="Unit of the split. group: every group (the manifest's group column: individual, recording) "
+    "stays in one split, so Test never shares an individual with Train (the default when the manifest has groups). "
+    "none: per clip, the paper's protocol (the default without groups).", show_default=False)]
 
 
 def _report_splits(report) -> None:
     for warning in report.warnings():
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    if report.group_by == "group":
+        typer.echo("split by group: " + ", ".join(f"{n} group{'s' if n != 1 else ''} in {s}"
+                                                  for s, n in report.groups.items()))
+
+
+def _split_rows(rows, seed: int, stratify: bool, group_by):
+    from vocalprobe.runtime.datasets.splits import assign_splits
+
+    rows, report = assign_splits(rows, seed=seed, stratify=stratify, group_by=group_by.value if group_by else None)
+    _report_splits(report)
+    return rows, report
 
 
 @app.command()
@@ -40,10 +63,13 @@ def prepare(
                                               "abzaliev, or synthetic (the embedded default, generated).")],
     source: Annotated[Optional[Path], typer.Argument(help="Folder of the downloaded dataset (not used by synthetic).",
                                                      readable=False)] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder to write manifest.csv into.")] = Path(
-        "artifacts/data/synthetic"),
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Folder to write manifest.csv into (default: artifacts/data/synthetic for synthetic, "
+        "artifacts/data/<SOURCE folder name> for folders, artifacts/data/<kind> for the others).",
+        show_default=False)] = None,
     seed: SeedOpt = 42,
     stratify: StratifyOpt = False,
+    group_by: GroupByOpt = None,
     exclude: Annotated[Optional[list[str]], typer.Option(help="Drop a class (repeatable), e.g. Abzaliev's non-dog "
                                                               "sounds.")] = None,
     clips_per_class: Annotated[int, typer.Option(help="synthetic: clips per call type.")] = 60,
@@ -63,9 +89,10 @@ def prepare(
     from vocalprobe.runtime.datasets.describe import render, summarize
     from vocalprobe.runtime.core.errors import DatasetError
     from vocalprobe.runtime.core.manifest import read_manifest, write_manifest
+    from vocalprobe.runtime.datasets.provenance import write_provenance
     from vocalprobe.runtime.datasets.scan import describe_skipped
-    from vocalprobe.runtime.datasets.splits import assign_splits
 
+    out = out if out is not None else default_out(kind, source)
     manifest_path = out / "manifest.csv"
     if kind is Kind.synthetic:
         typer.echo(f"generating the synthetic dataset in {out} (seed {seed}) ...")
@@ -88,9 +115,9 @@ def prepare(
         rows = preparers.drop_labels(prepared.rows, exclude or [])
         if not rows:
             raise DatasetError(f"{source}: no clips left after preparing")
-        rows, report = assign_splits(rows, seed=seed, stratify=stratify)
-        _report_splits(report)
+        rows, _ = _split_rows(rows, seed, stratify, group_by)
         write_manifest(manifest_path, rows)
+        write_provenance(out, kind.value, source)
     typer.echo(f"wrote {manifest_path}")
     _print(render(summarize(read_manifest(manifest_path)), kind.value))
 
@@ -101,16 +128,17 @@ def split(
     manifest: Annotated[Path, typer.Argument(help="Manifest CSV to (re-)split in place.", readable=False)],
     seed: SeedOpt = 42,
     stratify: StratifyOpt = False,
+    group_by: GroupByOpt = None,
 ) -> None:
     """(Re-)assign the seeded 70:20:10 Train/Val/Test split of a manifest, in place (atomic write)."""
     from vocalprobe.runtime.core.manifest import read_manifest, write_manifest
-    from vocalprobe.runtime.datasets.splits import assign_splits
 
     loaded = read_manifest(manifest)
-    rows, report = assign_splits(loaded.rows, seed=seed, stratify=stratify)
-    _report_splits(report)
-    write_manifest(manifest, rows)
-    typer.echo(f"split {len(rows)} clips of {manifest} (seed {seed}{', stratified' if stratify else ''})")
+    _note_unused(loaded, manifest)
+    rows, report = _split_rows(loaded.rows, seed, stratify, group_by)
+    write_manifest(manifest, loaded.with_rows(rows))
+    how = "by group" if report.group_by == "group" else "per clip" + (", stratified" if stratify else "")
+    typer.echo(f"split {len(rows)} clips of {manifest} (seed {seed}, {how})")
 
 
 @app.command()
@@ -120,10 +148,27 @@ def describe(manifest: Annotated[Path, typer.Argument(help="Manifest CSV.", read
     from vocalprobe.runtime.datasets.describe import render, summarize
     from vocalprobe.runtime.core.manifest import read_manifest
 
-    summary = summarize(read_manifest(manifest))
+    loaded = read_manifest(manifest)
+    _note_unused(loaded, manifest)
+    summary = summarize(loaded)
     _print(render(summary, str(manifest)))
     if summary.unreadable:
         raise typer.Exit(1)
+
+
+def default_out(kind: Kind, source: Optional[Path]) -> Path:
+    """Each kind its own folder: only `prepare synthetic` writes the demo's artifacts/data/synthetic."""
+    root = Path("artifacts/data")
+    if kind is Kind.folders and source is not None:
+        name = Path(source).resolve().name
+        if name and name != Kind.synthetic.value:
+            return root / name
+    return root / kind.value
+
+
+def _note_unused(manifest, path: Path) -> None:
+    if manifest.unused_columns:
+        typer.echo(f"note: {path}: column(s) {', '.join(manifest.unused_columns)} kept but not used", err=True)
 
 
 def _print(renderables: list) -> None:

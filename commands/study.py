@@ -94,7 +94,7 @@ def study(
 
         typer.echo("No --data/--backbone/--config: running the embedded demo study (synthetic data, tiny UNTRAINED "
                    "backbones; its scores say nothing about the paper).", err=True)
-        summary_dir = run_default_study(progress=progress, **overrides)
+        summary_dir = run_default_study(progress=progress, say=_warn, **overrides)
         typer.echo(f"report: {summary_dir / 'report.md'}")
         return
 
@@ -125,8 +125,23 @@ def study(
         typer.echo(f"features of shard {part} in {cfg.cache_dir}; once every shard is done, run the study without "
                    "--shard to train the probes")
         return
-    run_study(cfg, progress=progress, engine=engine, address=address)
+    summary = run_study(cfg, progress=progress, engine=engine, address=address, say=_warn)
+    _say_trust(summary)
     typer.echo(f"report: {cfg.out_dir / 'report.md'}")
+
+
+def _warn(text: str) -> None:
+    typer.secho(text, fg=typer.colors.YELLOW, err=True)
+
+
+def _say_trust(summary) -> None:
+    """The report's banner and warnings, in the terminal too: a reader of the tables alone must not miss them."""
+    from vocalprobe.training.study.trust import banner, ci_warnings
+
+    for line in banner(summary):
+        typer.secho(line, bold=True, err=True)
+    for line in ci_warnings(summary):
+        _warn(f"warning: {line}")
 
 
 def _as_fields(cfg) -> dict:

@@ -173,6 +173,15 @@ def _looks_like_hub_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~")) and "\\" not in text
 
 
+def _looks_like_local_path(text: str) -> bool:
+    """A path, not a hub id: starts with ./ ../ / ~ or a drive, uses a backslash, has more than two parts, or its
+    first part exists here (``bb/small-hubrt`` beside a folder ``bb``)."""
+    if text.startswith(("./", "../", "/", "~", ".\\", "..\\")) or "\\" in text or Path(text).is_absolute():
+        return True
+    parts = text.split("/")
+    return len(parts) > 2 or (len(parts) > 1 and Path(parts[0]).exists())
+
+
 def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str, BackboneSpec | None, bool]:
     """(display name, source, registry spec, is_local_dir) for a registry name, local folder or hub id."""
     text = str(name_or_path).strip()
@@ -200,6 +209,9 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str, Backbone
         return text, str(path.resolve()), None, True
     if path.exists():
         raise BackboneError(f"{path}: is a file; a backbone is a registry name, a hub id or a checkpoint folder")
+    if _looks_like_local_path(text):
+        raise BackboneError(f"backbone folder not found: {text} (it looks like a path, so it is not tried as a hub "
+                            "id); check the spelling, or give a registry name or an owner/name hub id")
     if _looks_like_hub_id(text):
         return text, text, None, False
     raise BackboneError(f"unknown backbone {text!r}: not a registry name ({', '.join(REGISTRY)}), not an existing "

@@ -1,5 +1,7 @@
 """Dataset manifests: a CSV with ``path,label`` and optional ``start,end,split,group`` columns.
 
+Other columns (a recording site, Xeno-canto's metadata) are kept, written back unchanged and otherwise ignored: the
+``unused_columns`` of a manifest, for the commands to mention once. They do not enter its ``content_hash``.
 Paths are relative to the manifest's folder, so a dataset folder can be moved or copied whole. Rows are small
 frozen dataclasses; reading validates every row and names the line of the first problem.
 """
@@ -31,6 +33,7 @@ class ManifestRow:
     end: float | None = None
     split: str | None = None  # train / val / test
     group: str | None = None  # e.g. the caller or the recording individual
+    extra: tuple[str, ...] = ()  # the values of the manifest's unused columns, kept as read
 
     def with_split(self, split: str | None) -> "ManifestRow":
         return replace(self, split=split)
@@ -40,6 +43,11 @@ class ManifestRow:
 class Manifest:
     rows: tuple[ManifestRow, ...]
     root: Path  # the folder relative paths are resolved against
+    unused_columns: tuple[str, ...] = ()  # columns kept as read (in ``ManifestRow.extra``) and otherwise ignored
+
+    def with_rows(self, rows: Iterable[ManifestRow]) -> "Manifest":
+        """The same manifest (root, unused columns) with other rows, e.g. re-split ones."""
+        return Manifest(tuple(rows), self.root, self.unused_columns)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -61,20 +69,23 @@ class Manifest:
             raise ManifestError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
         if any(row.split is None for row in self.rows):
             raise ManifestError("the manifest has no split column; run `vocalprobe data split MANIFEST` first")
-        return Manifest(tuple(r for r in self.rows if r.split == name), self.root)
+        return self.with_rows(r for r in self.rows if r.split == name)
 
-    def to_csv(self) -> str:
+    def to_csv(self, *, unused: bool = True) -> str:
         buffer = io.StringIO()
         used = [c for c in COLUMNS if c in REQUIRED_COLUMNS or any(getattr(r, c) is not None for r in self.rows)]
+        extra = list(self.unused_columns) if unused else []
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(used)
+        writer.writerow(used + extra)
         for row in self.rows:
-            writer.writerow([_format(getattr(row, c)) for c in used])
+            values = list(row.extra) + [""] * (len(extra) - len(row.extra))
+            writer.writerow([_format(getattr(row, c)) for c in used] + values[:len(extra)])
         return buffer.getvalue()
 
     def content_hash(self) -> str:
-        """sha256 of the canonical CSV: changes whenever any row, label, time or split changes."""
-        return hashlib.sha256(self.to_csv().encode("utf-8")).hexdigest()
+        """sha256 of the canonical CSV without the unused columns: changes whenever any row, label, time, split or
+        group changes, not when metadata the study ignores does."""
+        return hashlib.sha256(self.to_csv(unused=False).encode("utf-8")).hexdigest()
 
 
 def _format(value) -> str:
@@ -104,15 +115,11 @@ def parse_manifest(text: str, root: Path, source: str = "<manifest>") -> Manifes
     reader = csv.DictReader(io.StringIO(text))
     header = reader.fieldnames or []
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    unknown = [c for c in header if c not in COLUMNS]
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing column(s) {', '.join(missing)}")
-        if unknown:
-            parts.append(f"unknown column(s) {', '.join(unknown)}")
-        raise ManifestError(f"{source}: {'; '.join(parts)}. A manifest has columns {', '.join(COLUMNS)} "
-                            "(path and label required)")
+    unused = tuple(c for c in header if c not in COLUMNS)
+    if missing:  # a misspelt column is the usual cause: name the unknown ones too
+        unknown = f"; unknown column(s) {', '.join(unused)}" if unused else ""
+        raise ManifestError(f"{source}: missing column(s) {', '.join(missing)}{unknown}. A manifest has columns "
+                            f"{', '.join(COLUMNS)} (path and label required; other columns are kept and ignored)")
     rows = []
     for record in reader:
         where = f"{source} line {reader.line_num}"
@@ -130,10 +137,10 @@ def parse_manifest(text: str, root: Path, source: str = "<manifest>") -> Manifes
         if split is not None and split not in SPLITS:
             raise ManifestError(f"{where}: split must be one of {', '.join(SPLITS)}, got {split!r}")
         group = (record.get("group") or "").strip() or None
-        rows.append(ManifestRow(path, label, start, end, split, group))
+        rows.append(ManifestRow(path, label, start, end, split, group, tuple(record.get(c) or "" for c in unused)))
     if not rows:
         raise ManifestError(f"{source}: the manifest has no rows")
-    return Manifest(tuple(rows), root)
+    return Manifest(tuple(rows), root, unused)
 
 
 def read_utf8_table(path: Path, error: type[Exception], prefix: str = "") -> str:
@@ -164,4 +171,4 @@ def write_manifest(path: str | Path, rows: Iterable[ManifestRow] | Manifest) -> 
         if exc.filename is None:
             exc.filename = str(path)
         raise
-    return Manifest(manifest.rows, path.resolve().parent)
+    return Manifest(manifest.rows, path.resolve().parent, manifest.unused_columns)

@@ -10,6 +10,7 @@ and its ground-truth table serves the streaming classifier. Same seed, same byte
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import shutil
@@ -21,7 +22,9 @@ import numpy as np
 import soundfile as sf
 
 from vocalprobe.runtime.core.atomic import atomic_write_text
-from vocalprobe.runtime.core.manifest import ManifestRow, write_manifest
+from vocalprobe.runtime.core.errors import ManifestError
+from vocalprobe.runtime.core.manifest import ManifestRow, read_manifest, write_manifest
+from vocalprobe.runtime.datasets.provenance import PROVENANCE_FILE
 from vocalprobe.runtime.datasets.splits import assign_splits
 
 Rng = np.random.Generator
@@ -237,20 +240,46 @@ def generate_dataset(out_dir: str | Path, *, seed: int = 42, clips_per_class: in
         generate_field_recording(out_dir, seed=seed, minutes=field_minutes)
     manifest_path = out_dir / "manifest.csv"
     write_manifest(manifest_path, rows)
+    (out_dir / PROVENANCE_FILE).unlink(missing_ok=True)  # a real dataset's record, if one was prepared here before
     atomic_write_text(out_dir / "synthetic.json", json.dumps(
         {"generator_version": GENERATOR_VERSION, "seed": seed, "clips_per_class": clips_per_class,
-         "field_minutes": field_minutes, "stratify": stratify}, indent=2) + "\n")
+         "field_minutes": field_minutes, "stratify": stratify,
+         "manifest_sha256": _file_sha256(manifest_path)}, indent=2) + "\n")
     return manifest_path
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _marker(out_dir: Path) -> dict | None:
+    try:
+        info = json.loads((out_dir / "synthetic.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # absent, or a marker cut by a crash
+    return info if isinstance(info, dict) else None
+
+
+def is_synthetic(out_dir: str | Path) -> bool:
+    """True when ``out_dir/manifest.csv`` is the one this generator wrote there: the manifest's bytes match the hash
+    in its synthetic.json (a manifest prepared over it from real data does not). A marker from before the hash was
+    recorded is accepted when every row is a generated clip (``clips/<call type>/...`` labelled with that type)."""
+    out_dir = Path(out_dir)
+    manifest, info = out_dir / "manifest.csv", _marker(out_dir)
+    if not manifest.is_file() or info is None:
+        return False
+    if "manifest_sha256" in info:
+        return info["manifest_sha256"] == _file_sha256(manifest)
+    try:
+        rows = read_manifest(manifest).rows
+    except ManifestError:
+        return False
+    names = {c.name for c in CALL_TYPES}
+    return all(r.label in names and r.path.startswith(f"clips/{r.label}/") for r in rows)
 
 
 def is_current(out_dir: str | Path, **settings) -> bool:
     """True when ``out_dir`` holds a complete dataset made by this generator version with these settings."""
-    info_path = Path(out_dir) / "synthetic.json"
-    if not (Path(out_dir) / "manifest.csv").is_file() or not info_path.is_file():
-        return False
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return False  # a marker cut by a crash: the dataset is regenerated (the same seed gives the same bytes)
-    return (isinstance(info, dict) and info.get("generator_version") == GENERATOR_VERSION
+    info = _marker(Path(out_dir))  # a marker cut by a crash: the dataset is regenerated (same seed, same bytes)
+    return (info is not None and is_synthetic(out_dir) and info.get("generator_version") == GENERATOR_VERSION
             and all(info.get(k) == v for k, v in settings.items()))

@@ -154,3 +154,19 @@ def test_state_dict_fingerprint_follows_the_weights(tiny_checkpoints):
     with torch.no_grad():
         b.encoder.layers[1].final_layer_norm.bias[0] += 1e-3
     assert state_dict_fingerprint(a) != state_dict_fingerprint(b)
+
+
+@pytest.mark.parametrize("given", ["bb/small-hubrt", "./small-hubrt", "../bb/small-hubrt", "bb/sub/small-hubrt"])
+def test_a_mistyped_local_path_is_an_error_at_once_not_a_hub_lookup(tmp_path, monkeypatch, given):
+    import transformers
+
+    (tmp_path / "bb").mkdir()
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work" if given.startswith("..") else tmp_path)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a path was sent to the hub")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_network)
+    with pytest.raises(BackboneError, match="backbone folder not found"):
+        load_backbone(given)

@@ -97,7 +97,9 @@ def test_summary_written_before_loads_and_rewrites_byte_identically(tmp_path):
     assert isinstance(fusion.sources[0], tuple) and choice.layers == (0, 1) and choice.score(1) == (0.75, 0.0)
     assert summary.datasets[0].n_clips == {"test": 12, "train": 24, "val": 12} and summary.vocalprobe_version == "0.9.0"
     write_summary(tmp_path / "new", summary)
-    assert (tmp_path / "new" / "summary.json").read_text() == old
+    grown = json.loads(old)  # an old summary gains only the datasets' origin and warnings, at their defaults
+    grown["datasets"][0].update(origin="unknown", warnings=[])
+    assert (tmp_path / "new" / "summary.json").read_text() == json.dumps(grown, indent=2, sort_keys=True) + "\n"
     assert load_summary(tmp_path / "new") == summary
 
 
@@ -367,6 +369,9 @@ def test_cli_flags_and_config_override(study, tmp_path, tiny_checkpoints):
                                  "--layers", "0,2", "--seeds", "1", "--device", "cpu", "--out", str(tmp_path),
                                  "--name", "cli", "--no-progress"])
     assert result.exit_code == 0, result.output
+    # the terminal says what the report's top says: untrained backbones, small Test classes, wide CIs
+    assert "Untrained backbones: wavlm" in result.output and "Synthetic data" not in result.output
+    assert "fewer than 5 Test clips" in result.output and "points wide" in result.output
     rows = read_csv(tmp_path / "cli" / "results.csv")
     assert {(r["backbone"], int(r["layer"]), int(r["seed"])) for r in rows} == {("wavlm", 0, 0), ("wavlm", 2, 0)}
 
@@ -457,3 +462,57 @@ def test_demo_study_with_a_backbone_it_cannot_build_is_one_line(tmp_path, monkey
     assert len(errors) == 1 and "Traceback" not in result.output and result.exception.__class__ is SystemExit
     assert "cannot build artifacts/models/whisper" in errors[0] and "vocalprobe study --backbone" in errors[0]
     assert not (tmp_path / "artifacts").exists()  # refused before the dataset or any checkpoint was written
+
+
+@pytest.mark.parametrize("marker", ["legacy", "hashed"])
+def test_demo_refuses_a_real_dataset_prepared_over_the_synthetic_folder(tmp_path, monkeypatch, marker):
+    """`data prepare KIND SRC --out artifacts/data/synthetic` over a demo set: the demo must not run on it quietly."""
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+    from vocalprobe.runtime.datasets import synthetic
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "artifacts" / "data" / "synthetic"
+    make_tones(folder)  # real-looking data: tones, not the generator's clips
+    info = {"generator_version": synthetic.GENERATOR_VERSION, "seed": 42, "clips_per_class": 60,
+            "field_minutes": 10.0, "stratify": True}
+    if marker == "hashed":
+        info["manifest_sha256"] = "0" * 64
+    (folder / "synthetic.json").write_text(json.dumps(info))
+    before = (folder / "manifest.csv").read_bytes()
+    result = CliRunner().invoke(app, ["study", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "is not the synthetic dataset the demo generates" in result.output
+    assert (folder / "manifest.csv").read_bytes() == before
+    assert not (tmp_path / "artifacts" / "models").exists()
+
+
+def test_report_top_says_what_is_untrained_and_what_is_synthetic_from_facts(study):
+    """The tones are real files of unknown origin, not the generator's: the banner must not call them synthetic;
+    the tiny checkpoints' config says they are untrained; 4 Test clips per class and 12 in all are warned about."""
+    config, summary = study
+    report = (config.out_dir / "report.md").read_text()
+    top = report.split("## Datasets")[0]
+    assert "Untrained backbones" in top and "synthetic" not in top.lower()
+    assert summary.datasets[0].origin == "unknown"
+    assert "Warnings: read before trusting these scores" in top
+    assert "3 class(es) have fewer than 5 Test clips" in top
+    assert "95% CI is" in top and "points wide" in top
+
+
+def test_audit_names_leaking_groups_and_confounds(tmp_path):
+    from vocalprobe.runtime.datasets.audit import audit
+
+    rows = [ManifestRow(f"{label}{i}.wav", label, split=split, group=f"{label}-site")
+            for label in ("a", "b") for i, split in enumerate(["train"] * 6 + ["val"] * 2 + ["test"] * 5)]
+    found = audit(write_manifest(tmp_path / "m.csv", rows))
+    assert any(w.startswith("Test shares 2 of its 2 groups with Train") for w in found), found
+    assert any(w.startswith("Val shares 2 of its 2 groups") for w in found), found
+    assert any("confounded" in w and "single group" in w for w in found), found
+    assert not any("fewer than 5 Test clips" in w for w in found)
+    for i, label in enumerate(("a", "b")):  # one sample rate per class: the rate tells the classes apart
+        for j in range(13):
+            sf.write(str(tmp_path / f"{label}{j}.wav"), np.zeros(800, np.float32), (16_000, 22_050)[i])
+    found = audit(read_manifest(tmp_path / "m.csv"))
+    assert any("single sample rate no other class has" in w for w in found), found

@@ -68,10 +68,16 @@ def default_study_config(root: str | Path = ".", **overrides: Any) -> StudyConfi
 
 def ensure_inputs(config: StudyConfig, inputs: DefaultInputs = DEFAULT_INPUTS) -> None:
     """Generate the synthetic dataset and build the tiny checkpoints the demo config names, where missing."""
-    from vocalprobe.runtime.datasets.synthetic import generate_dataset, is_current
+    from vocalprobe.runtime.datasets.synthetic import generate_dataset, is_current, is_synthetic
 
     families = [_tiny_family(path) for path in config.backbones]  # refuse a wrong config before writing anything
     for ds in config.datasets:
+        folder = Path(ds.manifest).parent
+        if Path(ds.manifest).is_file() and not is_synthetic(folder):  # e.g. `data prepare` wrote real data there
+            raise StudyError(f"{ds.manifest} is not the synthetic dataset the demo generates (its manifest does not "
+                             f"match {folder / 'synthetic.json'}); the demo will not run on it or overwrite it. Run "
+                             f"your data with `vocalprobe study --data {ds.manifest} --backbone NAME`, or move "
+                             f"{folder} away to let the demo regenerate its synthetic set")
         # synthetic.json is written last: present, current and with our seed means complete and up to date
         if not is_current(Path(ds.manifest).parent, **inputs.dataset_settings()):
             generate_dataset(Path(ds.manifest).parent, **inputs.dataset_settings())
@@ -109,9 +115,9 @@ def _build_tiny(family: str, folder: Path, *, seed: int, shape: dict) -> None:
 
 
 def run_default_study(root: str | Path = ".", *, progress: bool = True, inputs: DefaultInputs = DEFAULT_INPUTS,
-                      **overrides: Any) -> Path:
+                      say=None, **overrides: Any) -> Path:
     """Create the demo inputs if needed, run (or resume) the demo study; returns the study folder."""
     config = default_study_config(root, **overrides)
     ensure_inputs(config, inputs)
-    run_study(config, progress=progress)
+    run_study(config, progress=progress, say=say)
     return config.out_dir

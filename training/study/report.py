@@ -25,6 +25,7 @@ import numpy as np
 
 from vocalprobe.runtime.core.atomic import atomic_open, atomic_write_text
 from vocalprobe.training.study.results import FusionResult, LayerChoice, StudySummary, safe_name
+from vocalprobe.training.study.trust import banner, study_warnings
 
 RESULT_COLUMNS = ("dataset", "backbone", "type", "layer", "seed", "val_uar", "test_uar", "test_ci_low",
                   "test_ci_high", "best_epoch", "epochs_run", "n_train", "n_val", "n_test")
@@ -334,12 +335,11 @@ def report_markdown(study_dir: Path, summary: StudySummary, figures: list[tuple[
     cfg = summary.config
     n_seeds = int(cfg.get("seeds", 1))
     out = [f"# Study `{cfg['name']}`", ""]
-    untrained = sorted({c.backbone for c in summary.choices if c.kind == "untrained"})
-    if cfg.get("untrained_backbones") or untrained:
-        out += ["> **Untrained backbones.** This study ran on small *randomly initialised* checkpoints (no "
-                "pre-training at all) and synthetic data. It exercises the whole pipeline end to end; its scores "
-                "say nothing about the paper's models or findings. Run `configs/paper.toml` with the real datasets "
-                "for that." + (f" Untrained: {', '.join(untrained)}." if untrained else ""), ""]
+    for line in banner(summary):
+        out += [f"> **{line.split(':', 1)[0]}.**{line.split(':', 1)[1]}", ""]
+    warnings = study_warnings(summary)
+    if warnings:
+        out += ["> **Warnings: read before trusting these scores.**", ">"] + [f"> - {w}" for w in warnings] + [""]
     if cfg.get("description"):
         out += [cfg["description"], ""]
     out += [f"vocalprobe {summary.vocalprobe_version}. Configuration: [`study.toml`](study.toml) "

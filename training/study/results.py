@@ -18,7 +18,7 @@ files are byte-identical whenever its results are.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,8 @@ class DatasetInfo:
     labels: list[str]
     n_clips: dict[str, int]  # per split, after unreadable clips are dropped
     failed: list[dict[str, str]]  # {"backbone", "path", "problem"} for clips that could not be used
+    origin: str = "unknown"  # synthetic | prepared | unknown (runtime.datasets.provenance.dataset_origin)
+    warnings: list[str] = field(default_factory=list)  # runtime.datasets.audit: leakage, small Test classes, ...
 
 
 @dataclass

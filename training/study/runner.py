@@ -64,13 +64,15 @@ ENGINES = ("local", "ray")
 
 
 def run_study(config: StudyConfig, *, progress: bool = True, write_outputs: bool = True, engine: str = "local",
-              address: str | None = None) -> StudySummary:
+              address: str | None = None, say=None) -> StudySummary:
     """Run (or resume) a study; returns its summary and, with ``write_outputs``, writes the report files.
 
     ``engine="ray"``: the missing features are first extracted as Ray tasks (``training.extract_ray``) into the
     feature cache, on the cluster at ``address`` (default: a local Ray on this machine's cores); the probes then
-    train here, as with the local engine, from the cache.
+    train here, as with the local engine, from the cache. ``say(text)`` hears each dataset's warnings (a leaking
+    split, too few Test clips, a class/source confound) before its features are extracted.
     """
+    from vocalprobe.runtime.datasets.audit import audit, dataset_origin
     from vocalprobe.training.backbones import resolve_device
 
     if engine not in ENGINES:
@@ -89,6 +91,12 @@ def run_study(config: StudyConfig, *, progress: bool = True, write_outputs: bool
     for spec in config.datasets:
         manifest = read_manifest(spec.manifest)  # data
         check_splits(manifest, spec)
+        warnings = audit(manifest)
+        if manifest.unused_columns:
+            warnings.append(f"column(s) {', '.join(manifest.unused_columns)} of the manifest are kept but not used")
+        for text in warnings:
+            if say is not None:
+                say(f"warning: dataset {spec.name}: {text}")
         runs = [BackboneRun(config, spec, manifest, name, probe, progress=progress) for name in config.backbones]
         spec_choices = []
         for run in runs:
@@ -98,7 +106,8 @@ def run_study(config: StudyConfig, *, progress: bool = True, write_outputs: bool
         choices += spec_choices
         fusion.append(fuse(runs, spec_choices))  # fusion
         datasets.append(DatasetInfo(spec.name, str(spec.manifest), manifest.labels, runs[-1].clip_counts(),
-                                    [f for run in runs for f in run.failed()]))
+                                    [f for run in runs for f in run.failed()], dataset_origin(spec.manifest),
+                                    warnings))
 
     summary = StudySummary(config.to_dict(), datasets, results, choices, fusion)  # report
     write_summary(out, summary)

@@ -89,3 +89,18 @@ def test_full_disk_error_names_the_manifest(tmp_path, monkeypatch):
         write_manifest(tmp_path / "m.csv", rows({"a": 2}))
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "m.csv")
     assert not list(tmp_path.iterdir())  # no half-written manifest, no temp file
+
+
+def test_unknown_columns_are_kept_ignored_and_left_out_of_the_hash(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("path,label,country,recordist,group\na.wav,x,France,Ann,s1\nb.wav,y,,Bob,s2\n")
+    loaded = read_manifest(path)
+    assert loaded.unused_columns == ("country", "recordist")
+    assert [(r.path, r.label, r.group) for r in loaded] == [("a.wav", "x", "s1"), ("b.wav", "y", "s2")]
+    write_manifest(path, loaded.with_rows(r.with_split("train") for r in loaded))
+    again = read_manifest(path)
+    assert again.rows[1].extra == ("", "Bob") and again.unused_columns == ("country", "recordist")
+    assert path.read_text().splitlines()[0] == "path,label,split,group,country,recordist"
+    plain = tmp_path / "plain.csv"
+    plain.write_text("path,label,group\na.wav,x,s1\nb.wav,y,s2\n")
+    assert read_manifest(plain).content_hash() == write_manifest(tmp_path / "p.csv", loaded).content_hash()

@@ -88,3 +88,56 @@ def test_runtime_commands_work_where_torch_cannot_be_imported(tmp_path):
     result = run_python_without_torch(script)
     assert result.returncode == 0, result.stderr + result.stdout
     assert (Path(tmp_path / "d" / "manifest.csv")).exists()
+
+
+def _tone_folders(root: Path, layout: dict[str, int]) -> None:
+    for rel, n in layout.items():
+        for i in range(n):
+            path = root / rel / f"{i}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, np.full(1600, 0.1, np.float32), 16_000)
+
+
+def test_prepare_without_out_never_writes_the_synthetic_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _tone_folders(tmp_path / "birds", {"a": 4, "b": 4})
+    _tone_folders(tmp_path / "dogs", {"Ind1/bark": 3, "Ind1/growl": 3, "Ind2/bark": 3, "Ind2/growl": 3})
+    assert runner.invoke(app, ["data", "prepare", "folders", "birds"]).exit_code == 0
+    assert runner.invoke(app, ["data", "prepare", "abzaliev", "dogs"]).exit_code == 0
+    assert (tmp_path / "artifacts/data/birds/manifest.csv").is_file()
+    assert (tmp_path / "artifacts/data/abzaliev/manifest.csv").is_file()
+    assert not (tmp_path / "artifacts/data/synthetic").exists()
+    assert '"kind": "folders"' in (tmp_path / "artifacts/data/birds/dataset.json").read_text()
+
+
+def test_prepare_and_split_keep_groups_apart_unless_asked_per_clip(tmp_path):
+    layout = {f"Ind{g}/{call}": 3 for g in range(10) for call in ("bark", "growl")}
+    _tone_folders(tmp_path / "dogs", layout)
+    result = runner.invoke(app, ["data", "prepare", "abzaliev", str(tmp_path / "dogs"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert "split by group" in result.output
+
+    def shared(manifest_path: Path) -> set[str]:
+        splits: dict[str, set[str]] = {}
+        for row in read_manifest(manifest_path):
+            splits.setdefault(row.split, set()).add(row.group)
+        return (splits["train"] & splits["test"]) | (splits["train"] & splits["val"])
+
+    manifest_path = tmp_path / "o" / "manifest.csv"
+    assert not shared(manifest_path)
+    per_clip = runner.invoke(app, ["data", "split", str(manifest_path), "--group-by", "none"])
+    assert per_clip.exit_code == 0 and "per clip" in per_clip.output
+    assert shared(manifest_path)
+    by_group = runner.invoke(app, ["data", "split", str(manifest_path)])
+    assert by_group.exit_code == 0 and "by group" in by_group.output
+    assert not shared(manifest_path)
+
+
+def test_split_keeps_and_mentions_metadata_columns(tmp_path):
+    _tone_folders(tmp_path, {"a": 3, "b": 3})
+    lines = ["path,label,country"] + [f"{c}/{i}.wav,{c},FR" for c in "ab" for i in range(3)]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["data", "split", str(tmp_path / "m.csv")])
+    assert result.exit_code == 0, result.output
+    assert "column(s) country kept but not used" in result.output
+    assert read_manifest(tmp_path / "m.csv").rows[0].extra == ("FR",)

@@ -76,3 +76,69 @@ def test_without_duplicates_the_split_is_unchanged():
     out, _ = assign_splits(rows({"a": 6, "b": 4}), seed=42)
     assert [r.split for r in out] == ["train", "val", "train", "train", "train", "train", "train", "train", "test",
                                       "val"]  # what assign_splits gave before duplicates were handled
+
+
+def grouped(n_groups: int, per_class: dict[str, int]) -> list[ManifestRow]:
+    """``n_groups`` individuals, each with ``per_class[label]`` clips of every class."""
+    return [ManifestRow(f"ind{g}/{label}{i}.wav", label, group=f"ind{g}") for g in range(n_groups)
+            for label, n in per_class.items() for i in range(n)]
+
+
+def groups_per_split(out: list[ManifestRow]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for row in out:
+        found.setdefault(row.split, set()).add(row.group)
+    return found
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42])
+def test_a_manifest_with_groups_is_split_by_group_by_default(seed):
+    out, report = assign_splits(grouped(12, {"a": 3, "b": 2, "c": 4}), seed=seed)
+    found = groups_per_split(out)
+    assert report.group_by == "group"
+    assert not (found["train"] & found["test"]) and not (found["train"] & found["val"])
+    assert not (found["val"] & found["test"])
+    assert all(found[s] for s in ("train", "val", "test"))
+    assert sum(report.groups.values()) == 12
+    for label, counts in report.counts.items():  # every class in every split, close to 70:20:10 in groups
+        assert all(counts[s] > 0 for s in ("train", "val", "test")), (label, counts)
+        assert counts["train"] > counts["val"] >= counts["test"]
+
+
+def test_group_split_is_seeded_and_deterministic():
+    data = grouped(20, {"a": 2, "b": 3})
+    first, _ = assign_splits(data, seed=5)
+    assert [r.split for r in first] == [r.split for r in assign_splits(data, seed=5)[0]]
+    assert [r.split for r in first] != [r.split for r in assign_splits(data, seed=6)[0]]
+
+
+def test_small_groups_still_give_every_split_a_group():
+    out, report = assign_splits(grouped(5, {"a": 2, "b": 2}), seed=1)
+    assert report.groups == {"train": 3, "val": 1, "test": 1}
+
+
+def test_per_clip_protocol_is_kept_and_named():
+    data = grouped(8, {"a": 3, "b": 3})
+    out, report = assign_splits(data, seed=42, group_by="none")
+    assert report.group_by == "none"
+    found = groups_per_split(out)
+    assert found["train"] & found["test"]  # the paper's protocol: individuals shared (what group_by="group" avoids)
+    assert [r.split for r in out] == [r.split for r in assign_splits([r.__class__(r.path, r.label) for r in data],
+                                                                     seed=42)[0]]
+
+
+def test_group_by_group_without_groups_is_an_error():
+    with pytest.raises(ManifestError, match="no group column"):
+        assign_splits(rows({"a": 5}), group_by="group")
+    with pytest.raises(ManifestError, match="group_by must be one of"):
+        assign_splits(rows({"a": 5}), group_by="individual")
+
+
+def test_a_clip_listed_under_two_groups_joins_them():
+    data = grouped(10, {"a": 2, "b": 2})
+    data.append(ManifestRow(data[0].path, "a", group="ind9"))  # ind0's first clip again, under ind9
+    out, _ = assign_splits(data, seed=3)
+    split_of = {}
+    for row in out:
+        split_of.setdefault(row.group, set()).add(row.split)
+    assert split_of["ind0"] == split_of["ind9"] and len(split_of["ind0"]) == 1

@@ -97,3 +97,15 @@ def test_generator_version_marks_stale_datasets(synthetic_set, tmp_path):
         assert not synthetic.is_current(folder, seed=3)
     finally:
         info.write_text(text)
+
+
+def test_origin_is_synthetic_only_while_the_manifest_is_the_generated_one(tmp_path):
+    from vocalprobe.runtime.datasets.audit import dataset_origin
+    from vocalprobe.runtime.datasets.provenance import write_provenance
+
+    manifest = synthetic.generate_dataset(tmp_path / "syn", seed=1, clips_per_class=2, field_minutes=0)
+    assert dataset_origin(manifest) == "synthetic" and synthetic.is_current(manifest.parent, seed=1)
+    manifest.write_text(manifest.read_text().replace("up_sweep", "robin"))  # prepared over it, by hand or a tool
+    assert dataset_origin(manifest) == "unknown" and not synthetic.is_current(manifest.parent, seed=1)
+    write_provenance(manifest.parent, "folders", tmp_path)
+    assert dataset_origin(manifest) == "prepared"
