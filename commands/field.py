@@ -20,6 +20,7 @@ from vocalprobe.commands.options import (
     EngineOpt,
     NumCpusOpt,
     NumGpusOpt,
+    ProgressOpt,
     ThreadsOpt,
 )
 
@@ -169,15 +170,20 @@ def stream(
     batch: BatchOpt = 8,
     threads: ThreadsOpt = None,
     provider: ProviderOpt = "auto",
-    min_conf: Annotated[str, typer.Option(
+    min_conf: Annotated[Optional[str], typer.Option(
         help="Report classes with probability >= this, per window; or a class,threshold CSV of per-class thresholds "
-             "(classes it does not list use --min-conf-default).")] = "0.5",
+             "(classes it does not list use --min-conf-default). Default: the graph's own class_thresholds "
+             "(`export attach` writes them), else 0.5.")] = None,
     min_conf_default: Annotated[float, typer.Option(
         help="With a --min-conf CSV: the threshold of the classes it does not list.")] = 0.5,
     top_k: Annotated[Optional[int], typer.Option(help="At most this many classes per window.")] = None,
     merge: Annotated[bool, typer.Option(help="Join consecutive windows of the same class into one event.")] = False,
     ignore: Annotated[Optional[list[str]], typer.Option(
-        help="Never report this class (repeatable), e.g. a detector's background/noise class.")] = None,
+        help="Never report this class (repeatable); the model's background/negative class is never reported "
+             "anyway (see --report-background).")] = None,
+    report_background: Annotated[bool, typer.Option(
+        help="Also report the model's background/negative class (a class named background, noise, negative, "
+             "other or none), left out by default.")] = False,
     weights: Annotated[Optional[str], typer.Option(help="Fusion weights, e.g. 2,1,1 (one per --model).")] = None,
     sample_rate: Annotated[Optional[int], typer.Option(help="stdin only: sample rate of the raw PCM.")] = None,
     channels: Annotated[int, typer.Option(help="stdin only: interleaved channels (averaged to mono).")] = 1,
@@ -204,6 +210,7 @@ def stream(
     embeddings: Annotated[bool, typer.Option(help="Also write each window's embedding into the --db archive, as "
                                              "`vocalprobe embed` would (the backbone runs once).")] = False,
     db: Annotated[Optional[Path], typer.Option("--db", help="--embeddings: the archive folder.")] = None,
+    progress: ProgressOpt = True,
 ) -> None:
     """Detect calls in field recordings with exported models, in constant memory, resumable."""
     from functools import partial
@@ -214,13 +221,14 @@ def stream(
     from vocalprobe.runtime.field.run import StreamJob, run_stream
     from vocalprobe.runtime.field.stream import read_thresholds
 
-    default_conf, thresholds = read_thresholds(min_conf, min_conf_default)
+    default_conf, thresholds = read_thresholds(min_conf, min_conf_default) if min_conf is not None else (None, ())
     scale = Scale(engine, workers, shard, address, num_cpus, num_gpus, concurrency)
     job = StreamJob(tuple(model), out, tuple(inputs or ()), parse_formats(format), window, hop, final_window, batch,
                     threads, provider, weights, default_conf, thresholds, top_k, merge, frozenset(ignore or []),
-                    rewrite_outputs, block_size, scale, sample_rate, channels, dtype, watch, settle, poll, idle_exit)
+                    rewrite_outputs, block_size, scale, sample_rate, channels, dtype, watch, settle, poll, idle_exit,
+                    report_background)
     sink = partial(stream_archive, db, embeddings=embeddings, scale=scale) if embeddings or db is not None else None
-    outcome = run_stream(job, say=_say, progress=_Progress, embeddings=sink)
+    outcome = run_stream(job, say=_say, embeddings=sink, **({"progress": _Progress} if progress else {}))
     summary = outcome.summary
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
     _say(f"done: {len(summary.done)} file(s), {summary.detections} detection(s), "
