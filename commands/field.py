@@ -318,7 +318,8 @@ def bench(
 @friendly_errors
 def score_events(
     detections: Annotated[Path, typer.Argument(help="A stream output folder (its detections.csv), or the table.")],
-    truth: Annotated[Path, typer.Argument(help="Ground-truth CSV (file,start_s,end_s,label).")],
+    truth: Annotated[Path, typer.Argument(help="Ground truth: a CSV (file,start_s,end_s,label), a Raven selection "
+                                          "table or a BirdNET CSV.")],
     collar: Annotated[float, typer.Option(help="DCASE event-based F1: onsets (and offsets) match within this many "
                                           "seconds.")] = 0.2,
     offset_fraction: Annotated[float, typer.Option(
@@ -328,10 +329,17 @@ def score_events(
 ) -> None:
     """Precision/recall of detected events against a ground-truth table (same label, overlapping in time), and
     the DCASE event-based F1 with onset/offset collars."""
-    from vocalprobe.runtime.field.events import chance_score, detected_events, read_events, score_events_collar
+    from vocalprobe.runtime.field.events import (
+        align_files,
+        chance_score,
+        detected_events,
+        read_events,
+        score_events_collar,
+    )
     from vocalprobe.runtime.field.events import score_events as score
 
-    detected, reference = detected_events(detections), read_events(truth)
+    reference = read_events(truth)
+    detected = align_files(detected_events(detections), reference)
     files = {e.file for e in reference}
     outside = [d for d in detected if d.file not in files]
     if outside:
