@@ -99,3 +99,13 @@ def test_no_progress_shows_no_bar(tmp_path):
     assert quiet.exit_code == 0, quiet.output
     assert "real time" in quiet.output and "[bold]stream" not in quiet.output
     assert "x real time" not in quiet.output.split("done:")[0]  # the bar's text never appears before the summary
+
+
+def test_a_model_folder_is_named_as_a_folder(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    build_band_graph(models / "band.onnx")
+    result = run_cli(["stream", folder(tmp_path), "-m", models, "-o", tmp_path / "out", "--no-progress"])
+    assert result.exit_code == 1
+    assert "is a folder, not a model" in result.output and "band.onnx" in result.output
+    assert "model file not found" not in result.output
