@@ -7,13 +7,13 @@ onnxruntime are imported inside the command bodies, never when the CLI is import
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from vocalprobe.commands.errors import fail, friendly_errors
+from vocalprobe.commands.progress import AudioProgress
 from vocalprobe.commands.options import (
     AddressOpt,
     ConcurrencyOpt,
@@ -36,45 +36,6 @@ ProviderOpt = Annotated[str, typer.Option(help="auto (CUDA when onnxruntime-gpu 
 
 def _say(message: str) -> None:
     typer.echo(message, err=True)
-
-
-class _Progress:
-    """Audio hours done and speed as x real time, on stderr (rich)."""
-
-    def __init__(self, total_seconds: float | None, n_files: int | None):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.started = time.perf_counter()
-        self.audio_s = 0.0
-        self.files = 0
-        self.total = total_seconds
-        self.n_files = n_files
-        columns = [TextColumn("[bold]stream"), BarColumn() if total_seconds else TextColumn(""),
-                   TextColumn("{task.fields[text]}"), TimeElapsedColumn()]
-        self._progress = Progress(*columns, console=Console(stderr=True), transient=False)
-        self._task = self._progress.add_task("stream", total=total_seconds or None, text="")
-
-    def __enter__(self):
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._progress.__exit__(*exc)
-
-    def _text(self) -> str:
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        hours = f"{self.audio_s / 3600:.3f}" + (f"/{self.total / 3600:.3f}" if self.total else "")
-        files = f"{self.files}" + (f"/{self.n_files}" if self.n_files else "")
-        return f"{hours} h audio, {files} files, {self.audio_s / elapsed:.1f}x real time"
-
-    def audio(self, seconds: float) -> None:
-        self.audio_s += seconds
-        self._progress.update(self._task, advance=seconds, text=self._text())
-
-    def file_done(self) -> None:
-        self.files += 1
-        self._progress.update(self._task, text=self._text())
 
 
 @app.command("validate")
@@ -228,7 +189,8 @@ def stream(
                     rewrite_outputs, block_size, scale, sample_rate, channels, dtype, watch, settle, poll, idle_exit,
                     report_background)
     sink = partial(stream_archive, db, embeddings=embeddings, scale=scale) if embeddings or db is not None else None
-    outcome = run_stream(job, say=_say, embeddings=sink, **({"progress": _Progress} if progress else {}))
+    bar = {"progress": AudioProgress.named("stream")} if progress else {}
+    outcome = run_stream(job, say=_say, embeddings=sink, **bar)
     summary = outcome.summary
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
     _say(f"done: {len(summary.done)} file(s), {summary.detections} detection(s), "

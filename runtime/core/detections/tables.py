@@ -2,7 +2,7 @@
 touching audio (columns and suffixes: ``layout``).
 
 - ``raven``: Raven Pro selection table (tab-separated, no quoting);
-- ``csv``: ``file,start_s,end_s,label,confidence`` + ``start_time`` (empty when the file name carries no recorder clock);
+- ``csv``: ``file,start_s,end_s,label,confidence,start_time`` (``start_time`` empty when the name has no clock);
 - ``birdnet-csv``: BirdNET-Analyzer's columns (vocalprobe's class name in both name columns);
 - ``audacity``: an Audacity label track, ``start<TAB>end<TAB>label`` (per recording only: a track is one file's);
 - ``kaleidoscope``: the columns BirdNET-Analyzer writes for Kaleidoscope;

@@ -92,15 +92,6 @@ def test_a_model_without_a_negative_class_is_warned_about_once(tmp_path):
     assert "every window whose score is above the threshold becomes a detection" in result.output
 
 
-def test_no_progress_shows_no_bar(tmp_path):
-    card = folder(tmp_path)
-    graph = build_band_graph(tmp_path / "g.onnx")
-    quiet = run_cli(["stream", card, "-m", graph, "-o", tmp_path / "q", "--no-progress"])
-    assert quiet.exit_code == 0, quiet.output
-    assert "real time" in quiet.output and "[bold]stream" not in quiet.output
-    assert "x real time" not in quiet.output.split("done:")[0]  # the bar's text never appears before the summary
-
-
 def test_a_model_folder_is_named_as_a_folder(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
@@ -109,3 +100,22 @@ def test_a_model_folder_is_named_as_a_folder(tmp_path):
     assert result.exit_code == 1
     assert "is a folder, not a model" in result.output and "band.onnx" in result.output
     assert "model file not found" not in result.output
+
+
+def test_embed_shows_progress_and_no_progress_turns_it_off(tmp_path):
+    card = folder(tmp_path)
+    graph = build_band_graph(tmp_path / "g.onnx")
+    shown = run_cli(["embed", card, "-m", graph, "--db", tmp_path / "db1"])
+    quiet = run_cli(["embed", card, "-m", graph, "--db", tmp_path / "db2", "--no-progress"])
+    assert shown.exit_code == 0 and quiet.exit_code == 0, shown.output + quiet.output
+    assert "embed" in shown.output.split("done:")[0] and "h audio" in shown.output  # the bar's last state
+    assert "h audio" not in quiet.output
+
+
+def test_stream_shows_progress_unless_told_not_to(tmp_path):
+    card = folder(tmp_path)
+    graph = build_band_graph(tmp_path / "g.onnx")
+    shown = run_cli(["stream", card, "-m", graph, "-o", tmp_path / "a"])
+    quiet = run_cli(["stream", card, "-m", graph, "-o", tmp_path / "b", "--no-progress"])
+    assert shown.exit_code == 0 and quiet.exit_code == 0, shown.output + quiet.output
+    assert "h audio, 3/3 files" in shown.output and "h audio" not in quiet.output
