@@ -77,7 +77,8 @@ def validate(
     with ExitStack() as pools, Progress(transient=True) as progress:
         pool = reference_pool = None
         if workers > 1:
-            from vocalprobe.runtime.engine.pool import ModelSpec, WorkerPool, default_threads
+            from vocalprobe.runtime.engine.pool import WorkerPool
+            from vocalprobe.runtime.engine.scale import ModelSpec, default_threads
 
             each = threads if threads is not None else default_threads(workers)
             pool = pools.enter_context(WorkerPool(ModelSpec((str(model),), None, provider, each), workers))
