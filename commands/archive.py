@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +19,7 @@ from vocalprobe.commands.options import (
     EngineOpt,
     NumCpusOpt,
     NumGpusOpt,
+    ProgressOpt,
     ThreadsOpt,
 )
 
@@ -30,6 +32,20 @@ probe_app = typer.Typer(help="Probes trained on an archive's stored vectors.", n
 
 def _say(message: str) -> None:
     typer.echo(message, err=True)
+
+
+def _embed_progress(files):
+    """The bar of `embed`: the audio of every input (unreadable ones count nothing: they are reported at the end)."""
+    from vocalprobe.commands.progress import AudioProgress
+    from vocalprobe.runtime.core.errors import AudioError
+
+    total = 0.0
+    for source in files:
+        try:
+            total += source.duration()
+        except AudioError:
+            continue
+    return AudioProgress(total, None, "embed")
 
 
 @app.command("embed")
@@ -56,6 +72,7 @@ def embed(
     num_cpus: NumCpusOpt = None,
     num_gpus: NumGpusOpt = None,
     concurrency: ConcurrencyOpt = None,
+    progress: ProgressOpt = True,
 ) -> None:
     """Embed field recordings once into an archive (resumable; a finished recording is never embedded twice)."""
     from vocalprobe.runtime.archive.embed import embed_sources
@@ -80,10 +97,10 @@ def embed(
         _say(f"shard {scale.part}: {len(files)} of {total} files")
     spec = ModelSpec((str(model),), None, "auto" if num_gpus else "cpu", scale.threads(threads))
     _say(f"model: {net.describe()}")
-    with ArchiveDB.open_writer(db) as archive:
+    with ArchiveDB.open_writer(db) as archive, (_embed_progress(files) if progress else nullcontext()) as bar:
         archive.mark_shard(None if scale.part is None else str(scale.part))
         summary = embed_sources(files, net, plan, archive, batch=batch, deployment=deployment, positions=positions,
-                                scale=scale, spec=spec)
+                                scale=scale, spec=spec, on_audio=bar.audio if bar is not None else None)
     for name, why in summary.skipped:
         _say(f"skipped {name}: {why}")
     for name, why in summary.failed:

@@ -7,19 +7,20 @@ onnxruntime are imported inside the command bodies, never when the CLI is import
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from vocalprobe.commands.errors import fail, friendly_errors
+from vocalprobe.commands.progress import AudioProgress
 from vocalprobe.commands.options import (
     AddressOpt,
     ConcurrencyOpt,
     EngineOpt,
     NumCpusOpt,
     NumGpusOpt,
+    ProgressOpt,
     ThreadsOpt,
 )
 
@@ -35,45 +36,6 @@ ProviderOpt = Annotated[str, typer.Option(help="auto (CUDA when onnxruntime-gpu 
 
 def _say(message: str) -> None:
     typer.echo(message, err=True)
-
-
-class _Progress:
-    """Audio hours done and speed as x real time, on stderr (rich)."""
-
-    def __init__(self, total_seconds: float | None, n_files: int | None):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.started = time.perf_counter()
-        self.audio_s = 0.0
-        self.files = 0
-        self.total = total_seconds
-        self.n_files = n_files
-        columns = [TextColumn("[bold]stream"), BarColumn() if total_seconds else TextColumn(""),
-                   TextColumn("{task.fields[text]}"), TimeElapsedColumn()]
-        self._progress = Progress(*columns, console=Console(stderr=True), transient=False)
-        self._task = self._progress.add_task("stream", total=total_seconds or None, text="")
-
-    def __enter__(self):
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._progress.__exit__(*exc)
-
-    def _text(self) -> str:
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        hours = f"{self.audio_s / 3600:.3f}" + (f"/{self.total / 3600:.3f}" if self.total else "")
-        files = f"{self.files}" + (f"/{self.n_files}" if self.n_files else "")
-        return f"{hours} h audio, {files} files, {self.audio_s / elapsed:.1f}x real time"
-
-    def audio(self, seconds: float) -> None:
-        self.audio_s += seconds
-        self._progress.update(self._task, advance=seconds, text=self._text())
-
-    def file_done(self) -> None:
-        self.files += 1
-        self._progress.update(self._task, text=self._text())
 
 
 @app.command("validate")
@@ -115,7 +77,8 @@ def validate(
     with ExitStack() as pools, Progress(transient=True) as progress:
         pool = reference_pool = None
         if workers > 1:
-            from vocalprobe.runtime.engine.pool import ModelSpec, WorkerPool, default_threads
+            from vocalprobe.runtime.engine.pool import WorkerPool
+            from vocalprobe.runtime.engine.scale import ModelSpec, default_threads
 
             each = threads if threads is not None else default_threads(workers)
             pool = pools.enter_context(WorkerPool(ModelSpec((str(model),), None, provider, each), workers))
@@ -169,15 +132,20 @@ def stream(
     batch: BatchOpt = 8,
     threads: ThreadsOpt = None,
     provider: ProviderOpt = "auto",
-    min_conf: Annotated[str, typer.Option(
+    min_conf: Annotated[Optional[str], typer.Option(
         help="Report classes with probability >= this, per window; or a class,threshold CSV of per-class thresholds "
-             "(classes it does not list use --min-conf-default).")] = "0.5",
+             "(classes it does not list use --min-conf-default). Default: the graph's own class_thresholds "
+             "(`export attach` writes them), else 0.5.")] = None,
     min_conf_default: Annotated[float, typer.Option(
         help="With a --min-conf CSV: the threshold of the classes it does not list.")] = 0.5,
     top_k: Annotated[Optional[int], typer.Option(help="At most this many classes per window.")] = None,
     merge: Annotated[bool, typer.Option(help="Join consecutive windows of the same class into one event.")] = False,
     ignore: Annotated[Optional[list[str]], typer.Option(
-        help="Never report this class (repeatable), e.g. a detector's background/noise class.")] = None,
+        help="Never report this class (repeatable); the model's background/negative class is never reported "
+             "anyway (see --report-background).")] = None,
+    report_background: Annotated[bool, typer.Option(
+        help="Also report the model's background/negative class (a class named background, noise, negative, "
+             "other or none), left out by default.")] = False,
     weights: Annotated[Optional[str], typer.Option(help="Fusion weights, e.g. 2,1,1 (one per --model).")] = None,
     sample_rate: Annotated[Optional[int], typer.Option(help="stdin only: sample rate of the raw PCM.")] = None,
     channels: Annotated[int, typer.Option(help="stdin only: interleaved channels (averaged to mono).")] = 1,
@@ -204,6 +172,7 @@ def stream(
     embeddings: Annotated[bool, typer.Option(help="Also write each window's embedding into the --db archive, as "
                                              "`vocalprobe embed` would (the backbone runs once).")] = False,
     db: Annotated[Optional[Path], typer.Option("--db", help="--embeddings: the archive folder.")] = None,
+    progress: ProgressOpt = True,
 ) -> None:
     """Detect calls in field recordings with exported models, in constant memory, resumable."""
     from functools import partial
@@ -213,17 +182,19 @@ def stream(
     from vocalprobe.runtime.field.run import StreamJob, run_stream
     from vocalprobe.runtime.field.stream import read_thresholds
 
-    default_conf, thresholds = read_thresholds(min_conf, min_conf_default)
+    default_conf, thresholds = read_thresholds(min_conf, min_conf_default) if min_conf is not None else (None, ())
     scale = Scale(engine, workers, shard, address, num_cpus, num_gpus, concurrency)
     job = StreamJob(tuple(model), out, tuple(inputs or ()), parse_formats(format), window, hop, final_window, batch,
                     threads, provider, weights, default_conf, thresholds, top_k, merge, frozenset(ignore or []),
-                    rewrite_outputs, block_size, scale, sample_rate, channels, dtype, watch, settle, poll, idle_exit)
+                    rewrite_outputs, block_size, scale, sample_rate, channels, dtype, watch, settle, poll, idle_exit,
+                    report_background)
     sink = None
     if embeddings or db is not None:  # the archive is imported only when asked for
         from vocalprobe.runtime.archive.embed import stream_archive
 
         sink = partial(stream_archive, db, embeddings=embeddings, scale=scale)
-    outcome = run_stream(job, say=_say, progress=_Progress, embeddings=sink)
+    bar = {"progress": AudioProgress.named("stream")} if progress else {}
+    outcome = run_stream(job, say=_say, embeddings=sink, **bar)
     summary = outcome.summary
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
     _say(f"done: {len(summary.done)} file(s), {summary.detections} detection(s), "
@@ -293,9 +264,13 @@ def bench(
     from vocalprobe.runtime.engine.onnx_model import OnnxModel
 
     nets = [OnnxModel(p, provider=provider, threads=threads) for p in model]
-    candidates = list(nets) + ([Ensemble(nets)] if len(nets) > 1 else [])
+    fusable = len(nets) > 1 and len({frozenset(n.classes) for n in nets}) == 1 and len({
+        n.sample_rate for n in nets}) == 1
+    candidates = list(nets) + ([Ensemble(nets)] if fusable else [])
     typer.echo(f"providers in use: {', '.join(sorted({p for n in nets for p in n.providers}))}; "
                f"threads: {threads or 'onnxruntime default'}; batch {batch}")
+    if len(nets) > 1 and not fusable:
+        _say("note: the graphs have different classes or sample rates, so each is timed alone and not as a fusion")
     for net in candidates:
         window_s = window if window is not None else net.sample_duration
         result = bench_model(net, window_s=window_s, batch=batch, seconds=seconds)
@@ -305,15 +280,16 @@ def bench(
                    f"(p95 {result.latency_ms_p95:.1f}), peak RSS {memory}")
         if pipeline:
             s = bench_stream(net, window_s=window_s, batch=batch, seconds=seconds)
-            typer.echo(f"  streaming a 48 kHz file: {s.x_realtime:.1f}x real time, overhead "
-                       f"{s.overhead * 100:.1f}% of model time")
+            typer.echo(f"  streaming a 48 kHz file: {s.x_realtime:.1f}x real time, the model inside it "
+                       f"{s.model_x_realtime:.1f}x; overhead {s.overhead * 100:.1f}% of that model time")
 
 
 @app.command("score-events")
 @friendly_errors
 def score_events(
     detections: Annotated[Path, typer.Argument(help="A stream output folder (its detections.csv), or the table.")],
-    truth: Annotated[Path, typer.Argument(help="Ground-truth CSV (file,start_s,end_s,label).")],
+    truth: Annotated[Path, typer.Argument(help="Ground truth: a CSV (file,start_s,end_s,label), a Raven selection "
+                                          "table or a BirdNET CSV.")],
     collar: Annotated[float, typer.Option(help="DCASE event-based F1: onsets (and offsets) match within this many "
                                           "seconds.")] = 0.2,
     offset_fraction: Annotated[float, typer.Option(
@@ -323,10 +299,17 @@ def score_events(
 ) -> None:
     """Precision/recall of detected events against a ground-truth table (same label, overlapping in time), and
     the DCASE event-based F1 with onset/offset collars."""
-    from vocalprobe.runtime.field.events import chance_score, detected_events, read_events, score_events_collar
+    from vocalprobe.runtime.field.events import (
+        align_files,
+        chance_score,
+        detected_events,
+        read_events,
+        score_events_collar,
+    )
     from vocalprobe.runtime.field.events import score_events as score
 
-    detected, reference = detected_events(detections), read_events(truth)
+    reference = read_events(truth)
+    detected = align_files(detected_events(detections), reference)
     files = {e.file for e in reference}
     outside = [d for d in detected if d.file not in files]
     if outside:

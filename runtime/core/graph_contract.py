@@ -35,7 +35,8 @@ __all__ = ["GraphContractError", "GraphMetadata", "MetadataKey", "METADATA_KEYS"
            "MAX_SAMPLE_RATE", "MAX_GRAPH_SAMPLES", "CLASSES", "SAMPLE_RATE", "SAMPLE_DURATION", "CLASS_OUTPUTS_KEY",
            "EMBEDDING_OUTPUTS_KEY", "MAX_CHUNK_SAMPLES", "VAL_UAR", "TEST_UAR", "QUANTIZATION", "MEMBERS", "VERSION",
            "CLASS_THRESHOLDS", "ATTACHED_HEAD", "WAVEFORM_LAYOUT", "LAYOUT_ANY_LEADING", "LAYOUT_BATCH_SAMPLES",
-           "WAVEFORM_LAYOUTS", "PERCH_HOPLITE_CONFIG", "perch_hoplite_config"]
+           "WAVEFORM_LAYOUTS", "PERCH_HOPLITE_CONFIG", "perch_hoplite_config", "NEGATIVE_CLASSES",
+           "negative_classes", "class_thresholds"]
 
 
 class GraphContractError(VocalprobeError):
@@ -179,6 +180,32 @@ METADATA_KEYS: tuple[MetadataKey, ...] = (
                 "run this graph (add model_path); see perch_hoplite_config"),
     MetadataKey(VERSION, "text", meaning="the vocalprobe that wrote the graph"),
 )
+#: Class names that mean "no call here" (compared lower-case): a detector needs one, or every window above the
+#: threshold becomes a detection; ``stream`` leaves them out of its tables unless asked (``--report-background``).
+NEGATIVE_CLASSES = ("background", "noise", "negative", "other", "none")
+
+
+def negative_classes(classes: "tuple[str, ...] | list[str]") -> tuple[str, ...]:
+    """The classes of ``classes`` that ``NEGATIVE_CLASSES`` names (a model's background/negative class)."""
+    return tuple(c for c in classes if c.strip().lower() in NEGATIVE_CLASSES)
+
+
+def class_thresholds(metadata: Mapping[str, str], classes: "tuple[str, ...] | list[str]") -> dict[str, float]:
+    """The graph's own per-class thresholds (``class_thresholds``, written by `export attach`), restricted to its
+    classes and to 0..1; {} when it has none or they cannot be read (a graph without them runs as before)."""
+    try:
+        table = json.loads(metadata.get(CLASS_THRESHOLDS) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(table, dict):
+        return {}
+    out = {}
+    for name, value in table.items():
+        if name in classes and isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0:
+            out[name] = float(value)
+    return out
+
+
 #: Keys the runtime cannot work without.
 REQUIRED_KEYS = tuple(k.name for k in METADATA_KEYS if k.required)
 

@@ -88,6 +88,11 @@ class OnnxModel:
 
     def __init__(self, path: str | Path, *, provider: str = "auto", threads: int | None = None):
         self.path = Path(path)
+        if self.path.is_dir():
+            graphs = sorted(q.name for q in self.path.glob("*.onnx"))
+            raise ModelError(f"{self.path} is a folder, not a model: pass the exported .onnx file itself"
+                             + (f" (this folder holds {', '.join(graphs[:5])}{' ...' if len(graphs) > 5 else ''})"
+                                if graphs else " (it holds no .onnx file)"))
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
         if threads is not None and threads < 1:

@@ -22,6 +22,7 @@ outputs have no duplicates. Ray is an optional extra: ``pip install 'vocalprobe[
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -60,12 +61,14 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
     ray = import_ray()
     if ray.is_initialized():
         return ray
+    # Ray's own C++ log lines (its core worker's) go to stderr unless told otherwise; a command prints its own
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         if address is not None:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         else:
             ray.init(num_cpus=num_cpus or available_cores(), num_gpus=num_gpus, include_dashboard=False,
-                     log_to_driver=False)
+                     log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise RayEngineError(f"cannot start or reach {where}: {str(exc).splitlines()[0] if str(exc) else exc}"
@@ -212,12 +215,18 @@ def predict_on_ray(chunks: Sequence[Chunk], spec: ModelSpec, plan: WindowPlan, b
     ray = import_ray()
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # recordings are written in input order
+    # the command draws its own progress bar: Ray Data's bars, start banner and statistics would only interleave
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.enable_auto_log_stats = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     rows = [asdict(c) for c in chunks]
     if not rows:
         return
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 2_000))
     ds = ds.map_batches(predictor, fn_constructor_args=(spec, plan, batch, sample_rate, outputs), batch_size=1,
-                        concurrency=concurrency or max(1, int(ray.available_resources().get("CPU", 1))),
+                        compute=ray.data.ActorPoolStrategy(
+                            size=concurrency or max(1, int(ray.available_resources().get("CPU", 1)))),
                         num_cpus=num_cpus if num_cpus is not None else (0 if num_gpus else 1),
                         num_gpus=num_gpus or None)
     seen: set[tuple[int, int]] = set()

@@ -108,6 +108,11 @@ class StreamBench:
         return self.audio_seconds / self.wall_seconds
 
     @property
+    def model_x_realtime(self) -> float:
+        """The model's own speed inside the pipeline (``overhead`` is ``model_x_realtime / x_realtime - 1``)."""
+        return self.audio_seconds / self.model_seconds
+
+    @property
     def overhead(self) -> float:
         """Pipeline time outside the model, as a fraction of the model time."""
         return (self.wall_seconds - self.model_seconds) / self.model_seconds

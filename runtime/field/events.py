@@ -95,27 +95,71 @@ def detected_events(folder_or_table: str | Path) -> list[Event]:
     return [Event(Path(d.file).name, d.start_s, d.end_s, d.label) for d in read_detections(folder_or_table)]
 
 
+#: Label columns of other tools' tables, tried in this order (Raven: the annotator's column; BirdNET: common name).
+LABEL_COLUMNS = ("label", "Class", "Annotation", "Label", "Species", "Common Name", "Common name", "Scientific name",
+                 "Sound Type")
+#: The time columns of a Raven selection table and of a BirdNET CSV.
+RAVEN_TIMES, BIRDNET_TIMES = ("Begin Time (s)", "End Time (s)"), ("Start (s)", "End (s)")
+_TABLE_MARK = ".Table."  # Raven names a one-file table <recording>.Table.1.selections.txt
+
+
 def read_events(path: str | Path) -> list[Event]:
-    """Read a ground-truth table (``EVENT_COLUMNS``); extra columns are ignored."""
+    """Read a ground-truth table: vocalprobe's CSV (``EVENT_COLUMNS``), a Raven selection table (tab-separated;
+    ``Begin Path``/``Begin File`` or the table's own name gives the recording, ``File Offset (s)`` the time in it),
+    or a BirdNET CSV (``Start (s)``, ``End (s)``, ``File``). The label is the first of ``LABEL_COLUMNS`` present;
+    extra columns are ignored. A recording named without extension (a table's own name) matches by stem."""
     path = Path(path)
     if not path.is_file():
         raise EventTableError(f"{path}: file not found")
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in EVENT_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise EventTableError(f"{path}: missing column(s) {', '.join(missing)}; an event table has columns "
-                                  f"{', '.join(EVENT_COLUMNS)}")
-        events = []
+        first = handle.readline()
+        handle.seek(0)
+        reader = csv.DictReader(handle, delimiter="\t" if "\t" in first else ",")
+        columns = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = columns
+        if all(c in columns for c in EVENT_COLUMNS):
+            times, label_col = ("start_s", "end_s"), "label"
+        elif all(c in columns for c in RAVEN_TIMES) or all(c in columns for c in BIRDNET_TIMES):
+            times = RAVEN_TIMES if RAVEN_TIMES[0] in columns else BIRDNET_TIMES
+            label_col = next((c for c in LABEL_COLUMNS if c in columns), None)
+            if label_col is None:
+                raise EventTableError(f"{path}: no label column (one of {', '.join(LABEL_COLUMNS[1:])})")
+        else:
+            raise EventTableError(f"{path}: not a ground-truth table: expected columns {', '.join(EVENT_COLUMNS)}, "
+                                  f"a Raven selection table ({', '.join(RAVEN_TIMES)}, a label column) or a "
+                                  f"BirdNET CSV ({', '.join(BIRDNET_TIMES)}, File)")
+        own_name = path.name.split(_TABLE_MARK)[0] if _TABLE_MARK in path.name else None
+        events, seen = [], set()
         for line, row in enumerate(reader, start=2):
+            if not any((v or "").strip() for v in row.values()):
+                continue
             try:
-                start, end = float(row["start_s"]), float(row["end_s"])
+                start, end = float(row[times[0]]), float(row[times[1]])
+                offset = row.get("File Offset (s)")
+                if offset not in (None, ""):  # a multi-file Raven table counts Begin Time over all its files
+                    start, end = float(offset), float(offset) + (end - start)
             except ValueError:
-                raise EventTableError(f"{path} line {line}: start_s/end_s must be numbers") from None
+                raise EventTableError(f"{path} line {line}: {'/'.join(times)} must be numbers") from None
             if end < start:
-                raise EventTableError(f"{path} line {line}: end_s ({end}) is before start_s ({start})")
-            events.append(Event(Path(row["file"]).name, start, end, row["label"]))
+                raise EventTableError(f"{path} line {line}: the end ({end}) is before the start ({start})")
+            name = next((row[c] for c in ("file", "Begin Path", "Begin File", "File") if row.get(c)), own_name)
+            if not name:
+                raise EventTableError(f"{path} line {line}: names no recording (no file / Begin Path / Begin File / "
+                                      "File column, and the table is not named <recording>.Table.1.selections.txt)")
+            event = Event(Path(name.replace("\\", "/")).name, start, end, (row[label_col] or "").strip())
+            if event not in seen:  # Raven repeats each selection once per view (waveform, spectrogram)
+                seen.add(event)
+                events.append(event)
     return events
+
+
+def align_files(detected: Sequence[Event], truth: Sequence[Event]) -> list[Event]:
+    """``detected`` with each file named as ``truth`` names it: a truth table that names recordings by stem (a
+    Raven table's own name) matches the detections of ``<stem>.wav``."""
+    named = {e.file for e in truth}
+    by_stem = {n: n for n in named if not Path(n).suffix}
+    return [d if d.file in named or Path(d.file).stem not in by_stem else
+            Event(by_stem[Path(d.file).stem], d.start_s, d.end_s, d.label) for d in detected]
 
 
 @dataclass(frozen=True)

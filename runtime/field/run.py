@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Callable
 
 from vocalprobe.runtime.core.errors import AudioError, VocalprobeError
+from vocalprobe.runtime.core.graph_contract import negative_classes
 from vocalprobe.runtime.engine.scale import ONE_PROCESS, ModelSpec, Scale
 from vocalprobe.runtime.engine.windows import DEFAULT_FINAL_WINDOW, WindowPlan
 from vocalprobe.runtime.field.stream import EmbeddingSink, Progress, RunSummary
 
 DEFAULT_FORMATS = ("raven", "csv", "jsonl")
+#: The threshold of a class neither the options nor the graph's ``class_thresholds`` give one.
+DEFAULT_MIN_CONF = 0.5
 
 
 class StreamJobError(VocalprobeError):
@@ -42,8 +45,8 @@ class StreamJob:
     threads: int | None = None
     provider: str = "auto"
     weights: str | None = None
-    min_conf: float = 0.5  # the threshold of every class ``thresholds`` does not list
-    thresholds: tuple[tuple[str, float], ...] = ()
+    min_conf: float | None = None  # the threshold of every class ``thresholds`` does not list (None: the graph's
+    thresholds: tuple[tuple[str, float], ...] = ()  # ``class_thresholds`` when it has them, else DEFAULT_MIN_CONF)
     top_k: int | None = None
     merge: bool = False
     ignore: frozenset[str] = frozenset()
@@ -59,6 +62,7 @@ class StreamJob:
     settle_s: float = 5.0
     poll_s: float = 1.0
     idle_exit_s: float | None = None
+    report_background: bool = False  # also report the model's background/negative classes (NEGATIVE_CLASSES)
 
     def __post_init__(self):
         if not self.inputs and self.watch is None:
@@ -84,6 +88,36 @@ class StreamOutcome:
 ProgressFactory = Callable[[float | None, int | None], AbstractContextManager]
 #: ``embeddings(model, plan, stdin)``: a context manager giving the ``--embeddings`` sink, or None.
 SinkFactory = Callable[..., AbstractContextManager]
+
+
+def resolve_thresholds(net, min_conf: float | None, table: tuple[tuple[str, float], ...]
+                       ) -> tuple[float, tuple[tuple[str, float], ...], str]:
+    """The thresholds a run uses and where they came from: the options when given (``--min-conf``, a number or a
+    table), else the graph's own ``class_thresholds`` (a graph from `export attach`), else ``DEFAULT_MIN_CONF``."""
+    from vocalprobe.runtime.core.graph_contract import class_thresholds
+
+    if min_conf is not None or table:
+        default = DEFAULT_MIN_CONF if min_conf is None else min_conf
+        if table:
+            return default, table, f"--min-conf table ({len(table)} class(es)), others {default:g}"
+        return default, (), f"--min-conf {default:g}"
+    info = getattr(net, "info", None)  # one graph; a fusion's members may disagree, so it keeps the default
+    graph = class_thresholds(info.metadata, net.classes) if info is not None else {}
+    if graph:
+        return DEFAULT_MIN_CONF, tuple(sorted(graph.items())), (
+            f"the graph's class_thresholds ({len(graph)} class(es)), others {DEFAULT_MIN_CONF:g}; --min-conf "
+            "overrides them")
+    return DEFAULT_MIN_CONF, (), f"default {DEFAULT_MIN_CONF:g} (--min-conf sets another)"
+
+
+def no_negative_class_warning(classes) -> str:
+    """What ``stream`` says once, at start, about a model without a background/negative class."""
+    from vocalprobe.runtime.core.graph_contract import NEGATIVE_CLASSES
+
+    return (f"warning: the model has no background/negative class (none of its classes {', '.join(classes)} is "
+            f"named {', '.join(NEGATIVE_CLASSES)}): every window whose score is above the threshold becomes a "
+            "detection, even with no call in it. Add a class of noise-only clips (e.g. 'background') to the "
+            "training manifest and export again, or raise --min-conf.")
 
 
 def _no_progress(total: float | None, n_files: int | None) -> AbstractContextManager[Progress | None]:
@@ -115,8 +149,11 @@ def run_stream(job: StreamJob, *, say: Callable[[str], None] | None = None,
     if unknown:
         raise StreamJobError(f"--ignore {', '.join(unknown)}: not a class of the model (classes: "
                              f"{', '.join(net.classes)})")
-    config = DetectConfig(plan, batch=job.batch, min_conf=job.min_conf, top_k=job.top_k, merge=job.merge,
-                          ignore=job.ignore, thresholds=job.thresholds)
+    min_conf, thresholds, source = resolve_thresholds(net, job.min_conf, job.thresholds)
+    negative = negative_classes(net.classes)
+    ignore = job.ignore | (frozenset() if job.report_background else frozenset(negative))
+    config = DetectConfig(plan, batch=job.batch, min_conf=min_conf, top_k=job.top_k, merge=job.merge,
+                          ignore=ignore, thresholds=thresholds)
     config.class_thresholds(net.classes)  # a table naming classes the model lacks is refused before any work
     watcher = FolderWatcher(job.watch, settle_s=job.settle_s) if job.watch is not None else None
     every_file = collect_files(job.inputs, job.block_size) if job.inputs and not job.stdin else None
@@ -133,9 +170,12 @@ def run_stream(job: StreamJob, *, say: Callable[[str], None] | None = None,
     say(f"model: {net.describe()}")
     say(f"providers in use: {', '.join(net.providers)}")
     say(f"windows: {plan.window / net.sample_rate:g} s, hop {plan.hop / net.sample_rate:g} s, final window "
-        f"{plan.final_window}; batch {job.batch}; min-conf {job.min_conf:g}"
-        + (f" ({len(job.thresholds)} class(es) from a table)" if job.thresholds else "")
-        + ("; merged events" if job.merge else ""))
+        f"{plan.final_window}; batch {job.batch}" + ("; merged events" if job.merge else ""))
+    say(f"thresholds: {source}")
+    if not negative:
+        say(no_negative_class_warning(net.classes))
+    elif not job.report_background:
+        say(f"not reported: {', '.join(negative)} (the model's background class; --report-background reports it)")
     params = analysis_params(net, config, job.formats)
     overlap_s = (plan.window - plan.hop) / net.sample_rate
     run = dict(log=say, params=params, scale=scale, spec=spec)

@@ -6,9 +6,9 @@ Layout under the output folder (NAME: a recording's path relative to the folder 
 replaced by the format's suffix, ``table_path``):
 
 * per recording (``SUFFIXES``): ``NAME.selection.table.txt`` (Raven, ``RAVEN_COLUMNS``), ``NAME.detections.csv``
-  (``CSV_COLUMNS`` + ``start_time`` when the name carries the recorder's clock), ``NAME.birdnet.csv``
+  (``TABLE_COLUMNS``: ``start_time`` empty when the name carries no recorder's clock), ``NAME.birdnet.csv``
   (``BIRDNET_COLUMNS``), ``NAME.labels.txt`` (Audacity), ``NAME.kaleidoscope.csv`` (``KALEIDOSCOPE_COLUMNS``),
-  ``NAME.detections.parquet`` (the CSV's columns, typed);
+  ``NAME.detections.parquet`` (the CSV's columns, typed: ``start_time`` a timestamp, or null);
 * for the whole run (``COMBINED``): ``detections.selection.table.txt``, ``detections.csv``, ``detections.birdnet.csv``,
   ``detections.kaleidoscope.csv``, ``detections.parquet``, and ``detections.jsonl`` (one event per line, appended);
 * ``errors.csv`` (``ERRORS_COLUMNS``: the inputs that could not be read), ``analysis_params.csv``
@@ -30,8 +30,11 @@ FORMATS = ("raven", "csv", "jsonl", "birdnet-csv", "audacity", "kaleidoscope", "
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
                  "High Freq (Hz)", "Begin File", "Begin Path", "File Offset (s)", "Class", "Confidence")
 CSV_COLUMNS = ("file", "start_s", "end_s", "label", "confidence")
-#: The CSV's (and parquet's) last column, when a recording's name carries its start time.
+#: The CSV's (and parquet's) last column: the event's clock time when the recording's name carries its start time,
+#: else empty (null in parquet). Always there, so the tables of any two runs have the same shape.
 CSV_TIME_COLUMN = "start_time"
+#: The columns of the CSV and parquet tables.
+TABLE_COLUMNS = CSV_COLUMNS + (CSV_TIME_COLUMN,)
 BIRDNET_COLUMNS = ("Start (s)", "End (s)", "Scientific name", "Common name", "Confidence", "File")
 KALEIDOSCOPE_COLUMNS = ("INDIR", "FOLDER", "IN FILE", "OFFSET", "DURATION", "scientific_name", "common_name",
                         "confidence", "lat", "lon", "week", "overlap", "sensitivity")

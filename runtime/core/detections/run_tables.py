@@ -14,8 +14,7 @@ from typing import Iterable, Sequence
 
 from vocalprobe.runtime.core.atomic import atomic_open, atomic_write_text
 from vocalprobe.runtime.core.detections.layout import (
-    CSV_COLUMNS,
-    CSV_TIME_COLUMN,
+    TABLE_COLUMNS,
     ERRORS_COLUMNS,
     PARAMS_COLUMNS,
     RAVEN_COLUMNS,
@@ -30,10 +29,9 @@ def _header(path: str | Path) -> list[str]:
 
 
 def combine_csv(parts: Sequence[str | Path], path: str | Path) -> int:
-    """Concatenate per-file CSV tables into one (a ``start_time`` column appears when any part has it)."""
-    header = list(CSV_COLUMNS)
-    if any(CSV_TIME_COLUMN in _header(part) for part in parts):
-        header.append(CSV_TIME_COLUMN)
+    """Concatenate per-file CSV tables into one (``TABLE_COLUMNS``; parts written before ``start_time`` was always
+    there get it empty)."""
+    header = list(TABLE_COLUMNS)
     n = 0
     with atomic_open(path, "w", encoding="utf-8", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=header, lineterminator="\n", restval="")

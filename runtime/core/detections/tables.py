@@ -2,7 +2,7 @@
 touching audio (columns and suffixes: ``layout``).
 
 - ``raven``: Raven Pro selection table (tab-separated, no quoting);
-- ``csv``: ``file,start_s,end_s,label,confidence`` (+ ``start_time`` when the file name carries the recorder's clock);
+- ``csv``: ``file,start_s,end_s,label,confidence,start_time`` (``start_time`` empty when the name has no clock);
 - ``birdnet-csv``: BirdNET-Analyzer's columns (vocalprobe's class name in both name columns);
 - ``audacity``: an Audacity label track, ``start<TAB>end<TAB>label`` (per recording only: a track is one file's);
 - ``kaleidoscope``: the columns BirdNET-Analyzer writes for Kaleidoscope;
@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterable
 
@@ -25,8 +25,7 @@ from vocalprobe.runtime.core.atomic import atomic_open
 from vocalprobe.runtime.core.detections.clock import clock_time, parse_recorder_timestamp
 from vocalprobe.runtime.core.detections.layout import (
     BIRDNET_COLUMNS,
-    CSV_COLUMNS,
-    CSV_TIME_COLUMN,
+    TABLE_COLUMNS,
     FORMATS,
     KALEIDOSCOPE_COLUMNS,
     RAVEN_COLUMNS,
@@ -165,13 +164,12 @@ class CsvWriter(TableWriter):
     def start(self) -> None:
         self._start = self.recording.recording_start
         self._csv = csv.writer(self._file.handle, lineterminator="\n")
-        self._csv.writerow(CSV_COLUMNS + ((CSV_TIME_COLUMN,) if self._start is not None else ()))
+        self._csv.writerow(TABLE_COLUMNS)
 
     def write(self, d: Detection) -> None:
-        row = [d.file, seconds_text(d.start_s), seconds_text(d.end_s), d.label, confidence_text(d.confidence)]
-        if self._start is not None:
-            row.append(clock_time(self._start, d.start_s))
-        self._csv.writerow(row)
+        self._csv.writerow([d.file, seconds_text(d.start_s), seconds_text(d.end_s), d.label,
+                            confidence_text(d.confidence),
+                            clock_time(self._start, d.start_s) if self._start is not None else ""])
 
 
 class BirdnetCsvWriter(TableWriter):
@@ -205,10 +203,11 @@ class KaleidoscopeWriter(TableWriter):
 
 
 def parquet_schema():
-    """The parquet tables' schema: the CSV's columns, typed (``start_time`` null where the name has no clock)."""
+    """The parquet tables' schema: the CSV's columns, typed (``start_time`` a millisecond timestamp, UTC when the
+    name says so, else as written; null where the name has no clock)."""
     pa = pyarrow_module()
-    types = (pa.string(), pa.float64(), pa.float64(), pa.string(), pa.float64(), pa.string())
-    return pa.schema(list(zip(CSV_COLUMNS + (CSV_TIME_COLUMN,), types, strict=True)))
+    types = (pa.string(), pa.float64(), pa.float64(), pa.string(), pa.float64(), pa.timestamp("ms"))
+    return pa.schema(list(zip(TABLE_COLUMNS, types, strict=True)))
 
 
 class ParquetWriter(TableWriter):
@@ -224,7 +223,9 @@ class ParquetWriter(TableWriter):
         self._start = self.recording.recording_start
 
     def write(self, d: Detection) -> None:
-        when = clock_time(self._start, d.start_s) if self._start is not None else None
+        when = None
+        if self._start is not None:  # naive: a UTC start (its Z) is stored as that UTC wall time
+            when = (self._start + timedelta(seconds=d.start_s)).replace(tzinfo=None)
         self._rows.append((d.file, d.start_s, d.end_s, d.label, float(d.confidence), when))
         if len(self._rows) >= self.BATCH:
             self._flush()

@@ -32,3 +32,22 @@ def test_stream_files_times_every_file_through_the_stream(tmp_path):
     result = stream_files(model, paths, window_s=1.0, batch=2, work_dir=tmp_path)
     assert result.audio_seconds == pytest.approx(5.5, abs=0.01)
     assert 0 < result.model_seconds < result.wall_seconds
+
+
+def test_bench_times_graphs_of_different_classes_and_its_overhead_agrees_with_its_figures(tmp_path):
+    import re
+
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+
+    a = build_band_graph(tmp_path / "a.onnx")
+    b = build_band_graph(tmp_path / "b.onnx", classes=("x", "y", "z"))
+    result = CliRunner().invoke(app, ["bench", str(a), str(b), "--seconds", "4", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "not as a fusion" in result.output and result.output.count("streaming a 48 kHz file") == 2
+    for x, model_x, overhead in re.findall(r"file: ([\d.]+)x real time, the model inside it ([\d.]+)x; overhead "
+                                           r"([-\d.]+)%", result.output):
+        x, model_x, overhead = float(x), float(model_x), float(overhead)  # each rounded to 0.1
+        low, high = ((model_x - 0.05) / (x + 0.05) - 1) * 100, ((model_x + 0.05) / max(x - 0.05, 1e-9) - 1) * 100
+        assert low - 0.05 <= overhead <= high + 0.05

@@ -130,3 +130,42 @@ def test_collar_metric_equals_sed_eval(collar, fraction):
     for label in labels:
         assert ours.per_class[label][2] == pytest.approx(results["class_wise"][label]["f_measure"]["f_measure"],
                                                          abs=1e-9)
+
+
+def test_raven_and_birdnet_tables_are_read_as_ground_truth(tmp_path):
+    raven_header = "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\tHigh Freq (Hz)\tSpecies\n"
+    one_file = tmp_path / "rec1.Table.1.selections.txt"  # names its recording by its own name
+    one_file.write_text(raven_header + "1\tWaveform 1\t1\t1.5\t2.5\t0\t8000\tlow\n"
+                        "1\tSpectrogram 1\t1\t1.5\t2.5\t0\t8000\tlow\n")
+    assert read_events(one_file) == [Event("rec1", 1.5, 2.5, "low")]
+    many = tmp_path / "all.txt"
+    many.write_text("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tBegin Path\tFile Offset (s)\tClass\n"
+                    "1\tSpectrogram 1\t1\t61.0\t62.0\tC:\\\\card\\\\b.wav\t1.0\tmid\n")
+    assert read_events(many) == [Event("b.wav", 1.0, 2.0, "mid")]
+    birdnet = tmp_path / "birdnet.csv"
+    birdnet.write_text("Start (s),End (s),Scientific name,Common name,Confidence,File\n0.0,3.0,Turdus merula,"
+                       "Eurasian Blackbird,0.9,/x/c.wav\n")
+    assert read_events(birdnet) == [Event("c.wav", 0.0, 3.0, "Eurasian Blackbird")]
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(EventTableError, match="Raven selection table"):
+        read_events(other)
+
+
+def test_score_events_takes_a_raven_truth_table(tmp_path):
+    graph = build_band_graph(tmp_path / "m.onnx")
+    truth_events = [(2, 3, "low"), (6, 7, "mid")]
+    freq = dict(zip(DEFAULT_CLASSES, DEFAULT_FREQS))
+    field = tmp_path / "field" / "rec.wav"
+    field.parent.mkdir()
+    sf.write(field, tone_track([(s, e, freq[lab]) for s, e, lab in truth_events], 9, 16_000), 16_000)
+    raven = tmp_path / "rec.Table.1.selections.txt"
+    raven.write_text("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tAnnotation\n" + "".join(
+        f"{i}\tSpectrogram 1\t1\t{s}\t{e}\t{lab}\n" for i, (s, e, lab) in enumerate(truth_events, start=1)))
+    out = tmp_path / "out"
+    streamed = runner.invoke(app, ["stream", str(field.parent), "-m", str(graph), "--window", "0.5", "--merge",
+                                   "--min-conf", "0.8", "-o", str(out), "--format", "csv"])
+    assert streamed.exit_code == 0, streamed.output
+    result = runner.invoke(app, ["score-events", str(out), str(raven)])
+    assert result.exit_code == 0, result.output
+    assert "precision 1.000 (2/2), recall 1.000 (2/2)" in result.output

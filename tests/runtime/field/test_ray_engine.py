@@ -125,3 +125,22 @@ def test_without_ray_the_error_says_how_to_install_it():
             "try:\n    import_ray()\nexcept RayEngineError as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "pip install 'vocalprobe[ray]'" in out
+
+
+def test_a_ray_run_is_quiet_and_uses_no_deprecated_argument(recordings, graph, tmp_path):
+    """`stream --engine ray` in its own process (its own local Ray): no Ray deprecation warning, no Ray Data
+    progress bars or banners, a few lines of its own."""
+    pytest.importorskip("ray.data")
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
+    proc = subprocess.run([sys.executable, "-c", "from vocalprobe.cli import main; main()", "stream", str(recordings),
+                           "-m", str(graph),
+                           "-o", str(tmp_path / "out"), "--engine", "ray", "--concurrency", "1", "--threads", "1",
+                           "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode in (0, 2), proc.stderr[-3000:]  # 2: the broken recording is listed in errors.csv
+    assert "deprecated" not in proc.stderr, proc.stderr[-3000:]
+    assert "done: 5 file(s)" in proc.stderr or "done: 4 file(s)" in proc.stderr, proc.stderr[-3000:]
+    for noise in ("Starting execution", "Running Dataset", "Progress bars disabled", "Token authentication",
+                  "core_worker"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) <= 12, "\n".join(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +116,13 @@ def test_parquet_reads_back_with_pyarrow(tmp_path):
     write_table("parquet", DETECTIONS, path, RECORDING)
     table = pq.read_table(path).to_pylist()
     assert table[0] == {"file": "site1/20210502_040000.WAV", "start_s": 1.5, "end_s": 3.0, "label": "low",
-                        "confidence": pytest.approx(0.91234), "start_time": "2021-05-02T04:00:01.500"}
+                        "confidence": pytest.approx(0.91234), "start_time": datetime(2021, 5, 2, 4, 0, 1, 500_000)}
     assert len(table) == 2
+    assert str(pq.read_schema(path).field("start_time").type) == "timestamp[ms]"
+    no_clock = tmp_path / "b.detections.parquet"
+    write_table("parquet", DETECTIONS, no_clock, Recording("site1/night.WAV", "/media/card/site1/night.WAV", 1000.0))
+    assert pq.read_schema(no_clock) == pq.read_schema(path)  # the same columns and types, start_time null
+    assert [r["start_time"] for r in pq.read_table(no_clock).to_pylist()] == [None, None]
 
 
 def test_utc_names_keep_their_zone():
