@@ -139,7 +139,7 @@ def label_import(
     from vocalprobe.runtime.archive.labels import import_tables
     from vocalprobe.runtime.archive.store import ArchiveDB
 
-    with ArchiveDB.open_writer(db) as archive:
+    with ArchiveDB.open_writer(db, repair=False) as archive:
         report = import_tables(archive, tables, label_column=label_column, one_class=one_class)
     for table, line, why in report.unmatched:
         _say(f"unmatched: {table}:{line}: {why}")
