@@ -198,11 +198,15 @@ class ArchiveDB:
         lock = OutputLock(folder).acquire()
         try:
             try:
+                if not repair:  # an archive to annotate, not one to start
+                    _connect(folder / SQLITE_NAME, readonly=True).close()
                 db = _connect(folder / SQLITE_NAME, readonly=False)
                 db.executescript(_HOPLITE_SCHEMA + _VOCALPROBE_SCHEMA)
                 archive = cls(folder, db, None, lock, checkpoint_s)
                 config = archive.metadata().get(USEARCH_CONFIG_KEY)
-                if config is not None and not repair:
+                if config is None and not repair:
+                    raise ArchiveError(f"{folder}: the database holds no embeddings yet")
+                if not repair:
                     archive.check_index()
                     archive.index = vectors.view_index(folder / INDEX_NAME, config)
                 elif config is not None:
