@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from vocalprobe.runtime.archive.store import INDEX_NAME, SQLITE_NAME, ArchiveDB
