@@ -81,7 +81,12 @@ def embed(
     spec = ModelSpec((str(model),), None, "auto" if num_gpus else "cpu", scale.threads(threads))
     _say(f"model: {net.describe()}")
     with ArchiveDB.open_writer(db) as archive:
-        archive.mark_shard(None if scale.part is None else str(scale.part))
+        run = None
+        if positions is not None:
+            from vocalprobe.runtime.core.digests import json_sha256
+
+            run = {"inputs": len(positions), "inputs_sha256": json_sha256(sorted(positions, key=positions.get))}
+        archive.mark_shard(None if scale.part is None else str(scale.part), run)
         summary = embed_sources(files, net, plan, archive, batch=batch, deployment=deployment, positions=positions,
                                 scale=scale, spec=spec)
     for name, why in summary.skipped:

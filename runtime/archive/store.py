@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 SQLITE_NAME = "hoplite.sqlite"
 INDEX_NAME = "usearch.index"
 #: hoplite_metadata keys: hoplite's, and vocalprobe's own (what a reader needs to trust the vectors).
-USEARCH_CONFIG_KEY, MODEL_CONFIG_KEY, AUDIO_SOURCES_KEY, VOCALPROBE_KEY, SHARD_KEY = (
-    "usearch_config", "model_config", "audio_sources", "vocalprobe", "vocalprobe_shard")
+USEARCH_CONFIG_KEY, MODEL_CONFIG_KEY, AUDIO_SOURCES_KEY, VOCALPROBE_KEY, SHARD_KEY, RUN_KEY = (
+    "usearch_config", "model_config", "audio_sources", "vocalprobe", "vocalprobe_shard", "vocalprobe_shard_run")
 #: hoplite's LabelType values.
 NEGATIVE, POSITIVE = 0, 1
 
@@ -379,9 +379,20 @@ class ArchiveDB:
             raise ArchiveError(f"{self.folder} was embedded with other windows ({'; '.join(changed)}); use the "
                                "same --window/--hop/--final-window, or another --db folder")
 
-    def mark_shard(self, shard: str | None) -> None:
-        """Record which ``--shard i/n`` this archive holds (None: all the inputs); a folder holds one of them."""
+    def mark_shard(self, shard: str | None, run: dict[str, Any] | None = None) -> None:
+        """Record which ``--shard i/n`` this archive holds (None: all the inputs); a folder holds one of them.
+        ``run``: the whole run's identity (its input list's digest and length), which ``merge --db`` compares."""
         known = self.metadata().get(SHARD_KEY)
+        if known == shard and shard is not None and run is not None:
+            theirs = self.metadata().get(RUN_KEY)
+            if theirs is not None and theirs != run:
+                raise ArchiveError(f"{self.folder} holds shard {shard} of a run over other inputs ({theirs['inputs']} "
+                                   f"file(s), now {run['inputs']}); embed this run's shard into another --db folder")
+            if theirs is None:
+                self.db.execute("BEGIN")
+                self.set_metadata(RUN_KEY, run)
+                self.db.execute("COMMIT")
+            return
         if known == shard:
             return
         if known is not None or self.count_recordings():
@@ -390,6 +401,8 @@ class ArchiveDB:
             raise ArchiveError(f"{self.folder} holds {was}; embed {now} into another --db folder")
         self.db.execute("BEGIN")
         self.set_metadata(SHARD_KEY, shard)
+        if shard is not None and run is not None:
+            self.set_metadata(RUN_KEY, run)
         self.db.execute("COMMIT")
 
     def settings(self) -> dict[str, Any]:
