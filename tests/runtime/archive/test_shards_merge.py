@@ -126,7 +126,7 @@ def test_merge_refuses_what_is_not_one_runs_shards(embedded, run_cli, tmp_path, 
     con.execute("UPDATE hoplite_metadata SET value = '\"1/3\"' WHERE key = 'vocalprobe_shard'")
     con.commit()
     con.close()
-    refused([shards[0], twin], "is in both")
+    refused([shards[0], twin, shards[2]], "is in both")  # all three parts, one recording in two
     other = build_band_graph(tmp_path / "other.onnx", sample_duration=0.25)
     audio = tone_folder(tmp_path / "audio", n_files=1, seconds=2.0)
     assert run_cli(["embed", audio, "-m", other, "--db", tmp_path / "foreign", "--shard", "1/3"]).exit_code == 0
