@@ -98,7 +98,12 @@ def embed(
     spec = ModelSpec((str(model),), None, "auto" if num_gpus else "cpu", scale.threads(threads))
     _say(f"model: {net.describe()}")
     with ArchiveDB.open_writer(db) as archive, (_embed_progress(files) if progress else nullcontext()) as bar:
-        archive.mark_shard(None if scale.part is None else str(scale.part))
+        run = None
+        if positions is not None:
+            from vocalprobe.runtime.core.digests import json_sha256
+
+            run = {"inputs": len(positions), "inputs_sha256": json_sha256(sorted(positions, key=positions.get))}
+        archive.mark_shard(None if scale.part is None else str(scale.part), run)
         summary = embed_sources(files, net, plan, archive, batch=batch, deployment=deployment, positions=positions,
                                 scale=scale, spec=spec, on_audio=bar.audio if bar is not None else None)
     for name, why in summary.skipped:
@@ -151,17 +156,24 @@ def label_import(
         help="Column holding the label (default: the first of Label, Annotation, Class).")] = None,
     one_class: Annotated[Optional[str], typer.Option(
         "--class", help="Values are positive/negative for this one class.")] = None,
+    recording: Annotated[Optional[str], typer.Option(
+        help="The archived recording of tables that name none (no Begin Path/Begin File, not NAME.Table...).")] = None,
 ) -> None:
-    """Turn reviewed Raven tables into annotations of the windows they overlap."""
+    """Turn reviewed Raven tables (or .csv tables) into annotations of the windows they overlap; exits 2 when no
+    row labelled a window."""
     from vocalprobe.runtime.archive.labels import import_tables
     from vocalprobe.runtime.archive.store import ArchiveDB
 
-    with ArchiveDB.open_writer(db) as archive:
-        report = import_tables(archive, tables, label_column=label_column, one_class=one_class)
+    with ArchiveDB.open_writer(db, repair=False) as archive:
+        report = import_tables(archive, tables, label_column=label_column, one_class=one_class,
+                               recording=recording)
     for table, line, why in report.unmatched:
         _say(f"unmatched: {table}:{line}: {why}")
     typer.echo(f"{report.rows} row(s) read, {report.annotations} annotation(s) added, "
                f"{len(report.unmatched)} row(s) unmatched")
+    if report.matched == 0:
+        _say("nothing was imported: no row labelled a window of the archive")
+        raise typer.Exit(2)
 
 
 @probe_app.command("apply")

@@ -13,16 +13,22 @@ dropped silently.
 from __future__ import annotations
 
 import csv
+import io
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from vocalprobe.runtime.archive.store import NEGATIVE, POSITIVE, ArchiveDB, ArchiveError, RecordingRow, WindowRow
 
 LABEL_COLUMNS = ("Label", "Annotation", "Class")
 POSITIVE_WORDS = {"positive", "pos", "yes", "y", "1", "true", "present"}
 NEGATIVE_WORDS = {"negative", "neg", "no", "n", "0", "false", "absent"}
-_SINGLE_FILE_MARK = ".Table."
+#: Raven's names of a single-file table: ``NAME.Table.1.selections.txt`` or ``NAME.wav.Table01.txt``.
+_SINGLE_FILE = re.compile(r"^(?P<recording>.+?)\.Table(?:\.\d+|\d+)\.")
+#: Characters no label, path or field may hold (they split rows or columns in some reader).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
 
 
 @dataclass
@@ -30,6 +36,7 @@ class LabelReport:
     rows: int = 0
     annotations: int = 0  # newly added
     unmatched: list[tuple[str, int, str]] = field(default_factory=list)  # (table, line, why)
+    matched: int = 0  # rows that labelled at least one window
 
 
 class _Recordings:
@@ -61,8 +68,44 @@ class _Recordings:
 
 
 def _table_stem(path: Path) -> str | None:
-    name = path.name
-    return name.split(_SINGLE_FILE_MARK)[0] if _SINGLE_FILE_MARK in name else None
+    found = _SINGLE_FILE.match(path.name)
+    return found.group("recording") if found else None
+
+
+def check_class_name(name: str, where: str) -> str:
+    """A class name as stored: no tab, newline or other control character (they break every table it lands in)."""
+    if _CONTROL.search(name) or "\t" in name or "\n" in name:
+        raise ArchiveError(f"{where}: the label {name!r} holds a control character (tab, newline, ...); fix it")
+    return name
+
+
+def table_rows(table: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line, row)`` of a table: a Raven table is tab-separated without quoting, one row a line (``\n``); a
+    ``.csv`` is read with the csv module. A row with another number of fields than the header, or holding a control
+    character, is an error naming its line."""
+    if table.suffix.lower() == ".csv":
+        records = csv.reader(io.StringIO(text, newline=""))
+        numbered = ((records.line_num, r) for r in records)
+    else:
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        numbered = ((i, line.removesuffix("\r").split("\t")) for i, line in enumerate(lines, start=1))
+    header = None
+    for line, fields in numbered:
+        if header is None:
+            header = fields
+            continue
+        if not any(f.strip() for f in fields):
+            continue
+        bad = next((f for f in fields if _CONTROL.search(f) or "\n" in f or "\t" in f), None)
+        if bad is not None:
+            raise ArchiveError(f"{table}:{line}: the field {bad!r} holds a control character; fix the table")
+        if len(fields) != len(header):
+            raise ArchiveError(f"{table}:{line}: {len(fields)} field(s), the header has {len(header)}; fix the table")
+        yield line, dict(zip(header, fields))
+    if header is None:
+        raise ArchiveError(f"{table}: empty table")
 
 
 def _label_of(value: str, one_class: str | None) -> tuple[str, int] | str:
@@ -70,7 +113,7 @@ def _label_of(value: str, one_class: str | None) -> tuple[str, int] | str:
     if not text:
         return "no label"
     if one_class is None:
-        return text, POSITIVE
+        return check_class_name(text, "label"), POSITIVE
     word = text.lower()
     if word in POSITIVE_WORDS:
         return one_class, POSITIVE
@@ -100,8 +143,16 @@ def matching_windows(windows: Sequence[WindowRow], start: float, stop: float, *,
             and min(w.end_s, stop) > max(w.start_s, start)]
 
 
+def _header(table: Path, text: str) -> list[str]:
+    first = text.split("\n", 1)[0].removesuffix("\r")
+    return next(csv.reader([first])) if table.suffix.lower() == ".csv" else first.split("\t")
+
+
 def import_tables(archive: ArchiveDB, tables: Sequence[str | Path], *, label_column: str | None = None,
-                  one_class: str | None = None) -> LabelReport:
+                  one_class: str | None = None, recording: str | None = None) -> LabelReport:
+    """``recording``: the archived recording of tables that name none (no Begin Path/File, not Raven's naming)."""
+    if one_class is not None:
+        check_class_name(one_class, "--class")
     recordings = _Recordings(archive.recordings())
     report = LabelReport()
     provenance_rows: dict[str, list] = {}
@@ -110,8 +161,7 @@ def import_tables(archive: ArchiveDB, tables: Sequence[str | Path], *, label_col
             text = table.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError:
             text = table.read_text(encoding="latin-1")
-        reader = csv.DictReader(text.splitlines(), delimiter="\t")
-        header = reader.fieldnames or []
+        header = _header(table, text)
         column = label_column if label_column is not None else next((c for c in LABEL_COLUMNS if c in header), None)
         if column is None or column not in header:
             raise ArchiveError(f"{table}: no label column ({label_column or ' / '.join(LABEL_COLUMNS)}; the table "
@@ -122,15 +172,16 @@ def import_tables(archive: ArchiveDB, tables: Sequence[str | Path], *, label_col
         provenance = f"raven:{table.name}"
         hits_table = HIT_MARKS <= set(header)
         rows = provenance_rows.setdefault(provenance, [])
-        for line, row in enumerate(reader, start=2):
+        stem = recording if recording is not None else _table_stem(table)
+        for line, row in table_rows(table, text):
             report.rows += 1
             label = _label_of(row.get(column) or "", one_class)
             if isinstance(label, str):
                 report.unmatched.append((str(table), line, label))
                 continue
-            recording = recordings.find(row.get("Begin Path"), row.get("Begin File"), _table_stem(table))
-            if isinstance(recording, str):
-                report.unmatched.append((str(table), line, recording))
+            found = recordings.find(row.get("Begin Path"), row.get("Begin File"), stem)
+            if isinstance(found, str):
+                report.unmatched.append((str(table), line, found))
                 continue
             try:
                 begin, end = float(row["Begin Time (s)"]), float(row["End Time (s)"])
@@ -138,13 +189,17 @@ def import_tables(archive: ArchiveDB, tables: Sequence[str | Path], *, label_col
             except ValueError:
                 report.unmatched.append((str(table), line, "times are not numbers"))
                 continue
+            if not all(math.isfinite(v) for v in (begin, end, offset)) or end < begin:
+                raise ArchiveError(f"{table}:{line}: times {begin}..{end} (offset {offset}) are not a finite span; "
+                                   "fix the table")
             start, stop = offset, offset + (end - begin)
-            windows = matching_windows(archive.recording_windows(recording.id), start, stop, hit=hits_table)
+            windows = matching_windows(archive.recording_windows(found.id), start, stop, hit=hits_table)
             if not windows:
-                report.unmatched.append((str(table), line, f"no window of {recording.filename} covers "
+                report.unmatched.append((str(table), line, f"no window of {found.filename} covers "
                                                            f"{start:.3f}-{stop:.3f} s"))
                 continue
-            rows.extend((recording.id, w.start_s, w.end_s, label[0], label[1]) for w in windows)
+            report.matched += 1
+            rows.extend((found.id, w.start_s, w.end_s, label[0], label[1]) for w in windows)
     for provenance, rows in provenance_rows.items():
         report.annotations += archive.add_annotations(rows, provenance)
     return report

@@ -12,6 +12,7 @@ recording, or still being written (their lock) are refused before OUT_DB is made
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Sequence
 from vocalprobe.runtime.archive.embed import FLUSH_WINDOWS
 from vocalprobe.runtime.archive.store import (
     MODEL_CONFIG_KEY,
+    RUN_KEY,
     SHARD_KEY,
     SQLITE_NAME,
     ArchiveDB,
@@ -27,7 +29,7 @@ from vocalprobe.runtime.archive.store import (
     FinishedRecording,
 )
 from vocalprobe.runtime.core.out_lock import OutputLock
-from vocalprobe.runtime.core.shards import Shard, merge_folders
+from vocalprobe.runtime.core.shards import Shard, merge_folders, missing_shards
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,15 @@ def _check(archives: Sequence[ArchiveDB]) -> None:
     if len(counts) > 1:
         raise ArchiveError(f"the archives are shards of different splits ({', '.join(map(str, sorted(parts, key=str)))}"
                            "); merge the shards of one --shard i/n split (same n)")
+    missing = missing_shards(parts)
+    if missing:
+        raise ArchiveError(f"shard(s) {', '.join(map(str, missing))} of the split are missing; give the --db folders "
+                           "of every shard (embed the missing ones with the same inputs and --shard first)")
+    runs = {json.dumps(a.metadata().get(RUN_KEY), sort_keys=True): a.folder for a in archives}
+    if len(runs) > 1:
+        folders = ", ".join(map(str, runs.values()))
+        raise ArchiveError(f"the archives are shards of runs over different inputs ({folders}); merge the shards of "
+                           "one embed run (the same input folders)")
 
 
 def _in_run_order(archives: Sequence[ArchiveDB]) -> list[_Recording]:

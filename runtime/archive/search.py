@@ -119,6 +119,10 @@ def nearest(archive: ArchiveDB, query: np.ndarray, k: int = 100, *, exact: bool 
 
 
 def search(archive: ArchiveDB, query: np.ndarray, k: int = 100, *, exact: bool = False) -> list[Hit]:
+    """The ``k`` best windows (all of them when the archive holds fewer); an archive without windows is refused."""
+    if archive.count_windows() == 0:
+        raise ArchiveError(f"{archive.folder} holds no windows to search; embed recordings into it with "
+                           "`vocalprobe embed` first")
     found = nearest(archive, query, k, exact=exact)
     windows = archive.windows([i for i, _ in found])
     recordings = archive.recordings()

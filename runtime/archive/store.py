@@ -11,6 +11,13 @@ Safety: a writer holds the folder's lock (``OutputLock``). Every recording is on
 leaves either all of a recording's windows or none. The index is saved (atomically) after a commit at most every
 ``checkpoint_s`` and on close, so it only ever holds committed windows; a recording committed after the last save of
 a killed run has windows without vectors, and ``open_writer`` deletes it so that it is embedded again.
+
+Every save notes what the index file holds in ``vocalprobe_index`` (its sha256 and size, the number and a digest of
+its window ids; the last two saves are kept, since a kill can fall between the note and the file's replacement).
+A reader checks the file and SQLite's window ids against that note on open and refuses an archive whose windows lack
+vectors, whose vectors lack windows, or whose index is damaged or another archive's (``ArchiveIndexError``), so a
+search never answers short. ``embed`` into it repairs: an index it cannot trust is dropped and every recording is
+embedded again; a trusted one keeps its vectors and only the recordings it lacks are embedded again.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from vocalprobe.runtime.archive import vectors
+from vocalprobe.runtime.core.digests import file_sha256
 from vocalprobe.runtime.core.errors import VocalprobeError
 from vocalprobe.runtime.core.out_lock import OutputLock
 
@@ -34,8 +42,8 @@ log = logging.getLogger(__name__)
 SQLITE_NAME = "hoplite.sqlite"
 INDEX_NAME = "usearch.index"
 #: hoplite_metadata keys: hoplite's, and vocalprobe's own (what a reader needs to trust the vectors).
-USEARCH_CONFIG_KEY, MODEL_CONFIG_KEY, AUDIO_SOURCES_KEY, VOCALPROBE_KEY, SHARD_KEY = (
-    "usearch_config", "model_config", "audio_sources", "vocalprobe", "vocalprobe_shard")
+USEARCH_CONFIG_KEY, MODEL_CONFIG_KEY, AUDIO_SOURCES_KEY, VOCALPROBE_KEY, SHARD_KEY, RUN_KEY = (
+    "usearch_config", "model_config", "audio_sources", "vocalprobe", "vocalprobe_shard", "vocalprobe_shard_run")
 #: hoplite's LabelType values.
 NEGATIVE, POSITIVE = 0, 1
 
@@ -70,11 +78,28 @@ CREATE TABLE IF NOT EXISTS vocalprobe_recordings (
 CREATE INDEX IF NOT EXISTS idx_vocalprobe_sha256 ON vocalprobe_recordings(sha256);
 CREATE TABLE IF NOT EXISTS vocalprobe_positions (
     recording_id INTEGER PRIMARY KEY REFERENCES recordings(id) ON DELETE CASCADE, position INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS vocalprobe_index (
+    save INTEGER PRIMARY KEY, n_vectors INTEGER NOT NULL, keys_sha256 TEXT NOT NULL, file_sha256 TEXT NOT NULL,
+    file_size INTEGER NOT NULL);
 """
 
 
 class ArchiveError(VocalprobeError):
     """A database folder that cannot be used as asked (another graph, other windows, not an archive)."""
+
+
+class ArchiveIndexError(ArchiveError):
+    """SQLite's windows and the vector index disagree (a stopped run, a damaged or foreign index)."""
+
+
+@dataclass(frozen=True)
+class IndexNote:
+    """What one save of the index wrote: ``vocalprobe_index``'s row."""
+
+    n_vectors: int
+    keys_sha256: str
+    file_sha256: str
+    file_size: int
 
 
 def offsets_blob(start_s: float, end_s: float) -> bytes:
@@ -132,14 +157,21 @@ class AnnotationRow:
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if readonly:
         if not path.is_file():
-            raise ArchiveError(f"{path.parent}: no archive database here ({SQLITE_NAME} missing); "
-                               "create one with `vocalprobe embed`")
+            more = f" but {INDEX_NAME} is" if (path.parent / INDEX_NAME).exists() else ""
+            raise ArchiveError(f"{path.parent}: no archive database here ({SQLITE_NAME} missing{more}); "
+                               "restore it from a copy, or embed into a new --db folder with `vocalprobe embed`")
         db = sqlite3.connect(f"file:{path.as_posix()}?mode=ro", uri=True)
     else:
         db = sqlite3.connect(path.as_posix(), isolation_level=None)  # explicit BEGIN/COMMIT
         db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA foreign_keys = ON")
+    db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # a file that is not SQLite fails here
     return db
+
+
+def _unreadable(path: Path, exc: sqlite3.DatabaseError) -> ArchiveError:
+    return ArchiveError(f"{path}: not a readable archive database ({exc}); restore it from a copy, or embed into a "
+                        "new --db folder")
 
 
 class ArchiveDB:
@@ -159,17 +191,29 @@ class ArchiveDB:
     # -- opening ---------------------------------------------------------------------------------------------------
 
     @classmethod
-    def open_writer(cls, folder: str | Path, *, checkpoint_s: float = 60.0) -> "ArchiveDB":
+    def open_writer(cls, folder: str | Path, *, checkpoint_s: float = 60.0, repair: bool = True) -> "ArchiveDB":
+        """The archive, locked for writing. ``repair``: make SQLite and the index agree first (``embed``); without
+        it (adding annotations), an archive whose index does not match is refused as a reader refuses it."""
         folder = Path(folder)
         lock = OutputLock(folder).acquire()
         try:
-            db = _connect(folder / SQLITE_NAME, readonly=False)
-            db.executescript(_HOPLITE_SCHEMA + _VOCALPROBE_SCHEMA)
-            archive = cls(folder, db, None, lock, checkpoint_s)
-            config = archive.metadata().get(USEARCH_CONFIG_KEY)
-            if config is not None:
-                archive.index = vectors.load_index(folder / INDEX_NAME, config)
-                archive._repair()
+            try:
+                if not repair:  # an archive to annotate, not one to start
+                    _connect(folder / SQLITE_NAME, readonly=True).close()
+                db = _connect(folder / SQLITE_NAME, readonly=False)
+                db.executescript(_HOPLITE_SCHEMA + _VOCALPROBE_SCHEMA)
+                archive = cls(folder, db, None, lock, checkpoint_s)
+                config = archive.metadata().get(USEARCH_CONFIG_KEY)
+                if config is None and not repair:
+                    raise ArchiveError(f"{folder}: the database holds no embeddings yet")
+                if not repair:
+                    archive.check_index()
+                    archive.index = vectors.view_index(folder / INDEX_NAME, config)
+                elif config is not None:
+                    archive._open_trusted_index(config)
+                    archive._repair()
+            except sqlite3.DatabaseError as exc:
+                raise _unreadable(folder / SQLITE_NAME, exc) from exc
         except BaseException:
             lock.release()
             raise
@@ -177,16 +221,23 @@ class ArchiveDB:
 
     @classmethod
     def open_reader(cls, folder: str | Path) -> "ArchiveDB":
+        """The archive read-only, once its index is checked against SQLite's windows (``check_index``)."""
         folder = Path(folder)
-        db = _connect(folder / SQLITE_NAME, readonly=True)
-        archive = cls(folder, db, None, None)
-        config = archive.metadata().get(USEARCH_CONFIG_KEY)
-        if config is None:
-            raise ArchiveError(f"{folder}: the database holds no embeddings yet")
+        try:
+            db = _connect(folder / SQLITE_NAME, readonly=True)
+            archive = cls(folder, db, None, None)
+            config = archive.metadata().get(USEARCH_CONFIG_KEY)
+            if config is None:
+                raise ArchiveError(f"{folder}: the database holds no embeddings yet")
+            archive.check_index()
+        except sqlite3.DatabaseError as exc:
+            raise _unreadable(folder / SQLITE_NAME, exc) from exc
         archive.index = vectors.view_index(folder / INDEX_NAME, config)
         return archive
 
     def close(self) -> None:
+        if self.lock is not None and self.db.in_transaction:  # a recording left open: it is not kept
+            self.abort_recording()
         if self.lock is not None and self._dirty:
             self.save_index()
         self.db.close()
@@ -198,6 +249,76 @@ class ArchiveDB:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # -- the index's note ------------------------------------------------------------------------------------------
+
+    def index_notes(self) -> list[IndexNote]:
+        """The notes of the last saves of the index, latest first (none: never saved, or an older vocalprobe)."""
+        try:
+            rows = self.db.execute("SELECT n_vectors, keys_sha256, file_sha256, file_size FROM vocalprobe_index "
+                                   "ORDER BY save DESC").fetchall()
+        except sqlite3.OperationalError:  # no such table: written before the notes
+            return []
+        return [IndexNote(*row) for row in rows]
+
+    def _note_index(self, keys: np.ndarray, tmp: Path) -> None:
+        self.db.execute("BEGIN")
+        self.db.execute("INSERT INTO vocalprobe_index (n_vectors, keys_sha256, file_sha256, file_size) VALUES "
+                        "(?, ?, ?, ?)", (len(keys), vectors.keys_sha256(keys), file_sha256(tmp), tmp.stat().st_size))
+        self.db.execute("DELETE FROM vocalprobe_index WHERE save < (SELECT MAX(save) FROM vocalprobe_index) - 1")
+        self.db.execute("COMMIT")
+
+    def _saved_note(self) -> IndexNote | None:
+        """The note of the save the index file is, or None: no file, or one this archive did not save."""
+        path = self.folder / INDEX_NAME
+        if not path.is_file():
+            return None
+        notes = [n for n in self.index_notes() if n.file_size == path.stat().st_size]
+        if not notes:
+            return None
+        sha = file_sha256(path)
+        return next((n for n in notes if n.file_sha256 == sha), None)
+
+    def window_ids(self) -> np.ndarray:
+        return np.array([r[0] for r in self.db.execute("SELECT id FROM windows ORDER BY id")], dtype=np.int64)
+
+    def check_index(self) -> None:
+        """Refuse (``ArchiveIndexError``) an archive whose windows and index disagree, saying what repairs it."""
+        ids = self.window_ids()
+        again = (f"run `vocalprobe embed` with the same inputs and --db {self.folder} again: it embeds again exactly "
+                 "the recordings whose vectors are missing")
+        path = self.folder / INDEX_NAME
+        if not self.index_notes():
+            if ids.size:
+                raise ArchiveIndexError(f"{self.folder}: {ids.size} window(s) have no checked vectors (the `embed` "
+                                        f"run stopped before it first saved {INDEX_NAME}, or wrote it before index "
+                                        f"checksums); {again}")
+            return
+        if not path.is_file():
+            raise ArchiveIndexError(f"{path} is missing: the archive's {ids.size} window(s) have no vectors; {again}")
+        note = self._saved_note()
+        if note is None:
+            raise ArchiveIndexError(f"{path} is not the index this archive saved (damaged, or copied from another "
+                                    f"archive); run `vocalprobe embed` with the same inputs and --db {self.folder} "
+                                    "again: it drops that index and embeds every recording again")
+        if vectors.keys_sha256(ids) != note.keys_sha256:
+            stored = vectors.index_keys(vectors.view_index(path, self.metadata()[USEARCH_CONFIG_KEY]))
+            missing, extra = np.setdiff1d(ids, stored).size, np.setdiff1d(stored, ids).size
+            raise ArchiveIndexError(f"{self.folder}: {missing} window(s) have no vectors and {extra} vector(s) no "
+                                    f"window (an `embed` run stopped after its last index save); {again}")
+
+    def _open_trusted_index(self, config: dict[str, Any]) -> None:
+        """The index file when this archive saved it; else (none, damaged, foreign) a new empty one, so that every
+        recording is embedded again."""
+        path = self.folder / INDEX_NAME
+        if self._saved_note() is not None:
+            self.index = vectors.load_index(path, config)
+            return
+        if path.exists():
+            log.warning("%s is not the index this archive saved (damaged, copied from another archive, or written "
+                        "before index checksums): it is dropped and every recording is embedded again", path)
+        self.index = vectors.new_index(config)
+        self._dirty = True  # the note and file are written on close, even if nothing is embedded
 
     def _repair(self) -> None:
         """Make SQLite and the index agree after a killed run: recordings with windows the index lacks are deleted
@@ -242,7 +363,8 @@ class ArchiveDB:
         self.set_metadata(VOCALPROBE_KEY, settings)
         self.set_metadata(MODEL_CONFIG_KEY, model_config)
         self.db.execute("COMMIT")
-        self.index = vectors.load_index(self.folder / INDEX_NAME, self.metadata()[USEARCH_CONFIG_KEY])
+        self.index = vectors.new_index(self.metadata()[USEARCH_CONFIG_KEY])  # a file left here is not this one's
+        self._dirty = True
 
     def _refuse_other_settings(self, known: dict[str, Any], settings: dict[str, Any]) -> None:
         """Vectors of another graph, or of other windows, cannot join the ones this archive holds."""
@@ -257,9 +379,20 @@ class ArchiveDB:
             raise ArchiveError(f"{self.folder} was embedded with other windows ({'; '.join(changed)}); use the "
                                "same --window/--hop/--final-window, or another --db folder")
 
-    def mark_shard(self, shard: str | None) -> None:
-        """Record which ``--shard i/n`` this archive holds (None: all the inputs); a folder holds one of them."""
+    def mark_shard(self, shard: str | None, run: dict[str, Any] | None = None) -> None:
+        """Record which ``--shard i/n`` this archive holds (None: all the inputs); a folder holds one of them.
+        ``run``: the whole run's identity (its input list's digest and length), which ``merge --db`` compares."""
         known = self.metadata().get(SHARD_KEY)
+        if known == shard and shard is not None and run is not None:
+            theirs = self.metadata().get(RUN_KEY)
+            if theirs is not None and theirs != run:
+                raise ArchiveError(f"{self.folder} holds shard {shard} of a run over other inputs ({theirs['inputs']} "
+                                   f"file(s), now {run['inputs']}); embed this run's shard into another --db folder")
+            if theirs is None:
+                self.db.execute("BEGIN")
+                self.set_metadata(RUN_KEY, run)
+                self.db.execute("COMMIT")
+            return
         if known == shard:
             return
         if known is not None or self.count_recordings():
@@ -268,6 +401,8 @@ class ArchiveDB:
             raise ArchiveError(f"{self.folder} holds {was}; embed {now} into another --db folder")
         self.db.execute("BEGIN")
         self.set_metadata(SHARD_KEY, shard)
+        if shard is not None and run is not None:
+            self.set_metadata(RUN_KEY, run)
         self.db.execute("COMMIT")
 
     def settings(self) -> dict[str, Any]:
@@ -364,7 +499,8 @@ class ArchiveDB:
         self._pending_keys = []
 
     def save_index(self) -> None:
-        vectors.save_index(self.index, self.folder / INDEX_NAME)
+        keys = vectors.index_keys(self.index)
+        vectors.save_index(self.index, self.folder / INDEX_NAME, lambda tmp: self._note_index(keys, tmp))
         self._dirty = False
         self._saved_at = time.monotonic()
 

@@ -6,9 +6,10 @@ imports onnxruntime first; everything in vocalprobe that needs usearch goes thro
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -70,13 +71,21 @@ def view_index(path: Path, config: dict[str, Any]):
     return usearch_index().Index.restore(str(path), view=True)
 
 
-def save_index(index, path: Path) -> None:
-    """Write atomically: a reader (or a killed run) only ever sees a complete index file."""
+def save_index(index, path: Path, record: Callable[[Path], None] | None = None) -> None:
+    """Write atomically: a reader (or a killed run) only ever sees a complete index file. ``record(tmp)`` runs on
+    the complete file before it takes the index's place (the archive notes its checksum there)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     index.save(str(tmp))
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
+    if record is not None:
+        record(tmp)
     os.replace(tmp, path)
+
+
+def keys_sha256(keys: np.ndarray) -> str:
+    """A digest of a set of window ids (sorted, little-endian int64): what an index holds, or should."""
+    return hashlib.sha256(np.sort(np.asarray(keys, dtype=np.int64)).astype("<i8").tobytes()).hexdigest()
 
 
 def index_keys(index) -> np.ndarray:

@@ -63,6 +63,16 @@ def parse_shard(text: str | None) -> Shard | None:
     return None if text is None else Shard.parse(text)
 
 
+def missing_shards(parts: Iterable[Shard]) -> list[Shard]:
+    """The shards of the split ``parts`` belong to that are not among them (all of one count, checked before)."""
+    parts = list(parts)
+    if not parts:
+        return []
+    count = parts[0].count
+    have = {p.index for p in parts}
+    return [Shard(i, count) for i in range(count) if i not in have]
+
+
 def merge_folders(out_dir: str | Path, shard_dirs: Sequence[str | Path], error: type[Exception], *, what: str,
                   one: str, flag: str) -> tuple[Path, list[Path]]:
     """The checks every merge of shard folders makes (stream outputs in ``runtime/field/merge``, archives in

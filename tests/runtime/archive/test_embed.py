@@ -108,6 +108,12 @@ def test_another_graph_is_refused(tmp_path, graph, tone_folder, run_cli):
     assert search.exit_code == 1 and "is not the graph this archive was embedded with" in search.output
 
 
+def _env() -> dict:
+    """The environment of a vocalprobe subprocess: this checkout first (then whatever PYTHONPATH named)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT.parent),
+                                                                      os.environ.get("PYTHONPATH")) if p)}
+
+
 def _db_state(db: Path) -> tuple[list, list]:
     con = sqlite3.connect(db / "hoplite.sqlite")
     complete = con.execute("SELECT r.id, v.n_windows, (SELECT COUNT(*) FROM windows w WHERE w.recording_id = r.id) "
@@ -120,7 +126,7 @@ def _db_state(db: Path) -> tuple[list, list]:
 def test_sigkill_mid_embed_then_resume_leaves_no_partial_and_no_duplicate(tmp_path, graph, tone_folder):
     audio = tone_folder(tmp_path / "audio", n_files=6, seconds=40.0)
     db = tmp_path / "db"
-    env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}
+    env = _env()
     args = [sys.executable, "-m", "vocalprobe", "embed", str(audio), "-m", str(graph), "--db", str(db),
             "--window", "0.05", "--batch", "1"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

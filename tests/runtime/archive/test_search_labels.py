@@ -86,3 +86,64 @@ def test_a_reviewed_hit_labels_its_window_alone_with_overlapping_windows(tmp_pat
                           zip(archive.annotations(), archive.windows([i for i, _, _ in archive.annotations()])))
     assert labelled == [(0.75, "low", 1), (1.0, "high", 1), (1.0, "low", 1), (1.25, "low", 1), (1.75, "high", 0),
                         (2.0, "high", 0)]
+
+
+def _labels(db) -> list[tuple[str, float, float, str]]:
+    with ArchiveDB.open_reader(db) as archive:
+        names = {r.id: r.filename for r in archive.recordings().values()}
+        return sorted((names[a.recording_id], a.start_s, a.end_s, a.label) for a in archive.annotation_rows())
+
+
+def test_label_import_refuses_malformed_rows_naming_the_line(tmp_path, graph, tone_folder, run_cli):
+    """Issue 24: nan times, a quote, U+2028 / form feed, too few fields, a tab in a class name: each an error naming
+    its line, and nothing of that import is added."""
+    audio = tone_folder(tmp_path / "audio", n_files=2)
+    db = tmp_path / "db"
+    assert run_cli(["embed", audio, "-m", graph, "--db", db]).exit_code == 0
+    head = "Selection\tBegin Time (s)\tEnd Time (s)\tBegin File\tLabel\n"
+    good = "1\t0.5\t1.0\t20210501_040000.WAV\tlow\n"
+    cases = {"nan": (good + "2\tnan\t1.0\t20210501_040000.WAV\tlow\n", "3", "not a finite span"),
+             "few": (good + "2\t0.5\t1.0\tlow\n", "3", "4 field(s), the header has 5"),
+             "sep": (good + "2\t0.5\t1.0\t20210501_040000.WAV\tlo\u2028w\n", "3", "control character"),
+             "ff": (good + "2\t0.5\t1.0\t20210501_040000.WAV\tlo\x0cw\n", "3", "control character")}
+    for name, (body, line, why) in cases.items():
+        table = tmp_path / f"{name}.txt"
+        table.write_text(head + body, encoding="utf-8")
+        result = run_cli(["label", "import", table, "--db", db])
+        assert result.exit_code == 1 and f"{name}.txt:{line}:" in result.output and why in result.output, name
+    assert _labels(db) == []
+    quoted = tmp_path / "quoted.txt"  # Raven does not quote: a leading quote is part of the label, not a field
+    quoted.write_text(head + '1\t0.5\t1.0\t20210501_040000.WAV\t"low\n2\t2.0\t2.5\t20210501_040000.WAV\thigh\n',
+                      encoding="utf-8")
+    result = run_cli(["label", "import", quoted, "--db", db])
+    assert result.exit_code == 0 and "2 row(s) read" in result.output, result.output
+    assert {label for *_, label in _labels(db)} == {'"low', "high"}
+    bad_class = run_cli(["label", "import", quoted, "--db", db, "--class", "lo\tw"])
+    assert bad_class.exit_code == 1 and "control character" in bad_class.output
+
+
+def test_label_import_knows_ravens_table_names_and_recording_and_fails_on_nothing(tmp_path, graph, tone_folder,
+                                                                                  run_cli):
+    """Issue 21: ``NAME.wav.Table01.txt`` names its recording; --recording names it for any table; a run that
+    labels no window exits non-zero."""
+    audio = tone_folder(tmp_path / "audio", n_files=2)
+    db = tmp_path / "db"
+    assert run_cli(["embed", audio, "-m", graph, "--db", db]).exit_code == 0
+    body = "Selection\tBegin Time (s)\tEnd Time (s)\tLabel\n1\t0.5\t1.0\tlow\n"
+    raven = tmp_path / "20210502_040000.WAV.Table01.txt"
+    raven.write_text(body, encoding="utf-8")
+    result = run_cli(["label", "import", raven, "--db", db])
+    assert result.exit_code == 0, result.output
+    assert _labels(db) == [("REC02/20210502_040000.WAV", 0.5, 1.0, "low")]
+    plain = tmp_path / "reviewed.txt"
+    plain.write_text(body, encoding="utf-8")
+    nothing = run_cli(["label", "import", plain, "--db", db])
+    assert nothing.exit_code == 2 and "nothing was imported" in nothing.output
+    named = run_cli(["label", "import", plain, "--db", db, "--recording", "20210501_040000.WAV"])
+    assert named.exit_code == 0, named.output
+    assert ("REC01/20210501_040000.WAV", 0.5, 1.0, "low") in _labels(db)
+    table_csv = tmp_path / "reviewed.csv"
+    table_csv.write_text('Begin Time (s),End Time (s),Begin File,Label\n2.0,2.5,20210501_040000.WAV,"hi, gh"\n',
+                         encoding="utf-8")
+    assert run_cli(["label", "import", table_csv, "--db", db]).exit_code == 0
+    assert ("REC01/20210501_040000.WAV", 2.0, 2.5, "hi, gh") in _labels(db)

@@ -126,7 +126,7 @@ def test_merge_refuses_what_is_not_one_runs_shards(embedded, run_cli, tmp_path, 
     con.execute("UPDATE hoplite_metadata SET value = '\"1/3\"' WHERE key = 'vocalprobe_shard'")
     con.commit()
     con.close()
-    refused([shards[0], twin], "is in both")
+    refused([shards[0], twin, shards[2]], "is in both")  # all three parts, one recording in two
     other = build_band_graph(tmp_path / "other.onnx", sample_duration=0.25)
     audio = tone_folder(tmp_path / "audio", n_files=1, seconds=2.0)
     assert run_cli(["embed", audio, "-m", other, "--db", tmp_path / "foreign", "--shard", "1/3"]).exit_code == 0
@@ -158,3 +158,25 @@ def test_a_shard_with_workers_is_the_shard_of_one_process(embedded, inputs, grap
                       "--shard", "1/3", "--workers", "2", "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert_same_archive(tmp_path / "s1", embedded / "s1")
+
+
+def test_merge_refuses_a_missing_a_foreign_or_an_unfinished_shard_before_writing(embedded, inputs, graph, run_cli,
+                                                                                 tmp_path):
+    """Issue 24 B: shard 1 of 3 left out, a shard of a run over other inputs, a shard whose index is gone (a killed
+    run): each refused in one line, and OUT is not made."""
+    out = tmp_path / "merged"
+    missing = run_cli(["merge", "--db", out, embedded / "s0", embedded / "s2"])
+    assert missing.exit_code == 1 and "shard(s) 1/3 of the split are missing" in missing.output, missing.output
+    assert not out.exists()
+    other = run_cli(["embed", inputs[0], "-m", graph, "--hop", "0.25", "--batch", "3", "--db", tmp_path / "o1",
+                     "--shard", "1/3"])
+    assert other.exit_code == 0, other.output
+    foreign = run_cli(["merge", "--db", out, embedded / "s0", tmp_path / "o1", embedded / "s2"])
+    assert foreign.exit_code == 1 and "runs over different inputs" in foreign.output, foreign.output
+    assert not out.exists()
+    cut = tmp_path / "s1"
+    shutil.copytree(embedded / "s1", cut)
+    (cut / "usearch.index").unlink()
+    unfinished = run_cli(["merge", "--db", out, embedded / "s0", cut, embedded / "s2"])
+    assert unfinished.exit_code == 1 and "usearch.index is missing" in unfinished.output, unfinished.output
+    assert not out.exists()
