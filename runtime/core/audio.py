@@ -7,6 +7,7 @@ Segments and blocks are read with ``seek``, so memory follows the segment, never
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -112,7 +113,7 @@ def _open(path: str | Path) -> sf.SoundFile:
     if empty:
         raise EmptyAudioError(path, "is an empty file (0 bytes)")
     try:
-        handle = sf.SoundFile(str(path))
+        handle = sf.SoundFile(os.fsencode(path))  # bytes: soundfile cannot encode a name that is not UTF-8
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise CorruptAudioError(path, f"not a readable {READABLE_KINDS} file ({exc})") from exc
     data = wav_data_size(path) if handle.format == "WAV" else None

@@ -17,7 +17,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 import numpy as np
 
 from vocalprobe.runtime.core.audio import audio_info, is_audio_file, iter_blocks, wav_data_size
-from vocalprobe.runtime.core.errors import AudioFileNotFound, VocalprobeError
+from vocalprobe.runtime.core.errors import AudioFileNotFound, VocalprobeError, printable_name
 from vocalprobe.runtime.core.resample import StreamResampler
 
 log = logging.getLogger(__name__)
@@ -148,9 +148,9 @@ def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_
             found = sorted(p for p in path.rglob("*") if p.is_file() and _is_listed_audio(p, path))
             if not found:
                 raise SourceError(f"{path}: no .wav/.flac/.ogg files in this folder or below")
-            sources.extend(FileSource(p, p.relative_to(path).as_posix(), block_size) for p in found)
+            sources.extend(FileSource(p, printable_name(p.relative_to(path).as_posix()), block_size) for p in found)
         elif path.exists():
-            sources.append(FileSource(path, path.name, block_size))
+            sources.append(FileSource(path, printable_name(path.name), block_size))
         else:
             raise AudioFileNotFound(path, "input not found (give audio files, folders, or - for stdin)")
     seen: dict[str, Path] = {}
@@ -254,7 +254,7 @@ class FolderWatcher:
         return len(self._seen)
 
     def source(self, path: Path, block_size: int = DEFAULT_BLOCK_SIZE) -> FileSource:
-        return FileSource(path, path.relative_to(self.folder).as_posix(), block_size)
+        return FileSource(path, printable_name(path.relative_to(self.folder).as_posix()), block_size)
 
     def follow(self, *, poll_s: float = 1.0, idle_exit_s: float | None = None,
                sleep: Callable[[float], None] = time.sleep) -> Iterator[Path]:

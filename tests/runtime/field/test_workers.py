@@ -354,3 +354,21 @@ def test_workers_end_when_their_parent_is_killed(graph, tmp_path, sig):
         time.sleep(0.1)
     assert [pid for pid in children if _alive(pid)] == []
     assert proc.stdout.read() == ""  # the pipe closes: no worker holds it open (a `| tee` returns)
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_a_file_name_that_is_not_utf8_is_analysed(graph, tmp_path, workers):
+    """A latin-1 name from an SD card (os.fsdecode keeps its bytes as surrogates) used to stop the run with
+    UnicodeEncodeError before anything was analysed; its tables and journal show it as ``ls -b`` does."""
+    folder = tmp_path / "card"
+    folder.mkdir()
+    sf.write(folder / "good.wav", tone_track([(0.3, 1.7, DEFAULT_FREQS[0])], 3.0, 16_000, seed=1), 16_000)
+    sf.write(os.fsencode(folder) + b"/caf\xe9.wav", tone_track([(0.3, 1.7, DEFAULT_FREQS[1])], 3.0, 16_000, seed=2),
+             16_000)
+    out = tmp_path / "out"
+    summary = run(folder, out, graph, workers)
+    assert len(summary.done) == 2 and not summary.failed
+    table = (out / "detections.csv").read_text(encoding="utf-8")
+    assert "caf\\xe9.wav," in table and "good.wav," in table
+    assert (out / "caf\\xe9.selection.table.txt").read_text(encoding="utf-8").count("caf\\xe9.wav") >= 1
+    assert _done(out) == 2
