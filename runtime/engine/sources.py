@@ -17,7 +17,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 import numpy as np
 
 from vocalprobe.runtime.core.audio import audio_info, is_audio_file, iter_blocks, wav_data_size
-from vocalprobe.runtime.core.errors import AudioFileNotFound, VocalprobeError, printable_name
+from vocalprobe.runtime.core.errors import AudioFileNotFound, VocalprobeError, os_reason, printable_name
 from vocalprobe.runtime.core.resample import StreamResampler
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,27 @@ def _is_listed_audio(path: Path, root: Path) -> bool:
     return is_audio_file(path) and not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def _is_linked_file(path: Path, root: Path) -> bool:
+    """``path.is_file()``, saying what it does with links: a link that cannot be followed (a loop) is skipped with a
+    warning instead of silently, and one that leads out of ``root`` is followed with a note naming its target."""
+    if not path.is_symlink():
+        return path.is_file()
+    shown = printable_name(str(path))
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop, on Pythons before 3.13
+        if is_audio_file(path):
+            reason = os_reason(exc) if isinstance(exc, OSError) else "a symlink loop"
+            log.warning(f"skipping {shown}: {reason}")
+        return False
+    if not target.is_file():
+        return False
+    if is_audio_file(path) and not target.is_relative_to(root.resolve()):
+        log.warning(f"{shown} is a link to {printable_name(str(target))}, outside {printable_name(str(root))}: "
+                    "reading it")
+    return True
+
+
 def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_SIZE) -> list[FileSource]:
     """Expand files and folders (recursively, sorted) into sources with distinct output names.
 
@@ -145,7 +166,7 @@ def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_listed_audio(p, path))
+            found = sorted(p for p in path.rglob("*") if _is_linked_file(p, path) and _is_listed_audio(p, path))
             if not found:
                 raise SourceError(f"{path}: no .wav/.flac/.ogg files in this folder or below")
             sources.extend(FileSource(p, printable_name(p.relative_to(path).as_posix()), block_size) for p in found)
@@ -209,6 +230,7 @@ class FolderWatcher:
         self.clock = clock
         self._seen: dict[Path, _Seen] = {}
         self._given: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns) when handed over
+        self.refused: dict[Path, str] = {}  # names that cannot be read as files (a symlink loop): said once, skipped
 
     def _listing(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -227,7 +249,12 @@ class FolderWatcher:
                 continue
             try:
                 stat = path.stat()
-            except FileNotFoundError:  # deleted between listing and stat
+            except FileNotFoundError:  # deleted between listing and stat (or a link to nothing)
+                continue
+            except OSError as exc:  # a symlink loop, a name the OS refuses: one bad name must not end the watch
+                if path not in self.refused:
+                    self.refused[path] = os_reason(exc)
+                    log.warning(f"--watch: skipping {printable_name(str(path))}: {self.refused[path]}")
                 continue
             if not path.is_file():
                 continue
