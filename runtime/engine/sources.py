@@ -231,6 +231,8 @@ class FolderWatcher:
         self._seen: dict[Path, _Seen] = {}
         self._given: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns) when handed over
         self.refused: dict[Path, str] = {}  # names that cannot be read as files (a symlink loop): said once, skipped
+        self._root = self.folder.resolve()
+        self._noted: set[Path] = set()  # links out of the folder, said once
 
     def _listing(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -258,6 +260,10 @@ class FolderWatcher:
                 continue
             if not path.is_file():
                 continue
+            if path not in self._noted and path.is_symlink() and not path.resolve().is_relative_to(self._root):
+                self._noted.add(path)  # said once; read all the same
+                log.warning(f"--watch: {printable_name(str(path))} is a link to {printable_name(str(path.resolve()))}"
+                            f", outside {printable_name(str(self.folder))}: reading it")
             version = (stat.st_size, stat.st_mtime_ns)
             if self._given.get(path) == version:
                 continue

@@ -185,6 +185,21 @@ def test_watcher_skips_a_symlink_loop_and_says_so_once(tmp_path, caplog):
     assert [r.message for r in caplog.records].count(f"--watch: skipping {loop}: {watcher.refused[loop]}") == 1
 
 
+def test_watcher_says_when_it_follows_a_link_out_of_the_folder(tmp_path, caplog):
+    watched, elsewhere = tmp_path / "watched", tmp_path / "elsewhere"
+    watched.mkdir()
+    elsewhere.mkdir()
+    _wav(elsewhere / "b.wav")
+    (watched / "b.wav").symlink_to(elsewhere / "b.wav")
+    now = [0.0]
+    watcher = FolderWatcher(watched, settle_s=1.0, clock=lambda: now[0])
+    for t in (0.0, 2.0, 4.0):
+        now[0] = t
+        watcher.ready()
+    note = f"--watch: {watched / 'b.wav'} is a link to {elsewhere / 'b.wav'}, outside {watched}: reading it"
+    assert [r.message for r in caplog.records] == [note]
+
+
 def test_collect_files_says_what_it_does_with_links(tmp_path, caplog):
     """Links used to be followed, or skipped when they loop, without a word."""
     card, elsewhere = tmp_path / "card", tmp_path / "elsewhere"
