@@ -473,7 +473,7 @@ class ArchiveDB:
                             [(int(k), recording_id, offsets_blob(s, e)) for k, (s, e) in zip(keys, offsets)])
         # One thread: usearch's concurrent insertion builds another graph on every run, so the approximate
         # search of two archives of the same vectors in the same order could differ (workers, shards, Ray).
-        self.index.add(keys, np.ascontiguousarray(embeddings, dtype=np.float32), threads=1)
+        vectors.add_vectors(self.index, keys, np.ascontiguousarray(embeddings, dtype=np.float32))
         self._pending_keys.append(keys)
 
     def commit_recording(self, recording_id: int, sha256: str, n_windows: int, audio_seconds: float,

@@ -71,6 +71,18 @@ def view_index(path: Path, config: dict[str, Any]):
     return usearch_index().Index.restore(str(path), view=True)
 
 
+def add_vectors(index, keys: np.ndarray, vectors: np.ndarray) -> None:
+    """``index.add`` on one thread, where Ctrl-C stays a ``KeyboardInterrupt``: usearch checks for signals while it
+    inserts and turns a pending one into ``RuntimeError: Operation has been terminated`` (a traceback and exit 1
+    instead of the interrupted run's exit 130)."""
+    try:
+        index.add(keys, vectors, threads=1)
+    except RuntimeError as exc:
+        if "terminated" in str(exc):
+            raise KeyboardInterrupt from exc
+        raise
+
+
 def save_index(index, path: Path, record: Callable[[Path], None] | None = None) -> None:
     """Write atomically: a reader (or a killed run) only ever sees a complete index file. ``record(tmp)`` runs on
     the complete file before it takes the index's place (the archive notes its checksum there)."""

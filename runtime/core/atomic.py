@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+logger = logging.getLogger(__name__)
+
+#: The temporary files of ``atomic_open`` (``.NAME.`` + mkstemp's 8 characters + ``.tmp``) and of writers that name
+#: theirs by process id (``.NAME.PID.tmp``: the usearch index).
+_TEMP_NAME = re.compile(r"^\..+\.([a-z0-9_]{8}|[0-9]+)\.tmp$")
 
 
 def _umask() -> int:
@@ -50,3 +58,21 @@ def atomic_save_npy(path: str | Path, array) -> None:
 
     with atomic_open(path, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
+
+
+def remove_stale_temps(folder: str | Path, keep_below: str) -> list[Path]:
+    """Delete the temporary files a killed run left in ``folder`` and its subfolders; call it holding the folder's
+    lock, when no write of this folder can be under way. A subfolder holding a file named ``keep_below`` (another
+    run's lock) is that run's to clean, and is left alone."""
+    removed: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not (Path(root) / d / keep_below).exists()]
+        for name in files:
+            if _TEMP_NAME.match(name):
+                path = Path(root) / name
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    if removed:
+        logger.info(f"removed {len(removed)} temporary file(s) a killed run left in {folder}")
+    return removed

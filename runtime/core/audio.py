@@ -7,6 +7,7 @@ Segments and blocks are read with ``seek``, so memory follows the segment, never
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -22,6 +23,7 @@ from vocalprobe.runtime.core.errors import (
     SegmentOutOfRange,
     UnreadableAudioError,
     os_reason,
+    printable_name,
 )
 
 Seconds = float
@@ -98,6 +100,13 @@ def wav_data_size(path: str | Path, *, unfinished_header: bool = False) -> WavDa
             handle.seek(length + (length & 1), 1)
 
 
+def _soundfile_name(path: Path) -> str | bytes:
+    """The name to give soundfile: its bytes where it is not UTF-8 (soundfile cannot encode those), else the text
+    (its error messages quote it)."""
+    name = str(path)
+    return name if printable_name(name) == name else os.fsencode(name)
+
+
 def _open(path: str | Path) -> sf.SoundFile:
     path = Path(path)
     if not path.exists():
@@ -112,7 +121,7 @@ def _open(path: str | Path) -> sf.SoundFile:
     if empty:
         raise EmptyAudioError(path, "is an empty file (0 bytes)")
     try:
-        handle = sf.SoundFile(str(path))
+        handle = sf.SoundFile(_soundfile_name(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise CorruptAudioError(path, f"not a readable {READABLE_KINDS} file ({exc})") from exc
     data = wav_data_size(path) if handle.format == "WAV" else None

@@ -10,11 +10,18 @@ class VocalprobeError(Exception):
     """Base of every error the CLI reports as one line instead of a traceback."""
 
 
+def printable_name(name: str) -> str:
+    """A file name as text any table, journal or terminal can hold: unchanged when it is UTF-8; the bytes of a name
+    that is not (a latin-1 SD card: ``os.fsdecode`` keeps them as lone surrogates, which no UTF-8 writer accepts)
+    written as ``\\xe9`` escapes, as ``ls -b`` shows them."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class AudioError(VocalprobeError):
     """A file could not be turned into usable audio. Carries the path so batch jobs can report it."""
 
     def __init__(self, path: str | Path, problem: str):
-        self.path = str(path)
+        self.path = printable_name(str(path))
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 

@@ -250,6 +250,27 @@ def _value_problems(*, classes: tuple[str, ...] | None, sample_rate: int | None,
     return problems
 
 
+#: Keys holding a JSON object that repeats the waveform's rate (what the features were trained at, what
+#: perch-hoplite resamples to): a graph where one disagrees with ``sample_rate`` would run at a rate its own
+#: metadata says is wrong.
+_RATE_ECHOES = ("preprocessing", PERCH_HOPLITE_CONFIG)
+
+
+def _agreement_problems(metadata: Mapping[str, str], sample_rate: int | None) -> list[str]:
+    """Where the stored map contradicts itself (the echoes of ``sample_rate``)."""
+    problems = []
+    for key in _RATE_ECHOES:
+        try:
+            echo = json.loads(metadata[key]) if key in metadata else None
+        except (TypeError, json.JSONDecodeError):
+            echo = None  # descriptive text: nothing to compare
+        said = echo.get(SAMPLE_RATE) if isinstance(echo, dict) else None
+        if said is not None and sample_rate is not None and said != sample_rate:
+            problems.append(f"'{SAMPLE_RATE}' is {sample_rate} Hz but '{key}' says {said!r}: the graph's metadata "
+                            "contradicts itself (edited by hand, or two graphs' metadata joined)")
+    return problems
+
+
 def _read_classes(text: str, problems: list[str]) -> tuple[str, ...] | None:
     try:
         parsed = json.loads(text)
@@ -312,6 +333,7 @@ class GraphMetadata:
             "waveform_layout": metadata.get(WAVEFORM_LAYOUT, LAYOUT_BATCH_SAMPLES),
         }
         problems += _value_problems(**values)
+        problems += _agreement_problems(metadata, values["sample_rate"])
         if problems:
             raise GraphContractError(f"{source}: not a vocalprobe graph: {'; '.join(problems)}. {_FIX}")
         return cls(**values, metadata=dict(metadata))

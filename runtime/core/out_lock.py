@@ -2,7 +2,8 @@
 
 Two runs writing one folder interleave tables and journal records without an error; the lock makes the second one
 fail at once, naming the first. The kernel drops the lock when its holder dies (even by SIGKILL), so a stale lock
-file never blocks a later run. POSIX only (``fcntl``), which is what recorders and servers run.
+file never blocks a later run; the temporary files a killed holder left are deleted by the next one to lock.
+POSIX only (``fcntl``), which is what recorders and servers run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from vocalprobe.runtime.core.atomic import remove_stale_temps
 from vocalprobe.runtime.core.errors import VocalprobeError
 
 LOCK_NAME = ".vocalprobe.lock"
@@ -66,6 +68,7 @@ class OutputLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
         self._fd = fd
+        remove_stale_temps(self.out_dir, LOCK_NAME)  # only the holder writes here: no temporary file is live
         return self
 
     def release(self) -> None:

@@ -10,8 +10,11 @@ read while one is written out.
 
 Memory is bounded: at most ``inflight`` batches are between the reader and the consumer (inflight x batch x window
 samples). A plain ``multiprocessing`` queue of numpy arrays carries them (``benchmarks/bench_scale.py`` measures it
-against the model). Workers ignore SIGINT: on Ctrl-C the main process stops the reader and the workers (a worker
-whose parent has gone exits by itself), and the journal holds every file finished before, so a re-run resumes.
+against the model). Workers ignore SIGINT: on Ctrl-C the main process stops the reader and the workers, and the
+journal holds every file finished before, so a re-run resumes. A worker whose parent has gone (SIGKILL, SIGTERM)
+exits at once, whatever it is doing: a queue's pipe is held at both ends by every process that has the queue, so
+a worker blocked writing an answer nobody reads (or exiting, which waits for that write) would otherwise live on,
+holding the caller's stdout open (see ``_end_with_parent``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
 from typing import Callable, Iterator, Sequence
 
@@ -54,8 +58,36 @@ _OPERATIONS = {"predict": lambda model, x: model.predict(x), "embed": lambda mod
                "clip": _predict_clip}
 
 
-def _worker_main(spec: ModelSpec, tasks, results, parent_pid: int) -> None:
+#: prctl(2) option: the signal the kernel sends a process when the thread that started it ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent(parent_pid: int, by_thread: bool) -> None:
+    """End this worker when ``parent_pid`` ends, by any signal: the kernel's parent-death signal on Linux (only where
+    the parent's main thread started the worker: the kernel signals when that thread ends, not the process), and a
+    thread that polls ``getppid`` everywhere. Both end with ``os._exit``: a plain exit would wait for queued
+    answers to be written into a pipe nobody reads."""
+    if by_thread and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the poll below still ends the worker
+    if os.getppid() != parent_pid:  # gone before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            threading.Event().wait(_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vocalprobe-parent-watch", daemon=True).start()
+
+
+def _worker_main(spec: ModelSpec, tasks, results, parent_pid: int, parent_is_main_thread: bool = False) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    _end_with_parent(parent_pid, parent_is_main_thread)
     try:
         model = spec.load()
     except Exception as exc:
@@ -66,8 +98,6 @@ def _worker_main(spec: ModelSpec, tasks, results, parent_pid: int) -> None:
         try:
             item = tasks.get(timeout=_POLL_S)
         except queue.Empty:
-            if os.getppid() != parent_pid:  # the main process is gone (killed): nobody wants the results
-                return
             continue
         if item is None:
             return
@@ -89,8 +119,9 @@ class WorkerPool:
         self._results = context.Queue()
         self._done: dict[int, np.ndarray] = {}
         self._next_seq = 0
-        self.processes = [context.Process(target=_worker_main, args=(spec, self._tasks, self._results, os.getpid()),
-                                          name=f"vocalprobe-worker-{i}", daemon=True) for i in range(workers)]
+        args = (spec, self._tasks, self._results, os.getpid(), threading.current_thread() is threading.main_thread())
+        self.processes = [context.Process(target=_worker_main, args=args, name=f"vocalprobe-worker-{i}", daemon=True)
+                          for i in range(workers)]
         for process in self.processes:
             process.start()
         try:

@@ -17,7 +17,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 import numpy as np
 
 from vocalprobe.runtime.core.audio import audio_info, is_audio_file, iter_blocks, wav_data_size
-from vocalprobe.runtime.core.errors import AudioFileNotFound, VocalprobeError
+from vocalprobe.runtime.core.errors import AudioFileNotFound, VocalprobeError, os_reason, printable_name
 from vocalprobe.runtime.core.resample import StreamResampler
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,27 @@ def _is_listed_audio(path: Path, root: Path) -> bool:
     return is_audio_file(path) and not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def _is_linked_file(path: Path, root: Path) -> bool:
+    """``path.is_file()``, saying what it does with links: a link that cannot be followed (a loop) is skipped with a
+    warning instead of silently, and one that leads out of ``root`` is followed with a note naming its target."""
+    if not path.is_symlink():
+        return path.is_file()
+    shown = printable_name(str(path))
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop, on Pythons before 3.13
+        if is_audio_file(path):
+            reason = os_reason(exc) if isinstance(exc, OSError) else "a symlink loop"
+            log.warning(f"skipping {shown}: {reason}")
+        return False
+    if not target.is_file():
+        return False
+    if is_audio_file(path) and not target.is_relative_to(root.resolve()):
+        log.warning(f"{shown} is a link to {printable_name(str(target))}, outside {printable_name(str(root))}: "
+                    "reading it")
+    return True
+
+
 def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_SIZE) -> list[FileSource]:
     """Expand files and folders (recursively, sorted) into sources with distinct output names.
 
@@ -145,12 +166,12 @@ def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_listed_audio(p, path))
+            found = sorted(p for p in path.rglob("*") if _is_linked_file(p, path) and _is_listed_audio(p, path))
             if not found:
                 raise SourceError(f"{path}: no .wav/.flac/.ogg files in this folder or below")
-            sources.extend(FileSource(p, p.relative_to(path).as_posix(), block_size) for p in found)
+            sources.extend(FileSource(p, printable_name(p.relative_to(path).as_posix()), block_size) for p in found)
         elif path.exists():
-            sources.append(FileSource(path, path.name, block_size))
+            sources.append(FileSource(path, printable_name(path.name), block_size))
         else:
             raise AudioFileNotFound(path, "input not found (give audio files, folders, or - for stdin)")
     seen: dict[str, Path] = {}
@@ -209,6 +230,9 @@ class FolderWatcher:
         self.clock = clock
         self._seen: dict[Path, _Seen] = {}
         self._given: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns) when handed over
+        self.refused: dict[Path, str] = {}  # names that cannot be read as files (a symlink loop): said once, skipped
+        self._root = self.folder.resolve()
+        self._noted: set[Path] = set()  # links out of the folder, said once
 
     def _listing(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -227,10 +251,19 @@ class FolderWatcher:
                 continue
             try:
                 stat = path.stat()
-            except FileNotFoundError:  # deleted between listing and stat
+            except FileNotFoundError:  # deleted between listing and stat (or a link to nothing)
+                continue
+            except OSError as exc:  # a symlink loop, a name the OS refuses: one bad name must not end the watch
+                if path not in self.refused:
+                    self.refused[path] = os_reason(exc)
+                    log.warning(f"--watch: skipping {printable_name(str(path))}: {self.refused[path]}")
                 continue
             if not path.is_file():
                 continue
+            if path not in self._noted and path.is_symlink() and not path.resolve().is_relative_to(self._root):
+                self._noted.add(path)  # said once; read all the same
+                log.warning(f"--watch: {printable_name(str(path))} is a link to {printable_name(str(path.resolve()))}"
+                            f", outside {printable_name(str(self.folder))}: reading it")
             version = (stat.st_size, stat.st_mtime_ns)
             if self._given.get(path) == version:
                 continue
@@ -254,7 +287,7 @@ class FolderWatcher:
         return len(self._seen)
 
     def source(self, path: Path, block_size: int = DEFAULT_BLOCK_SIZE) -> FileSource:
-        return FileSource(path, path.relative_to(self.folder).as_posix(), block_size)
+        return FileSource(path, printable_name(path.relative_to(self.folder).as_posix()), block_size)
 
     def follow(self, *, poll_s: float = 1.0, idle_exit_s: float | None = None,
                sleep: Callable[[float], None] = time.sleep) -> Iterator[Path]:

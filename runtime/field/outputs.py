@@ -32,6 +32,7 @@ from vocalprobe.runtime.core.detections.run_tables import (
     write_params,
 )
 from vocalprobe.runtime.core.detections.tables import FileTables, OutputNameError, Recording
+from vocalprobe.runtime.core.errors import printable_name
 from vocalprobe.runtime.core.out_lock import OutputLock
 
 
@@ -98,7 +99,8 @@ class Outputs:
             raise OutputNameError(name, f"its table {clash[0]} would overwrite the run's combined table; "
                                   "rename the file or move it into a sub-folder")
         band = self.high_freq_hz if source_rate is None else min(self.high_freq_hz, source_rate / 2)
-        recording = Recording(name, os.path.abspath(path) if path is not None else name, band, self.overlap_s)
+        recording = Recording(name, printable_name(os.path.abspath(path)) if path is not None else name, band,
+                              self.overlap_s)
         self._tables = FileTables(paths, recording)
 
     def row(self, detection: Detection) -> None:

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Protocol, Sequence
 
 from vocalprobe.runtime.core.detections.layout import JSONL_NAME
 from vocalprobe.runtime.core.digests import json_sha256
-from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.core.errors import VocalprobeError, printable_name
 
 JOURNAL_NAME = ".vocalprobe-journal.sqlite"
 JOURNAL_FORMAT = "2"
@@ -188,7 +188,7 @@ class RunState:
     # -- reading ----------------------------------------------------------------------------------------------
     @staticmethod
     def key(path: str | Path) -> str:
-        return os.path.abspath(path)
+        return printable_name(os.path.abspath(path))
 
     def _record(self, row: tuple) -> FileRecord:
         key, name, size, mtime_ns, status, detections, outputs, problem, options, seconds, position = row

@@ -72,6 +72,19 @@ def test_malformed_values(changes, problem):
         GraphMetadata.from_map({**GOOD, **changes}, "g.onnx")
 
 
+@pytest.mark.parametrize("key, echo", [("preprocessing", {"sample_rate": 16_000, "peak_normalize": True}),
+                                       ("perch_hoplite_config", {"sample_rate": 16_000, "window_size_s": 1.5})])
+def test_metadata_that_contradicts_itself_is_refused(key, echo):
+    """sample_rate 8000 while the preprocessing says 16000 used to run without a word, at the wrong rate."""
+    with pytest.raises(GraphContractError, match=f"'sample_rate' is 8000 Hz but '{key}' says 16000"):
+        GraphMetadata.from_map({**GOOD, "sample_rate": "8000", key: json.dumps(echo)}, "g.onnx")
+    agreeing = GraphMetadata.from_map({**GOOD, key: json.dumps(echo)}, "g.onnx")
+    assert agreeing.sample_rate == 16_000
+    # text or an object without a rate says nothing to contradict
+    for stored in ("resampled by hand", json.dumps({"peak_normalize": True})):
+        assert GraphMetadata.from_map({**GOOD, "sample_rate": "8000", key: stored}).sample_rate == 8000
+
+
 def test_direct_construction_is_checked_too():
     with pytest.raises(GraphContractError, match="'sample_duration'.*'max_chunk_samples'"):
         GraphMetadata(classes=("a",), sample_rate=16_000, sample_duration=1e9, max_chunk_samples=-1)

@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 
 from vocalprobe.runtime.core.audio import wav_data_size
-from vocalprobe.runtime.engine.sources import FolderWatcher, SourceError, StdinSource, still_being_written
+from vocalprobe.runtime.engine.sources import (FolderWatcher, SourceError, StdinSource, collect_files,
+                                              still_being_written)
 
 
 def test_stdin_multichannel_and_formats(tmp_path):
@@ -162,3 +163,57 @@ def test_watched_folder_that_disappears_raises(tmp_path):
     folder.rmdir()
     with pytest.raises(SourceError, match="the folder disappeared"):
         watcher.ready()
+
+
+def _wav(path, seconds=1.0):
+    sf.write(path, np.zeros(int(16_000 * seconds), np.float32), 16_000)
+
+
+def test_watcher_skips_a_symlink_loop_and_says_so_once(tmp_path, caplog):
+    """A symlink loop named *.wav used to end --watch (exit 1) before the good file was analysed."""
+    now = [0.0]
+    watcher = FolderWatcher(tmp_path, settle_s=1.0, clock=lambda: now[0])
+    (tmp_path / "loop.wav").symlink_to("loop.wav")
+    _wav(tmp_path / "good.wav")
+    assert watcher.ready() == []
+    now[0] = 2.0
+    assert watcher.ready() == [tmp_path / "good.wav"]
+    now[0] = 4.0
+    assert watcher.ready() == []
+    loop = tmp_path / "loop.wav"
+    assert list(watcher.refused) == [loop] and "symbolic links" in watcher.refused[loop]
+    assert [r.message for r in caplog.records].count(f"--watch: skipping {loop}: {watcher.refused[loop]}") == 1
+
+
+def test_watcher_says_when_it_follows_a_link_out_of_the_folder(tmp_path, caplog):
+    watched, elsewhere = tmp_path / "watched", tmp_path / "elsewhere"
+    watched.mkdir()
+    elsewhere.mkdir()
+    _wav(elsewhere / "b.wav")
+    (watched / "b.wav").symlink_to(elsewhere / "b.wav")
+    now = [0.0]
+    watcher = FolderWatcher(watched, settle_s=1.0, clock=lambda: now[0])
+    for t in (0.0, 2.0, 4.0):
+        now[0] = t
+        watcher.ready()
+    note = f"--watch: {watched / 'b.wav'} is a link to {elsewhere / 'b.wav'}, outside {watched}: reading it"
+    assert [r.message for r in caplog.records] == [note]
+
+
+def test_collect_files_says_what_it_does_with_links(tmp_path, caplog):
+    """Links used to be followed, or skipped when they loop, without a word."""
+    card, elsewhere = tmp_path / "card", tmp_path / "elsewhere"
+    card.mkdir()
+    elsewhere.mkdir()
+    _wav(card / "a.wav")
+    _wav(elsewhere / "b.wav")
+    (card / "b.wav").symlink_to(elsewhere / "b.wav")
+    (card / "inside.wav").symlink_to(card / "a.wav")
+    (card / "loop.wav").symlink_to("loop.wav")
+    with caplog.at_level("WARNING"):
+        sources = collect_files([card])
+    assert sorted(s.path.resolve().name for s in sources) == ["a.wav", "b.wav"]  # inside.wav is a.wav: one source
+    messages = [r.message for r in caplog.records]
+    assert any(m.startswith(f"skipping {card / 'loop.wav'}: ") for m in messages)
+    assert f"{card / 'b.wav'} is a link to {elsewhere / 'b.wav'}, outside {card}: reading it" in messages
+    assert not any("inside.wav" in m for m in messages)

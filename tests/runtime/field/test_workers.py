@@ -320,3 +320,55 @@ def test_cli_embed_with_workers(recordings, graph, tmp_path):
                                      "--hop", "0.3", "--batch", "3", "--threads", "1", "--workers", workers])
         assert result.exit_code == 2 and "could not embed night1/broken.WAV" in result.output  # listed, skipped
     assert archive_contents(tmp_path / "2") == archive_contents(tmp_path / "1")
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from vocalprobe.runtime.engine.pool import WorkerPool
+    from vocalprobe.runtime.engine.scale import ModelSpec
+
+    if __name__ == "__main__":  # spawned workers import this file again
+        pool = WorkerPool(ModelSpec((sys.argv[1],), threads=1), 2)
+        for _ in range(40):  # answers nobody reads fill the results pipe
+            pool.submit(np.zeros((64, 8000), np.float32), "embed")
+        print("submitted", flush=True)
+        time.sleep(600)
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_end_when_their_parent_is_killed(graph, tmp_path, sig):
+    """Killed mid-run with answers unread, the main process leaves no worker behind holding the caller's stdout."""
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(graph)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "submitted"
+    children = _children(proc.pid)
+    assert len(children) >= 2
+    time.sleep(2)  # the workers answer into the full pipe
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+        time.sleep(0.1)
+    assert [pid for pid in children if _alive(pid)] == []
+    assert proc.stdout.read() == ""  # the pipe closes: no worker holds it open (a `| tee` returns)
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_a_file_name_that_is_not_utf8_is_analysed(graph, tmp_path, workers):
+    """A latin-1 name from an SD card (os.fsdecode keeps its bytes as surrogates) used to stop the run with
+    UnicodeEncodeError before anything was analysed; its tables and journal show it as ``ls -b`` does."""
+    folder = tmp_path / "card"
+    folder.mkdir()
+    sf.write(folder / "good.wav", tone_track([(0.3, 1.7, DEFAULT_FREQS[0])], 3.0, 16_000, seed=1), 16_000)
+    sf.write(os.fsencode(folder) + b"/caf\xe9.wav", tone_track([(0.3, 1.7, DEFAULT_FREQS[1])], 3.0, 16_000, seed=2),
+             16_000)
+    out = tmp_path / "out"
+    summary = run(folder, out, graph, workers)
+    assert len(summary.done) == 2 and not summary.failed
+    table = (out / "detections.csv").read_text(encoding="utf-8")
+    assert "caf\\xe9.wav," in table and "good.wav," in table
+    assert (out / "caf\\xe9.selection.table.txt").read_text(encoding="utf-8").count("caf\\xe9.wav") >= 1
+    assert _done(out) == 2
