@@ -12,9 +12,11 @@ import typer
 
 from vocalprobe import __version__
 from vocalprobe.commands import archive, convert_aves, data, demo, export, field, study
+from vocalprobe.commands.help import HelpGroup
 
 app = typer.Typer(
     name="vocalprobe",
+    cls=HelpGroup,
     help="Probe self-supervised speech models layer by layer on animal vocalizations, export the best layer "
     "to ONNX, and run it on field recordings.",
     no_args_is_help=True,
