@@ -11,7 +11,7 @@ import logging
 import typer
 
 from vocalprobe import __version__
-from vocalprobe.commands import archive, convert_aves, data, demo, export, field, study
+from vocalprobe.commands import archive, convert_aves, data, demo, export, field, segments, study
 from vocalprobe.commands.help import HelpGroup
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.add_typer(study.app)
 app.add_typer(convert_aves.app)
 app.add_typer(export.app, name="export")
 app.add_typer(field.app)
+app.add_typer(segments.app)
 app.add_typer(archive.app)
 
 
