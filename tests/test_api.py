@@ -79,3 +79,21 @@ def test_import_vocalprobe_loads_no_numpy():
     assert out.strip() == "[]"
     with pytest.raises(AttributeError):
         vocalprobe.no_such_function
+
+
+def test_embed_and_export_graph_do_and_refuse_what_their_commands_do(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from vocalprobe.cli import app
+
+    graph, audio = setup
+    command = CliRunner().invoke(app, ["export", str(tmp_path / "no-study"), "--out", str(tmp_path / "m.onnx")])
+    assert command.exit_code == 1
+    with pytest.raises(VocalprobeError) as api_error:
+        vocalprobe.export_graph(tmp_path / "no-study", tmp_path / "m.onnx")
+    assert str(api_error.value) in command.output.replace("\n", " ")
+    with pytest.raises(VocalprobeError, match="final-window"):
+        vocalprobe.embed(audio, graph, tmp_path / "db", final_window="wrap")
+    summary = vocalprobe.embed(audio, graph, tmp_path / "db")
+    assert len(summary.done) == 1 and summary.windows == 4 and not summary.failed
+    assert vocalprobe.embed(audio, graph, tmp_path / "db").windows == 0  # resumable: embedded once
