@@ -35,6 +35,16 @@ def _models(model) -> list[str]:
     return _paths(model)
 
 
+def _files(files, what: str) -> list:
+    """The sources of ``files`` (files and folders, as `stream` lists them); stdin is `stream`'s alone."""
+    from vocalprobe.runtime.engine.sources import SourceError, collect_files
+
+    paths = _paths(files)
+    if "-" in paths:
+        raise SourceError(f"{what} reads files and folders, not stdin; stream stdin with `vocalprobe stream -`")
+    return collect_files(paths)
+
+
 def predict(files, model, *, window: float | None = None, hop: float | None = None, final_window: str = "pad",
             batch: int = 8, threads: int | None = None, provider: str = "auto", weights: str | None = None):
     """Every window's class probabilities: a table with ``file``, ``start`` and ``end`` (seconds) and one column per
@@ -44,13 +54,12 @@ def predict(files, model, *, window: float | None = None, hop: float | None = No
 
     from vocalprobe.runtime.engine.ensemble import load_models
     from vocalprobe.runtime.engine.predict import predict as produce
-    from vocalprobe.runtime.engine.sources import collect_files
     from vocalprobe.runtime.engine.windows import WindowPlan
 
     net = load_models(_models(model), weights=weights, provider=provider, threads=threads)
     plan = WindowPlan.from_seconds(window if window is not None else net.sample_duration, hop, net.sample_rate,
                                    final_window)
-    sources = collect_files(_paths(files))
+    sources = _files(files, "predict")
     names, starts, ends, probabilities = [], [], [], []
     with closing(produce(sources, net, plan, batch)) as recordings:
         for recording in recordings:
@@ -92,13 +101,12 @@ def embed(files, model, db, *, window: float | None = None, hop: float | None = 
     from vocalprobe.runtime.archive.embed import embed_sources
     from vocalprobe.runtime.archive.store import ArchiveDB
     from vocalprobe.runtime.engine.onnx_model import OnnxModel
-    from vocalprobe.runtime.engine.sources import collect_files
     from vocalprobe.runtime.engine.windows import WindowPlan
 
     net = OnnxModel(model, provider="cpu", threads=threads)
     plan = WindowPlan.from_seconds(window if window is not None else net.sample_duration, hop, net.sample_rate,
                                    final_window)
-    sources = collect_files(_paths(files))
+    sources = _files(files, "embed")
     with ArchiveDB.open_writer(Path(db)) as archive:
         archive.mark_shard(None)
         return embed_sources(sources, net, plan, archive, batch=batch, deployment=deployment)

@@ -69,6 +69,8 @@ def test_the_api_refuses_what_the_command_refuses(setup, tmp_path):
         vocalprobe.predict(audio, graph, batch=0)
     with pytest.raises(VocalprobeError):
         vocalprobe.predict(audio, tmp_path / "missing.onnx")
+    with pytest.raises(VocalprobeError, match="not stdin"):
+        vocalprobe.predict("-", graph)
 
 
 def test_import_vocalprobe_loads_no_numpy():
