@@ -11,10 +11,12 @@ import logging
 import typer
 
 from vocalprobe import __version__
-from vocalprobe.commands import archive, convert_aves, convert_whisper, data, demo, export, field, study
+from vocalprobe.commands import archive, convert_aves, convert_whisper, data, demo, export, field, segments, study
+from vocalprobe.commands.help import HelpGroup
 
 app = typer.Typer(
     name="vocalprobe",
+    cls=HelpGroup,
     help="Probe self-supervised speech models layer by layer on animal vocalizations, export the best layer "
     "to ONNX, and run it on field recordings.",
     no_args_is_help=True,
@@ -30,6 +32,7 @@ app.add_typer(convert_aves.app)
 app.add_typer(convert_whisper.app)
 app.add_typer(export.app, name="export")
 app.add_typer(field.app)
+app.add_typer(segments.app)
 app.add_typer(archive.app)
 
 

@@ -216,7 +216,16 @@ def probe_fit(
     typer.echo(f"held-out UAR {report.test_uar * 100:.1f} (95% CI {lo * 100:.1f}-{hi * 100:.1f})")
     for c, t in report.thresholds.items():
         note = "" if report.precision_reached[c] else f" (precision {precision:g} not reached)"
+        if c in report.too_few_held_out:
+            note = f" (precision not shown: set on {report.held_out[c]} held-out window(s))"
         typer.echo(f"  threshold {c}: {t:.4f}{note}")
+    if report.too_few_held_out:
+        from vocalprobe.training.archive_probe import MIN_HELD_OUT_PER_CLASS, RECOMMENDED_PER_CLASS
+
+        typer.secho(f"WARNING: too few labels to trust this head: {', '.join(report.too_few_held_out)} "
+                    f"{'has' if len(report.too_few_held_out) == 1 else 'have'} fewer than {MIN_HELD_OUT_PER_CLASS} "
+                    f"held-out windows, so the held-out UAR and their thresholds' precision are not evidence; label "
+                    f"at least {RECOMMENDED_PER_CLASS} windows per class and fit again", fg=typer.colors.YELLOW)
     if report.left_out:
         _say(f"note: {report.left_out} window(s) with two different positive labels were left out")
     typer.echo(f"wrote {report.out_dir}")

@@ -42,8 +42,9 @@ def _say(message: str) -> None:
 @friendly_errors
 def validate(
     model: Annotated[Path, typer.Argument(help="Exported .onnx graph.")],
-    manifest: Annotated[Path, typer.Argument(help="Manifest CSV with a split column.")],
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV (path,label; a split column for train/val/test).")],
+    split: Annotated[str, typer.Option(help="train, val or test; or all: every clip of the manifest, which then "
+                                       "needs no split column (a labelled set of your own).")] = "test",
     tolerance: Annotated[float, typer.Option(help="Allowed |UAR difference| with the study (or the reference), "
                                              "in UAR points.")] = 0.5,
     reference: Annotated[Optional[Path], typer.Option(
@@ -64,8 +65,8 @@ def validate(
 
     from vocalprobe.runtime.core.manifest import read_manifest
     from vocalprobe.runtime.engine.onnx_model import OnnxModel
+    from vocalprobe.runtime.field.validate import clips_to_score, write_report
     from vocalprobe.runtime.field.validate import validate as run_validate
-    from vocalprobe.runtime.field.validate import write_report
 
     net = OnnxModel(model, provider=provider, threads=threads)
     _say(f"model: {net.describe()}")
@@ -73,7 +74,7 @@ def validate(
     if reference is not None:
         reference_net = OnnxModel(reference, provider=provider, threads=threads)
         _say(f"reference: {reference_net.describe()}")
-    n_clips = len(read_manifest(manifest).split(split))
+    n_clips = len(clips_to_score(read_manifest(manifest), split))
     with ExitStack() as pools, Progress(transient=True) as progress:
         pool = reference_pool = None
         if workers > 1:

@@ -66,24 +66,11 @@ def study(
     With no --data, --backbone or --config this runs the embedded demo: synthetic calls and three tiny UNTRAINED
     backbones, offline, in a few minutes on a laptop CPU. Re-running a study reuses every finished probe.
     """
-    from vocalprobe.training.study.config import StudyConfig, StudyError, dataset_from_manifest, parse_layers
+    from vocalprobe.training.study.options import check_scale, study_config, study_overrides
 
-    overrides: dict = {}
-    if layers is not None:
-        try:
-            overrides["layers"] = parse_layers(layers)
-        except ValueError as exc:
-            raise StudyError(f"--layers: {exc}") from None
-    for key, value in (("seeds", seeds), ("device", device), ("out_root", out), ("name", name), ("dtype", dtype)):
-        if value is not None:
-            overrides[key] = value
-
+    overrides = study_overrides(layers=layers, seeds=seeds, device=device, out_root=out, name=name, dtype=dtype)
     demo = config is None and not data and not backbone
-    if demo and (shard is not None or engine != "local"):
-        raise StudyError("--shard and --engine ray split a study's feature extraction; give --config or --data and "
-                         "--backbone")
-    if shard is not None and engine != "local":
-        raise StudyError("--shard is for a batch scheduler's tasks; --engine ray shards the extraction itself")
+    check_scale(demo, shard, engine)
     if threads is not None or demo:
         import torch
 
@@ -98,22 +85,7 @@ def study(
         typer.echo(f"report: {summary_dir / 'report.md'}")
         return
 
-    if config is not None:
-        cfg = StudyConfig.from_toml(config)
-        changes = dict(overrides)
-        if data:
-            changes["datasets"] = tuple(dataset_from_manifest(d) for d in data)
-        if backbone:
-            changes["backbones"] = tuple(backbone)
-        cfg = StudyConfig.from_dict({**_as_fields(cfg), **changes}, source=str(config))
-    else:
-        if not data:
-            raise StudyError("--backbone given without --data: pass at least one manifest (--data MANIFEST)")
-        if not backbone:
-            raise StudyError("--data given without --backbone: pass at least one backbone (e.g. --backbone hubert)")
-        cfg = StudyConfig.from_dict({"name": "study", **overrides,
-                                     "datasets": tuple(dataset_from_manifest(d) for d in data),
-                                     "backbones": tuple(backbone)}, source="command line")
+    cfg = study_config(config, data, backbone, overrides)
 
     from vocalprobe.training.study.runner import extract_shard, run_study
 
@@ -143,8 +115,3 @@ def _say_trust(summary) -> None:
     for line in ci_warnings(summary):
         _warn(f"warning: {line}")
 
-
-def _as_fields(cfg) -> dict:
-    from dataclasses import fields
-
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}

@@ -6,6 +6,11 @@ reported); a window with two different positive labels is left out (counted). Th
 class, seeded, into train / val / test (60/20/20): val drives the paper's early stopping, test gives the held-out
 UAR and its bootstrap CI, and each class's threshold is the lowest score at which the held-out windows (val + test,
 none trained on) reach the target precision. The head folder is what ``runtime.archive.head`` reads.
+
+Minimums: fewer than ``MIN_PER_CLASS`` (3) labelled windows in a class is refused (no train/val/test window each).
+A class with fewer than ``MIN_HELD_OUT_PER_CLASS`` (4) held-out windows (about 10 labelled) still trains, but one or
+two windows cannot show a precision: its ``precision_reached`` is False (not shown), a warning says so, and the
+report lists it in ``too_few_held_out``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ log = logging.getLogger(__name__)
 
 #: The fewest labelled windows per class that still leave one each for train, val and test.
 MIN_PER_CLASS = 3
+#: The fewest held-out (val + test) windows of a class on which its threshold's precision counts as shown; the 20 %
+#: val + 20 % test split gives them from about 10 labelled windows of the class on.
+MIN_HELD_OUT_PER_CLASS = 4
+#: Labelled windows per class that give ``MIN_HELD_OUT_PER_CLASS`` held-out ones (what the warning asks for).
+RECOMMENDED_PER_CLASS = 10
 
 
 class ArchiveProbeError(VocalprobeError):
@@ -47,6 +57,8 @@ class FitReport:
     precision_reached: dict[str, bool]
     left_out: int  # windows with conflicting positive labels
     out_dir: Path
+    held_out: dict[str, int] | None = None  # held-out (val + test) windows per class: what each threshold was set on
+    too_few_held_out: tuple[str, ...] = ()  # classes under MIN_HELD_OUT_PER_CLASS: precision not shown
 
 
 def labelled_windows(archive: ArchiveDB) -> tuple[np.ndarray, list[str], int]:
@@ -142,9 +154,16 @@ def fit_head(db: str | Path, out_dir: str | Path, *, linear: bool = False, preci
     held = np.concatenate([val, test])
     held_probs = clf.predict_proba(X[held])
     thresholds, reached = {}, {}
+    held_out = {c: int(np.sum(y[held] == j)) for j, c in enumerate(classes)}
+    too_few = tuple(c for c in classes if c != BACKGROUND and held_out[c] < MIN_HELD_OUT_PER_CLASS)
     for j, c in enumerate(classes):
         thresholds[c], reached[c] = precision_threshold(held_probs[:, j], y[held] == j, precision)
-        if not reached[c] and c != BACKGROUND:
+        if c in too_few:
+            reached[c] = False
+            log.warning("class %s: only %d held-out window(s) (fewer than %d): its threshold's precision and the "
+                        "held-out UAR are not evidence; label at least %d windows per class", c, held_out[c],
+                        MIN_HELD_OUT_PER_CLASS, RECOMMENDED_PER_CLASS)
+        elif not reached[c] and c != BACKGROUND:
             log.warning("class %s: no threshold reaches precision %.2f on the held-out windows; set to 1.0", c,
                         precision)
     info = ProbeInfo(backbone=str(settings.get("backbone") or "archive"), backbone_id=settings["graph_file"],
@@ -168,4 +187,4 @@ def fit_head(db: str | Path, out_dir: str | Path, *, linear: bool = False, preci
     writer.writerows((c, repr(t)) for c, t in thresholds.items() if c != BACKGROUND)
     atomic_write_text(out_dir / THRESHOLDS_CSV, buffer.getvalue())
     return FitReport(classes, counts, len(train), len(val), len(test), float(test_uar), (float(ci[0]), float(ci[1])),
-                     thresholds, reached, left_out, out_dir)
+                     thresholds, reached, left_out, out_dir, held_out, too_few)

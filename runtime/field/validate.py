@@ -22,7 +22,7 @@ import numpy as np
 from vocalprobe.runtime.core.atomic import atomic_write_text
 from vocalprobe.runtime.core.clips import load_row
 from vocalprobe.runtime.core.errors import AudioError, ManifestError
-from vocalprobe.runtime.core.manifest import read_manifest
+from vocalprobe.runtime.core.manifest import SPLITS, Manifest, read_manifest
 from vocalprobe.runtime.core.metrics import bootstrap_uar_ci, confusion_matrix, uar
 from vocalprobe.runtime.engine.long_clips import predict_clip
 from vocalprobe.runtime.engine.onnx_model import ModelError, OnnxModel
@@ -106,6 +106,20 @@ class ValidationReport:
         return json.dumps(asdict(self), indent=2) + "\n"
 
 
+#: ``--split all``: every row of the manifest, split column or not (e.g. a labelled set of one's own recordings).
+ALL_SPLITS = "all"
+
+
+def clips_to_score(manifest: Manifest, split: str) -> Manifest:
+    """The rows ``validate`` scores: one split, or every row with ``split="all"``."""
+    if split == ALL_SPLITS:
+        return manifest
+    if split in SPLITS and any(row.split is None for row in manifest.rows):
+        raise ManifestError(f"the manifest has no split column, so it has no {split!r} split; score every clip with "
+                            f"--split {ALL_SPLITS}, or run `vocalprobe data split MANIFEST` first")
+    return manifest.split(split)
+
+
 def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test",
              tolerance_points: float = DEFAULT_TOLERANCE_POINTS, n_resamples: int = 1000, seed: int = 0,
              on_clip: Callable[[], None] | None = None, reference_model: OnnxModel | None = None,
@@ -116,7 +130,7 @@ def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test"
     if tolerance_points < 0:
         raise ManifestError(f"--tolerance must be >= 0 UAR points, got {tolerance_points}")
     manifest = read_manifest(manifest_path)
-    subset = manifest.split(split)
+    subset = clips_to_score(manifest, split)
     if len(subset) == 0:
         raise ManifestError(f"{manifest_path}: the {split!r} split is empty")
     index = {name: i for i, name in enumerate(model.classes)}

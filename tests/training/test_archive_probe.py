@@ -126,6 +126,21 @@ def test_linear_probe_and_too_few_labels(tmp_path, graph):
     assert linear.exit_code == 0, linear.output
     head = json.loads((tmp_path / "linear" / "head.json").read_text())
     assert head["kind"] == "linear" and head["hidden_sizes"] == []
+    # 3 labels per class leave 1 val + 1 test window: trained, but no precision is claimed and the output says so
+    assert "WARNING: too few labels to trust this head: high, low have fewer than 4 held-out windows" in linear.output
+    assert "threshold low: " in linear.output and "precision not shown: set on 2 held-out window(s)" in linear.output
+    assert head["precision_reached"]["low"] is False and head["precision_reached"]["high"] is False
+
+
+def test_probe_fit_with_enough_labels_gives_no_warning(tmp_path, graph):
+    from vocalprobe.training.archive_probe import RECOMMENDED_PER_CLASS, fit_head
+
+    db, _ = labelled_archive(tmp_path, graph, n_files=RECOMMENDED_PER_CLASS)
+    import_labels(tmp_path, db)
+    report = fit_head(db, tmp_path / "head", resamples=50)
+    assert report.too_few_held_out == () and report.held_out == {"high": 4, "low": 4, "background": 4}
+    result = cli("probe", "fit", "--db", db, "--out", tmp_path / "head2")
+    assert result.exit_code == 0 and "WARNING" not in result.output and "not shown" not in result.output
 
 
 def test_precision_threshold_is_the_lowest_that_reaches_the_target():

@@ -385,6 +385,19 @@ def test_cli_flags_and_config_override(study, tmp_path, tiny_checkpoints):
     result = runner.invoke(app, ["study", "--data", str(manifest)])
     assert result.exit_code == 1 and "without --backbone" in result.output
 
+    # the Python API builds the same config (training/study/options.py) and runs the same study
+    import vocalprobe
+
+    report = vocalprobe.study(data=[f"tones={manifest}"], backbones=[str(tiny_checkpoints["wavlm"])], layers="0,2",
+                              seeds=1, device="cpu", out=tmp_path, name="api")
+    assert report == tmp_path / "api" / "report.md" and report.is_file()
+    scores = [{k: v for k, v in r.items() if k != "seconds"} for r in read_csv(tmp_path / "api" / "results.csv")]
+    assert scores == [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    with pytest.raises(StudyError, match="without --backbone"):
+        vocalprobe.study(data=[str(manifest)])
+    with pytest.raises(StudyError, match="--layers"):
+        vocalprobe.study(data=[str(manifest)], backbones=["hubert"], layers="0-x")
+
 
 def test_paper_figures_are_drawn_for_the_paper_backbones(study, tmp_path):
     """Fig. 3 and Fig. 4 appear when their backbones are in a study (real scores, relabelled as registry names)."""

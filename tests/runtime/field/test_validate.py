@@ -12,7 +12,8 @@ from runtime_graphs import DEFAULT_CLASSES, DEFAULT_FREQS, build_band_graph, ton
 from typer.testing import CliRunner
 
 from vocalprobe.cli import app
-from vocalprobe.runtime.core.manifest import ManifestRow, write_manifest
+from vocalprobe.runtime.core.errors import ManifestError
+from vocalprobe.runtime.core.manifest import ManifestRow, read_manifest, write_manifest
 from vocalprobe.runtime.engine.onnx_model import ModelError, OnnxModel
 from vocalprobe.runtime.engine.long_clips import predict_clip
 from vocalprobe.runtime.field.validate import validate, write_report
@@ -120,3 +121,21 @@ def test_validate_against_a_reference_graph(tmp_path, manifest):
     other = build_band_graph(tmp_path / "other.onnx", classes=("a", "b", "c"))
     with pytest.raises(ModelError, match="other classes"):
         validate(OnnxModel(graph), manifest, reference_model=OnnxModel(other))
+
+
+def test_validate_split_all_scores_a_manifest_without_split_column(tmp_path, manifest):
+    """A user's own labelled set has no split column: `--split all` scores every clip; train/val/test say so."""
+    rows = [ManifestRow(r.path, r.label) for r in read_manifest(manifest).rows if r.split == "test"]
+    plain = tmp_path / "plain.csv"
+    write_manifest(plain, rows)
+    graph = build_band_graph(tmp_path / "m.onnx")
+    report = validate(OnnxModel(graph), plain, split="all", n_resamples=50)
+    assert report.n_clips == 7 and report.n_scored == 6 and report.uar == pytest.approx(EXPECTED_UAR)
+    with pytest.raises(ManifestError, match="--split all"):
+        validate(OnnxModel(graph), plain, split="test", n_resamples=50)
+    result = runner.invoke(app, ["validate", str(graph), str(plain), "--split", "all", "--resamples", "50",
+                                 "-o", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert "ONNX UAR on all" in result.output and "over 6 of 7 clips" in result.output
+    refused = runner.invoke(app, ["validate", str(graph), str(plain), "-o", str(tmp_path / "r2")])
+    assert refused.exit_code == 1 and "--split all" in refused.output
