@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vocalprobe.runtime.core.atomic import atomic_write_text
+from vocalprobe.runtime.core.atomic import atomic_open, atomic_write_text
 from vocalprobe.training.cost import DEFAULT_WINDOW_SECONDS, CostError, cheapest_within, macs_per_second, pareto_front
 from vocalprobe.training.study.config import StudyError
 from vocalprobe.training.study.results import CLIPS_FILE, LayerChoice, StudySummary, read_json, run_dir, safe_name
@@ -111,12 +111,14 @@ def write_cost_csv(path: Path, rows: list[LayerCost], window_seconds: float = DE
 def frontier_figure(path: Path, rows: list[LayerCost], dataset: str) -> bool:
     """Val UAR against GMACs per audio second, one line per backbone, the frontier drawn through; False when no
     layer of the dataset could be priced."""
-    from vocalprobe.training.study.report import _plt, _save
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
 
     mine = [r for r in rows if r.dataset == dataset and r.macs_per_s is not None]
     if not mine:
         return False
-    plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, backbone in enumerate(dict.fromkeys(r.backbone for r in mine)):
         points = sorted((r.macs_per_s / 1e9, r.val_mean * 100, r.layer) for r in mine if r.backbone == backbone)
@@ -134,7 +136,9 @@ def frontier_figure(path: Path, rows: list[LayerCost], dataset: str) -> bool:
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True
 
