@@ -88,7 +88,6 @@ def main() -> None:
                     for x in windows:
                         session.run(None, {WAVEFORM: x})
 
-                start = time.perf_counter()
                 x_rt = rate(run, audio_seconds, args.budget)
                 wall = audio_seconds / x_rt
                 rows.append((choice.dataset, choice.backbone, layer, args.window, args.threads, audio_seconds,
