@@ -157,7 +157,7 @@ def cost_section(study_dir: Path, summary: StudySummary) -> list[str]:
            f"(10⁹ multiply-accumulates) per audio second, counted from the backbone's config for "
            f"{DEFAULT_WINDOW_SECONDS:g} s windows (the attention term grows with the window). Frontier: layers no "
            "other (backbone, layer) of the dataset beats on mean Val UAR at the same or lower cost. "
-           "`vocalprobe export study DIR --layer frontier:M` takes the cheapest layer within M Val UAR points of "
+           "`vocalprobe export DIR --layer frontier:M` takes the cheapest layer within M Val UAR points of "
            "the backbone's best. Every row: [`cost.csv`](cost.csv).", ""]
     measured = any(r.x_realtime is not None for r in rows)
     if not measured:
