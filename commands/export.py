@@ -71,8 +71,9 @@ def study(
     out: Annotated[Path, typer.Option("--out", help="The .onnx file to write.")],
     dataset: DatasetOpt = None,
     backbone: BackboneOpt = None,
-    layer: Annotated[str, typer.Option("--layer", help="'best' (the study's best layer on Val) or a layer "
-                                       "number the study probed.")] = "best",
+    layer: Annotated[str, typer.Option("--layer", help="'best' (the study's best layer on Val), a layer "
+                                       "number the study probed, or frontier:M (the cheapest layer, in MACs per "
+                                       "audio second, within M Val UAR points of the best).")] = "best",
     quantize: QuantizeOpt = "none",
     quant_tolerance: Annotated[Optional[float], typer.Option(
         "--quant-tolerance", min=0.0)] = None,  # help: _QuantizeFromModes

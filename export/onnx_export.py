@@ -198,6 +198,7 @@ class ProbeSelection:
     is_best: bool
     chunk_seconds: float
     manifest: Path
+    reason: str = ""  # why this layer, when a rule picked it (--layer frontier:M)
 
 
 @dataclass
@@ -243,10 +244,11 @@ def select_probe(study_dir: str | Path, *, dataset: str | None, backbone: str | 
     if str(layer).strip().lower() == "best":
         return ProbeSelection(dataset, choice.backbone, choice.backbone_name, choice.best_layer, choice.exported_seed,
                               study_dir / choice.probe_path, True, chunk_seconds, Path(ds_info.manifest))
+    frontier = _frontier_layer(study_dir, summary, choice, str(layer))
     try:
-        number = int(str(layer))
+        number = int(str(layer)) if frontier is None else frontier[0]
     except ValueError:
-        raise ExportError(f"--layer must be 'best' or a layer number, got {layer!r}") from None
+        raise ExportError(f"--layer must be 'best', a layer number or frontier:M, got {layer!r}") from None
     if number not in choice.layers:
         raise ExportError(f"{choice.backbone} on {dataset}: the study probed layers {list(choice.layers)}, "
                           f"not {number}")
@@ -255,7 +257,26 @@ def select_probe(study_dir: str | Path, *, dataset: str | None, backbone: str | 
     best = max(results, key=lambda r: (r.val_uar, -r.seed))  # best Val UAR; ties -> the lowest seed
     path = probe_checkpoint(study_dir, dataset, choice.backbone, number, best.seed)
     return ProbeSelection(dataset, choice.backbone, choice.backbone_name, number, best.seed, path,
-                          number == choice.best_layer, chunk_seconds, Path(ds_info.manifest))
+                          number == choice.best_layer, chunk_seconds, Path(ds_info.manifest),
+                          "" if frontier is None else frontier[1])
+
+
+def _frontier_layer(study_dir: Path, summary, choice, spec: str) -> tuple[int, str] | None:
+    """``--layer frontier:M``: (the cheapest layer within M Val UAR points of the best, why; ``study.frontier``);
+    None for any other spec."""
+    from vocalprobe.training.study.frontier import frontier_layer, parse_frontier_spec
+
+    margin = parse_frontier_spec(spec)
+    if margin is None:
+        return None
+    return frontier_layer(study_dir, summary, choice, margin)
+
+
+def _layer_choice(selection: ProbeSelection, spec: str | int) -> str:
+    """The metadata's ``layer_choice``: best, frontier:M (the rule that picked it) or manual."""
+    if selection.reason:
+        return str(spec).strip().lower()
+    return "best" if selection.is_best else "manual"
 
 
 def median_train_duration(manifest) -> float:
@@ -336,6 +357,8 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
     if info.layer != selection.layer:
         raise ExportError(f"{selection.probe_path}: the checkpoint is for layer {info.layer}, the study says "
                           f"{selection.layer}")
+    if selection.reason:
+        log(selection.reason)
     log(f"probe: {selection.backbone_label} layer {info.layer} (seed {selection.seed}) on {selection.dataset}")
     loaded = load_backbone(info.backbone, revision=info.backbone_revision)
     if info.backbone_fingerprint and loaded.fingerprint not in (info.backbone_fingerprint, "unpinned"):
@@ -353,7 +376,7 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
     extra = {
         "backbone": selection.backbone_label, "backbone_name": info.backbone, "backbone_id": info.backbone_id,
         "backbone_revision": info.backbone_revision, "backbone_fingerprint": info.backbone_fingerprint,
-        "family": loaded.family, "layer": str(info.layer), "layer_choice": "best" if selection.is_best else "manual",
+        "family": loaded.family, "layer": str(info.layer), "layer_choice": _layer_choice(selection, layer),
         "num_layers_total": str(loaded.num_layers), "seed": str(selection.seed), "dataset": selection.dataset,
         "preprocessing": info.preprocessing, "truncation": family.truncation,
         "val_uar": None if info.val_uar is None else repr(float(info.val_uar)),

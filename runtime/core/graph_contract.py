@@ -161,7 +161,7 @@ METADATA_KEYS: tuple[MetadataKey, ...] = (
     MetadataKey("backbone_fingerprint", "sha256"),
     MetadataKey("family", "transformers model_type"),
     MetadataKey("layer", "int"),
-    MetadataKey("layer_choice", "best | manual"),
+    MetadataKey("layer_choice", "best | manual | frontier:M (the cheapest layer within M Val UAR points of the best)"),
     MetadataKey("num_layers_total", "int"),
     MetadataKey("seed", "int"),
     MetadataKey("dataset", "text"),

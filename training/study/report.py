@@ -9,6 +9,7 @@ Files (all under the study folder, written atomically):
 * ``figures/``: layer-wise UAR per dataset (every backbone, Val and Test, mean +- std over seeds), the paper's
   Fig. 3 (AVES vs HuBERT) and Fig. 4 (W2V2 / WavLM vs fine-tuned) when those backbones were run, and the fusion
   confusion matrices (Fig. 5);
+* ``cost.csv`` and ``figures/frontier_*.png``: each layer's arithmetic against its UAR (``study.frontier``);
 * ``report.md``: links and embeds all of the above.
 
 Regenerate from a finished study without retraining: ``write_report(dir, load_summary(dir))``.
@@ -48,8 +49,18 @@ def write_report(study_dir: str | Path, summary: StudySummary) -> Path:
     atomic_write_text(study_dir / "table3.md", table3_markdown(summary))
     figures = write_figures(study_dir / "figures", summary)
     path = study_dir / "report.md"
-    atomic_write_text(path, report_markdown(study_dir, summary, figures))
+    text = _with_cost_section(report_markdown(study_dir, summary, figures), study_dir, summary)
+    atomic_write_text(path, text)
     return path
+
+
+def _with_cost_section(text: str, study_dir: Path, summary: StudySummary) -> str:
+    """report.md with 'Cost beside accuracy' (``study.frontier``) before 'All scores' (or at the end)."""
+    from vocalprobe.training.study.frontier import cost_section
+
+    section = "\n".join(cost_section(study_dir, summary)) + "\n"
+    head, marker, tail = text.partition("## All scores")
+    return head + section + marker + tail if marker else text + "\n" + section
 
 
 # ----------------------------------------------------------------------------------------------------------------
