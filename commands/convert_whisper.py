@@ -20,7 +20,7 @@ def convert_whisper(
         help="A faster-whisper / CTranslate2 model folder (model.bin + config.json; a float16 or float32 model, not "
              "int8) or its model.bin, or an OpenAI whisper checkpoint (.pt holding dims and model_state_dict).")],
     out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Output folder. Default: artifacts/models/whisper-<size>[.en], named from the model's "
+        "--out", help="Output folder. Default: artifacts/models/whisper-SIZE[.en], named from the model's "
                       "sizes.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
 ) -> None:

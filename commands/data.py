@@ -65,7 +65,7 @@ def prepare(
                                                      readable=False)] = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Folder to write manifest.csv into (default: artifacts/data/synthetic for synthetic, "
-        "artifacts/data/<SOURCE folder name> for folders, artifacts/data/<kind> for the others).",
+        "artifacts/data/SOURCE_FOLDER_NAME for folders, artifacts/data/KIND for the others).",
         show_default=False)] = None,
     seed: SeedOpt = 42,
     stratify: StratifyOpt = False,
