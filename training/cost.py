@@ -1,12 +1,13 @@
 """Arithmetic of a deployed graph: multiply-accumulates (MACs) per audio second of a backbone truncated after layer k.
 
-Counted analytically from the checkpoint's transformers config (a dict, ``config.to_dict()``), so the study report and
-``export --layer frontier:M`` can price every layer without loading weights. What is counted: every matrix product
-and convolution (the CNN feature encoder, the feature projection, the positional convolution, per transformer layer
-the Q/K/V/output projections ``4·T·d²``, the attention products ``2·T²·d`` and the feed-forward ``2·T·d·ffn``), plus
-the probe's MLP once per window. Normalisations, activations, softmax and pooling are elementwise and left out
-(well under 1%). The attention term grows with the frames per window, so the figure depends on the window the graph
-is run on: ``window_seconds`` (default ``DEFAULT_WINDOW_SECONDS``, the benchmark's window) is always stated beside it.
+Counted analytically from the checkpoint's transformers config (a dict, ``config.to_dict()``), so the study report
+and ``export --layer frontier:M`` can price every layer without loading weights. What is counted: every matrix
+product and convolution (the CNN feature encoder, the feature projection, the positional convolution, per
+transformer layer the Q/K/V/output projections ``4·T·d²``, the attention products ``2·T²·d`` and the feed-forward
+``2·T·d·ffn``), plus the probe's MLP once per window. Normalisations, activations, softmax and pooling are
+elementwise and left out (well under 1%). The attention term grows with the frames per window, so the figure
+depends on the window the graph is run on: ``window_seconds`` (default ``DEFAULT_WINDOW_SECONDS``, the benchmark's
+window) is always stated beside it.
 
 Families: ``wav2vec2`` / ``hubert`` / ``wavlm`` (WavLM adds its gated relative position bias, ``8·T·d``) and the
 ``whisper`` encoder (log-mel STFT as a real DFT matmul plus the mel filterbank, conv1 k3, conv2 k3 stride 2, then the

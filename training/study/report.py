@@ -425,7 +425,8 @@ def report_markdown(study_dir: Path, summary: StudySummary, figures: list[tuple[
     out += ["## Method", "",
             "- Features: every layer's hidden states (L0 = transformer input), mean and population std over time "
             "(2·D), clips resampled to 16 kHz, peak-normalised, clips under 5,000 samples tiled.",
-            f"- Probe: z-score with Train statistics; {len(probe.get('hidden_sizes', []))} × [Linear, LayerNorm, ReLU] "
+            f"- Probe: z-score with Train statistics; {len(probe.get('hidden_sizes', []))} × "
+            "[Linear, LayerNorm, ReLU] "
             f"with {', '.join(map(str, probe.get('hidden_sizes', [])))} units, then Linear; cross-entropy; Adam lr "
             f"{probe.get('learning_rate')}; batch {probe.get('batch_size')}; at most {probe.get('max_epochs')} "
             f"epochs; LR × {probe.get('lr_factor')} after {probe.get('lr_patience')} epochs without a Val-loss gain; "
