@@ -60,6 +60,22 @@ def atomic_save_npy(path: str | Path, array) -> None:
         np.save(handle, array, allow_pickle=False)
 
 
+def replace_folder(tmp: str | Path, out_dir: str | Path) -> None:
+    """Put the complete folder ``tmp`` at ``out_dir``; an existing ``out_dir`` is moved aside first and removed only
+    once the new one is in place (a converted checkpoint never appears half written)."""
+    tmp, out_dir = Path(tmp), Path(out_dir)
+    if out_dir.exists():
+        import shutil
+
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out_dir)
+
+
 def remove_stale_temps(folder: str | Path, keep_below: str) -> list[Path]:
     """Delete the temporary files a killed run left in ``folder`` and its subfolders; call it holding the folder's
     lock, when no write of this folder can be under way. A subfolder holding a file named ``keep_below`` (another

@@ -25,7 +25,6 @@ classes to unpickle raises ``ForeignPickleError`` with the steps to re-save it. 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from vocalprobe import __version__
-from vocalprobe.runtime.core.atomic import atomic_write_text
+from vocalprobe.runtime.core.atomic import atomic_write_text, replace_folder
 from vocalprobe.runtime.core.digests import file_sha256
 from vocalprobe.training.backbones import AVES_DIR_ENV, DEFAULT_AVES_DIR, aves_dir  # noqa: F401 (re-exported)
 from vocalprobe.training.aves.checkpoints import (
@@ -161,14 +160,7 @@ def convert_aves(checkpoint: str | Path, out_dir: str | Path | None = None, *, c
             out_dir=str(out_dir), num_tensors=len(mapped), dropped=dropped, reference=reference,
             max_abs_diff=max_diff, tolerance=tolerance)
         atomic_write_text(tmp / "conversion.json", report.to_json())
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -12,7 +12,6 @@ checks pass.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -22,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from vocalprobe import __version__
-from vocalprobe.runtime.core.atomic import atomic_write_text
+from vocalprobe.runtime.core.atomic import atomic_write_text, replace_folder
 from vocalprobe.runtime.core.digests import file_sha256
 from vocalprobe.training.whisper import reference
 from vocalprobe.training.whisper.config import ENGLISH_VOCAB, whisper_config
@@ -62,17 +61,6 @@ def model_name(config) -> str:
     size = _SIZES.get((config.d_model, config.encoder_layers), f"{config.d_model}x{config.encoder_layers}")
     size += "-v3" if config.num_mel_bins == 128 else ""
     return f"whisper-{size}" + (".en" if config.vocab_size == ENGLISH_VOCAB else "")
-
-
-def _install(tmp: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out_dir)
 
 
 def convert_whisper(path: str | Path, out_dir: str | Path | None = None, *, overwrite: bool = False,
@@ -147,7 +135,7 @@ def convert_whisper(path: str | Path, out_dir: str | Path | None = None, *, over
             out_dir=str(out_dir), num_tensors=len(used), checks=checks, skipped=skipped,
             tolerances=TOLERANCES)
         atomic_write_text(tmp / "conversion.json", report.to_json())
-        _install(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
