@@ -16,7 +16,9 @@ from vocalprobe.commands.errors import fail, friendly_errors
 from vocalprobe.commands.progress import AudioProgress
 from vocalprobe.commands.options import (
     AddressOpt,
+    AudioRootOpt,
     ConcurrencyOpt,
+    DetectionsArg,
     EngineOpt,
     NumCpusOpt,
     NumGpusOpt,
@@ -339,9 +341,8 @@ def score_events(
 @app.command("review")
 @friendly_errors
 def review(
-    detections: Annotated[Path, typer.Argument(help="A stream output folder (its detections.csv), or the table.")],
-    audio: Annotated[Path, typer.Option(help="The folder stream was given: the table's file column is relative "
-                                        "to it.")] = Path("."),
+    detections: DetectionsArg,
+    audio: AudioRootOpt = Path("."),
     top: Annotated[int, typer.Option(help="Detections per class, best scores first.")] = 50,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write (default: "
                                                 "DETECTIONS/review.html).")] = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -9,6 +10,11 @@ import typer
 #: onnxruntime's intra-op threads: stream, validate, bench, embed and search.
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads (default: onnxruntime's).")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+
+# What review and segments read: a stream output folder's detections and the audio they came from.
+DetectionsArg = Annotated[Path, typer.Argument(help="A stream output folder (its detections.csv), or the table.")]
+AudioRootOpt = Annotated[Path, typer.Option(help="The folder stream was given: the table's file column is relative "
+                                            "to it.")]
 
 # The scale-out of stream and embed (and --address of study's Ray extraction).
 # "\[" keeps rich's help renderer from reading [ray] as markup (it would print 'vocalprobe').

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from vocalprobe.commands.errors import friendly_errors
+from vocalprobe.commands.options import AudioRootOpt, DetectionsArg
 
 app = typer.Typer()
 
@@ -16,9 +17,8 @@ app = typer.Typer()
 @app.command("segments")
 @friendly_errors
 def segments(
-    detections: Annotated[Path, typer.Argument(help="A stream output folder (its detections.csv), or the table.")],
-    audio: Annotated[Path, typer.Option(help="The folder stream was given: the table's file column is relative "
-                                        "to it.")] = Path("."),
+    detections: DetectionsArg,
+    audio: AudioRootOpt = Path("."),
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder of the clips, one sub-folder per class "
                                                 "(default: DETECTIONS/segments).")] = None,
     top: Annotated[Optional[int], typer.Option(help="Only the best this many detections per class (default: "
