@@ -128,8 +128,10 @@ def test_rerun_trains_nothing_and_rewrites_the_same_bytes(cv_study, monkeypatch)
     assert {p: p.read_bytes() for p in config.out_dir.rglob("*") if p.is_file()} == before
 
 
-def test_cli_folds_runs_and_refuses_what_it_cannot_do(cv_study, tmp_path):
+def test_cli_folds_runs_and_refuses_what_it_cannot_do(cv_study, tmp_path, monkeypatch):
     from typer.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)  # the default feature cache (artifacts/cache) lands here, not in the checkout
 
     from vocalprobe.cli import app
 
@@ -142,6 +144,12 @@ def test_cli_folds_runs_and_refuses_what_it_cannot_do(cv_study, tmp_path):
     assert "cv_report.md" in result.output and (tmp_path / "cli" / "cv_report.md").is_file()
     rows = read_csv(tmp_path / "cli" / "cv_folds.csv")
     assert len(rows) == 3 and {r["best_layer_on_val"] for r in rows} <= {"0", "2"}
+    import vocalprobe  # the Python API takes the same option
+
+    report = vocalprobe.study(data=[f"tones={manifest}"], backbones=[config.backbones[0]], layers="0,2", seeds=1,
+                              device="cpu", out=tmp_path, name="api", folds=3)
+    assert report == tmp_path / "api" / "cv_report.md"
+    assert read_csv(tmp_path / "api" / "cv_folds.csv") == rows  # same config, same seed: the same folds and scores
     result = CliRunner().invoke(app, common + ["--folds", "3", "--engine", "ray"])
     assert result.exit_code == 1 and "--folds runs locally" in result.output
     result = CliRunner().invoke(app, common + ["--folds", "1"])
