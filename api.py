@@ -123,16 +123,23 @@ def segments(detections, out, *, audio=".", top: int | None = None, min_conf: fl
 def study(config: str | Path | None = None, *, data: Sequence[str] | None = None,
           backbones: Sequence[str] | None = None, layers=None, seeds: int | None = None, device: str | None = None,
           out: str | Path | None = None, name: str | None = None, dtype: str | None = None, progress: bool = False,
-          engine: str = "local", address: str | None = None) -> Path:
+          engine: str = "local", address: str | None = None, folds: int | None = None) -> Path:
     """`vocalprobe study`: the layer-wise study from a TOML ``config`` and/or ``data`` manifests and ``backbones``;
-    returns its report.md. (The embedded demo is `vocalprobe demo` / ``vocalprobe.demo``.)"""
+    returns its report.md (with ``folds``: K-fold cross-validation over groups, its cv_report.md). (The embedded demo
+    is `vocalprobe demo` / ``vocalprobe.demo``.)"""
     from vocalprobe.training.study.options import check_scale, study_config, study_overrides
     from vocalprobe.training.study.runner import run_study
 
     overrides = study_overrides(layers=layers, seeds=seeds, device=device,
-                                out_root=Path(out) if out is not None else None, name=name, dtype=dtype)
-    check_scale(False, None, engine)
+                                out_root=Path(out) if out is not None else None, name=name, dtype=dtype,
+                                folds=folds)
     cfg = study_config(config, list(data or ()), list(backbones or ()), overrides)
+    check_scale(False, None, engine, cfg.folds)
+    if cfg.folds:
+        from vocalprobe.training.study.crossval import run_cv
+
+        run_cv(cfg, progress=progress)
+        return cfg.out_dir / "cv_report.md"
     run_study(cfg, progress=progress, engine=engine, address=address)
     return cfg.out_dir / "report.md"
 

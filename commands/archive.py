@@ -131,15 +131,16 @@ def search(
     threads: ThreadsOpt = None,
 ) -> None:
     """Find the archived windows most like an example call; writes a Raven table to review."""
-    from vocalprobe.runtime.archive.search import archive_model, archive_plan, query_embedding, write_hits
+    from vocalprobe.runtime.archive.search import archive_model, archive_plan, embed_query, write_hits
     from vocalprobe.runtime.archive.search import search as run_search
     from vocalprobe.runtime.archive.store import ArchiveDB
 
     with ArchiveDB.open_reader(db) as archive:
         net = archive_model(archive, model, threads=threads)
-        vector = query_embedding(query, net, archive_plan(archive), start=start, end=end)
+        embedded = embed_query(query, net, archive_plan(archive), start=start, end=end)
+        typer.echo(embedded.describe(query.name))
         started = time.perf_counter()
-        hits = run_search(archive, vector, k, exact=exact)
+        hits = run_search(archive, embedded.vector, k, exact=exact)
         took = time.perf_counter() - started
     raven, csv_path = write_hits(hits, out, net.sample_rate / 2)
     typer.echo(f"{len(hits)} hit(s) in {took * 1000:.1f} ms ({'exact' if exact else 'approximate + re-ranked'}), "

@@ -79,6 +79,16 @@ def prepare(
                                                               "report them and go on, instead of stopping.")] = False,
     follow_links: Annotated[bool, typer.Option("--follow-links", help="Also use symlinks (and listed paths) that lead "
                                                                       "outside the source folder.")] = False,
+    background: Annotated[Optional[Path], typer.Option(
+        "--background", help="Folder of field recordings with no target call in them (long wavs); cut into windows "
+        "of the clips' median length and added as a 'background' class, grouped by recording. A detector needs "
+        "this negative class: without one, every window above the threshold is reported as a call.",
+        readable=False)] = None,
+    background_seconds: Annotated[Optional[float], typer.Option(
+        "--background-seconds", help="Length of a background window (default: the median clip length).")] = None,
+    background_max: Annotated[Optional[int], typer.Option(
+        "--background-max", min=0, help="At most this many background windows, evenly spread over the recordings "
+        "(default: as many as the largest class; 0: every window).")] = None,
 ) -> None:
     """Write OUT/manifest.csv for a dataset, with a seeded Train/Val/Test split, and print its Table I summary.
 
@@ -94,6 +104,8 @@ def prepare(
 
     out = out if out is not None else default_out(kind, source)
     manifest_path = out / "manifest.csv"
+    if kind is Kind.synthetic and background is not None:
+        raise DatasetError("the synthetic dataset has its own background class; --background is for real datasets")
     if kind is Kind.synthetic:
         typer.echo(f"generating the synthetic dataset in {out} (seed {seed}) ...")
         synthetic.generate_dataset(out, seed=seed, clips_per_class=clips_per_class, field_minutes=field_minutes,
@@ -104,6 +116,12 @@ def prepare(
                                f"vocalprobe data prepare {kind.value} SOURCE_DIR --out DIR")
         out.mkdir(parents=True, exist_ok=True)
         prepared = preparers.PREPARERS[kind.value](source, out, follow_links=follow_links)
+        if background is not None:
+            from vocalprobe.runtime.datasets.background import add_background
+
+            prepared, note = add_background(prepared, background, out, seconds=background_seconds,
+                                            max_windows=background_max, follow_links=follow_links)
+            typer.echo(note, err=True)
         for line in describe_skipped(prepared.skipped):
             typer.echo(line, err=True)
         errors_csv = preparers.write_problems(out, prepared.problems)

@@ -38,6 +38,10 @@ DtypeOpt = Annotated[Optional[str], typer.Option(
 ShardOpt = Annotated[Optional[str], typer.Option(
     "--shard", help="Only extract shard i/n (0-based) of every dataset x backbone's features into the feature cache, "
     "e.g. one SLURM array task each; then run the study without --shard to train the probes from the cache.")]
+FoldsOpt = Annotated[Optional[int], typer.Option(
+    "--folds", min=2, help="K-fold cross-validation over groups for small datasets: every clip is in one fold's "
+    "Test, Val comes from the other folds' groups, the best layer is chosen per fold on Val; writes cv_report.md "
+    "(cross-validated UAR, mean ± std over folds). The manifest needs no splits.")]
 StudyEngineOpt = Annotated[str, typer.Option(
     "--engine", help="local, or ray: extract the features as Ray tasks, one per (backbone, dataset, shard), one GPU "
     "each when the cluster has GPUs (pip install 'vocalprobe\\[ray]'); the probes then train here.")]
@@ -60,6 +64,7 @@ def study(
     shard: ShardOpt = None,
     engine: StudyEngineOpt = "local",
     address: AddressOpt = None,
+    folds: FoldsOpt = None,
 ) -> None:
     """Probe every layer of every backbone on every dataset, pick the best layers, fuse them, write the report.
 
@@ -68,9 +73,10 @@ def study(
     """
     from vocalprobe.training.study.options import check_scale, study_config, study_overrides
 
-    overrides = study_overrides(layers=layers, seeds=seeds, device=device, out_root=out, name=name, dtype=dtype)
+    overrides = study_overrides(layers=layers, seeds=seeds, device=device, out_root=out, name=name, dtype=dtype,
+                                folds=folds)
     demo = config is None and not data and not backbone
-    check_scale(demo, shard, engine)
+    check_scale(demo, shard, engine, folds)
     if threads is not None or demo:
         import torch
 
@@ -82,10 +88,11 @@ def study(
         typer.echo("No --data/--backbone/--config: running the embedded demo study (synthetic data, tiny UNTRAINED "
                    "backbones; its scores say nothing about the paper).", err=True)
         summary_dir = run_default_study(progress=progress, say=_warn, **overrides)
-        typer.echo(f"report: {summary_dir / 'report.md'}")
+        typer.echo(f"report: {summary_dir / ('cv_report.md' if folds else 'report.md')}")
         return
 
     cfg = study_config(config, data, backbone, overrides)
+    check_scale(demo, shard, engine, cfg.folds)  # folds may come from the config file
 
     from vocalprobe.training.study.runner import extract_shard, run_study
 
@@ -96,6 +103,12 @@ def study(
         extract_shard(cfg, part, progress=progress)
         typer.echo(f"features of shard {part} in {cfg.cache_dir}; once every shard is done, run the study without "
                    "--shard to train the probes")
+        return
+    if cfg.folds:
+        from vocalprobe.training.study.crossval import run_cv
+
+        run_cv(cfg, progress=progress, say=_warn)
+        typer.echo(f"report: {cfg.out_dir / 'cv_report.md'}")
         return
     summary = run_study(cfg, progress=progress, engine=engine, address=address, say=_warn)
     _say_trust(summary)

@@ -112,8 +112,8 @@ def synthetic_manifest():
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One real local Ray for the whole session (2 CPUs), shut down at its end; skips where Ray is not installed."""
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
+    ray = pytest.importorskip("ray", reason="ray is not installed: the ray extra (pip install 'vocalprobe[ray]')")
+    pytest.importorskip("ray.data", reason="ray[data] is not installed: the ray extra (pip install 'vocalprobe[ray]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=300 * 1024 ** 2)
     yield ray
     ray.shutdown()

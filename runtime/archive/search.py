@@ -19,6 +19,8 @@ import numpy as np
 from vocalprobe.runtime.engine.batches import window_embeddings
 from vocalprobe.runtime.archive.store import ArchiveDB, ArchiveError
 from vocalprobe.runtime.core.atomic import atomic_write_text
+from vocalprobe.runtime.core.audio import audio_info
+from vocalprobe.runtime.core.errors import AudioError
 from vocalprobe.runtime.core.digests import file_sha256
 from vocalprobe.runtime.engine.onnx_model import OnnxModel
 from vocalprobe.runtime.engine.sources import FileSource
@@ -39,6 +41,7 @@ class Hit:
     deployment: str
     start_s: float
     end_s: float
+    sample_rate: int | None = None  # the recording's own rate (None: its file could not be read)
 
 
 def archive_model(archive: ArchiveDB, model_path: str | Path | None, *, threads: int | None = None) -> OnnxModel:
@@ -60,33 +63,66 @@ def archive_plan(archive: ArchiveDB) -> WindowPlan:
     return WindowPlan(int(s["window_samples"]), int(s["hop_samples"]), s["final_window"])
 
 
+@dataclass(frozen=True)
+class Query:
+    """The query's embedding and which of its windows it is: a long query file is many windows, and the user must
+    know whether one call or the mean of a whole recording was searched for."""
+
+    vector: np.ndarray
+    start_s: float  # the first embedded window's start in the query file
+    end_s: float  # the last embedded window's end
+    windows: int  # how many windows were averaged
+    whole_file: bool  # no --start/--end: every window of the file
+
+    def describe(self, name: str) -> str:
+        span = f"{self.start_s:.3f}-{self.end_s:.3f} s of {name}"
+        if self.whole_file:
+            if self.windows == 1:
+                return f"query: {span} (its one window)"
+            return (f"query: the mean of all {self.windows} windows of {name} ({span}); give --start/--end to search "
+                    "for one call")
+        if self.windows == 1:
+            return f"query: the window {span}, the one that overlaps --start..--end most"
+        return f"query: the mean of {self.windows} windows ({span}) that overlap --start..--end equally"
+
+
 def query_embedding(path: str | Path, model: OnnxModel, plan: WindowPlan, *, start: float | None = None,
                     end: float | None = None) -> np.ndarray:
-    """The embedding of the query file's window that overlaps ``start..end`` most (equal overlaps: their mean;
-    default: the whole file's windows). A window cut exactly from an archived recording is its stored window."""
+    """The embedding of the query file's window that overlaps ``start..end`` most (``embed_query``'s vector)."""
+    return embed_query(path, model, plan, start=start, end=end).vector
+
+
+def embed_query(path: str | Path, model: OnnxModel, plan: WindowPlan, *, start: float | None = None,
+                end: float | None = None) -> Query:
+    """The query file's window that overlaps ``start..end`` most (equal overlaps: their mean; default: the whole
+    file's windows), and which windows those are. A window cut exactly from an archived recording is its stored
+    window."""
     path = Path(path)
     window_s = plan.window / model.sample_rate
     begin = 0.0 if start is None else float(start)
     finish = end if end is not None else (begin + window_s if start is not None else None)
     tolerance = 1.0 / model.sample_rate
     chosen: list[np.ndarray] = []
+    spans: list[tuple[float, float]] = []
     best = -np.inf
     for window, embedding in window_embeddings(FileSource(path, path.name).blocks(model.sample_rate), model, plan):
         ws, we = window.seconds(model.sample_rate)
         if finish is None:
             chosen.append(embedding)
+            spans.append((ws, we))
             continue
         if ws > finish:
             break
         overlap = min(we, finish) - max(ws, begin)
         if overlap > best + tolerance:
-            chosen, best = [embedding], overlap
+            chosen, spans, best = [embedding], [(ws, we)], overlap
         elif overlap >= best - tolerance:
             chosen.append(embedding)
+            spans.append((ws, we))
     if not chosen or (finish is not None and best <= 0):
         raise ArchiveError(f"{path}: no window covers the query (shorter than one window, or --start/--end outside "
                            "the file?)")
-    return np.mean(chosen, axis=0)
+    return Query(np.mean(chosen, axis=0), float(spans[0][0]), float(spans[-1][1]), len(chosen), finish is None)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -126,22 +162,40 @@ def search(archive: ArchiveDB, query: np.ndarray, k: int = 100, *, exact: bool =
     found = nearest(archive, query, k, exact=exact)
     windows = archive.windows([i for i, _ in found])
     recordings = archive.recordings()
+    rates: dict[int, int | None] = {}
     hits = []
     for rank, ((window_id, score), window) in enumerate(zip(found, windows), start=1):
         rec = recordings[window.recording_id]
-        hits.append(Hit(rank, score, window_id, rec.filename, rec.path, rec.deployment, window.start_s, window.end_s))
+        if rec.id not in rates:
+            rates[rec.id] = _sample_rate(rec.path)
+        hits.append(Hit(rank, score, window_id, rec.filename, rec.path, rec.deployment, window.start_s, window.end_s,
+                        rates[rec.id]))
     return hits
+
+
+def _sample_rate(path: Path) -> int | None:
+    """A recording's sample rate from its header, or None when it moved or cannot be read (the hit is still listed)."""
+    try:
+        return audio_info(path).sample_rate
+    except (AudioError, OSError):
+        return None
+
+
+def band_top(hit: Hit, high_freq_hz: float) -> float:
+    """The top of the band the model saw in the hit's recording: its Nyquist, at most the model's (``high_freq_hz``);
+    a 2 kHz recording holds nothing above 1 kHz, whatever rate the model runs at."""
+    return high_freq_hz if hit.sample_rate is None else min(high_freq_hz, hit.sample_rate / 2)
 
 
 def hits_raven(hits: Sequence[Hit], high_freq_hz: float) -> str:
     """A Raven selection table naming each hit's file (``Begin Path``, ``File Offset (s)``); Begin/End Time are
-    the offsets in that file."""
+    the offsets in that file; High Freq is ``band_top`` (``high_freq_hz``: the model's Nyquist)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     writer.writerow(HIT_COLUMNS)
     for h in hits:
         writer.writerow([h.rank, "Spectrogram 1", 1, f"{h.start_s:.3f}", f"{h.end_s:.3f}", "0.0",
-                         f"{high_freq_hz:.1f}", str(h.path), f"{h.start_s:.3f}", f"{h.score:.4f}", h.rank])
+                         f"{band_top(h, high_freq_hz):.1f}", str(h.path), f"{h.start_s:.3f}", f"{h.score:.4f}", h.rank])
     return buffer.getvalue()
 
 

@@ -349,15 +349,18 @@ def _grouped_conv_graph(kernel: int, pads: tuple[int, int], channels: int = 12, 
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-@pytest.mark.parametrize("kernel,pads,bias", [(128, (64, 64), True), (40, (0, 0), False), (33, (16, 16), True),
-                                              (191, (95, 95), True)])
-@pytest.mark.parametrize("length", [1, 49, 65, 199, 400])
+#: (kernel, pads, bias, length) with at least one output frame: a shorter input has none, and onnxruntime refuses
+#: such a Conv (the export never builds one), so those pairs are not cases.
+BLOCK_DFT_CASES = [(kernel, pads, bias, length)
+                   for kernel, pads, bias in [(128, (64, 64), True), (40, (0, 0), False), (33, (16, 16), True),
+                                              (191, (95, 95), True)]
+                   for length in [1, 49, 65, 199, 400] if length + sum(pads) >= kernel]
+
+
+@pytest.mark.parametrize("kernel,pads,bias,length", BLOCK_DFT_CASES)
 def test_block_dft_conv_is_the_same_convolution(kernel, pads, bias, length):
     from vocalprobe.export.spectral_conv import convs_as_block_dft
 
-    if length + sum(pads) < kernel:
-        pytest.skip(f"{length} samples + padding {sum(pads)} < kernel {kernel}: the convolution has no output frame "
-                    "(onnxruntime refuses such a Conv)")
     x = np.random.default_rng(length).standard_normal((2, 12, length)).astype(np.float32)
     model = _grouped_conv_graph(kernel, pads, bias=bias)
     before = _session(model).run(None, {"x": x})[0]

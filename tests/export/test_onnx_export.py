@@ -125,6 +125,29 @@ def test_optional_inputs_and_contract(exported):
     np.testing.assert_allclose(own[0], plain[1], atol=1e-6)
 
 
+def test_a_plain_session_warns_only_about_the_optional_inputs(exported, capfd):
+    """onnxruntime logs "Initializer X appears in graph inputs" for every input with a default: by design exactly the
+    contract's optional inputs (peak and the long-clip state), never a weight leaked into the inputs."""
+    import re
+
+    import onnx
+    import onnxruntime as ort
+
+    from vocalprobe.runtime.core.graph_contract import OPTIONAL_INPUTS
+
+    _, path = exported("hubert", 2)
+    graph = onnx.load(str(path)).graph
+    initializers = {i.name for i in graph.initializer}
+    assert [i.name for i in graph.input if i.name not in initializers] == ["waveform"]
+    assert [i.name for i in graph.input if i.name in initializers] == list(OPTIONAL_INPUTS)
+    options = ort.SessionOptions()
+    options.log_severity_level = 2  # warnings
+    capfd.readouterr()
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    logged = capfd.readouterr().err
+    assert sorted(re.findall(r"Initializer (\S+) appears in graph inputs", logged)) == sorted(OPTIONAL_INPUTS)
+
+
 def test_parity_failure_is_loud(exported, tiny_checkpoints):
     pipeline, path = exported("hubert", 0)
     backbone = load_backbone(tiny_checkpoints["hubert"])

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="torch (the train extra) is not installed")
+transformers = pytest.importorskip("transformers", reason="transformers (the train extra) is not installed")
 
 from typer.testing import CliRunner  # noqa: E402
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="torch (the train extra) is not installed")
+transformers = pytest.importorskip("transformers", reason="transformers (the train extra) is not installed")
 
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", reason="transformers (the train extra) is not installed")
 
 from typer.testing import CliRunner  # noqa: E402
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="torch (the train extra) is not installed")
+transformers = pytest.importorskip("transformers", reason="transformers (the train extra) is not installed")
 
 from typer.testing import CliRunner  # noqa: E402
 
@@ -68,7 +68,7 @@ def relative(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("which", ["whisper_tiny_en", "whisper_base"])
 def test_encoder_matches_ctranslate2_on_speech(which, request, speech):
-    ctranslate2 = pytest.importorskip("ctranslate2")
+    ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 (the reference; test extra) is missing")
     ct2_dir, hf_dir = request.getfixturevalue(which)
     report = json.loads((hf_dir / "conversion.json").read_text())
     assert report["layout"] == "ctranslate2" and report["skipped"] == {}
@@ -88,7 +88,7 @@ def test_encoder_matches_ctranslate2_on_speech(which, request, speech):
 
 
 def test_greedy_decoding_matches_ctranslate2(whisper_base, speech):
-    ctranslate2 = pytest.importorskip("ctranslate2")
+    ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 (the reference; test extra) is missing")
     from tokenizers import Tokenizer
 
     ct2_dir, hf_dir = whisper_base

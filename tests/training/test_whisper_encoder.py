@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="torch (the train extra) is not installed")
+transformers = pytest.importorskip("transformers", reason="transformers (the train extra) is not installed")
 
 from vocalprobe.training.whisper.encoder import WhisperInputError, WhisperLayers  # noqa: E402
 

@@ -54,6 +54,7 @@ class StudyConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # seed and device are set per probe by the study
     description: str = ""  # free text at the top of report.md
     untrained_backbones: bool = False  # the embedded demo: the report says the scores say nothing about the paper
+    folds: int = 0  # K >= 2: K-fold cross-validation over groups (``study.folds``) instead of the manifest's splits
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or "\\" in self.name or self.name in {".", ".."}:
@@ -82,6 +83,8 @@ class StudyConfig:
             raise StudyError(f"chunk_seconds must be a positive number of seconds, got {self.chunk_seconds!r}")
         if self.batch_size < 1:
             raise StudyError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.folds != 0 and self.folds < 2:
+            raise StudyError(f"folds must be 2 or more (or 0: the manifest's own splits), got {self.folds}")
         if self.bootstrap_resamples < 10:
             raise StudyError(f"bootstrap_resamples must be >= 10, got {self.bootstrap_resamples}")
 
@@ -116,6 +119,7 @@ class StudyConfig:
             "bootstrap_resamples": self.bootstrap_resamples,
             "datasets": [{"name": d.name, "manifest": str(d.manifest)} for d in self.datasets],
             "probe": probe,
+            **({"folds": self.folds} if self.folds else {}),  # absent without folds: older study.toml unchanged
         }
 
     @classmethod

@@ -119,5 +119,10 @@ def run_default_study(root: str | Path = ".", *, progress: bool = True, inputs: 
     """Create the demo inputs if needed, run (or resume) the demo study; returns the study folder."""
     config = default_study_config(root, **overrides)
     ensure_inputs(config, inputs)
-    run_study(config, progress=progress, say=say)
+    if config.folds:
+        from vocalprobe.training.study.crossval import run_cv
+
+        run_cv(config, progress=progress, say=say)
+    else:
+        run_study(config, progress=progress, say=say)
     return config.out_dir

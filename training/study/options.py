@@ -46,7 +46,10 @@ def study_config(config: str | Path | None, data: Sequence[str] | None, backbone
                                  source="command line")
 
 
-def check_scale(demo: bool, shard: str | None, engine: str) -> None:
+def check_scale(demo: bool, shard: str | None, engine: str, folds: int | None = None) -> None:
+    if folds and (shard is not None or engine != "local"):
+        raise StudyError("--folds runs locally: its features are extracted once from the manifest without splits; "
+                         "drop --shard / --engine ray")
     if demo and (shard is not None or engine != "local"):
         raise StudyError("--shard and --engine ray split a study's feature extraction; give --config or --data and "
                          "--backbone")

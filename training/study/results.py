@@ -11,6 +11,13 @@ Layout under the study folder (``StudyConfig.out_dir``):
   and labels (``.test_posteriors.npy``, ``.test_rows.npy``, ``.test_labels.npy``);
 * ``fusion/DATASET/``: ``s{seed}.test_posteriors.npy``, ``test_rows.npy``, ``test_labels.npy``, ``fusion.json``.
 
+With ``folds = K`` (``study --folds K``: K-fold cross-validation over groups) the study folder holds instead:
+
+* ``study.toml`` (with ``folds``), ``folds/DATASET.csv``: each manifest row's fold (the fold whose Test holds it);
+* ``runs/DATASET/BACKBONE/fold{f}/``: fold f's probes and ``clips.json``, named as above;
+* ``cv_summary.json``: a ``CVSummary``; ``cv.csv`` (per dataset x backbone), ``cv_folds.csv`` (per fold) and
+  ``cv_report.md``, written from it (``study.cv_report``).
+
 DATASET and BACKBONE are the display names through ``safe_name``. JSON is written with sorted keys, so a study's
 files are byte-identical whenever its results are.
 """
@@ -35,6 +42,10 @@ SUMMARY_FILE = "summary.json"
 CLIPS_FILE = "clips.json"
 PRECISION_FILE = "precision.json"
 FUSION_FILE = "fusion.json"
+CV_SUMMARY_FILE = "cv_summary.json"
+CV_FILE = "cv.csv"
+CV_FOLDS_FILE = "cv_folds.csv"
+CV_REPORT_FILE = "cv_report.md"
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,79 @@ class StudySummary:
     vocalprobe_version: str = __version__
 
 
+@dataclass(frozen=True)
+class FoldProbe:
+    """One probe of a cross-validated study: its fold and its result (scored on that fold's Val and Test)."""
+
+    fold: int
+    result: ProbeResult
+
+
+@dataclass(frozen=True)
+class FoldChoice:
+    """One fold of one (dataset, backbone): the layer chosen on this fold's Val, and its Test UAR (seed means)."""
+
+    dataset: str
+    backbone: str  # display label
+    fold: int
+    layers: tuple[int, ...]
+    val_mean: tuple[float, ...]  # per layer, mean over seeds
+    test_mean: tuple[float, ...]  # per layer, mean over seeds
+    best_layer: int  # highest mean Val UAR (ties -> lower layer)
+    val_uar: float  # at best_layer, mean over seeds
+    test_uar: float  # at best_layer, mean over seeds: this fold's score
+    n_train: int
+    n_val: int
+    n_test: int
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """The cross-validated UAR of one (dataset, backbone): each fold's Test UAR at its own best-on-Val layer."""
+
+    dataset: str
+    backbone: str  # display label
+    backbone_name: str  # as given in the config
+    kind: str
+    folds: int  # K
+    best_layers: tuple[int, ...]  # per fold
+    fold_test_uar: tuple[float, ...]  # per fold
+    mean: float  # over folds
+    std: float  # over folds (population std, like the seeds')
+    low: float  # the worst fold
+    high: float  # the best fold
+    layers: tuple[int, ...]
+    layer_test_mean: tuple[float, ...]  # per layer, mean over folds of the seed means: the layer curve, not a choice
+    layer_test_std: tuple[float, ...]
+
+
+@dataclass
+class CVDatasetInfo:
+    name: str
+    manifest: str
+    labels: list[str]
+    group_by: str  # "group": folds of whole groups; "none": the manifest names no groups, folds of clips
+    n_units: int  # groups (or clips) dealt into folds
+    fold_sizes: list[int]  # clips in each fold's Test
+    folds_path: str  # folds/DATASET.csv, relative to the study folder
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CVSummary:
+    """What a cross-validated study's report is written from; saved as cv_summary.json in the study folder."""
+
+    config: dict[str, Any]
+    folds: int  # K
+    fold_seed: int  # the seed the folds (and, with the fold number added, each fold's Train/Val) were dealt with
+    seeds: list[int]  # the probes' seeds, in every fold
+    datasets: list[CVDatasetInfo]
+    results: list[FoldProbe]
+    choices: list[FoldChoice]
+    cv: list[CrossValidation]
+    vocalprobe_version: str = __version__
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # where things are
 
@@ -149,6 +233,16 @@ def run_dir(study_dir: str | Path, dataset: str, backbone: str) -> Path:
 def probe_checkpoint(study_dir: str | Path, dataset: str, backbone: str, layer: int, seed: int) -> Path:
     """The saved probe of any (dataset, backbone label, layer, seed) of a study, e.g. to export a non-best layer."""
     return with_suffix(run_dir(study_dir, dataset, backbone) / probe_name(layer, seed), ".safetensors")
+
+
+def fold_run_dir(study_dir: str | Path, dataset: str, backbone: str, fold: int) -> Path:
+    """The folder of one fold's probes of one (dataset, backbone label), in a cross-validated study."""
+    return run_dir(study_dir, dataset, backbone) / f"fold{fold}"
+
+
+def folds_path(study_dir: str | Path, dataset: str) -> Path:
+    """``folds/DATASET.csv``: which fold's Test each manifest row is in."""
+    return Path(study_dir) / "folds" / f"{safe_name(dataset)}.csv"
 
 
 def best_probe_stem(study_dir: str | Path, dataset: str, backbone: str) -> Path:
@@ -180,6 +274,23 @@ def write_summary(study_dir: str | Path, summary: StudySummary) -> Path:
     path = Path(study_dir) / SUMMARY_FILE
     write_json(path, to_record(summary))
     return path
+
+
+def write_cv_summary(study_dir: str | Path, summary: CVSummary) -> Path:
+    path = Path(study_dir) / CV_SUMMARY_FILE
+    write_json(path, to_record(summary))
+    return path
+
+
+def load_cv_summary(study_dir: str | Path) -> CVSummary:
+    path = Path(study_dir) / CV_SUMMARY_FILE
+    if not path.is_file():
+        raise StudyError(f"{path} not found: run the study with --folds first")
+    try:
+        return from_record(CVSummary, json.loads(path.read_text(encoding="utf-8")))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise StudyError(f"{path}: not a cross-validation summary this vocalprobe can read ({exc}); re-run the "
+                         "study") from None
 
 
 def load_summary(study_dir: str | Path) -> StudySummary:

@@ -272,10 +272,15 @@ class BackboneRun:
         too_deep = [layer for layer in layers if layer > backbone.num_layers]
         if too_deep:
             raise StudyError(f"{backbone.name} has layers 0..{backbone.num_layers}; cannot probe layer(s) {too_deep}")
-        fs = extract_features(self.manifest, backbone, layers=layers, device=self.probe.device,
+        fs = extract_features(self.features_manifest(), backbone, layers=layers, device=self.probe.device,
                               cache_dir=c.cache_dir, chunk_seconds=c.chunk_seconds, batch_size=c.batch_size,
                               dtype=c.dtype, progress=self.progress, shard=shard)
         return fs, backbone, layers
+
+    def features_manifest(self) -> Manifest:
+        """The manifest the features are extracted (and cached) from; a fold's run uses one without splits, so
+        every fold reads the same cache entry."""
+        return self.manifest
 
     def _extract(self) -> tuple[np.ndarray, ClipTable]:
         """Every clip's features (n, n_layers, 2D), and the clip table."""
@@ -288,7 +293,8 @@ class BackboneRun:
         identity = backbone.identity()
         identity.pop("config", None)
         table = ClipTable(key=self.key, layers=layers, rows=[int(r) for r in fs.rows],
-                          labels=[int(y) for y in fs.labels], splits=[str(s) for s in fs.splits], failed=failed,
+                          labels=[int(y) for y in fs.labels],
+                          splits=[self.manifest.rows[int(r)].split or "" for r in fs.rows], failed=failed,
                           backbone=identity, kind=kind, n_features=int(fs.features.shape[2]))
         for split in SPLITS:
             if len(table.index(split)) == 0:

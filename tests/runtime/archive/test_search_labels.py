@@ -4,6 +4,7 @@ reports the rows it cannot place."""
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 
@@ -147,3 +148,32 @@ def test_label_import_knows_ravens_table_names_and_recording_and_fails_on_nothin
                          encoding="utf-8")
     assert run_cli(["label", "import", table_csv, "--db", db]).exit_code == 0
     assert ("REC01/20210501_040000.WAV", 2.0, 2.5, "hi, gh") in _labels(db)
+
+
+def test_search_says_which_query_window_it_embedded_and_each_hits_band(tmp_path, graph, write_wav, run_cli):
+    """A long query is many windows: the command says which were embedded. High Freq is each hit recording's own
+    Nyquist (at most the model's): a 2 kHz recording holds nothing above 1 kHz."""
+    rng = np.random.default_rng(4)
+    write_wav(tmp_path / "audio" / "wide.wav", 0.2 * rng.standard_normal(16_000 * 2).astype(np.float32))
+    write_wav(tmp_path / "audio" / "narrow.wav", 0.2 * rng.standard_normal(2_000 * 2).astype(np.float32),
+              sample_rate=2_000)
+    write_wav(tmp_path / "query.wav", 0.2 * rng.standard_normal(16_000 * 3).astype(np.float32))
+    assert run_cli(["embed", tmp_path / "audio", "-m", graph, "--db", tmp_path / "db", "--window", "0.5"]
+                   ).exit_code == 0
+    out = tmp_path / "hits.txt"
+    whole = run_cli(["search", tmp_path / "query.wav", "--db", tmp_path / "db", "-k", "100", "-o", out])
+    assert whole.exit_code == 0, whole.output
+    assert "query: the mean of all 6 windows of query.wav (0.000-3.000 s of query.wav)" in whole.output
+    assert "give --start/--end" in whole.output
+    rows = list(csv.DictReader(out.open(encoding="utf-8"), delimiter="\t"))
+    band = {Path(r["Begin Path"]).name: float(r["High Freq (Hz)"]) for r in rows}
+    assert band == {"wide.wav": 8000.0, "narrow.wav": 1000.0}
+    one = run_cli(["search", tmp_path / "query.wav", "--start", "1.1", "--end", "1.4", "--db", tmp_path / "db",
+                   "-o", out])
+    assert one.exit_code == 0, one.output
+    assert "query: the window 1.000-1.500 s of query.wav, the one that overlaps --start..--end most" in one.output
+    (tmp_path / "audio" / "narrow.wav").unlink()  # a recording that moved is still listed, at the model's band
+    moved = run_cli(["search", tmp_path / "query.wav", "--db", tmp_path / "db", "-k", "100", "-o", out])
+    assert moved.exit_code == 0, moved.output
+    rows = list(csv.DictReader(out.open(encoding="utf-8"), delimiter="\t"))
+    assert {float(r["High Freq (Hz)"]) for r in rows} == {8000.0}

@@ -130,7 +130,7 @@ def test_without_ray_the_error_says_how_to_install_it():
 def test_a_ray_run_is_quiet_and_uses_no_deprecated_argument(recordings, graph, tmp_path):
     """`stream --engine ray` in its own process (its own local Ray): no Ray deprecation warning, no Ray Data
     progress bars or banners, a few lines of its own."""
-    pytest.importorskip("ray.data")
+    pytest.importorskip("ray.data", reason="ray[data] is not installed: the ray extra (pip install 'vocalprobe[ray]')")
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
     proc = subprocess.run([sys.executable, "-c", "from vocalprobe.cli import main; main()", "stream", str(recordings),
                            "-m", str(graph),
