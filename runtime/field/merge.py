@@ -111,7 +111,7 @@ def _check(shards: Sequence[_Shard]) -> dict:
         (a, where_a), (b, where_b) = list(options.values())[:2]
         raise MergeError(f"{where_a} and {where_b} hold files written with other output options (changed: "
                          f"{_changed(a, b)}); re-run the shards with the same --format, --min-conf, --top-k, "
-                         "--merge and --ignore (or --rewrite-outputs)")
+                         "--merge, --ignore and --scores (or --rewrite-outputs)")
     return next(iter(options.values()))[0] if options else {}
 
 
