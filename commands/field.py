@@ -66,8 +66,12 @@ def validate(
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CI.")] = 1000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes, each with its own session(s) and --threads "
                                          "(default: cores / workers); the report is that of one process.")] = 1,
+    min_conf: MinConfOpt = None,
+    min_conf_default: MinConfDefaultOpt = 0.5,
+    report_background: ReportBackgroundOpt = False,
 ) -> None:
-    """Score an exported graph with onnxruntime only and compare with the study's UAR (exit 1 when off)."""
+    """Score an exported graph with onnxruntime only and compare with the study's UAR (exit 1 when off); also each
+    class's precision and recall at stream's thresholds (the graph's class_thresholds unless --min-conf)."""
     from contextlib import ExitStack
 
     from rich.progress import Progress
@@ -75,8 +79,10 @@ def validate(
     from vocalprobe.runtime.core.manifest import read_manifest
     from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.runtime.field.validate import clips_to_score, write_report
+    from vocalprobe.runtime.field.stream import read_thresholds
     from vocalprobe.runtime.field.validate import validate as run_validate
 
+    default_conf, thresholds = read_thresholds(min_conf, min_conf_default) if min_conf is not None else (None, ())
     net = OnnxModel(model, provider=provider, threads=threads)
     _say(f"model: {net.describe()}")
     reference_net = None
@@ -99,7 +105,8 @@ def validate(
         task = progress.add_task(f"validate {split}", total=n_clips)
         report = run_validate(net, manifest, split=split, tolerance_points=tolerance, n_resamples=resamples,
                               on_clip=lambda: progress.advance(task), reference_model=reference_net, pool=pool,
-                              reference_pool=reference_pool)
+                              reference_pool=reference_pool, min_conf=default_conf, thresholds=thresholds,
+                              report_background=report_background)
     out = out if out is not None else model.with_name(f"{model.stem}.validate-{split}")
     json_path, png_path, note = write_report(report, out)
     if report.uar is not None:
@@ -113,6 +120,14 @@ def validate(
         typer.echo(f"study UAR ({report.reference_key}): {report.reference_uar * 100:.2f}")
     if report.difference_points is not None:
         typer.echo(f"difference: {report.difference_points:+.2f} points (tolerance {tolerance:g})")
+    if report.detection:
+        typer.echo(f"detections at thresholds: {report.thresholds_source}"
+                   + (f"; not reported: {', '.join(report.ignored)}" if report.ignored else ""))
+        for label, d in report.detection.items():
+            precision = "n/a" if d["precision"] is None else f"{d['precision']:.3f}"
+            recall = "n/a" if d["recall"] is None else f"{d['recall']:.3f}"
+            typer.echo(f"  {label} >= {d['threshold']:g}: precision {precision}, recall {recall} "
+                       f"({d['true_positives']} hit(s), {d['false_positives']} false, {d['false_negatives']} missed)")
     for item in report.unreadable:
         typer.secho(f"unreadable: {item['path']}: {item['problem']}", fg=typer.colors.YELLOW, err=True)
     for line in report.notes + ([note] if note else []):
