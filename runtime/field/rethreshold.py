@@ -151,7 +151,8 @@ def rethreshold(run_dir: str | Path, out_dir: str | Path, change: Rethreshold = 
         missing = [r.name for r in done if _scores_of(r) is None]
         if missing:
             raise RethresholdError(f"{run_dir}: no per-window scores ({len(missing)} of {len(done)} file(s), first "
-                                   f"{missing[0]}); re-run `vocalprobe stream` with --scores into a new --out folder")
+                                   f"{missing[0]}); re-run `vocalprobe stream` with --scores (into this folder: "
+                                   "with --rewrite-outputs)")
         run = _run_options(run_dir, records)
         rate = int(settings["sample_rate"])
         plan = WindowPlan(int(settings["window"]), int(settings["hop"]), settings["final_window"])
