@@ -179,3 +179,16 @@ def test_a_run_without_scores_is_refused_in_one_line(recordings, graph, tmp_path
     assert not (tmp_path / "new" / "detections.csv").exists()
     stdin = invoke("stream", "-", "-m", graph, "-o", tmp_path / "live", "--sample-rate", "16000", "--scores")
     assert stdin.exit_code == 1 and "--scores needs files" in stdin.output
+
+
+@pytest.mark.slow
+def test_scores_of_a_ray_run_with_cut_recordings_are_the_local_runs(ray_cluster, scored, recordings, graph,
+                                                                     tmp_path):
+    from test_ray_engine import ray_settings
+
+    out = tmp_path / "ray"
+    with ray_settings(chunk_windows=6):  # batch-aligned cuts (batch 3) inside the 16 kHz recording
+        result = invoke("stream", recordings, "-m", graph, "-o", out, *SCORED, "--scores", "--engine", "ray",
+                        "--concurrency", "2", "--threads", "1", "--no-progress")
+    assert result.exit_code == 2, result.output
+    assert tree(out) == tree(scored)
