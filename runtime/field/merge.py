@@ -142,7 +142,8 @@ def merge_outputs(out_dir: str | Path, shard_dirs: Sequence[str | Path]) -> Merg
         records = sorted((r for s in shards for r in s.records), key=run_order)
         source = {r.key: s for s in shards for r in s.records}
         formats = list(options.get("formats", []))
-        with Outputs(out_dir, formats, 0.0) as outputs, RunState(out_dir, shards[0].settings, options) as state:
+        with Outputs(out_dir, formats, 0.0, scores=options.get("scores")) as outputs, \
+                RunState(out_dir, shards[0].settings, options) as state:
             for record in records:
                 if record.status == DONE:
                     for rel in record.outputs:

@@ -18,7 +18,9 @@ from vocalprobe.runtime.core.detections.layout import (
     KALEIDOSCOPE_COLUMNS,
     PARAMS_NAME,
     PER_FILE_FORMATS,
+    SCORE_INDEX,
     SCORE_SUFFIXES,
+    SCORES_COMBINED,
     SUFFIXES,
     Detection,
     table_path,
@@ -191,7 +193,22 @@ class Outputs:
             else:
                 combine_lines(files, path, BIRDNET_COLUMNS if fmt == "birdnet-csv" else KALEIDOSCOPE_COLUMNS)
             made.append(path)
+        if self.scores_format is not None:
+            made.append(self._combine_scores(tables(SCORE_SUFFIXES[self.scores_format])))
         return made
+
+    def _combine_scores(self, parts: Sequence[tuple[str, float | None]]) -> Path:
+        """The run's scores table: the per-file ones (those that have one) one after the other."""
+        from vocalprobe.runtime.core.detections.scores import score_classes, scores_schema
+
+        path = self.out_dir / SCORES_COMBINED[self.scores_format]
+        files = [self.out_dir / t for t, _ in parts if (self.out_dir / t).is_file()]
+        classes = score_classes(files[0]) if files else self.classes
+        if self.scores_format == "parquet":
+            combine_parquet(files, path, scores_schema(classes))
+        else:
+            combine_lines(files, path, [*SCORE_INDEX, *classes])
+        return path
 
     def this_run_tables(self, names: Sequence[str]) -> Callable[[str], list[tuple[str, float | None]]]:
         def tables(suffix: str) -> list[tuple[str, float | None]]:

@@ -35,7 +35,8 @@ def scores_format() -> str:
     return "parquet"
 
 
-def _schema(classes: Sequence[str]):
+def scores_schema(classes: Sequence[str]):
+    """The parquet scores table's schema: the index typed (times in float64 seconds), float32 scores."""
     pa = pyarrow_module()
     index = [(SCORE_INDEX[0], pa.string()), (SCORE_INDEX[1], pa.float64()), (SCORE_INDEX[2], pa.float64())]
     return pa.schema(index + [(c, pa.float32()) for c in classes])
@@ -56,7 +57,7 @@ class ScoresWriter:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            self._schema = _schema(self.classes)
+            self._schema = scores_schema(self.classes)
             self._writer = pq.ParquetWriter(self._file.handle, self._schema)
         else:
             self._csv = csv.writer(self._file.handle, lineterminator="\n")

@@ -76,6 +76,12 @@ def test_scores_are_the_models_probabilities_in_opensoundscapes_shape(scored, re
     got = frame.to_numpy()
     assert got.dtype == np.float32
     assert np.array_equal(got, np.stack([p for _, p in expected]))  # bit for bit, not rounded
+    # the run's table is the per-file ones one after the other (OpenSoundscape's one table for many files)
+    combined = pd.read_parquet(scored / "scores.parquet")
+    assert len(combined) == sum(len(pd.read_parquet(t)) for t in tables)
+    assert list(combined["file"].unique()) == [str(t.relative_to(scored)).replace(".scores.parquet", "") +
+                                               ext for t, ext in zip(tables, (".wav", ".wav", ".wav", ".FLAC",
+                                                                               ".wav"))]
     # the journal keeps the run's scores option, and each recording's own rate (its tables' band)
     with RunState(scored, read_settings(scored)) as state:
         rates = {r.name: r.source_rate for r in state.records()}
@@ -102,9 +108,11 @@ def test_csv_scores_read_back_bit_for_bit_and_are_written_in_chunks(recordings, 
     import pyarrow.parquet as pq
 
     assert pq.ParquetFile(tmp_path / "parquet" / "a.scores.parquet").num_row_groups == math.ceil(len(starts) / 7)
-    with open(tmp_path / "csv" / "a.scores.csv", newline="") as handle:
-        header = next(csv.reader(handle))
-    assert header == ["file", "start_time", "end_time", *DEFAULT_CLASSES]
+    for table in ("a.scores.csv", "scores.csv"):
+        with open(tmp_path / "csv" / table, newline="") as handle:
+            header = next(csv.reader(handle))
+        assert header == ["file", "start_time", "end_time", *DEFAULT_CLASSES]
+    assert (tmp_path / "csv" / "scores.csv").read_bytes() == (tmp_path / "csv" / "a.scores.csv").read_bytes()
 
 
 @pytest.mark.parametrize("options", [
@@ -138,7 +146,7 @@ def test_rethreshold_gives_the_tables_of_a_stream_run_byte_for_byte(scored, reco
 def test_options_left_out_keep_the_runs(scored, recordings, graph, tmp_path):
     again = tmp_path / "again"
     assert invoke("rethreshold", scored, "-o", again).exit_code == 0
-    original = {k: v for k, v in tree(scored).items() if ".scores." not in k}
+    original = {k: v for k, v in tree(scored).items() if ".scores." not in k and not k.startswith("scores.")}
     assert tree(again) == original
 
 
