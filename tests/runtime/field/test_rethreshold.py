@@ -148,6 +148,13 @@ def test_options_left_out_keep_the_runs(scored, recordings, graph, tmp_path):
     assert invoke("rethreshold", scored, "-o", again).exit_code == 0
     original = {k: v for k, v in tree(scored).items() if ".scores." not in k and not k.startswith("scores.")}
     assert tree(again) == original
+    busy = invoke("rethreshold", scored, "-o", again, "--min-conf", "0.2")
+    assert busy.exit_code == 1 and "is not empty; give a new --out folder" in busy.output
+    unknown = invoke("rethreshold", scored, "-o", tmp_path / "x", "--ignore", "owl")
+    assert unknown.exit_code == 1 and "--ignore owl: not a class of the run" in unknown.output
+    only_csv = invoke("rethreshold", scored, "-o", tmp_path / "csv", "--format", "csv")
+    assert only_csv.exit_code == 0 and (tmp_path / "csv" / "detections.csv").read_bytes() == original[
+        "detections.csv"] and not (tmp_path / "csv" / "detections.jsonl").exists()
 
 
 def test_scores_survive_workers_resume_and_merged_shards(scored, recordings, graph, tmp_path):
