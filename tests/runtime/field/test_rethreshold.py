@@ -207,3 +207,13 @@ def test_scores_of_a_ray_run_with_cut_recordings_are_the_local_runs(ray_cluster,
                         "--concurrency", "2", "--threads", "1", "--no-progress")
     assert result.exit_code == 2, result.output
     assert tree(out) == tree(scored)
+
+
+def test_the_python_api_rethresholds_as_the_command_does(scored, tmp_path):
+    import vocalprobe
+
+    summary = vocalprobe.rethreshold(scored, tmp_path / "api", min_conf=0.3, merge=True, formats="csv,raven")
+    assert summary.done == 5 and summary.failed == 1 and summary.detections > 0
+    assert invoke("rethreshold", scored, "-o", tmp_path / "cli", "--min-conf", "0.3", "--merge", "--format",
+                  "csv,raven").exit_code == 0
+    assert tree(tmp_path / "api") == tree(tmp_path / "cli")
