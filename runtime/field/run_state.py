@@ -9,8 +9,8 @@ replaced is analysed again.
 Two fingerprints keep a folder honest:
 - the run's (graph digests, fusion weights, sample rate, resampler, window, hop, final-window policy): what changes
   the numbers. Resuming with another one is refused;
-- the output options (formats, min-conf, top-k, merge, ignored classes): they may change between runs. Files done
-  earlier keep what they were written with; ``rewrite_outputs`` re-analyses those whose options differ.
+- the output options (formats, min-conf, top-k, merge, ignored classes, scores): they may change between runs.
+  Files done earlier keep what they were written with; ``rewrite_outputs`` re-analyses those whose options differ.
 
 The journal also records how many bytes of ``detections.jsonl`` are final, so rows of a file whose commit was cut
 short by a kill are dropped, never doubled.
