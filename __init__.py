@@ -6,10 +6,10 @@ layer-wise study, torch) and ``vocalprobe.export`` (ONNX export). Dependencies p
 """
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "predict", "stream", "embed", "segments", "study", "export_graph"]
+__all__ = ["__version__", "predict", "stream", "rethreshold", "embed", "segments", "study", "export_graph"]
 
 #: The Python API (``vocalprobe/api.py``), loaded on first use so ``import vocalprobe`` (and the CLI) stays cheap.
-_API = ("predict", "stream", "embed", "segments", "study", "export_graph")
+_API = ("predict", "stream", "rethreshold", "embed", "segments", "study", "export_graph")
 
 
 def __getattr__(name: str):

@@ -1,5 +1,5 @@
-"""The Python API: ``vocalprobe.predict``, ``stream``, ``embed``, ``segments``, ``study`` and ``export_graph``, for
-scripts and notebooks.
+"""The Python API: ``vocalprobe.predict``, ``stream``, ``rethreshold``, ``embed``, ``segments``, ``study`` and
+``export_graph``, for scripts and notebooks.
 
 Each calls the producer its command calls (the engine's ``predict``, ``field.run.run_stream``, ``archive.embed``,
 ``field.segments``, the study runner, ``export.onnx_export``), so it accepts and refuses what the command does, with
@@ -92,6 +92,23 @@ def stream(files, model, out, **options):
         options["ignore"] = frozenset(options["ignore"])
     job = StreamJob(tuple(Path(m) for m in _models(model)), Path(out), tuple(_paths(files)), **options)
     return run_stream(job).summary
+
+
+def rethreshold(run_dir, out, **options):
+    """`vocalprobe rethreshold RUN_DIR -o OUT`: the detection tables of a ``stream(..., scores=True)`` run made again
+    in ``out`` from its stored scores, without the model; returns its ``RethresholdSummary``. ``options``: the fields
+    of ``runtime.field.rethreshold.Rethreshold`` (min_conf, thresholds, top_k, merge, ignore, report_background,
+    formats); each left out keeps the run's."""
+    from vocalprobe.runtime.field.rethreshold import Rethreshold
+    from vocalprobe.runtime.field.rethreshold import rethreshold as run_rethreshold
+
+    if isinstance(options.get("formats"), str):
+        from vocalprobe.runtime.core.detections.tables import parse_formats
+
+        options["formats"] = parse_formats(options["formats"])
+    if options.get("ignore") is not None:
+        options["ignore"] = frozenset(options["ignore"])
+    return run_rethreshold(Path(run_dir), Path(out), Rethreshold(**options))
 
 
 def embed(files, model, db, *, window: float | None = None, hop: float | None = None, final_window: str = "pad",

@@ -1,5 +1,5 @@
-"""`vocalprobe stream`, `merge`, `validate`, `bench`, `score-events` and `review`: the torch-free commands a recorder
-runs.
+"""`vocalprobe stream`, `merge`, `rethreshold`, `validate`, `bench`, `score-events` and `review`: the torch-free
+commands a recorder runs.
 
 Commands parse options and call ``runtime.field``'s stream, validate, bench, events and review; the runtime and
 onnxruntime are imported inside the command bodies, never when the CLI is imported.
@@ -20,10 +20,17 @@ from vocalprobe.commands.options import (
     ConcurrencyOpt,
     DetectionsArg,
     EngineOpt,
+    FormatOpt,
+    IgnoreOpt,
+    MergeOpt,
+    MinConfDefaultOpt,
+    MinConfOpt,
     NumCpusOpt,
     NumGpusOpt,
     ProgressOpt,
+    ReportBackgroundOpt,
     ThreadsOpt,
+    TopKOpt,
 )
 
 app = typer.Typer()
@@ -59,8 +66,12 @@ def validate(
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CI.")] = 1000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes, each with its own session(s) and --threads "
                                          "(default: cores / workers); the report is that of one process.")] = 1,
+    min_conf: MinConfOpt = None,
+    min_conf_default: MinConfDefaultOpt = 0.5,
+    report_background: ReportBackgroundOpt = False,
 ) -> None:
-    """Score an exported graph with onnxruntime only and compare with the study's UAR (exit 1 when off)."""
+    """Score an exported graph with onnxruntime only and compare with the study's UAR (exit 1 when off); also each
+    class's precision and recall at stream's thresholds (the graph's class_thresholds unless --min-conf)."""
     from contextlib import ExitStack
 
     from rich.progress import Progress
@@ -68,8 +79,10 @@ def validate(
     from vocalprobe.runtime.core.manifest import read_manifest
     from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.runtime.field.validate import clips_to_score, write_report
+    from vocalprobe.runtime.field.stream import read_thresholds
     from vocalprobe.runtime.field.validate import validate as run_validate
 
+    default_conf, thresholds = read_thresholds(min_conf, min_conf_default) if min_conf is not None else (None, ())
     net = OnnxModel(model, provider=provider, threads=threads)
     _say(f"model: {net.describe()}")
     reference_net = None
@@ -92,7 +105,8 @@ def validate(
         task = progress.add_task(f"validate {split}", total=n_clips)
         report = run_validate(net, manifest, split=split, tolerance_points=tolerance, n_resamples=resamples,
                               on_clip=lambda: progress.advance(task), reference_model=reference_net, pool=pool,
-                              reference_pool=reference_pool)
+                              reference_pool=reference_pool, min_conf=default_conf, thresholds=thresholds,
+                              report_background=report_background)
     out = out if out is not None else model.with_name(f"{model.stem}.validate-{split}")
     json_path, png_path, note = write_report(report, out)
     if report.uar is not None:
@@ -106,6 +120,14 @@ def validate(
         typer.echo(f"study UAR ({report.reference_key}): {report.reference_uar * 100:.2f}")
     if report.difference_points is not None:
         typer.echo(f"difference: {report.difference_points:+.2f} points (tolerance {tolerance:g})")
+    if report.detection:
+        typer.echo(f"detections at thresholds: {report.thresholds_source}"
+                   + (f"; not reported: {', '.join(report.ignored)}" if report.ignored else ""))
+        for label, d in report.detection.items():
+            precision = "n/a" if d["precision"] is None else f"{d['precision']:.3f}"
+            recall = "n/a" if d["recall"] is None else f"{d['recall']:.3f}"
+            typer.echo(f"  {label} >= {d['threshold']:g}: precision {precision}, recall {recall} "
+                       f"({d['true_positives']} hit(s), {d['false_positives']} false, {d['false_negatives']} missed)")
     for item in report.unreadable:
         typer.secho(f"unreadable: {item['path']}: {item['problem']}", fg=typer.colors.YELLOW, err=True)
     for line in report.notes + ([note] if note else []):
@@ -125,9 +147,7 @@ def stream(
         help="Audio files, folders (recursive; wav/flac/ogg in any case), or - for raw PCM on stdin.")] = None,
     model: ModelOpt = ...,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (re-running into it resumes).")] = ...,
-    format: Annotated[str, typer.Option("--format", help="Comma-separated: raven, csv, jsonl, birdnet-csv, audacity, "
-                                        "kaleidoscope, parquet (pip install 'vocalprobe\\[parquet]').")
-                      ] = "raven,csv,jsonl",
+    format: FormatOpt = "raven,csv,jsonl",
     window: WindowOpt = None,
     hop: Annotated[Optional[float], typer.Option(help="Hop between windows in seconds (default: the window).")] = None,
     final_window: Annotated[str, typer.Option(
@@ -135,20 +155,12 @@ def stream(
     batch: BatchOpt = 8,
     threads: ThreadsOpt = None,
     provider: ProviderOpt = "auto",
-    min_conf: Annotated[Optional[str], typer.Option(
-        help="Report classes with probability >= this, per window; or a class,threshold CSV of per-class thresholds "
-             "(classes it does not list use --min-conf-default). Default: the graph's own class_thresholds "
-             "(`export attach` writes them), else 0.5.")] = None,
-    min_conf_default: Annotated[float, typer.Option(
-        help="With a --min-conf CSV: the threshold of the classes it does not list.")] = 0.5,
-    top_k: Annotated[Optional[int], typer.Option(help="At most this many classes per window.")] = None,
-    merge: Annotated[bool, typer.Option(help="Join consecutive windows of the same class into one event.")] = False,
-    ignore: Annotated[Optional[list[str]], typer.Option(
-        help="Never report this class (repeatable); the model's background/negative class is never reported "
-             "anyway (see --report-background).")] = None,
-    report_background: Annotated[bool, typer.Option(
-        help="Also report the model's background/negative class (a class named background, noise, negative, "
-             "other or none), left out by default.")] = False,
+    min_conf: MinConfOpt = None,
+    min_conf_default: MinConfDefaultOpt = 0.5,
+    top_k: TopKOpt = None,
+    merge: MergeOpt = False,
+    ignore: IgnoreOpt = None,
+    report_background: ReportBackgroundOpt = False,
     weights: Annotated[Optional[str], typer.Option(help="Fusion weights, e.g. 2,1,1 (one per --model).")] = None,
     sample_rate: Annotated[Optional[int], typer.Option(help="stdin only: sample rate of the raw PCM.")] = None,
     channels: Annotated[int, typer.Option(help="stdin only: interleaved channels (averaged to mono).")] = 1,
@@ -175,6 +187,10 @@ def stream(
     embeddings: Annotated[bool, typer.Option(help="Also write each window's embedding into the --db archive, as "
                                              "`vocalprobe embed` would (the backbone runs once).")] = False,
     db: Annotated[Optional[Path], typer.Option("--db", help="--embeddings: the archive folder.")] = None,
+    scores: Annotated[bool, typer.Option(
+        help="Also write every window's score of every class (NAME.scores.parquet, or .csv without pyarrow; "
+             "OpenSoundscape's score table), so `vocalprobe rethreshold` can make the tables again with other "
+             "thresholds without the model.")] = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Detect calls in field recordings with exported models, in constant memory, resumable."""
@@ -190,7 +206,7 @@ def stream(
     job = StreamJob(tuple(model), out, tuple(inputs or ()), parse_formats(format), window, hop, final_window, batch,
                     threads, provider, weights, default_conf, thresholds, top_k, merge, frozenset(ignore or []),
                     rewrite_outputs, block_size, scale, sample_rate, channels, dtype, watch, settle, poll, idle_exit,
-                    report_background)
+                    report_background, scores)
     sink = None
     if embeddings or db is not None:  # the archive is imported only when asked for
         from vocalprobe.runtime.archive.embed import stream_archive
@@ -248,6 +264,36 @@ def merge(
     summary = merge_outputs(out, shards)
     typer.echo(f"merged {summary.shards} shard(s): {summary.done} file(s) done, {summary.failed} failed, "
                f"{summary.detections} detection(s) -> {out}")
+
+
+@app.command("rethreshold")
+@friendly_errors
+def rethreshold(
+    run_dir: Annotated[Path, typer.Argument(help="The --out folder of a `stream --scores` run.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New output folder for the re-made tables.")],
+    min_conf: MinConfOpt = None,
+    min_conf_default: MinConfDefaultOpt = 0.5,
+    top_k: TopKOpt = None,
+    merge: MergeOpt = None,
+    ignore: IgnoreOpt = None,
+    report_background: ReportBackgroundOpt = None,
+    format: FormatOpt = None,
+) -> None:
+    """Make a stream run's detection tables again from its stored scores (`stream --scores`) with other thresholds,
+    --top-k, --merge or --ignore, in seconds and without the model; each option left out keeps the run's."""
+    from vocalprobe.runtime.core.detections.tables import parse_formats
+    from vocalprobe.runtime.field.rethreshold import Rethreshold
+    from vocalprobe.runtime.field.rethreshold import rethreshold as run_rethreshold
+    from vocalprobe.runtime.field.stream import read_thresholds
+
+    default_conf, thresholds = read_thresholds(min_conf, min_conf_default) if min_conf is not None else (None, ())
+    change = Rethreshold(default_conf, thresholds, top_k, merge, frozenset(ignore) if ignore else None,
+                         report_background, parse_formats(format) if format is not None else None)
+    summary = run_rethreshold(run_dir, out, change)
+    typer.echo(f"rethreshold: {summary.done} file(s), {summary.windows} window(s), {summary.detections} "
+               f"detection(s) -> {out}")
+    if summary.failed:
+        _say(f"{summary.failed} file(s) the run could not read, listed in {out / 'errors.csv'}")
 
 
 @app.command("bench")

@@ -24,3 +24,21 @@ AddressOpt = Annotated[Optional[str], typer.Option(help="--engine ray: a running
 NumCpusOpt = Annotated[Optional[float], typer.Option(help="--engine ray: CPUs per actor (default 1, 0 with GPUs).")]
 NumGpusOpt = Annotated[Optional[float], typer.Option(help="--engine ray: GPUs per actor.")]
 ConcurrencyOpt = Annotated[Optional[int], typer.Option(help="--engine ray: actors (default: the cluster's CPUs).")]
+
+# How stream turns window scores into detections, and rethreshold again from stored scores (`stream --scores`).
+FormatOpt = Annotated[str, typer.Option("--format", help="Comma-separated: raven, csv, jsonl, birdnet-csv, audacity, "
+                                        "kaleidoscope, parquet (pip install 'vocalprobe\\[parquet]').")]
+MinConfOpt = Annotated[Optional[str], typer.Option(
+    help="Report classes with probability >= this, per window; or a class,threshold CSV of per-class thresholds "
+         "(classes it does not list use --min-conf-default). Default: the graph's own class_thresholds (`export "
+         "attach` writes them), else 0.5; rethreshold: the run's.")]
+MinConfDefaultOpt = Annotated[float, typer.Option(
+    help="With a --min-conf CSV: the threshold of the classes it does not list.")]
+TopKOpt = Annotated[Optional[int], typer.Option(help="At most this many classes per window.")]
+MergeOpt = Annotated[bool, typer.Option(help="Join consecutive windows of the same class into one event.")]
+IgnoreOpt = Annotated[Optional[list[str]], typer.Option(
+    help="Never report this class (repeatable); the model's background/negative class is never reported anyway "
+         "(see --report-background).")]
+ReportBackgroundOpt = Annotated[bool, typer.Option(
+    help="Also report the model's background/negative class (a class named background, noise, negative, other or "
+         "none), left out by default.")]

@@ -111,7 +111,7 @@ def _check(shards: Sequence[_Shard]) -> dict:
         (a, where_a), (b, where_b) = list(options.values())[:2]
         raise MergeError(f"{where_a} and {where_b} hold files written with other output options (changed: "
                          f"{_changed(a, b)}); re-run the shards with the same --format, --min-conf, --top-k, "
-                         "--merge and --ignore (or --rewrite-outputs)")
+                         "--merge, --ignore and --scores (or --rewrite-outputs)")
     return next(iter(options.values()))[0] if options else {}
 
 
@@ -142,7 +142,8 @@ def merge_outputs(out_dir: str | Path, shard_dirs: Sequence[str | Path]) -> Merg
         records = sorted((r for s in shards for r in s.records), key=run_order)
         source = {r.key: s for s in shards for r in s.records}
         formats = list(options.get("formats", []))
-        with Outputs(out_dir, formats, 0.0) as outputs, RunState(out_dir, shards[0].settings, options) as state:
+        with Outputs(out_dir, formats, 0.0, scores=options.get("scores")) as outputs, \
+                RunState(out_dir, shards[0].settings, options) as state:
             for record in records:
                 if record.status == DONE:
                     for rel in record.outputs:

@@ -1,6 +1,6 @@
 """Where one stream run writes: the per-file tables (mirroring the input tree, streamed into temporary files and
-renamed when a recording finishes), the JSONL, errors.csv, analysis_params.csv and the combined tables. The folder is
-locked for the run (``OutputLock``)."""
+renamed when a recording finishes), the per-window scores tables (``--scores``), the JSONL, errors.csv,
+analysis_params.csv and the combined tables. The folder is locked for the run (``OutputLock``)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from vocalprobe.runtime.core.detections.layout import (
     KALEIDOSCOPE_COLUMNS,
     PARAMS_NAME,
     PER_FILE_FORMATS,
+    SCORE_INDEX,
+    SCORE_SUFFIXES,
+    SCORES_COMBINED,
     SUFFIXES,
     Detection,
     table_path,
@@ -41,13 +44,20 @@ class Outputs:
 
     The folder is locked (``OutputLock``) from ``open`` (or ``with outputs:``) to ``close``: one run at a time.
     ``high_freq_hz``: the model's Nyquist frequency (a recording made at a lower rate has a lower band).
+    ``scores``: the format of the per-window scores tables (``SCORE_SUFFIXES``), or None for none; they need the
+    model's ``classes`` and ``sample_rate``.
     """
 
-    def __init__(self, out_dir: str | Path, formats: Sequence[str], high_freq_hz: float, *, overlap_s: float = 0.0):
+    def __init__(self, out_dir: str | Path, formats: Sequence[str], high_freq_hz: float, *, overlap_s: float = 0.0,
+                 scores: str | None = None, classes: Sequence[str] = (), sample_rate: int | None = None):
         self.out_dir = Path(out_dir)
         self.formats = tuple(formats)
         self.high_freq_hz = high_freq_hz
         self.overlap_s = overlap_s
+        self.scores_format = scores
+        self.classes = tuple(classes)
+        self.sample_rate = sample_rate
+        self._scores = None  # the current recording's ScoresWriter
         self.lock = OutputLock(self.out_dir)
         self._locked_by_open = False
         self.jsonl: JsonlWriter | None = None
@@ -98,6 +108,11 @@ class Outputs:
         if clash:
             raise OutputNameError(name, f"its table {clash[0]} would overwrite the run's combined table; "
                                   "rename the file or move it into a sub-folder")
+        if self.scores_format is not None:
+            from vocalprobe.runtime.core.detections.scores import ScoresWriter
+
+            self._scores = ScoresWriter(table_path(self.out_dir, name, SCORE_SUFFIXES[self.scores_format]),
+                                        self.scores_format, name, self.classes, self.sample_rate)
         band = self.high_freq_hz if source_rate is None else min(self.high_freq_hz, source_rate / 2)
         recording = Recording(name, printable_name(os.path.abspath(path)) if path is not None else name, band,
                               self.overlap_s)
@@ -106,6 +121,11 @@ class Outputs:
     def row(self, detection: Detection) -> None:
         if self._tables is not None:
             self._tables.write(detection)
+
+    def scores(self, window, probs) -> None:
+        """One window's probabilities (``stream --scores``), in the model's class order."""
+        if self._scores is not None:
+            self._scores.add(window.start, window.end, probs)
 
     def event(self, detection: Detection) -> None:
         if self.jsonl is not None:
@@ -118,6 +138,10 @@ class Outputs:
             self._tables.commit()
             written = [str(p.relative_to(self.out_dir)) for p in self._tables.paths.values()]
             self._tables = None
+        if self._scores is not None:
+            self._scores.commit()
+            written.append(str(self._scores.path.relative_to(self.out_dir)))
+            self._scores = None
         self._seconds[name] = audio_seconds
         if self.jsonl is not None:
             written.append(JSONL_NAME)
@@ -132,6 +156,9 @@ class Outputs:
         if self._tables is not None:
             self._tables.abort()
             self._tables = None
+        if self._scores is not None:
+            self._scores.abort()
+            self._scores = None
         if self.jsonl is not None:
             self.jsonl.discard()
 
@@ -166,7 +193,22 @@ class Outputs:
             else:
                 combine_lines(files, path, BIRDNET_COLUMNS if fmt == "birdnet-csv" else KALEIDOSCOPE_COLUMNS)
             made.append(path)
+        if self.scores_format is not None:
+            made.append(self._combine_scores(tables(SCORE_SUFFIXES[self.scores_format])))
         return made
+
+    def _combine_scores(self, parts: Sequence[tuple[str, float | None]]) -> Path:
+        """The run's scores table: the per-file ones (those that have one) one after the other."""
+        from vocalprobe.runtime.core.detections.scores import score_classes, scores_schema
+
+        path = self.out_dir / SCORES_COMBINED[self.scores_format]
+        files = [self.out_dir / t for t, _ in parts if (self.out_dir / t).is_file()]
+        classes = score_classes(files[0]) if files else self.classes
+        if self.scores_format == "parquet":
+            combine_parquet(files, path, scores_schema(classes))
+        else:
+            combine_lines(files, path, [*SCORE_INDEX, *classes])
+        return path
 
     def this_run_tables(self, names: Sequence[str]) -> Callable[[str], list[tuple[str, float | None]]]:
         def tables(suffix: str) -> list[tuple[str, float | None]]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from vocalprobe.runtime.core.detections.layout import SCORE_SUFFIXES
 from vocalprobe.runtime.core.errors import AudioError, VocalprobeError
 from vocalprobe.runtime.core.graph_contract import negative_classes
 from vocalprobe.runtime.engine.scale import ONE_PROCESS, ModelSpec, Scale
@@ -63,6 +64,7 @@ class StreamJob:
     poll_s: float = 1.0
     idle_exit_s: float | None = None
     report_background: bool = False  # also report the model's background/negative classes (NEGATIVE_CLASSES)
+    scores: bool = False  # also write every window's score of every class (for `vocalprobe rethreshold`)
 
     def __post_init__(self):
         if not self.inputs and self.watch is None:
@@ -72,6 +74,9 @@ class StreamJob:
         if "-" in self.inputs and len(self.inputs) > 1:
             raise StreamJobError("- (stdin) cannot be mixed with files or folders")
         self.scale.require_files(bool(self.inputs) and not self.stdin)
+        if self.scores and self.stdin:
+            raise StreamJobError("--scores needs files or --watch: a stdin stream has no journal to re-threshold "
+                                 "from; write the audio to a file first")
 
     @property
     def stdin(self) -> bool:
@@ -129,6 +134,7 @@ def run_stream(job: StreamJob, *, say: Callable[[str], None] | None = None,
     """Run ``job``; ``say`` gets what a user should read (stderr), ``progress`` makes the progress display,
     ``embeddings`` opens the archive sink of ``--embeddings`` (``archive.embed.stream_archive``, wired by the
     command: the stream product does not import the archive)."""
+    from vocalprobe.runtime.core.detections.scores import scores_format
     from vocalprobe.runtime.engine.ensemble import load_models
     from vocalprobe.runtime.engine.sources import FolderWatcher, StdinSource, collect_files
     from vocalprobe.runtime.field.outputs import Outputs
@@ -179,9 +185,14 @@ def run_stream(job: StreamJob, *, say: Callable[[str], None] | None = None,
     params = analysis_params(net, config, job.formats)
     overlap_s = (plan.window - plan.hop) / net.sample_rate
     run = dict(log=say, params=params, scale=scale, spec=spec)
+    scores = scores_format() if job.scores else None
+    if scores is not None:
+        say(f"scores: every window's score of every class -> *{SCORE_SUFFIXES[scores]} (`vocalprobe rethreshold` "
+            "re-thresholds them without the model)")
 
     # The folder is ours, or this fails at once.
-    with Outputs(job.out, job.formats, net.sample_rate / 2, overlap_s=overlap_s) as outputs, \
+    with Outputs(job.out, job.formats, net.sample_rate / 2, overlap_s=overlap_s, scores=scores, classes=net.classes,
+                 sample_rate=net.sample_rate) as outputs, \
             (embeddings(net, plan, stdin=job.stdin) if embeddings is not None else nullcontext(None)) as sink:
         if job.stdin:
             source = StdinSource(job.sample_rate, job.channels, job.dtype, block_frames=job.block_size)
@@ -190,7 +201,7 @@ def run_stream(job: StreamJob, *, say: Callable[[str], None] | None = None,
                                      "--out folder")
             with progress(None, None) as bar:
                 return StreamOutcome(run_sources([source], net, config, outputs, None, progress=bar, **run), None)
-        with RunState(job.out, run_settings(net, config), output_options(config, job.formats),
+        with RunState(job.out, run_settings(net, config), output_options(config, job.formats, scores),
                       rewrite_outputs=job.rewrite_outputs) as state:
             for described, n in state.other_options().items():
                 say(f"note: {n} file(s) done earlier were written with other output options ({described}); "

@@ -9,8 +9,8 @@ replaced is analysed again.
 Two fingerprints keep a folder honest:
 - the run's (graph digests, fusion weights, sample rate, resampler, window, hop, final-window policy): what changes
   the numbers. Resuming with another one is refused;
-- the output options (formats, min-conf, top-k, merge, ignored classes): they may change between runs. Files done
-  earlier keep what they were written with; ``rewrite_outputs`` re-analyses those whose options differ.
+- the output options (formats, min-conf, top-k, merge, ignored classes, scores): they may change between runs.
+  Files done earlier keep what they were written with; ``rewrite_outputs`` re-analyses those whose options differ.
 
 The journal also records how many bytes of ``detections.jsonl`` are final, so rows of a file whose commit was cut
 short by a kill are dropped, never doubled.
@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS files (
     options_id INTEGER REFERENCES options(id),
     updated REAL NOT NULL,
     seconds REAL,                   -- audio seconds of a done recording (the combined Raven table lays them end to end)
-    position INTEGER                -- place in the run's whole input list, before --shard (merge keeps that order)
+    position INTEGER,               -- place in the run's whole input list, before --shard (merge keeps that order)
+    source_rate INTEGER             -- the recording's own sample rate (its tables' band; rethreshold writes them again)
 ) WITHOUT ROWID;
 """
 
@@ -84,6 +85,7 @@ class FileRecord:
     options: dict | None = None
     seconds: float | None = None  # audio seconds of a done recording
     position: int | None = None  # place in the whole input list (before --shard); None: not known
+    source_rate: int | None = None  # the recording's own sample rate; None: not known
 
     @property
     def wrote_jsonl(self) -> bool:
@@ -174,6 +176,8 @@ class RunState:
         if found != JOURNAL_FORMAT or not {"seconds", "position"} <= columns:
             raise StateError(f"{self.path}: journal format {found!r} (this vocalprobe reads {JOURNAL_FORMAT!r}); "
                              "use the vocalprobe that wrote it, or another --out folder")
+        if "source_rate" not in columns:  # a journal of before --scores: its files' rates are not known (NULL)
+            self._db.execute("ALTER TABLE files ADD COLUMN source_rate INTEGER")
         before = json.loads(self._meta("settings") or "{}")
         if json_sha256(before) != json_sha256(self.settings):
             raise StateError(f"{self.out_dir} holds results made with other settings (changed: "
@@ -191,13 +195,13 @@ class RunState:
         return printable_name(os.path.abspath(path))
 
     def _record(self, row: tuple) -> FileRecord:
-        key, name, size, mtime_ns, status, detections, outputs, problem, options, seconds, position = row
+        key, name, size, mtime_ns, status, detections, outputs, problem, options, seconds, position, rate = row
         return FileRecord(key, name, status, Fingerprint(size, mtime_ns) if size is not None else None, detections,
                           tuple(json.loads(outputs)), problem, json.loads(options) if options else None, seconds,
-                          position)
+                          position, rate)
 
     _SELECT = ("SELECT f.key, f.name, f.size, f.mtime_ns, f.status, f.detections, f.outputs, f.problem, o.json, "
-               "f.seconds, f.position FROM files f LEFT JOIN options o ON o.id = f.options_id")
+               "f.seconds, f.position, f.source_rate FROM files f LEFT JOIN options o ON o.id = f.options_id")
 
     def lookup(self, path: str | Path) -> FileRecord | None:
         row = self._db.execute(self._SELECT + " WHERE f.key = ?", (self.key(path),)).fetchone()
@@ -277,10 +281,11 @@ class RunState:
         fp = record.fingerprint
         self._db.execute(
             "INSERT OR REPLACE INTO files (key, name, size, mtime_ns, status, detections, outputs, problem, "
-            "options_id, updated, seconds, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "options_id, updated, seconds, position, source_rate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (record.key, record.name, fp.size if fp else None, fp.mtime_ns if fp else None, record.status,
              record.detections, json.dumps(list(record.outputs)), record.problem, options_id, time.time(), seconds,
-             record.position if record.position is not None else self.positions.get(record.key)))
+             record.position if record.position is not None else self.positions.get(record.key),
+             record.source_rate))
         if jsonl_end is not None:
             self._set_meta("jsonl_committed", str(jsonl_end))
 
@@ -295,12 +300,12 @@ class RunState:
 
     def mark_done(self, path: Path, name: str, n_detections: int, outputs: Sequence[str], *,
                   fingerprint: Fingerprint | None = None, jsonl_end: int | None = None,
-                  seconds: float | None = None) -> None:
+                  seconds: float | None = None, source_rate: int | None = None) -> None:
         """``fingerprint``: the version analysed (taken before reading it); ``jsonl_end``: the committed JSONL size;
-        ``seconds``: the recording's length in audio seconds."""
+        ``seconds``: the recording's length in audio seconds; ``source_rate``: its own sample rate."""
         fingerprint = fingerprint if fingerprint is not None else Fingerprint.of(path)
-        self._commit(FileRecord(self.key(path), name, DONE, fingerprint, n_detections, tuple(outputs)), jsonl_end,
-                     seconds)
+        self._commit(FileRecord(self.key(path), name, DONE, fingerprint, n_detections, tuple(outputs),
+                                source_rate=source_rate), jsonl_end, seconds)
 
     def mark_failed(self, path: Path, name: str, problem: str, *, fingerprint: Fingerprint | None = None,
                     jsonl_end: int | None = None) -> None:

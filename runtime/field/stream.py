@@ -117,12 +117,15 @@ def run_settings(model: Model, config: DetectConfig) -> dict:
             "final_window": config.plan.final_window}
 
 
-def output_options(config: DetectConfig, formats: Sequence[str]) -> dict:
-    """What shapes the outputs but not the numbers (thresholds included): may change between runs into one folder."""
+def output_options(config: DetectConfig, formats: Sequence[str], scores: str | None = None) -> dict:
+    """What shapes the outputs but not the numbers (thresholds included): may change between runs into one folder.
+    ``scores``: the format of ``--scores``'s tables (None: none written)."""
     options = {"min_conf": config.min_conf, "top_k": config.top_k, "merge": config.merge, "formats": list(formats),
                "ignore": sorted(config.ignore)}
     if config.thresholds:
         options["thresholds"] = dict(sorted(config.thresholds))
+    if scores is not None:
+        options["scores"] = scores
     return options
 
 
@@ -142,7 +145,17 @@ def analysis_params(model: Model, config: DetectConfig, formats: Sequence[str]) 
     rows += [("classes", ";".join(model.classes)), ("sample_rate_hz", rate),
              ("window_s", f"{config.plan.window / rate:g}"), ("hop_s", f"{config.plan.hop / rate:g}"),
              ("final_window", config.plan.final_window), ("resampler", fingerprint["resampler"]),
-             ("min_conf", f"{config.min_conf:g}")]
+             *output_params(config, formats)]
+    return rows
+
+
+#: The first of ``analysis_params.csv``'s rows that ``output_params`` writes (``rethreshold`` replaces them all).
+FIRST_OUTPUT_PARAM = "min_conf"
+
+
+def output_params(config: DetectConfig, formats: Sequence[str]) -> list[tuple[str, object]]:
+    """The last rows of ``analysis_params.csv``: thresholds, top-k, merging, ignored classes and formats."""
+    rows: list[tuple[str, object]] = [(FIRST_OUTPUT_PARAM, f"{config.min_conf:g}")]
     rows += [(f"min_conf.{c}", f"{t:g}") for c, t in sorted(config.thresholds)]
     rows += [("top_k", config.top_k if config.top_k is not None else ""), ("merge", config.merge),
              ("ignore", ";".join(sorted(config.ignore))), ("formats", ";".join(formats))]
@@ -186,10 +199,12 @@ class _InOrder:
 def detect(predictions: Iterable[Prediction], name: str, model: Model, config: DetectConfig, *,
            on_event: Callable[[Detection], None] | None = None,
            on_row: Callable[[Detection], None] | None = None,
-           on_embedding: Callable[[Window, np.ndarray], None] | None = None) -> tuple[int, int]:
+           on_embedding: Callable[[Window, np.ndarray], None] | None = None,
+           on_scores: Callable[[Window, np.ndarray], None] | None = None) -> tuple[int, int]:
     """Detections of one recording's window predictions; ``on_event`` sees each event once final, ``on_row`` each
     event in table order (start, label), ``on_embedding`` each window's embedding (predictions made with
-    ``WITH_EMBEDDING``). Nothing is kept: memory does not grow with the events. Returns (detections, windows)."""
+    ``WITH_EMBEDDING``), ``on_scores`` each window's probabilities. Nothing is kept: memory does not grow with the
+    events. Returns (detections, windows)."""
     merger = EventMerger(name, model.sample_rate, config.merge)
     thresholds = config.class_thresholds(model.classes)
     n_detections = 0
@@ -215,6 +230,8 @@ def detect(predictions: Iterable[Prediction], name: str, model: Model, config: D
             n_windows += 1
             if on_embedding is not None:
                 on_embedding(window, prediction.embeddings[i])
+            if on_scores is not None:
+                on_scores(window, probs)
             hits = window_hits(probs, model.classes, thresholds, config.top_k, config.ignore)
             emit(merger.push(window, hits))
             start = window.start / model.sample_rate
@@ -345,7 +362,8 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
                     embeddings.begin(source)
                 n_detections, n_windows = detect(recording.predictions(glitch_reporter(source)), source.name, model,
                                                  config, on_event=outputs.event, on_row=outputs.row,
-                                                 on_embedding=embeddings.add if embeddings is not None else None)
+                                                 on_embedding=embeddings.add if embeddings is not None else None,
+                                                 on_scores=outputs.scores if outputs.scores_format else None)
                 result = SourceResult(source.name, n_detections, n_windows, recording.audio_seconds)
                 if embeddings is not None:
                     embeddings.commit(result.n_windows, result.audio_seconds)
@@ -373,7 +391,7 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
             jsonl_end = outputs.commit(retract) if path is not None else None
             if journalled:
                 state.mark_done(path, source.name, result.n_detections, written, fingerprint=fingerprint,
-                                jsonl_end=jsonl_end, seconds=result.audio_seconds)
+                                jsonl_end=jsonl_end, seconds=result.audio_seconds, source_rate=source_rate)
             summary.done.append(source.name)
             summary.detections += result.n_detections
             summary.audio_seconds += result.audio_seconds

@@ -5,6 +5,11 @@ same clips (``reference=``: e.g. a quantized graph against its fp32 graph, on an
 Each clip is fed whole, resampled to the model's rate, one at a time (``predict_clip``). Clips that cannot be read
 are listed in the report and counted; the UAR is over the clips that could be read, and the report says so.
 
+Beside the UAR (the best class of each clip), the report gives each class's precision and recall at the thresholds a
+``stream`` run with the same options uses (``run.resolve_thresholds``: --min-conf, else the graph's own
+``class_thresholds``, else 0.5; the background/negative class left out unless asked for): what those detections
+would be worth, clip by clip.
+
 With worker pools (``--workers N``: ``engine.pool.WorkerPool``, one per graph) the clips are read here and submitted
 ahead, and their answers read back in manifest order, so the report is the one of one process.
 """
@@ -101,6 +106,11 @@ class ValidationReport:
     notes: list[str] = field(default_factory=list)
     reference_model: str | None = None  # the graph compared with, when not the study's UAR
     decisions_changed: int | None = None  # clips whose predicted class differs from the reference graph's
+    thresholds_source: str | None = None  # where the thresholds came from (as `stream` says it)
+    #: per reported class: its threshold, and the clips whose probability reaches it (true and false positives)
+    #: or does not (false negatives), with precision and recall (None when nothing to divide by)
+    detection: dict[str, dict] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)  # classes not reported (the background class, as in stream)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -123,12 +133,25 @@ def clips_to_score(manifest: Manifest, split: str) -> Manifest:
 def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test",
              tolerance_points: float = DEFAULT_TOLERANCE_POINTS, n_resamples: int = 1000, seed: int = 0,
              on_clip: Callable[[], None] | None = None, reference_model: OnnxModel | None = None,
-             pool: ClipPool | None = None, reference_pool: ClipPool | None = None) -> ValidationReport:
+             pool: ClipPool | None = None, reference_pool: ClipPool | None = None, min_conf: float | None = None,
+             thresholds: tuple[tuple[str, float], ...] = (), report_background: bool = False) -> ValidationReport:
     """Score ``model`` on ``split``; compare with the study's UAR in its metadata, or with ``reference_model``'s
     UAR on the same clips when one is given (its classes are matched by name). ``pool`` (and ``reference_pool``
-    with a reference): worker processes holding the same graphs, which then do the predicting."""
+    with a reference): worker processes holding the same graphs, which then do the predicting. ``min_conf``,
+    ``thresholds`` and ``report_background``: stream's options, for the per-class detection figures."""
+    from vocalprobe.runtime.core.graph_contract import negative_classes
+    from vocalprobe.runtime.field.run import resolve_thresholds
+
     if tolerance_points < 0:
         raise ManifestError(f"--tolerance must be >= 0 UAR points, got {tolerance_points}")
+    default_conf, table, thresholds_source = resolve_thresholds(model, min_conf, thresholds)
+    not_classes = sorted(set(dict(table)) - set(model.classes))
+    if not_classes:
+        raise ModelError(f"--min-conf: {', '.join(not_classes)}: not a class of the model (classes: "
+                         f"{', '.join(model.classes)})")
+    per_class = dict(table)
+    class_threshold = np.array([per_class.get(c, default_conf) for c in model.classes])
+    ignored = [] if report_background else list(negative_classes(model.classes))
     manifest = read_manifest(manifest_path)
     subset = clips_to_score(manifest, split)
     if len(subset) == 0:
@@ -145,6 +168,7 @@ def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test"
                              f"than {model.path.name}; compare graphs of the same probe")
         to_model_class = np.array([index[name] for name in reference_model.classes])
     y_true, y_pred, y_ref, unreadable = [], [], [], []
+    reached = []  # per scored clip: which classes' probabilities reach their threshold
     if reference_model is not None and pool is not None and reference_pool is None:
         raise ModelError("validate with workers and a reference graph needs a worker pool for each graph")
     for row, probs, ref_probs, problem in _clip_probabilities(manifest, subset, model, reference_model, pool,
@@ -154,6 +178,7 @@ def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test"
         else:
             y_true.append(index[row.label])
             y_pred.append(int(np.argmax(probs)))
+            reached.append(np.asarray(probs) >= class_threshold)
             if reference_model is not None:
                 y_ref.append(int(to_model_class[np.argmax(ref_probs)]))
         if on_clip is not None:
@@ -190,10 +215,28 @@ def validate(model: OnnxModel, manifest_path: str | Path, *, split: str = "test"
     passed = None if reference is None else (diff is not None and abs(diff) <= tolerance_points)
     matrix = confusion_matrix(y_true_a, y_pred_a, len(model.classes)) if y_true else np.zeros(
         (len(model.classes),) * 2, dtype=np.int64)
+    detection = _detection(model.classes, class_threshold, ignored, y_true_a, reached)
     return ValidationReport(str(model.path), str(manifest_path), split, len(subset), len(y_true), score, ci,
                             reference_key if reference is not None else None, reference, diff, tolerance_points,
                             passed, manifest_matches, list(model.classes), matrix.tolist(), unreadable, notes,
-                            None if reference_model is None else str(reference_model.path), changed)
+                            None if reference_model is None else str(reference_model.path), changed,
+                            thresholds_source, detection, ignored)
+
+
+def _detection(classes, class_threshold: np.ndarray, ignored, y_true: np.ndarray, reached: list) -> dict[str, dict]:
+    """Each reported class's clip-level detections at its threshold (a clip is one window of stream)."""
+    hits = np.asarray(reached, dtype=bool).reshape(len(reached), len(classes))
+    out = {}
+    for i, name in enumerate(classes):
+        if name in ignored:
+            continue
+        is_class = y_true == i
+        tp, fp, fn = (int(np.sum(hits[:, i] & is_class)), int(np.sum(hits[:, i] & ~is_class)),
+                      int(np.sum(~hits[:, i] & is_class)))
+        out[name] = {"threshold": float(class_threshold[i]), "true_positives": tp, "false_positives": fp,
+                     "false_negatives": fn, "precision": tp / (tp + fp) if tp + fp else None,
+                     "recall": tp / (tp + fn) if tp + fn else None}
+    return out
 
 
 def write_report(report: ValidationReport, out_dir: str | Path) -> tuple[Path, Path | None, str | None]:

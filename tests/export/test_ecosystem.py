@@ -117,6 +117,27 @@ def test_the_layout_and_hoplite_config_are_written_by_export(graph):
     assert model.session.get_inputs()[0].shape == []  # no declared rank
 
 
+def test_stream_scores_are_opensoundscapes_score_table(graph, recording, tmp_path):
+    """`stream --scores` writes what OpenSoundscape's ``predict`` returns: the same index (file, start_time,
+    end_time), one column per class, the same scores on the same windows."""
+    onnx_model = pytest.importorskip("opensoundscape.ml.onnx_model",
+                                     reason="opensoundscape is not installed (a separate CI step, see README)")
+    import pandas as pd
+
+    from vocalprobe.cli import app
+
+    theirs = onnx_model.ONNXModel(str(graph)).predict([str(recording)], batch_size=4, num_workers=0)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["stream", str(recording), "-m", str(graph), "-o", str(out), "--scores",
+                                      "--final-window", "drop"])
+    assert result.exit_code == 0, result.output
+    ours = pd.read_parquet(out / "night.scores.parquet").set_index(["file", "start_time", "end_time"])
+    assert list(ours.index.names) == list(theirs.index.names) and list(ours.columns) == list(theirs.columns)
+    for level in ("start_time", "end_time"):
+        assert np.allclose(ours.index.get_level_values(level), theirs.index.get_level_values(level))
+    assert np.allclose(ours.to_numpy(), theirs.to_numpy(), atol=1e-5)
+
+
 def test_opensoundscape_reads_the_raven_tables_back(graph, recording, tmp_path):
     """OpenSoundscape's own Raven reader (``BoxedAnnotations``) reads the per-file and the combined Raven tables of
     `vocalprobe stream` back: the same events, times, classes and band as the CSV."""

@@ -11,6 +11,11 @@ replaced by the format's suffix, ``table_path``):
   ``NAME.detections.parquet`` (the CSV's columns, typed: ``start_time`` a timestamp, or null);
 * for the whole run (``COMBINED``): ``detections.selection.table.txt``, ``detections.csv``, ``detections.birdnet.csv``,
   ``detections.kaleidoscope.csv``, ``detections.parquet``, and ``detections.jsonl`` (one event per line, appended);
+* with ``stream --scores`` (``SCORE_SUFFIXES``): ``NAME.scores.parquet`` (pyarrow importable) or ``NAME.scores.csv``,
+  every window's score of every class in OpenSoundscape's score-table shape (``SCORE_INDEX``: ``file`` as the
+  detections name it, ``start_time`` and ``end_time`` in seconds into the recording, then one column per class, in
+  the model's order), which ``vocalprobe rethreshold`` turns into detection tables again without the model, and the
+  run's (``SCORES_COMBINED``): ``scores.parquet`` or ``scores.csv``;
 * ``errors.csv`` (``ERRORS_COLUMNS``: the inputs that could not be read), ``analysis_params.csv``
   (``PARAMS_COLUMNS``: what the run was made with), ``review.html`` (``vocalprobe review``'s default page);
 * the run's journal (``runtime.field.run_state.JOURNAL_NAME``) and its lock (``runtime.core.out_lock.LOCK_NAME``),
@@ -48,6 +53,13 @@ SUFFIXES = {"raven": RAVEN_SUFFIX, "csv": CSV_SUFFIX, "birdnet-csv": ".birdnet.c
             "kaleidoscope": ".kaleidoscope.csv", "parquet": ".detections.parquet"}
 #: The formats written per recording (all but the JSONL, which is one file for the run).
 PER_FILE_FORMATS = tuple(SUFFIXES)
+
+#: The first columns of a scores table (OpenSoundscape's index); one column per class follows.
+SCORE_INDEX = ("file", "start_time", "end_time")
+#: Per-recording scores table suffix of each scores format (``stream --scores``).
+SCORE_SUFFIXES = {"parquet": ".scores.parquet", "csv": ".scores.csv"}
+#: The run's combined scores table of each scores format.
+SCORES_COMBINED = {"parquet": "scores.parquet", "csv": "scores.csv"}
 
 DETECTIONS_CSV = "detections.csv"
 JSONL_NAME = "detections.jsonl"

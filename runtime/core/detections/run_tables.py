@@ -87,11 +87,12 @@ def combine_raven(parts: Sequence[tuple[str | Path, float]], path: str | Path) -
     return n
 
 
-def combine_parquet(parts: Sequence[str | Path], path: str | Path) -> int:
+def combine_parquet(parts: Sequence[str | Path], path: str | Path, schema=None) -> int:
+    """Concatenate per-file parquet tables of one ``schema`` (default: the detections'), batch by batch."""
     import pyarrow.parquet as pq
 
     n = 0
-    schema = parquet_schema()
+    schema = parquet_schema() if schema is None else schema
     with atomic_open(path, "wb") as out:
         writer = pq.ParquetWriter(out, schema)
         try:

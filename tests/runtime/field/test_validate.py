@@ -139,3 +139,33 @@ def test_validate_split_all_scores_a_manifest_without_split_column(tmp_path, man
     assert "ONNX UAR on all" in result.output and "over 6 of 7 clips" in result.output
     refused = runner.invoke(app, ["validate", str(graph), str(plain), "-o", str(tmp_path / "r2")])
     assert refused.exit_code == 1 and "--split all" in refused.output
+
+
+def test_validate_detects_at_the_graphs_class_thresholds_without_the_background_class(tmp_path, manifest):
+    """As `stream` does: the graph's own class_thresholds (from `export attach`) unless --min-conf says otherwise,
+    and the background class left out unless --report-background."""
+    from vocalprobe.runtime.core.clips import load_row
+
+    classes = (*DEFAULT_CLASSES, "background")
+    graph = build_band_graph(tmp_path / "t.onnx", classes=classes, freqs=(*DEFAULT_FREQS, 3000.0),
+                             metadata={"class_thresholds": json.dumps({"low": 0.9, "mid": 0.2})})
+    model = OnnxModel(graph)
+    report = validate(model, manifest, split="test", n_resamples=50)
+    assert {c: d["threshold"] for c, d in report.detection.items()} == {"low": 0.9, "mid": 0.2, "high": 0.5}
+    assert report.ignored == ["background"] and "the graph's class_thresholds (2 class(es))" in report.thresholds_source
+    table = read_manifest(manifest)
+    scored = [(row, predict_clip(model, load_row(table, row, model.sample_rate))) for row in table.split("test")
+              if row.path != "clips/broken.wav"]
+    for i, name in enumerate(DEFAULT_CLASSES):
+        threshold = report.detection[name]["threshold"]
+        hits = [(row.label == name, probs[i] >= threshold) for row, probs in scored]
+        assert report.detection[name]["true_positives"] == sum(t and h for t, h in hits)
+        assert report.detection[name]["false_positives"] == sum(h and not t for t, h in hits)
+        assert report.detection[name]["false_negatives"] == sum(t and not h for t, h in hits)
+    assert sum(d["true_positives"] + d["false_positives"] for d in report.detection.values()) > 0
+    result = runner.invoke(app, ["validate", str(graph), str(manifest), "--resamples", "50", "--min-conf", "0.3",
+                                 "--report-background", "-o", str(tmp_path / "r")])
+    assert "detections at thresholds: --min-conf 0.3" in result.output, result.output
+    assert "background >= 0.3:" in result.output and "low >= 0.3:" in result.output
+    saved = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert saved["ignored"] == [] and saved["detection"]["low"]["threshold"] == 0.3
