@@ -271,7 +271,40 @@ class RunState:
             found[_describe({k: old.get(k) for k in _changed(self.options, old)})] = n
         return found
 
+    def shard(self) -> tuple[str | None, dict | None, int | None]:
+        """The ``--shard i/n`` this folder holds (None: a run over all the inputs), its run's identity
+        (``core.shards.run_identity``) and how many files the shard has: what ``merge`` checks."""
+        files = self._meta("shard_files")
+        run = self._meta("shard_run")
+        return self._meta("shard"), json.loads(run) if run else None, int(files) if files is not None else None
+
     # -- writing ----------------------------------------------------------------------------------------------
+    def mark_shard(self, shard: str | None, run: dict | None = None, files: int = 0) -> None:
+        """Record which ``--shard i/n`` of which run this folder holds (``shard`` None: all the inputs) and the
+        number of files of the shard, so that ``merge`` refuses foreign and unfinished shards. A folder holds one
+        shard of one run: another one is refused."""
+        known, theirs, _ = self.shard()
+        if known == shard and (shard is None or theirs == run):
+            if shard is not None:
+                self._db.execute("BEGIN")
+                self._set_meta("shard_files", str(files))
+                self._db.execute("COMMIT")
+            return
+        if known == shard:
+            raise StateError(f"{self.out_dir} holds shard {shard} of a run over other inputs ({theirs['inputs']} "
+                             f"file(s), now {run['inputs']}); stream this run's shard into another --out folder")
+        if known is not None or self.count(DONE) or self.count(FAILED):
+            was = f"shard {known}" if known is not None else "a run over all the inputs"
+            now = f"shard {shard}" if shard is not None else "all the inputs"
+            raise StateError(f"{self.out_dir} holds the outputs of {was}; stream {now} into another --out folder")
+        if shard is None:
+            return
+        self._db.execute("BEGIN")
+        self._set_meta("shard", shard)
+        self._set_meta("shard_run", json.dumps(run, sort_keys=True))
+        self._set_meta("shard_files", str(files))
+        self._db.execute("COMMIT")
+
     def _write(self, record: FileRecord, options_id: int, jsonl_end: int | None,
                seconds: float | None = None) -> None:
         fp = record.fingerprint
