@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS files (
     options_id INTEGER REFERENCES options(id),
     updated REAL NOT NULL,
     seconds REAL,                   -- audio seconds of a done recording (the combined Raven table lays them end to end)
-    position INTEGER                -- place in the run's whole input list, before --shard (merge keeps that order)
+    position INTEGER,               -- place in the run's whole input list, before --shard (merge keeps that order)
+    sha256 TEXT                     -- of the file's bytes when it was recorded (a renamed recording is recognised)
 ) WITHOUT ROWID;
 """
 
@@ -84,6 +85,7 @@ class FileRecord:
     options: dict | None = None
     seconds: float | None = None  # audio seconds of a done recording
     position: int | None = None  # place in the whole input list (before --shard); None: not known
+    sha256: str | None = None  # of the file's bytes when recorded; None: not taken (a file gone, an older journal)
 
     @property
     def wrote_jsonl(self) -> bool:
@@ -174,6 +176,8 @@ class RunState:
         if found != JOURNAL_FORMAT or not {"seconds", "position"} <= columns:
             raise StateError(f"{self.path}: journal format {found!r} (this vocalprobe reads {JOURNAL_FORMAT!r}); "
                              "use the vocalprobe that wrote it, or another --out folder")
+        if "sha256" not in columns:  # a journal of a vocalprobe before renamed recordings were recognised
+            self._db.execute("ALTER TABLE files ADD COLUMN sha256 TEXT")
         before = json.loads(self._meta("settings") or "{}")
         if json_sha256(before) != json_sha256(self.settings):
             raise StateError(f"{self.out_dir} holds results made with other settings (changed: "
@@ -191,13 +195,13 @@ class RunState:
         return printable_name(os.path.abspath(path))
 
     def _record(self, row: tuple) -> FileRecord:
-        key, name, size, mtime_ns, status, detections, outputs, problem, options, seconds, position = row
+        key, name, size, mtime_ns, status, detections, outputs, problem, options, seconds, position, sha256 = row
         return FileRecord(key, name, status, Fingerprint(size, mtime_ns) if size is not None else None, detections,
                           tuple(json.loads(outputs)), problem, json.loads(options) if options else None, seconds,
-                          position)
+                          position, sha256)
 
     _SELECT = ("SELECT f.key, f.name, f.size, f.mtime_ns, f.status, f.detections, f.outputs, f.problem, o.json, "
-               "f.seconds, f.position FROM files f LEFT JOIN options o ON o.id = f.options_id")
+               "f.seconds, f.position, f.sha256 FROM files f LEFT JOIN options o ON o.id = f.options_id")
 
     def lookup(self, path: str | Path) -> FileRecord | None:
         row = self._db.execute(self._SELECT + " WHERE f.key = ?", (self.key(path),)).fetchone()
@@ -221,6 +225,14 @@ class RunState:
         """Remember each source's place in the run's whole input list (taken before ``--shard`` splits it), so
         that ``merge`` lays the shards' rows out in the order one run over all the inputs writes them."""
         self.positions = {self.key(s.path): i for i, s in enumerate(sources)}
+
+    def renamed(self, path: str | Path, sha256: str) -> list[FileRecord]:
+        """The records of this audio (``sha256``) under other names whose files are gone: ``path`` is that
+        recording renamed (or moved), so their rows are to be retracted when it is recorded. A name kept as escapes
+        (not UTF-8) cannot be looked for on disk, so it never counts as gone."""
+        key = self.key(path)
+        rows = self._db.execute(self._SELECT + " WHERE f.sha256 = ? AND f.key != ? ORDER BY f.key", (sha256, key))
+        return [r for r in map(self._record, rows) if "\\x" not in r.key and not os.path.lexists(r.key)]
 
     def records(self) -> list[FileRecord]:
         """Every file's record, with its options, seconds and place, by key."""
@@ -310,17 +322,19 @@ class RunState:
         fp = record.fingerprint
         self._db.execute(
             "INSERT OR REPLACE INTO files (key, name, size, mtime_ns, status, detections, outputs, problem, "
-            "options_id, updated, seconds, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "options_id, updated, seconds, position, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (record.key, record.name, fp.size if fp else None, fp.mtime_ns if fp else None, record.status,
              record.detections, json.dumps(list(record.outputs)), record.problem, options_id, time.time(), seconds,
-             record.position if record.position is not None else self.positions.get(record.key)))
+             record.position if record.position is not None else self.positions.get(record.key), record.sha256))
         if jsonl_end is not None:
             self._set_meta("jsonl_committed", str(jsonl_end))
 
-    def _commit(self, record: FileRecord, jsonl_end: int | None, seconds: float | None = None) -> None:
+    def _commit(self, record: FileRecord, jsonl_end: int | None, seconds: float | None = None,
+                replaces: Sequence[FileRecord] = ()) -> None:
         self._db.execute("BEGIN")
         try:
             self._write(record, self._options_id, jsonl_end, seconds)
+            self._db.executemany("DELETE FROM files WHERE key = ?", [(r.key,) for r in replaces])
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -328,21 +342,25 @@ class RunState:
 
     def mark_done(self, path: Path, name: str, n_detections: int, outputs: Sequence[str], *,
                   fingerprint: Fingerprint | None = None, jsonl_end: int | None = None,
-                  seconds: float | None = None) -> None:
+                  seconds: float | None = None, sha256: str | None = None,
+                  replaces: Sequence[FileRecord] = ()) -> None:
         """``fingerprint``: the version analysed (taken before reading it); ``jsonl_end``: the committed JSONL size;
-        ``seconds``: the recording's length in audio seconds."""
+        ``seconds``: the recording's length in audio seconds; ``sha256``: of its bytes; ``replaces``: the records of
+        this recording under its earlier names (``renamed``), deleted in the same transaction."""
         fingerprint = fingerprint if fingerprint is not None else Fingerprint.of(path)
-        self._commit(FileRecord(self.key(path), name, DONE, fingerprint, n_detections, tuple(outputs)), jsonl_end,
-                     seconds)
+        self._commit(FileRecord(self.key(path), name, DONE, fingerprint, n_detections, tuple(outputs), sha256=sha256),
+                     jsonl_end, seconds, replaces)
 
     def mark_failed(self, path: Path, name: str, problem: str, *, fingerprint: Fingerprint | None = None,
-                    jsonl_end: int | None = None) -> None:
+                    jsonl_end: int | None = None, sha256: str | None = None,
+                    replaces: Sequence[FileRecord] = ()) -> None:
         if fingerprint is None:
             try:
                 fingerprint = Fingerprint.of(path)
             except FileNotFoundError:
                 fingerprint = None
-        self._commit(FileRecord(self.key(path), name, FAILED, fingerprint, problem=problem), jsonl_end)
+        self._commit(FileRecord(self.key(path), name, FAILED, fingerprint, problem=problem, sha256=sha256), jsonl_end,
+                     replaces=replaces)
 
     def merge(self, records: Iterable[FileRecord], *, jsonl_committed: int | None = None) -> None:
         """Write many records in one transaction (a migrated state, or journals of several workers)."""

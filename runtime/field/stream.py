@@ -21,6 +21,7 @@ import numpy as np
 
 from vocalprobe.runtime.core.detections.layout import ERRORS_NAME, JSONL_NAME
 from vocalprobe.runtime.core.detections.tables import OutputNameError
+from vocalprobe.runtime.core.digests import file_sha256
 from vocalprobe.runtime.core.errors import AudioError, VocalprobeError
 from vocalprobe.runtime.engine.batches import PROBABILITIES, WITH_EMBEDDING, AudioClock, Model, Prediction, run_model
 from vocalprobe.runtime.engine.batches import check_fits, window_batches
@@ -29,7 +30,7 @@ from vocalprobe.runtime.engine.scale import ONE_PROCESS, ModelSpec, Scale
 from vocalprobe.runtime.engine.windows import Window, WindowPlan, WindowSpecError
 from vocalprobe.runtime.field.events import Detection, EventMerger, window_hits
 from vocalprobe.runtime.field.outputs import Outputs
-from vocalprobe.runtime.field.run_state import DONE, Fingerprint, RunState
+from vocalprobe.runtime.field.run_state import DONE, FileRecord, Fingerprint, RunState
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +286,20 @@ def _warn_narrow_band(name: str, source_rate: int | None, model_rate: int) -> No
                     source_rate / 2, model_rate / 2)
 
 
+def _renamed(state: RunState, path: Path, before: FileRecord | None, outputs: Outputs
+             ) -> tuple[str | None, list[FileRecord]]:
+    """The sha256 of a journalled file's bytes, and the records of the same audio under names that are gone (the
+    file was renamed or moved since it was recorded): their rows are retracted as this one is recorded, so a renamed
+    recording is never counted twice. Rows in a JSONL this run does not write could not be retracted: kept."""
+    try:
+        digest = file_sha256(path)
+    except OSError:
+        return None, []
+    if before is not None:
+        return digest, []
+    return digest, [r for r in state.renamed(path, digest) if not r.wrote_jsonl or outputs.jsonl is not None]
+
+
 def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, outputs: Outputs,
                 state: RunState | None = None, *, progress: Progress | None = None,
                 log: Callable[[str], None] | None = None,
@@ -355,10 +370,15 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
                     embeddings.abort(exc.problem)
                 summary.failed.append((source.name, exc.problem))
                 if journalled:
-                    jsonl_end = outputs.commit(retract) if retract is not None else None
+                    digest, gone = _renamed(state, path, before, outputs)
+                    retracts = ([retract] if retract is not None else []) + [r.name for r in gone if r.wrote_jsonl]
+                    jsonl_end = outputs.commit(retracts) if retracts else None
                     if before is not None and before.status == DONE:
                         outputs.remove(before.outputs)
-                    state.mark_failed(path, source.name, exc.problem, fingerprint=fingerprint, jsonl_end=jsonl_end)
+                    state.mark_failed(path, source.name, exc.problem, fingerprint=fingerprint, jsonl_end=jsonl_end,
+                                      sha256=digest, replaces=gone)
+                    for record in gone:
+                        outputs.remove(record.outputs)
                 if log is not None:
                     log(f"skipped {source.name}: {exc.problem}")
                 continue
@@ -370,10 +390,16 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
             written = outputs.finish_tables(result.name, result.audio_seconds)
             if retract is not None and outputs.jsonl is None:
                 written.append(JSONL_NAME)  # its earlier rows are still there, to retract when a JSONL is written
-            jsonl_end = outputs.commit(retract) if path is not None else None
+            digest, gone = _renamed(state, path, before, outputs) if journalled else (None, [])
+            retracts = ([retract] if retract is not None else []) + [r.name for r in gone if r.wrote_jsonl]
+            jsonl_end = outputs.commit(retracts) if path is not None else None
             if journalled:
                 state.mark_done(path, source.name, result.n_detections, written, fingerprint=fingerprint,
-                                jsonl_end=jsonl_end, seconds=result.audio_seconds)
+                                jsonl_end=jsonl_end, seconds=result.audio_seconds, sha256=digest, replaces=gone)
+                for record in gone:  # after the journal: a kill in between leaves a table nothing lists, never two
+                    outputs.remove([o for o in record.outputs if o not in written])
+                    if log is not None:
+                        log(f"{source.name}: the recording {record.name} renamed; its earlier rows are retracted")
             summary.done.append(source.name)
             summary.detections += result.n_detections
             summary.audio_seconds += result.audio_seconds
