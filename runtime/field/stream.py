@@ -250,6 +250,24 @@ class RunSummary:
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     done_all: int = 0  # recordings the folder holds results of (this run and earlier ones)
+    _found: dict[str, int] = field(default_factory=dict, repr=False)  # detections of each done name in this run
+
+    def add_done(self, name: str, detections: int, seconds: float, *, latest: bool = False) -> None:
+        """``latest``: a file's outcome replaces its earlier ones in this run (a watched file analysed again): a
+        file that failed and is then done is not also counted failed."""
+        if latest:
+            self.failed = [f for f in self.failed if f[0] != name]
+        self.done.append(name)
+        self.detections += detections
+        self._found[name] = self._found.get(name, 0) + detections
+        self.audio_seconds += seconds
+
+    def add_failed(self, name: str, problem: str, *, latest: bool = False) -> None:
+        """``latest``: as in ``add_done``: a done file that then fails (its rows retracted) is not also done."""
+        if latest and name in self._found:
+            self.done = [n for n in self.done if n != name]
+            self.detections -= self._found.pop(name)
+        self.failed.append((name, problem))
 
     @property
     def exit_code(self) -> int:
@@ -368,7 +386,7 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
                 outputs.discard()
                 if embeddings is not None:
                     embeddings.abort(exc.problem)
-                summary.failed.append((source.name, exc.problem))
+                summary.add_failed(source.name, exc.problem, latest=journalled)
                 if journalled:
                     digest, gone = _renamed(state, path, before, outputs)
                     retracts = ([retract] if retract is not None else []) + [r.name for r in gone if r.wrote_jsonl]
@@ -400,9 +418,7 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
                     outputs.remove([o for o in record.outputs if o not in written])
                     if log is not None:
                         log(f"{source.name}: the recording {record.name} renamed; its earlier rows are retracted")
-            summary.done.append(source.name)
-            summary.detections += result.n_detections
-            summary.audio_seconds += result.audio_seconds
+            summary.add_done(source.name, result.n_detections, result.audio_seconds, latest=journalled)
             if progress is not None:
                 progress.file_done()
         summary.wall_seconds = time.perf_counter() - started
