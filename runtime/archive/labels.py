@@ -169,12 +169,9 @@ class WindowIndex:
     def _windows(self, recording_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         found = self._cache.get(recording_id)
         if found is None:
-            rows = self.archive.recording_windows(recording_id)  # by id
-            ids = np.array([w.id for w in rows], dtype=np.int64)
-            starts = np.array([w.start_s for w in rows], dtype=np.float64)
-            ends = np.array([w.end_s for w in rows], dtype=np.float64)
+            ids, starts, ends = self.archive.recording_offsets(recording_id)  # by id
             order = np.argsort(starts, kind="stable")  # stored in start order already; ties keep the id order
-            longest = float((ends - starts).max()) if len(rows) else 0.0
+            longest = float((ends - starts).max()) if len(ids) else 0.0
             found = ids[order], starts[order], ends[order], longest
             self._cache[recording_id] = found
             while len(self._cache) > self.keep:

@@ -560,6 +560,15 @@ class ArchiveDB:
                                (recording_id,))
         return [WindowRow(i, r, *offsets_of(o)) for i, r, o in rows]
 
+    def recording_offsets(self, recording_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ids, start_s, end_s)`` of a recording's windows as arrays, by id (``recording_windows`` without a row
+        object per window: a 24-h recording has ~86,000)."""
+        rows = self.db.execute("SELECT id, offsets FROM windows WHERE recording_id = ? ORDER BY id",
+                               (recording_id,)).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        offsets = np.frombuffer(b"".join(r[1][:16] for r in rows), dtype="<f8").reshape(len(rows), 2)
+        return ids, offsets[:, 0].astype(np.float64), offsets[:, 1].astype(np.float64)
+
     # -- annotations -----------------------------------------------------------------------------------------------
 
     def add_annotations(self, rows: Sequence[tuple[int, float, float, str, int]], provenance: str) -> int:
