@@ -158,15 +158,17 @@ def bench_open(work: Path, index_mb: float) -> None:
     path = work / "open" / INDEX_NAME
     size = path.stat().st_size / 1e6
     print(f"open: archive with a {size:.0f} MB index built in {build:.0f} s (files in the page cache)", flush=True)
-    for _ in range(2):
+    shas, opens = [], []
+    for _ in range(5):  # the fastest of five: the machine may be shared
         started = time.perf_counter()
         file_sha256(path)
-        sha = time.perf_counter() - started
+        shas.append(time.perf_counter() - started)
         started = time.perf_counter()
         ArchiveDB.open_reader(work / "open").close()
-        opened = time.perf_counter() - started
-        print(f"open: sha256 of the index {sha:.2f} s ({size / sha:.0f} MB/s, {sha / size * 1000:.1f} s per GB); "
-              f"open_reader {opened:.2f} s", flush=True)
+        opens.append(time.perf_counter() - started)
+    sha = min(shas)
+    print(f"open: sha256 of the index {sha:.2f} s ({size / sha:.0f} MB/s, {sha / size * 1000:.1f} s per GB); "
+          f"open_reader {min(opens):.2f} s (fastest of 5)", flush=True)
 
 
 def main() -> None:

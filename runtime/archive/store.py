@@ -16,8 +16,11 @@ Every save notes what the index file holds in ``vocalprobe_index`` (its sha256 a
 its window ids; the last two saves are kept, since a kill can fall between the note and the file's replacement).
 A reader checks the file and SQLite's window ids against that note on open and refuses an archive whose windows lack
 vectors, whose vectors lack windows, or whose index is damaged or another archive's (``ArchiveIndexError``), so a
-search never answers short. ``embed`` into it repairs: an index it cannot trust is dropped and every recording is
-embedded again; a trusted one keeps its vectors and only the recordings it lacks are embedded again.
+search never answers short. The note also keeps the file's mtime: a reader hashes the file only when its size and
+mtime are not those of a save (hashing costs ~2 s per GB, more than the rest of opening), so a change that keeps
+both (bit rot under the file system) is caught by ``embed``, which always hashes it, not by readers. ``embed``
+into it repairs: an index it cannot trust is dropped and every recording is embedded again; a trusted one keeps its
+vectors and only the recordings it lacks are embedded again.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ CREATE TABLE IF NOT EXISTS vocalprobe_positions (
     recording_id INTEGER PRIMARY KEY REFERENCES recordings(id) ON DELETE CASCADE, position INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS vocalprobe_index (
     save INTEGER PRIMARY KEY, n_vectors INTEGER NOT NULL, keys_sha256 TEXT NOT NULL, file_sha256 TEXT NOT NULL,
-    file_size INTEGER NOT NULL);
+    file_size INTEGER NOT NULL, file_mtime_ns INTEGER);
 """
 
 
@@ -100,6 +103,7 @@ class IndexNote:
     keys_sha256: str
     file_sha256: str
     file_size: int
+    file_mtime_ns: int | None = None  # None: noted before mtimes were (the file is hashed)
 
 
 def offsets_blob(start_s: float, end_s: float) -> bytes:
@@ -254,28 +258,40 @@ class ArchiveDB:
 
     def index_notes(self) -> list[IndexNote]:
         """The notes of the last saves of the index, latest first (none: never saved, or an older vocalprobe)."""
-        try:
-            rows = self.db.execute("SELECT n_vectors, keys_sha256, file_sha256, file_size FROM vocalprobe_index "
-                                   "ORDER BY save DESC").fetchall()
-        except sqlite3.OperationalError:  # no such table: written before the notes
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(vocalprobe_index)")}
+        if not columns:  # no such table: written before the notes
             return []
+        mtime = "file_mtime_ns" if "file_mtime_ns" in columns else "NULL"
+        rows = self.db.execute(f"SELECT n_vectors, keys_sha256, file_sha256, file_size, {mtime} FROM vocalprobe_index "
+                               "ORDER BY save DESC").fetchall()
         return [IndexNote(*row) for row in rows]
 
     def _note_index(self, keys: np.ndarray, tmp: Path) -> None:
+        """Note the saved file (``tmp``, complete and synced; renaming it keeps its size and mtime)."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(vocalprobe_index)")}
+        if "file_mtime_ns" not in columns:  # an archive noted before mtimes were
+            self.db.execute("ALTER TABLE vocalprobe_index ADD COLUMN file_mtime_ns INTEGER")
+        stat = tmp.stat()
         self.db.execute("BEGIN")
-        self.db.execute("INSERT INTO vocalprobe_index (n_vectors, keys_sha256, file_sha256, file_size) VALUES "
-                        "(?, ?, ?, ?)", (len(keys), vectors.keys_sha256(keys), file_sha256(tmp), tmp.stat().st_size))
+        self.db.execute("INSERT INTO vocalprobe_index (n_vectors, keys_sha256, file_sha256, file_size, file_mtime_ns) "
+                        "VALUES (?, ?, ?, ?, ?)", (len(keys), vectors.keys_sha256(keys), file_sha256(tmp),
+                                                   stat.st_size, stat.st_mtime_ns))
         self.db.execute("DELETE FROM vocalprobe_index WHERE save < (SELECT MAX(save) FROM vocalprobe_index) - 1")
         self.db.execute("COMMIT")
 
-    def _saved_note(self) -> IndexNote | None:
-        """The note of the save the index file is, or None: no file, or one this archive did not save."""
+    def _saved_note(self, *, hash_always: bool = False) -> IndexNote | None:
+        """The note of the save the index file is, or None: no file, or one this archive did not save. The file is
+        hashed unless its size and mtime are a save's (``hash_always``: hashed all the same, as ``embed`` does)."""
         path = self.folder / INDEX_NAME
         if not path.is_file():
             return None
-        notes = [n for n in self.index_notes() if n.file_size == path.stat().st_size]
+        stat = path.stat()
+        notes = [n for n in self.index_notes() if n.file_size == stat.st_size]
         if not notes:
             return None
+        same = next((n for n in notes if n.file_mtime_ns == stat.st_mtime_ns), None)
+        if same is not None and not hash_always:
+            return same
         sha = file_sha256(path)
         return next((n for n in notes if n.file_sha256 == sha), None)
 
@@ -311,7 +327,7 @@ class ArchiveDB:
         """The index file when this archive saved it; else (none, damaged, foreign) a new empty one, so that every
         recording is embedded again."""
         path = self.folder / INDEX_NAME
-        if self._saved_note() is not None:
+        if self._saved_note(hash_always=True) is not None:
             self.index = vectors.load_index(path, config)
             return
         if path.exists():

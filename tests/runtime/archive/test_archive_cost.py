@@ -5,6 +5,7 @@ streamed, not held for the whole archive). Archives are built through the store'
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,41 @@ def test_probe_apply_writes_each_recording_before_scoring_the_next(tmp_path, bat
         assert written == {f"rec{r}.detections.csv" for r in range(rid - 1)}, (rid, written)
     if batch == 7:
         assert {rid for rid, _ in seen} == {1, 2, 3, 4}  # batches began in every recording: the check saw each
+
+
+def test_a_reader_hashes_the_index_only_when_it_is_not_as_saved(tmp_path, monkeypatch):
+    """Opening hashed the whole usearch.index (~2 s per GB): a reader now trusts a file whose size and mtime are its
+    save's, hashes one that changed (a damaged or copied-in index is still refused), and hashes one noted before
+    mtimes were; ``embed``'s open always hashes, so damage that keeps size and mtime is dropped there."""
+    import sqlite3
+
+    from vocalprobe.runtime.archive import store
+    from vocalprobe.runtime.archive.store import INDEX_NAME, SQLITE_NAME, ArchiveIndexError
+
+    db = tmp_path / "db"
+    build_archive(db, 2, 300)
+    path = db / INDEX_NAME
+    hashed = []
+    real = store.file_sha256
+    monkeypatch.setattr(store, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    ArchiveDB.open_reader(db).close()
+    assert hashed == []
+    saved = path.stat()
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 64):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))  # same size, new mtime
+    with pytest.raises(ArchiveIndexError, match="not the index this archive saved"):
+        ArchiveDB.open_reader(db)
+    assert hashed == [INDEX_NAME]
+    os.utime(path, ns=(saved.st_atime_ns, saved.st_mtime_ns))  # damage that keeps size and mtime
+    ArchiveDB.open_reader(db).close()  # a reader trusts it ...
+    with ArchiveDB.open_writer(db) as archive:  # ... embed does not: the index is dropped, every recording again
+        assert archive.count_recordings() == 0
+    hashed.clear()
+    con = sqlite3.connect(db / SQLITE_NAME)
+    con.execute("UPDATE vocalprobe_index SET file_mtime_ns = NULL")  # as an archive noted before mtimes
+    con.commit()
+    con.close()
+    ArchiveDB.open_reader(db).close()
+    assert hashed == [INDEX_NAME]
