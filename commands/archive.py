@@ -106,6 +106,7 @@ def embed(
         archive.mark_shard(None if scale.part is None else str(scale.part), run)
         summary = embed_sources(files, net, plan, archive, batch=batch, deployment=deployment, positions=positions,
                                 scale=scale, spec=spec, on_audio=bar.audio if bar is not None else None)
+        archive.mark_shard_finished()  # every input of the shard tried: merge --db takes it
     for name, why in summary.skipped:
         _say(f"skipped {name}: {why}")
     for name, why in summary.failed:

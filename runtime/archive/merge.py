@@ -21,6 +21,7 @@ from vocalprobe.runtime.archive.embed import FLUSH_WINDOWS
 from vocalprobe.runtime.archive.store import (
     MODEL_CONFIG_KEY,
     RUN_KEY,
+    SHARD_FINISHED_KEY,
     SHARD_KEY,
     SQLITE_NAME,
     ArchiveDB,
@@ -68,6 +69,10 @@ def _check(archives: Sequence[ArchiveDB]) -> None:
             raise ArchiveError(f"{archive.folder}: not the archive of an `embed --shard i/n` run; merge the --db "
                                "folders of the shards")
         parts.append((archive.folder, Shard.parse(meta[SHARD_KEY]), meta.get(RUN_KEY)))
+        if meta.get(SHARD_FINISHED_KEY) is False:  # absent: a shard of a vocalprobe before the mark
+            raise ArchiveError(f"{archive.folder}: shard {meta[SHARD_KEY]} is unfinished (its embed run was stopped "
+                               f"before every input was tried); run the same `embed --shard {meta[SHARD_KEY]}` into "
+                               "it again to finish it, then merge")
         theirs = archive.settings()
         if theirs["graph_sha256"] != settings["graph_sha256"]:
             raise ArchiveError(f"{archive.folder} holds embeddings of another graph than {first.folder} (sha256 "

@@ -47,6 +47,8 @@ INDEX_NAME = "usearch.index"
 #: hoplite_metadata keys: hoplite's, and vocalprobe's own (what a reader needs to trust the vectors).
 USEARCH_CONFIG_KEY, MODEL_CONFIG_KEY, AUDIO_SOURCES_KEY, VOCALPROBE_KEY, SHARD_KEY, RUN_KEY = (
     "usearch_config", "model_config", "audio_sources", "vocalprobe", "vocalprobe_shard", "vocalprobe_shard_run")
+#: A shard's: false from the start of each ``embed --shard`` run until it has tried every input of its shard.
+SHARD_FINISHED_KEY = "vocalprobe_shard_finished"
 #: hoplite's LabelType values.
 NEGATIVE, POSITIVE = 0, 1
 
@@ -404,10 +406,11 @@ class ArchiveDB:
             if theirs is not None and theirs != run:
                 raise ArchiveError(f"{self.folder} holds shard {shard} of a run over other inputs ({theirs['inputs']} "
                                    f"file(s), now {run['inputs']}); embed this run's shard into another --db folder")
+            self.db.execute("BEGIN")
             if theirs is None:
-                self.db.execute("BEGIN")
                 self.set_metadata(RUN_KEY, run)
-                self.db.execute("COMMIT")
+            self.set_metadata(SHARD_FINISHED_KEY, False)
+            self.db.execute("COMMIT")
             return
         if known == shard:
             return
@@ -419,7 +422,16 @@ class ArchiveDB:
         self.set_metadata(SHARD_KEY, shard)
         if shard is not None and run is not None:
             self.set_metadata(RUN_KEY, run)
+            self.set_metadata(SHARD_FINISHED_KEY, False)
         self.db.execute("COMMIT")
+
+    def mark_shard_finished(self) -> None:
+        """A shard's ``embed`` run tried every input of its shard (embedded, skipped or failed): ``merge --db``
+        refuses a shard without this (stopped by Ctrl-C or a kill, and not run again)."""
+        if self.metadata().get(SHARD_FINISHED_KEY) is False:
+            self.db.execute("BEGIN")
+            self.set_metadata(SHARD_FINISHED_KEY, True)
+            self.db.execute("COMMIT")
 
     def settings(self) -> dict[str, Any]:
         meta = self.metadata()

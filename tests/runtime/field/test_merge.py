@@ -4,6 +4,7 @@ folders that are not the parts of one run are refused in one line."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -158,7 +159,8 @@ def test_merge_refuses_a_shard_killed_and_not_run_again(graph, tmp_path):
     shard = tmp_path / "s0"
     command = [sys.executable, "-m", "vocalprobe", "stream", str(folder), "-m", str(graph), "--window", "0.5",
                "--hop", "0.05", "--format", "csv,jsonl", "-o", str(shard), "--shard", "0/1", "--no-progress"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # this vocalprobe
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and _journalled(shard) < 1:
         time.sleep(0.05)
