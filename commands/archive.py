@@ -100,12 +100,13 @@ def embed(
     with ArchiveDB.open_writer(db) as archive, (_embed_progress(files) if progress else nullcontext()) as bar:
         run = None
         if positions is not None:
-            from vocalprobe.runtime.core.digests import json_sha256
+            from vocalprobe.runtime.core.shards import run_identity
 
-            run = {"inputs": len(positions), "inputs_sha256": json_sha256(sorted(positions, key=positions.get))}
+            run = run_identity(sorted(positions, key=positions.get))
         archive.mark_shard(None if scale.part is None else str(scale.part), run)
         summary = embed_sources(files, net, plan, archive, batch=batch, deployment=deployment, positions=positions,
                                 scale=scale, spec=spec, on_audio=bar.audio if bar is not None else None)
+        archive.mark_shard_finished()  # every input of the shard tried: merge --db takes it
     for name, why in summary.skipped:
         _say(f"skipped {name}: {why}")
     for name, why in summary.failed:

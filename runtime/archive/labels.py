@@ -16,9 +16,12 @@ import csv
 import io
 import math
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
+
+import numpy as np
 
 from vocalprobe.runtime.archive.store import NEGATIVE, POSITIVE, ArchiveDB, ArchiveError, RecordingRow, WindowRow
 
@@ -44,11 +47,20 @@ class _Recordings:
         self.by_path = {r.path.resolve(): r for r in rows.values()}
         self.by_name: dict[str, list[RecordingRow]] = {}
         self.by_stem: dict[str, list[RecordingRow]] = {}
+        self._found: dict[tuple, RecordingRow | str] = {}
         for r in rows.values():
             self.by_name.setdefault(Path(r.filename).name, []).append(r)
             self.by_stem.setdefault(Path(r.filename).stem, []).append(r)
 
     def find(self, path_text: str | None, file_text: str | None, table_stem: str | None) -> RecordingRow | str:
+        """The recording a row names (or why none); rows of one recording repeat its name, so each name is looked
+        up (and its path resolved on disk) once."""
+        key = (path_text, file_text, table_stem)
+        if key not in self._found:
+            self._found[key] = self._find(*key)
+        return self._found[key]
+
+    def _find(self, path_text: str | None, file_text: str | None, table_stem: str | None) -> RecordingRow | str:
         if path_text:
             hit = self.by_path.get(Path(path_text).resolve())
             if hit is not None:
@@ -143,6 +155,40 @@ def matching_windows(windows: Sequence[WindowRow], start: float, stop: float, *,
             and min(w.end_s, stop) > max(w.start_s, start)]
 
 
+class WindowIndex:
+    """Each recording's windows by offset: read once, sorted by start, and searched by bisection, so a row costs
+    the same on a 24-hour recording as on a minute-long one (reading every window of the recording per row cost
+    ~30 ms a row on a 1-hour recording). The last ``keep`` recordings asked for stay in memory (three numbers a
+    window); tables come grouped by recording."""
+
+    def __init__(self, archive: ArchiveDB, keep: int = 32):
+        self.archive = archive
+        self.keep = keep
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = OrderedDict()
+
+    def _windows(self, recording_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        found = self._cache.get(recording_id)
+        if found is None:
+            ids, starts, ends = self.archive.recording_offsets(recording_id)  # by id
+            order = np.argsort(starts, kind="stable")  # stored in start order already; ties keep the id order
+            longest = float((ends - starts).max()) if len(ids) else 0.0
+            found = ids[order], starts[order], ends[order], longest
+            self._cache[recording_id] = found
+            while len(self._cache) > self.keep:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(recording_id)
+        return found
+
+    def near(self, recording_id: int, start: float, stop: float) -> list[WindowRow]:
+        """The windows that could match ``start..stop`` (every one that overlaps it or starts within
+        ``SAME_WINDOW_S`` of it), in start order; ``matching_windows`` decides among them."""
+        ids, starts, ends, longest = self._windows(recording_id)
+        lo = int(np.searchsorted(starts, start - longest - SAME_WINDOW_S, side="left"))
+        hi = int(np.searchsorted(starts, max(stop, start) + SAME_WINDOW_S, side="right"))
+        return [WindowRow(int(ids[i]), recording_id, float(starts[i]), float(ends[i])) for i in range(lo, hi)]
+
+
 def _header(table: Path, text: str) -> list[str]:
     first = text.split("\n", 1)[0].removesuffix("\r")
     return next(csv.reader([first])) if table.suffix.lower() == ".csv" else first.split("\t")
@@ -154,6 +200,7 @@ def import_tables(archive: ArchiveDB, tables: Sequence[str | Path], *, label_col
     if one_class is not None:
         check_class_name(one_class, "--class")
     recordings = _Recordings(archive.recordings())
+    windows_of = WindowIndex(archive)
     report = LabelReport()
     provenance_rows: dict[str, list] = {}
     for table in map(Path, tables):
@@ -193,7 +240,7 @@ def import_tables(archive: ArchiveDB, tables: Sequence[str | Path], *, label_col
                 raise ArchiveError(f"{table}:{line}: times {begin}..{end} (offset {offset}) are not a finite span; "
                                    "fix the table")
             start, stop = offset, offset + (end - begin)
-            windows = matching_windows(archive.recording_windows(found.id), start, stop, hit=hits_table)
+            windows = matching_windows(windows_of.near(found.id, start, stop), start, stop, hit=hits_table)
             if not windows:
                 report.unmatched.append((str(table), line, f"no window of {found.filename} covers "
                                                            f"{start:.3f}-{stop:.3f} s"))

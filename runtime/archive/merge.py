@@ -12,7 +12,6 @@ recording, or still being written (their lock) are refused before OUT_DB is made
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from vocalprobe.runtime.archive.embed import FLUSH_WINDOWS
 from vocalprobe.runtime.archive.store import (
     MODEL_CONFIG_KEY,
     RUN_KEY,
+    SHARD_FINISHED_KEY,
     SHARD_KEY,
     SQLITE_NAME,
     ArchiveDB,
@@ -29,7 +29,7 @@ from vocalprobe.runtime.archive.store import (
     FinishedRecording,
 )
 from vocalprobe.runtime.core.out_lock import OutputLock
-from vocalprobe.runtime.core.shards import Shard, merge_folders, missing_shards
+from vocalprobe.runtime.core.shards import Shard, check_split, merge_folders
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,17 @@ def _recordings(archive: ArchiveDB, shard: int) -> list[_Recording]:
 def _check(archives: Sequence[ArchiveDB]) -> None:
     """Refuse archives that are not the shards of one ``embed`` run."""
     first, settings = archives[0], archives[0].settings()
-    parts: dict[Shard, Path] = {}
+    parts = []
     for archive in archives:
         meta = archive.metadata()
         if meta.get(SHARD_KEY) is None:
             raise ArchiveError(f"{archive.folder}: not the archive of an `embed --shard i/n` run; merge the --db "
                                "folders of the shards")
-        part = Shard.parse(meta[SHARD_KEY])
-        if part in parts:
-            raise ArchiveError(f"{archive.folder} and {parts[part]} both hold shard {part}; give each shard once")
-        parts[part] = archive.folder
+        parts.append((archive.folder, Shard.parse(meta[SHARD_KEY]), meta.get(RUN_KEY)))
+        if meta.get(SHARD_FINISHED_KEY) is False:  # absent: a shard of a vocalprobe before the mark
+            raise ArchiveError(f"{archive.folder}: shard {meta[SHARD_KEY]} is unfinished (its embed run was stopped "
+                               f"before every input was tried); run the same `embed --shard {meta[SHARD_KEY]}` into "
+                               "it again to finish it, then merge")
         theirs = archive.settings()
         if theirs["graph_sha256"] != settings["graph_sha256"]:
             raise ArchiveError(f"{archive.folder} holds embeddings of another graph than {first.folder} (sha256 "
@@ -84,19 +85,7 @@ def _check(archives: Sequence[ArchiveDB]) -> None:
         if meta.get(MODEL_CONFIG_KEY) != first.metadata().get(MODEL_CONFIG_KEY):
             raise ArchiveError(f"{archive.folder} and {first.folder} name the graph differently (model_config); "
                                "merge shards of one embed run")
-    counts = {part.count for part in parts}
-    if len(counts) > 1:
-        raise ArchiveError(f"the archives are shards of different splits ({', '.join(map(str, sorted(parts, key=str)))}"
-                           "); merge the shards of one --shard i/n split (same n)")
-    missing = missing_shards(parts)
-    if missing:
-        raise ArchiveError(f"shard(s) {', '.join(map(str, missing))} of the split are missing; give the --db folders "
-                           "of every shard (embed the missing ones with the same inputs and --shard first)")
-    runs = {json.dumps(a.metadata().get(RUN_KEY), sort_keys=True): a.folder for a in archives}
-    if len(runs) > 1:
-        folders = ", ".join(map(str, runs.values()))
-        raise ArchiveError(f"the archives are shards of runs over different inputs ({folders}); merge the shards of "
-                           "one embed run (the same input folders)")
+    check_split(parts, ArchiveError, things="archives", command="embed", flag="--db")
 
 
 def _in_run_order(archives: Sequence[ArchiveDB]) -> list[_Recording]:

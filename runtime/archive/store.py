@@ -16,8 +16,11 @@ Every save notes what the index file holds in ``vocalprobe_index`` (its sha256 a
 its window ids; the last two saves are kept, since a kill can fall between the note and the file's replacement).
 A reader checks the file and SQLite's window ids against that note on open and refuses an archive whose windows lack
 vectors, whose vectors lack windows, or whose index is damaged or another archive's (``ArchiveIndexError``), so a
-search never answers short. ``embed`` into it repairs: an index it cannot trust is dropped and every recording is
-embedded again; a trusted one keeps its vectors and only the recordings it lacks are embedded again.
+search never answers short. The note also keeps the file's mtime: a reader hashes the file only when its size and
+mtime are not those of a save (hashing costs ~2 s per GB, more than the rest of opening), so a change that keeps
+both (bit rot under the file system) is caught by ``embed``, which always hashes it, not by readers. ``embed``
+into it repairs: an index it cannot trust is dropped and every recording is embedded again; a trusted one keeps its
+vectors and only the recordings it lacks are embedded again.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ INDEX_NAME = "usearch.index"
 #: hoplite_metadata keys: hoplite's, and vocalprobe's own (what a reader needs to trust the vectors).
 USEARCH_CONFIG_KEY, MODEL_CONFIG_KEY, AUDIO_SOURCES_KEY, VOCALPROBE_KEY, SHARD_KEY, RUN_KEY = (
     "usearch_config", "model_config", "audio_sources", "vocalprobe", "vocalprobe_shard", "vocalprobe_shard_run")
+#: A shard's: false from the start of each ``embed --shard`` run until it has tried every input of its shard.
+SHARD_FINISHED_KEY = "vocalprobe_shard_finished"
 #: hoplite's LabelType values.
 NEGATIVE, POSITIVE = 0, 1
 
@@ -80,7 +85,7 @@ CREATE TABLE IF NOT EXISTS vocalprobe_positions (
     recording_id INTEGER PRIMARY KEY REFERENCES recordings(id) ON DELETE CASCADE, position INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS vocalprobe_index (
     save INTEGER PRIMARY KEY, n_vectors INTEGER NOT NULL, keys_sha256 TEXT NOT NULL, file_sha256 TEXT NOT NULL,
-    file_size INTEGER NOT NULL);
+    file_size INTEGER NOT NULL, file_mtime_ns INTEGER);
 """
 
 
@@ -100,6 +105,7 @@ class IndexNote:
     keys_sha256: str
     file_sha256: str
     file_size: int
+    file_mtime_ns: int | None = None  # None: noted before mtimes were (the file is hashed)
 
 
 def offsets_blob(start_s: float, end_s: float) -> bytes:
@@ -254,28 +260,40 @@ class ArchiveDB:
 
     def index_notes(self) -> list[IndexNote]:
         """The notes of the last saves of the index, latest first (none: never saved, or an older vocalprobe)."""
-        try:
-            rows = self.db.execute("SELECT n_vectors, keys_sha256, file_sha256, file_size FROM vocalprobe_index "
-                                   "ORDER BY save DESC").fetchall()
-        except sqlite3.OperationalError:  # no such table: written before the notes
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(vocalprobe_index)")}
+        if not columns:  # no such table: written before the notes
             return []
+        mtime = "file_mtime_ns" if "file_mtime_ns" in columns else "NULL"
+        rows = self.db.execute(f"SELECT n_vectors, keys_sha256, file_sha256, file_size, {mtime} FROM vocalprobe_index "
+                               "ORDER BY save DESC").fetchall()
         return [IndexNote(*row) for row in rows]
 
     def _note_index(self, keys: np.ndarray, tmp: Path) -> None:
+        """Note the saved file (``tmp``, complete and synced; renaming it keeps its size and mtime)."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(vocalprobe_index)")}
+        if "file_mtime_ns" not in columns:  # an archive noted before mtimes were
+            self.db.execute("ALTER TABLE vocalprobe_index ADD COLUMN file_mtime_ns INTEGER")
+        stat = tmp.stat()
         self.db.execute("BEGIN")
-        self.db.execute("INSERT INTO vocalprobe_index (n_vectors, keys_sha256, file_sha256, file_size) VALUES "
-                        "(?, ?, ?, ?)", (len(keys), vectors.keys_sha256(keys), file_sha256(tmp), tmp.stat().st_size))
+        self.db.execute("INSERT INTO vocalprobe_index (n_vectors, keys_sha256, file_sha256, file_size, file_mtime_ns) "
+                        "VALUES (?, ?, ?, ?, ?)", (len(keys), vectors.keys_sha256(keys), file_sha256(tmp),
+                                                   stat.st_size, stat.st_mtime_ns))
         self.db.execute("DELETE FROM vocalprobe_index WHERE save < (SELECT MAX(save) FROM vocalprobe_index) - 1")
         self.db.execute("COMMIT")
 
-    def _saved_note(self) -> IndexNote | None:
-        """The note of the save the index file is, or None: no file, or one this archive did not save."""
+    def _saved_note(self, *, hash_always: bool = False) -> IndexNote | None:
+        """The note of the save the index file is, or None: no file, or one this archive did not save. The file is
+        hashed unless its size and mtime are a save's (``hash_always``: hashed all the same, as ``embed`` does)."""
         path = self.folder / INDEX_NAME
         if not path.is_file():
             return None
-        notes = [n for n in self.index_notes() if n.file_size == path.stat().st_size]
+        stat = path.stat()
+        notes = [n for n in self.index_notes() if n.file_size == stat.st_size]
         if not notes:
             return None
+        same = next((n for n in notes if n.file_mtime_ns == stat.st_mtime_ns), None)
+        if same is not None and not hash_always:
+            return same
         sha = file_sha256(path)
         return next((n for n in notes if n.file_sha256 == sha), None)
 
@@ -311,7 +329,7 @@ class ArchiveDB:
         """The index file when this archive saved it; else (none, damaged, foreign) a new empty one, so that every
         recording is embedded again."""
         path = self.folder / INDEX_NAME
-        if self._saved_note() is not None:
+        if self._saved_note(hash_always=True) is not None:
             self.index = vectors.load_index(path, config)
             return
         if path.exists():
@@ -388,10 +406,11 @@ class ArchiveDB:
             if theirs is not None and theirs != run:
                 raise ArchiveError(f"{self.folder} holds shard {shard} of a run over other inputs ({theirs['inputs']} "
                                    f"file(s), now {run['inputs']}); embed this run's shard into another --db folder")
+            self.db.execute("BEGIN")
             if theirs is None:
-                self.db.execute("BEGIN")
                 self.set_metadata(RUN_KEY, run)
-                self.db.execute("COMMIT")
+            self.set_metadata(SHARD_FINISHED_KEY, False)
+            self.db.execute("COMMIT")
             return
         if known == shard:
             return
@@ -403,7 +422,16 @@ class ArchiveDB:
         self.set_metadata(SHARD_KEY, shard)
         if shard is not None and run is not None:
             self.set_metadata(RUN_KEY, run)
+            self.set_metadata(SHARD_FINISHED_KEY, False)
         self.db.execute("COMMIT")
+
+    def mark_shard_finished(self) -> None:
+        """A shard's ``embed`` run tried every input of its shard (embedded, skipped or failed): ``merge --db``
+        refuses a shard without this (stopped by Ctrl-C or a kill, and not run again)."""
+        if self.metadata().get(SHARD_FINISHED_KEY) is False:
+            self.db.execute("BEGIN")
+            self.set_metadata(SHARD_FINISHED_KEY, True)
+            self.db.execute("COMMIT")
 
     def settings(self) -> dict[str, Any]:
         meta = self.metadata()
@@ -559,6 +587,15 @@ class ArchiveDB:
         rows = self.db.execute("SELECT id, recording_id, offsets FROM windows WHERE recording_id = ? ORDER BY id",
                                (recording_id,))
         return [WindowRow(i, r, *offsets_of(o)) for i, r, o in rows]
+
+    def recording_offsets(self, recording_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ids, start_s, end_s)`` of a recording's windows as arrays, by id (``recording_windows`` without a row
+        object per window: a 24-h recording has ~86,000)."""
+        rows = self.db.execute("SELECT id, offsets FROM windows WHERE recording_id = ? ORDER BY id",
+                               (recording_id,)).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        offsets = np.frombuffer(b"".join(r[1][:16] for r in rows), dtype="<f8").reshape(len(rows), 2)
+        return ids, offsets[:, 0].astype(np.float64), offsets[:, 1].astype(np.float64)
 
     # -- annotations -----------------------------------------------------------------------------------------------
 

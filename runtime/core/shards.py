@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
+from vocalprobe.runtime.core.digests import json_sha256
 from vocalprobe.runtime.core.errors import VocalprobeError
 from vocalprobe.runtime.core.out_lock import LOCK_NAME
 
@@ -71,6 +72,35 @@ def missing_shards(parts: Iterable[Shard]) -> list[Shard]:
     count = parts[0].count
     have = {p.index for p in parts}
     return [Shard(i, count) for i in range(count) if i not in have]
+
+
+def run_identity(names: Sequence[str]) -> dict[str, Any]:
+    """What every shard records of its whole run, for a merge to compare: the length and digest of the input list
+    before ``--shard`` split it (the names in their order). Shards of runs over other inputs differ here."""
+    return {"inputs": len(names), "inputs_sha256": json_sha256(list(names))}
+
+
+def check_split(parts: Sequence[tuple[Path, Shard, Any]], error: type[Exception], *, things: str, command: str,
+                flag: str) -> None:
+    """Refuse parts that are not every shard of one run, before anything is written: ``parts`` holds each folder's
+    (folder, shard, run identity). A shard given twice, shards of different splits, missing shard numbers (named)
+    and shards of runs over other inputs are each one ``error``."""
+    seen: dict[Shard, Path] = {}
+    for folder, part, _ in parts:
+        if part in seen:
+            raise error(f"{folder} and {seen[part]} both hold shard {part}; give each shard once")
+        seen[part] = folder
+    if len({part.count for part in seen}) > 1:
+        raise error(f"the {things} are shards of different splits ({', '.join(map(str, sorted(seen, key=str)))}); "
+                    "merge the shards of one --shard i/n split (same n)")
+    missing = missing_shards(seen)
+    if missing:
+        raise error(f"shard(s) {', '.join(map(str, missing))} of the split are missing; give the {flag} folders of "
+                    f"every shard ({command} the missing ones with the same inputs and --shard first)")
+    runs = {json_sha256(run): folder for folder, _, run in parts}
+    if len(runs) > 1:
+        raise error(f"the {things} are shards of runs over different inputs ({', '.join(map(str, runs.values()))}); "
+                    f"merge the shards of one {command} run (the same input folders)")
 
 
 def merge_folders(out_dir: str | Path, shard_dirs: Sequence[str | Path], error: type[Exception], *, what: str,

@@ -5,7 +5,9 @@ Per-file tables are copied as they are; the JSONL gets each recording's final ro
 the order one run writes them, which is each file's place in the whole input list, recorded by every shard before
 ``--shard`` split it (``RunState.number``); ``errors.csv``, the combined tables and the journal are then made the
 way ``run_sources`` makes them, from the joined journal. The shards must share the run fingerprint and output
-options, and no recording may be in two of them: anything else is not one run, and is refused before OUT is made.
+options, be every shard of one split of one input list (the identity each shard's journal records,
+``core.shards.run_identity``), each finished, and no recording may be in two of them: anything else is not one run,
+and is refused before OUT is made.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from vocalprobe.runtime.core.detections.layout import JSONL_NAME, PARAMS_NAME
 from vocalprobe.runtime.core.digests import json_sha256
 from vocalprobe.runtime.core.errors import VocalprobeError
 from vocalprobe.runtime.core.out_lock import OutputLock
-from vocalprobe.runtime.core.shards import merge_folders
+from vocalprobe.runtime.core.shards import Shard, check_split, merge_folders
 from vocalprobe.runtime.field.run_state import (
     DONE,
     FAILED,
@@ -49,6 +51,9 @@ class _Shard:
     settings: dict
     records: list[FileRecord]
     jsonl_committed: int
+    part: str | None  # the ``--shard i/n`` it holds, its run's identity and its number of files (``RunState.shard``)
+    run: dict | None
+    files: int | None
 
 
 def _changed(a: dict, b: dict) -> str:
@@ -58,7 +63,7 @@ def _changed(a: dict, b: dict) -> str:
 def _read_shard(folder: Path) -> _Shard:
     settings = read_settings(folder)
     with RunState(folder, settings) as state:
-        return _Shard(folder, settings, state.records(), state.jsonl_committed)
+        return _Shard(folder, settings, state.records(), state.jsonl_committed, *state.shard())
 
 
 def run_order(record: FileRecord) -> tuple:
@@ -97,6 +102,17 @@ def _check(shards: Sequence[_Shard]) -> dict:
         if json_sha256(shard.settings) != json_sha256(first.settings):
             raise MergeError(f"{shard.folder} and {first.folder} were made with other settings (changed: "
                              f"{_changed(shard.settings, first.settings)}); merge shards of one run")
+    for shard in shards:
+        if shard.part is None:
+            raise MergeError(f"{shard.folder}: not the output folder of a `stream --shard i/n` run (or of one made by "
+                             "a vocalprobe before merge checked runs); merge the --out folders of the shards")
+    check_split([(s.folder, Shard.parse(s.part), s.run) for s in shards], MergeError, things="folders",
+                command="stream", flag="--out")
+    for shard in shards:
+        if len(shard.records) < (shard.files or 0):
+            raise MergeError(f"{shard.folder}: shard {shard.part} is unfinished ({len(shard.records)} of its "
+                             f"{shard.files} file(s) done or failed: its run was stopped); run the same `stream "
+                             f"--shard {shard.part}` into it again to finish it, then merge")
     owner: dict[str, Path] = {}
     options: dict[str, tuple[dict, Path]] = {}
     for shard in shards:

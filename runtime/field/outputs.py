@@ -147,7 +147,7 @@ class Outputs:
             written.append(JSONL_NAME)
         return written
 
-    def commit(self, retract: str | None = None) -> int | None:
+    def commit(self, retract: str | Sequence[str] | None = None) -> int | None:
         """Append the recording's held rows; the committed JSONL size (None without a JSONL)."""
         return self.jsonl.commit(retract) if self.jsonl is not None else None
 

@@ -216,6 +216,12 @@ def run_stream(job: StreamJob, *, say: Callable[[str], None] | None = None,
                     return StreamOutcome(run_sources(sources, net, config, outputs, state, progress=bar,
                                                      embeddings=sink, **run), sink)
             state.number(every_file)
+            if every_file is not None and scale.shard is not None:
+                from vocalprobe.runtime.core.shards import run_identity
+
+                state.mark_shard(str(scale.part), run_identity([s.name for s in every_file]), len(files))
+            elif every_file is not None:
+                state.mark_shard(None)
             todo = list(state.todo(files))
             if sink is not None:
                 todo, again = sink.with_unembedded(files, todo, state.skipped)

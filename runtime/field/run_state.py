@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS files (
     updated REAL NOT NULL,
     seconds REAL,                   -- audio seconds of a done recording (the combined Raven table lays them end to end)
     position INTEGER,               -- place in the run's whole input list, before --shard (merge keeps that order)
-    source_rate INTEGER             -- the recording's own sample rate (its tables' band; rethreshold writes them again)
+    source_rate INTEGER,            -- the recording's own sample rate (its tables' band; rethreshold writes them again)
+    sha256 TEXT                     -- of the file's bytes when it was recorded (a renamed recording is recognised)
 ) WITHOUT ROWID;
 """
 
@@ -86,6 +87,7 @@ class FileRecord:
     seconds: float | None = None  # audio seconds of a done recording
     position: int | None = None  # place in the whole input list (before --shard); None: not known
     source_rate: int | None = None  # the recording's own sample rate; None: not known
+    sha256: str | None = None  # of the file's bytes when recorded; None: not taken (a file gone, an older journal)
 
     @property
     def wrote_jsonl(self) -> bool:
@@ -178,6 +180,8 @@ class RunState:
                              "use the vocalprobe that wrote it, or another --out folder")
         if "source_rate" not in columns:  # a journal of before --scores: its files' rates are not known (NULL)
             self._db.execute("ALTER TABLE files ADD COLUMN source_rate INTEGER")
+        if "sha256" not in columns:  # a journal of a vocalprobe before renamed recordings were recognised
+            self._db.execute("ALTER TABLE files ADD COLUMN sha256 TEXT")
         before = json.loads(self._meta("settings") or "{}")
         if json_sha256(before) != json_sha256(self.settings):
             raise StateError(f"{self.out_dir} holds results made with other settings (changed: "
@@ -195,13 +199,13 @@ class RunState:
         return printable_name(os.path.abspath(path))
 
     def _record(self, row: tuple) -> FileRecord:
-        key, name, size, mtime_ns, status, detections, outputs, problem, options, seconds, position, rate = row
+        key, name, size, mtime_ns, status, detections, outputs, problem, options, seconds, position, rate, sha256 = row
         return FileRecord(key, name, status, Fingerprint(size, mtime_ns) if size is not None else None, detections,
                           tuple(json.loads(outputs)), problem, json.loads(options) if options else None, seconds,
-                          position, rate)
+                          position, rate, sha256)
 
     _SELECT = ("SELECT f.key, f.name, f.size, f.mtime_ns, f.status, f.detections, f.outputs, f.problem, o.json, "
-               "f.seconds, f.position, f.source_rate FROM files f LEFT JOIN options o ON o.id = f.options_id")
+               "f.seconds, f.position, f.source_rate, f.sha256 FROM files f LEFT JOIN options o ON o.id = f.options_id")
 
     def lookup(self, path: str | Path) -> FileRecord | None:
         row = self._db.execute(self._SELECT + " WHERE f.key = ?", (self.key(path),)).fetchone()
@@ -225,6 +229,14 @@ class RunState:
         """Remember each source's place in the run's whole input list (taken before ``--shard`` splits it), so
         that ``merge`` lays the shards' rows out in the order one run over all the inputs writes them."""
         self.positions = {self.key(s.path): i for i, s in enumerate(sources)}
+
+    def renamed(self, path: str | Path, sha256: str) -> list[FileRecord]:
+        """The records of this audio (``sha256``) under other names whose files are gone: ``path`` is that
+        recording renamed (or moved), so their rows are to be retracted when it is recorded. A name kept as escapes
+        (not UTF-8) cannot be looked for on disk, so it never counts as gone."""
+        key = self.key(path)
+        rows = self._db.execute(self._SELECT + " WHERE f.sha256 = ? AND f.key != ? ORDER BY f.key", (sha256, key))
+        return [r for r in map(self._record, rows) if "\\x" not in r.key and not os.path.lexists(r.key)]
 
     def records(self) -> list[FileRecord]:
         """Every file's record, with its options, seconds and place, by key."""
@@ -275,24 +287,60 @@ class RunState:
             found[_describe({k: old.get(k) for k in _changed(self.options, old)})] = n
         return found
 
+    def shard(self) -> tuple[str | None, dict | None, int | None]:
+        """The ``--shard i/n`` this folder holds (None: a run over all the inputs), its run's identity
+        (``core.shards.run_identity``) and how many files the shard has: what ``merge`` checks."""
+        files = self._meta("shard_files")
+        run = self._meta("shard_run")
+        return self._meta("shard"), json.loads(run) if run else None, int(files) if files is not None else None
+
     # -- writing ----------------------------------------------------------------------------------------------
+    def mark_shard(self, shard: str | None, run: dict | None = None, files: int = 0) -> None:
+        """Record which ``--shard i/n`` of which run this folder holds (``shard`` None: all the inputs) and the
+        number of files of the shard, so that ``merge`` refuses foreign and unfinished shards. A folder holds one
+        shard of one run: another one is refused."""
+        known, theirs, _ = self.shard()
+        if known == shard and (shard is None or theirs == run):
+            if shard is not None:
+                self._db.execute("BEGIN")
+                self._set_meta("shard_files", str(files))
+                self._db.execute("COMMIT")
+            return
+        if known == shard:
+            raise StateError(f"{self.out_dir} holds shard {shard} of a run over other inputs ({theirs['inputs']} "
+                             f"file(s), now {run['inputs']}); stream this run's shard into another --out folder")
+        if known is not None or self.count(DONE) or self.count(FAILED):
+            was = f"shard {known}" if known is not None else "a run over all the inputs"
+            now = f"shard {shard}" if shard is not None else "all the inputs"
+            raise StateError(f"{self.out_dir} holds the outputs of {was}; stream {now} into another --out folder")
+        if shard is None:
+            return
+        self._db.execute("BEGIN")
+        self._set_meta("shard", shard)
+        self._set_meta("shard_run", json.dumps(run, sort_keys=True))
+        self._set_meta("shard_files", str(files))
+        self._db.execute("COMMIT")
+
     def _write(self, record: FileRecord, options_id: int, jsonl_end: int | None,
                seconds: float | None = None) -> None:
         fp = record.fingerprint
         self._db.execute(
             "INSERT OR REPLACE INTO files (key, name, size, mtime_ns, status, detections, outputs, problem, "
-            "options_id, updated, seconds, position, source_rate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "options_id, updated, seconds, position, source_rate, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?, ?)",
             (record.key, record.name, fp.size if fp else None, fp.mtime_ns if fp else None, record.status,
              record.detections, json.dumps(list(record.outputs)), record.problem, options_id, time.time(), seconds,
              record.position if record.position is not None else self.positions.get(record.key),
-             record.source_rate))
+             record.source_rate, record.sha256))
         if jsonl_end is not None:
             self._set_meta("jsonl_committed", str(jsonl_end))
 
-    def _commit(self, record: FileRecord, jsonl_end: int | None, seconds: float | None = None) -> None:
+    def _commit(self, record: FileRecord, jsonl_end: int | None, seconds: float | None = None,
+                replaces: Sequence[FileRecord] = ()) -> None:
         self._db.execute("BEGIN")
         try:
             self._write(record, self._options_id, jsonl_end, seconds)
+            self._db.executemany("DELETE FROM files WHERE key = ?", [(r.key,) for r in replaces])
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -300,21 +348,26 @@ class RunState:
 
     def mark_done(self, path: Path, name: str, n_detections: int, outputs: Sequence[str], *,
                   fingerprint: Fingerprint | None = None, jsonl_end: int | None = None,
-                  seconds: float | None = None, source_rate: int | None = None) -> None:
+                  seconds: float | None = None, source_rate: int | None = None, sha256: str | None = None,
+                  replaces: Sequence[FileRecord] = ()) -> None:
         """``fingerprint``: the version analysed (taken before reading it); ``jsonl_end``: the committed JSONL size;
-        ``seconds``: the recording's length in audio seconds; ``source_rate``: its own sample rate."""
+        ``seconds``: the recording's length in audio seconds; ``source_rate``: its own sample rate; ``sha256``: of
+        its bytes; ``replaces``: the records of this recording under its earlier names (``renamed``), deleted in the
+        same transaction."""
         fingerprint = fingerprint if fingerprint is not None else Fingerprint.of(path)
         self._commit(FileRecord(self.key(path), name, DONE, fingerprint, n_detections, tuple(outputs),
-                                source_rate=source_rate), jsonl_end, seconds)
+                                source_rate=source_rate, sha256=sha256), jsonl_end, seconds, replaces)
 
     def mark_failed(self, path: Path, name: str, problem: str, *, fingerprint: Fingerprint | None = None,
-                    jsonl_end: int | None = None) -> None:
+                    jsonl_end: int | None = None, sha256: str | None = None,
+                    replaces: Sequence[FileRecord] = ()) -> None:
         if fingerprint is None:
             try:
                 fingerprint = Fingerprint.of(path)
             except FileNotFoundError:
                 fingerprint = None
-        self._commit(FileRecord(self.key(path), name, FAILED, fingerprint, problem=problem), jsonl_end)
+        self._commit(FileRecord(self.key(path), name, FAILED, fingerprint, problem=problem, sha256=sha256), jsonl_end,
+                     replaces=replaces)
 
     def merge(self, records: Iterable[FileRecord], *, jsonl_committed: int | None = None) -> None:
         """Write many records in one transaction (a migrated state, or journals of several workers)."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from vocalprobe.runtime.core.detections.layout import ERRORS_NAME, JSONL_NAME
 from vocalprobe.runtime.core.detections.tables import OutputNameError
+from vocalprobe.runtime.core.digests import file_sha256
 from vocalprobe.runtime.core.errors import AudioError, VocalprobeError
 from vocalprobe.runtime.engine.batches import PROBABILITIES, WITH_EMBEDDING, AudioClock, Model, Prediction, run_model
 from vocalprobe.runtime.engine.batches import check_fits, window_batches
@@ -29,7 +30,7 @@ from vocalprobe.runtime.engine.scale import ONE_PROCESS, ModelSpec, Scale
 from vocalprobe.runtime.engine.windows import Window, WindowPlan, WindowSpecError
 from vocalprobe.runtime.field.events import Detection, EventMerger, window_hits
 from vocalprobe.runtime.field.outputs import Outputs
-from vocalprobe.runtime.field.run_state import DONE, Fingerprint, RunState
+from vocalprobe.runtime.field.run_state import DONE, FileRecord, Fingerprint, RunState
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +267,24 @@ class RunSummary:
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     done_all: int = 0  # recordings the folder holds results of (this run and earlier ones)
+    _found: dict[str, int] = field(default_factory=dict, repr=False)  # detections of each done name in this run
+
+    def add_done(self, name: str, detections: int, seconds: float, *, latest: bool = False) -> None:
+        """``latest``: a file's outcome replaces its earlier ones in this run (a watched file analysed again): a
+        file that failed and is then done is not also counted failed."""
+        if latest:
+            self.failed = [f for f in self.failed if f[0] != name]
+        self.done.append(name)
+        self.detections += detections
+        self._found[name] = self._found.get(name, 0) + detections
+        self.audio_seconds += seconds
+
+    def add_failed(self, name: str, problem: str, *, latest: bool = False) -> None:
+        """``latest``: as in ``add_done``: a done file that then fails (its rows retracted) is not also done."""
+        if latest and name in self._found:
+            self.done = [n for n in self.done if n != name]
+            self.detections -= self._found.pop(name)
+        self.failed.append((name, problem))
 
     @property
     def exit_code(self) -> int:
@@ -300,6 +319,20 @@ def _warn_narrow_band(name: str, source_rate: int | None, model_rate: int) -> No
     if source_rate is not None and source_rate < model_rate:
         logger.warning("%s: recorded at %d Hz: the model's band above %g Hz (to %g Hz) is empty", name, source_rate,
                     source_rate / 2, model_rate / 2)
+
+
+def _renamed(state: RunState, path: Path, before: FileRecord | None, outputs: Outputs
+             ) -> tuple[str | None, list[FileRecord]]:
+    """The sha256 of a journalled file's bytes, and the records of the same audio under names that are gone (the
+    file was renamed or moved since it was recorded): their rows are retracted as this one is recorded, so a renamed
+    recording is never counted twice. Rows in a JSONL this run does not write could not be retracted: kept."""
+    try:
+        digest = file_sha256(path)
+    except OSError:
+        return None, []
+    if before is not None:
+        return digest, []
+    return digest, [r for r in state.renamed(path, digest) if not r.wrote_jsonl or outputs.jsonl is not None]
 
 
 def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, outputs: Outputs,
@@ -371,12 +404,17 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
                 outputs.discard()
                 if embeddings is not None:
                     embeddings.abort(exc.problem)
-                summary.failed.append((source.name, exc.problem))
+                summary.add_failed(source.name, exc.problem, latest=journalled)
                 if journalled:
-                    jsonl_end = outputs.commit(retract) if retract is not None else None
+                    digest, gone = _renamed(state, path, before, outputs)
+                    retracts = ([retract] if retract is not None else []) + [r.name for r in gone if r.wrote_jsonl]
+                    jsonl_end = outputs.commit(retracts) if retracts else None
                     if before is not None and before.status == DONE:
                         outputs.remove(before.outputs)
-                    state.mark_failed(path, source.name, exc.problem, fingerprint=fingerprint, jsonl_end=jsonl_end)
+                    state.mark_failed(path, source.name, exc.problem, fingerprint=fingerprint, jsonl_end=jsonl_end,
+                                      sha256=digest, replaces=gone)
+                    for record in gone:
+                        outputs.remove(record.outputs)
                 if log is not None:
                     log(f"skipped {source.name}: {exc.problem}")
                 continue
@@ -388,13 +426,18 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
             written = outputs.finish_tables(result.name, result.audio_seconds)
             if retract is not None and outputs.jsonl is None:
                 written.append(JSONL_NAME)  # its earlier rows are still there, to retract when a JSONL is written
-            jsonl_end = outputs.commit(retract) if path is not None else None
+            digest, gone = _renamed(state, path, before, outputs) if journalled else (None, [])
+            retracts = ([retract] if retract is not None else []) + [r.name for r in gone if r.wrote_jsonl]
+            jsonl_end = outputs.commit(retracts) if path is not None else None
             if journalled:
                 state.mark_done(path, source.name, result.n_detections, written, fingerprint=fingerprint,
-                                jsonl_end=jsonl_end, seconds=result.audio_seconds, source_rate=source_rate)
-            summary.done.append(source.name)
-            summary.detections += result.n_detections
-            summary.audio_seconds += result.audio_seconds
+                                jsonl_end=jsonl_end, seconds=result.audio_seconds, source_rate=source_rate,
+                                sha256=digest, replaces=gone)
+                for record in gone:  # after the journal: a kill in between leaves a table nothing lists, never two
+                    outputs.remove([o for o in record.outputs if o not in written])
+                    if log is not None:
+                        log(f"{source.name}: the recording {record.name} renamed; its earlier rows are retracted")
+            summary.add_done(source.name, result.n_detections, result.audio_seconds, latest=journalled)
             if progress is not None:
                 progress.file_done()
         summary.wall_seconds = time.perf_counter() - started

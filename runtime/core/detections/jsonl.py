@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Sequence
 
 from vocalprobe.runtime.core.detections.clock import clock_time
 from vocalprobe.runtime.core.detections.layout import CSV_COLUMNS, CSV_TIME_COLUMN, JSONL_NAME, Detection
@@ -80,10 +80,11 @@ class JsonlWriter:
             self._handle.write(line)
             self._handle.flush()
 
-    def commit(self, retract: str | None = None) -> int:
-        """Append the held rows (after a retraction of ``retract``'s earlier rows), durably; returns the new size."""
-        if retract is not None:
-            self._handle.write((retract_line(retract) + "\n").encode("utf-8"))
+    def commit(self, retract: str | Sequence[str] | None = None) -> int:
+        """Append the held rows (after a retraction of the earlier rows of ``retract``, a name or several),
+        durably; returns the new size."""
+        for name in [retract] if isinstance(retract, str) else (retract or ()):
+            self._handle.write((retract_line(name) + "\n").encode("utf-8"))
         if self._pending is not None:
             self._pending.seek(0)
             shutil.copyfileobj(self._pending, self._handle)

@@ -180,3 +180,44 @@ def test_merge_refuses_a_missing_a_foreign_or_an_unfinished_shard_before_writing
     unfinished = run_cli(["merge", "--db", out, embedded / "s0", cut, embedded / "s2"])
     assert unfinished.exit_code == 1 and "usearch.index is missing" in unfinished.output, unfinished.output
     assert not out.exists()
+
+
+def test_merge_refuses_a_shard_stopped_by_ctrl_c_and_not_run_again(graph, tone_folder, run_cli, tmp_path):
+    """Issue 24: Ctrl-C leaves a shard's archive consistent (its index saved on exit) but short of recordings; a
+    merge used to take it (exit 0, fewer recordings). Now it is refused by name before OUT_DB is made, and merges
+    once the same `embed --shard` has run again (a real process, SIGINT)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    audio = tone_folder(tmp_path / "audio", n_files=4, seconds=40.0)
+    shard = tmp_path / "s0"
+    args = [sys.executable, "-m", "vocalprobe", "embed", str(audio), "-m", str(graph), "--db", str(shard),
+            "--window", "0.05", "--batch", "1", "--shard", "0/1", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # this vocalprobe
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def committed() -> int:
+        try:
+            with sqlite3.connect(f"file:{shard / 'hoplite.sqlite'}?mode=ro", uri=True) as con:
+                return con.execute("SELECT COUNT(*) FROM vocalprobe_recordings").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and committed() < 1:
+        time.sleep(0.05)
+    assert proc.poll() is None, "embed finished before it could be interrupted; give it more audio"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    with ArchiveDB.open_reader(shard) as archive:  # consistent, and short
+        assert 1 <= archive.count_recordings() < 4
+    out = tmp_path / "merged"
+    cut = run_cli(["merge", "--db", out, shard])
+    assert cut.exit_code == 1 and "shard 0/1 is unfinished" in cut.output, cut.output
+    assert not out.exists()
+    assert subprocess.run(args, env=env, capture_output=True).returncode == 0
+    merged = run_cli(["merge", "--db", out, shard])
+    assert merged.exit_code == 0 and "4 recording(s)" in merged.output, merged.output

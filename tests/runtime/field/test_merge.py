@@ -4,9 +4,18 @@ folders that are not the parts of one run are refused in one line."""
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
+from runtime_graphs import DEFAULT_FREQS, tone_track
 from test_workers import make_recordings, tree
 from typer.testing import CliRunner
 
@@ -73,8 +82,8 @@ def test_folders_that_are_not_one_run_are_refused(runs, recordings, graph, tmp_p
     s0, s1 = str(runs / "s0"), str(runs / "s1")
     twice = runner.invoke(app, ["merge", str(tmp_path / "a"), s0, s0])
     assert twice.exit_code == 1 and "error: a shard folder is given twice" in twice.output
-    overlap = runner.invoke(app, ["merge", str(tmp_path / "a"), s0, str(runs / "one")])
-    assert overlap.exit_code == 1 and "error:" in overlap.output and "is in both" in overlap.output
+    whole = runner.invoke(app, ["merge", str(tmp_path / "a"), s0, str(runs / "one")])
+    assert whole.exit_code == 1 and "not the output folder of a `stream --shard i/n` run" in whole.output
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x.txt").write_text("x")
     busy = runner.invoke(app, ["merge", str(tmp_path / "full"), s0])
@@ -107,3 +116,60 @@ def test_files_given_out_of_order_merge_in_the_order_given(recordings, graph, tm
     jsonl = (tmp_path / "m" / "detections.jsonl").read_text().splitlines()
     assert [line.split('"')[3] for line in jsonl][::len(jsonl) // 3] == names  # the order given, not sorted
     assert tree(tmp_path / "m") == tree(tmp_path / "one")
+
+
+def test_merge_refuses_a_missing_or_a_foreign_shard_before_writing(runs, recordings, graph, tmp_path):
+    """Issue 24: shard 1 of 3 left out, and a shard of a run over another input list (same settings), each refused
+    in one line naming it, before OUT is made; a shard's folder takes no shard of another run."""
+    out = tmp_path / "merged"
+    s0, s1, s2 = (str(runs / f"s{i}") for i in range(3))
+    missing = runner.invoke(app, ["merge", str(out), s0, s2])
+    assert missing.exit_code == 1 and "shard(s) 1/3 of the split are missing" in missing.output, missing.output
+    assert not out.exists()
+    other = tmp_path / "other"  # night1 alone: other inputs, the same settings and options
+    result = runner.invoke(app, ["stream", *common(recordings / "night1", graph),
+                                 "-o", str(other), "--shard", "1/3"])
+    assert result.exit_code in (0, 2), result.output
+    foreign = runner.invoke(app, ["merge", str(out), s0, str(other), s2])
+    assert foreign.exit_code == 1 and "shards of runs over different inputs" in foreign.output, foreign.output
+    assert not out.exists()
+    again = runner.invoke(app, ["stream", *common(recordings, graph), "-o", str(other), "--shard", "1/3"])
+    assert again.exit_code == 1 and "of a run over other inputs" in again.output, again.output
+    whole = runner.invoke(app, ["stream", *common(recordings, graph), "-o", s1])
+    assert whole.exit_code == 1 and "holds the outputs of shard 1/3" in whole.output, whole.output
+
+
+def _journalled(out: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{out / '.vocalprobe-journal.sqlite'}?mode=ro", uri=True) as db:
+            return db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_merge_refuses_a_shard_killed_and_not_run_again(graph, tmp_path):
+    """A shard whose `stream --shard` was killed (SIGKILL, a real process) after its first file is refused by name
+    before OUT is made (finished shards merge: the tests above)."""
+    folder = tmp_path / "card"
+    folder.mkdir()
+    sf.write(folder / "0000.wav", tone_track([(0.2, 0.8, DEFAULT_FREQS[0])], 1.0, 16_000, seed=0), 16_000)
+    noise = np.random.default_rng(0).normal(0, 0.1, 600 * 16_000).astype(np.float32)
+    for i in range(1, 6):  # long enough that the run is still busy when it is killed
+        sf.write(folder / f"{i:04d}.wav", noise, 16_000)
+    shard = tmp_path / "s0"
+    command = [sys.executable, "-m", "vocalprobe", "stream", str(folder), "-m", str(graph), "--window", "0.5",
+               "--hop", "0.05", "--format", "csv,jsonl", "-o", str(shard), "--shard", "0/1", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # this vocalprobe
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and _journalled(shard) < 1:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done = _journalled(shard)
+    assert 1 <= done < 6
+    out = tmp_path / "merged"
+    cut = runner.invoke(app, ["merge", str(out), str(shard)])
+    assert cut.exit_code == 1 and f"shard 0/1 is unfinished ({done} of its 6 file(s)" in cut.output, cut.output
+    assert not out.exists()
