@@ -50,12 +50,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from real_audio import farm_dataset, split_by_recording
-    from whisper_weights import converted_folder
+    from whisper_weights import cache_root
 
     from vocalprobe.training.study.results import load_summary
+    from vocalprobe.training.whisper.convert import convert_whisper
+    from vocalprobe.training.whisper.pinned import ct2_folder
 
     dataset = farm_dataset()
-    trained = converted_folder("tiny.en")
+    trained = args.out / "whisper-tiny.en"
+    if not (trained / "conversion.json").is_file():
+        convert_whisper(ct2_folder("tiny.en", cache_root()), trained, overwrite=True)
     twin = random_twin(trained, args.out / "whisper-tiny.en-random")
     scores: dict[tuple[str, int], list[float]] = {}
     chosen: dict[str, list[float]] = {}  # Test UAR at the layer chosen on Val, per split
