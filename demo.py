@@ -2,10 +2,11 @@
 
 ``vocalprobe demo`` is what a new user runs first. Every step is the public command's own code path:
 
-1. the embedded study (``training.default_study``): synthetic calls, tiny UNTRAINED backbones of the three families;
+1. the embedded study (``training.default_study``): synthetic calls, tiny UNTRAINED backbones of the three families
+   and the TRAINED Whisper tiny.en encoder;
 2. every backbone's best layer exported as one ONNX graph (fp32, with the export-time parity check), its ``int8``
-   (dynamic int8 MatMuls) and ``int8-conv`` (convolutions too, per-frame ranges) versions, and the paper's fusion of
-   all best layers;
+   (dynamic int8 MatMuls) and, for the waveform-CNN families, ``int8-conv`` (convolutions too, per-frame ranges)
+   versions, and the paper's fusion of all best layers;
 3. ``validate`` on each graph (onnxruntime only): its Test UAR next to the study's;
 4. the fused graph streams the synthetic 10-minute AudioMoth recording into Raven/CSV/JSONL tables, and the events
    are scored against the recording's ground truth (precision / recall, and the same detections with shuffled
@@ -114,9 +115,12 @@ class AgileLoop:
 def export_graphs(study_dir: Path, models_dir: Path, log: Callable[[str], None]
                   ) -> list[tuple[str, str, Path, Path | None]]:
     """Fusion of the best layers (keeping its fp32 members as per-backbone graphs), then each member's int8 and
-    int8-conv versions. Returns ``(name, layer, graph, its fp32 graph or None)``."""
+    int8-conv versions where the mode applies to its family (Whisper has no waveform CNN: no int8-conv). Returns
+    ``(name, layer, graph, its fp32 graph or None)``."""
+    from vocalprobe.export import quant_modes
     from vocalprobe.export.fusion import fusion_from_study
     from vocalprobe.export.onnx_export import export_from_study
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.training.study.results import load_summary, safe_name
 
     choices = load_summary(study_dir).choices
@@ -131,8 +135,12 @@ def export_graphs(study_dir: Path, models_dir: Path, log: Callable[[str], None]
         fp32 = models_dir / f"{safe_name(choice.backbone)}.onnx"
         fused.with_name(f"{fused.stem}.member{i}.onnx").replace(fp32)
         graphs.append((choice.backbone, f"L{choice.best_layer}", fp32, None))
+    families = [OnnxModel(fp32).info.metadata.get("family", "") for _, _, fp32, _ in graphs]
     for mode, what in (("int8", "dynamic int8 MatMuls"), ("int8-conv", "int8 MatMuls and convolutions")):
-        for choice in choices:
+        for choice, family in zip(choices, families):
+            if not quant_modes.mode(mode).applies_to(family):
+                log(f"export: no {mode} for {choice.backbone} (a {family} backbone: the mode does not apply)")
+                continue
             path = models_dir / f"{safe_name(choice.backbone)}.{mode}.onnx"
             log(f"export: {choice.backbone} layer {choice.best_layer}, {what} ({mode})")
             export_from_study(study_dir, path, backbone=choice.backbone, quantize=mode, log=lambda m: log(f"  {m}"))
@@ -310,7 +318,7 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def render_agile(loop: AgileLoop, rel: Callable[[Path], str]) -> list[str]:
+def render_agile(loop: AgileLoop, rel: Callable[[Path], str], untrained: set[str]) -> list[str]:
     lo, hi = loop.test_uar_ci95
     n_train, n_val, n_test = loop.split
     positives, negatives = loop.counts.get(loop.label, 0), sum(loop.counts.values()) - loop.counts.get(loop.label, 0)
@@ -345,19 +353,42 @@ def render_agile(loop: AgileLoop, rel: Callable[[Path], str]) -> list[str]:
              "|---|---:|---:|---:|---:|"]
     lines += [f"| {c.graph} | {c.detections} | {c.truth} | {c.precision:.2f} | {c.recall:.2f} |" for c in loop.scores]
     lines += ["", "The held-out UAR is measured on reviewed hits, the windows the search found easiest; the stream row "
-              "is the figure that counts. The backbones are untrained: these numbers exercise the loop, not the "
-              f"method. Files: `{rel(loop.out_dir)}/` (`archive/`, `hits.txt`, `hits.reviewed.txt`, `head/`, "
+              f"is the figure that counts. {loop.backbone} is {_weights(loop.backbone, untrained)}. "
+              f"Files: `{rel(loop.out_dir)}/` (`archive/`, `hits.txt`, `hits.reviewed.txt`, `head/`, "
               f"`apply/`, `{loop.new_graph.name}`, `stream/`, `stream-study/`)."]
     return lines
 
 
+def _weights(backbone: str, untrained: set[str]) -> str:
+    return ("untrained (random weights): its numbers exercise the loop, not the method" if backbone in untrained
+            else "a trained encoder (speech weights, synthetic calls): its numbers are a trained model's")
+
+
+def _intro(study_dir: Path) -> str:
+    """What the study's backbones are, from the study's own record of each (the checkpoint config's marker)."""
+    from vocalprobe.training.study.results import load_summary
+
+    choices = load_summary(study_dir).choices
+    untrained = [c.backbone for c in choices if c.kind == "untrained"]
+    trained = [c.backbone for c in choices if c.kind != "untrained"]
+    parts = []
+    if untrained:
+        parts.append(f"{len(untrained)} tiny **untrained** backbones ({', '.join(untrained)}: random weights, "
+                     "whose scores exercise the pipeline)")
+    if trained:
+        parts.append(f"{len(trained)} **trained** ({', '.join(trained)}: Whisper's speech-trained weights, "
+                     "probed on calls they never heard)")
+    return (f"The embedded default end to end, offline: synthetic calls, {' and '.join(parts)}. None of the scores "
+            "says anything about the paper's datasets.")
+
+
 def render_report(study_dir: Path, checks: list[GraphCheck], field: FieldScore | None, root: Path,
                   agile: AgileLoop | None = None) -> str:
+    from vocalprobe.training.study.results import load_summary
+
     rel = lambda p: Path(p).resolve().relative_to(root.resolve()).as_posix()  # noqa: E731
-    lines = ["# vocalprobe demo", "",
-             "The embedded default end to end, offline: synthetic calls, three tiny **untrained** backbones "
-             "(HuBERT, wav2vec2 and WavLM architectures with random weights). The scores exercise the pipeline; "
-             "they say nothing about the paper.", "",
+    untrained = {c.backbone for c in load_summary(study_dir).choices if c.kind == "untrained"}
+    lines = ["# vocalprobe demo", "", _intro(study_dir), "",
              f"- study: [{rel(study_dir / 'report.md')}]({rel(study_dir / 'report.md')})", "",
              "## Exported graphs, validated with onnxruntime on the Test split", "",
              "UAR in %, Δ in points; the last column counts the Test clips whose class differs from the fp32 "
@@ -387,7 +418,7 @@ def render_report(study_dir: Path, checks: list[GraphCheck], field: FieldScore |
                   f"Tables (Raven selection table, CSV, live JSONL): `{rel(field.out_dir)}/`. Chance precision: the "
                   "same detections with their labels shuffled."]
     if agile is not None:
-        lines += render_agile(agile, rel)
+        lines += render_agile(agile, rel, untrained)
     return "\n".join(lines) + "\n"
 
 
@@ -400,12 +431,13 @@ def run_demo(root: str | Path = ".", *, log: Callable[[str], None] = print, prog
 
     usearch_index()  # step 5 needs the archive extra (usearch): say so now, not after the study
     root = Path(root)
-    log("1/5 study: the embedded default (synthetic data, tiny untrained backbones)")
+    log("1/5 study: the embedded default (synthetic data, tiny untrained backbones, trained Whisper tiny.en)")
     overrides = {} if config.seeds is None else {"seeds": config.seeds}
     study_dir = run_default_study(root, progress=progress, inputs=config.inputs or DEFAULT_INPUTS, **overrides)
     manifest = Path(default_study_config(root).datasets[0].manifest)
     demo_dir = root / "artifacts" / "demo"
-    log("2/5 export: best layers (fp32, int8, int8-conv) and their fusion, each checked against PyTorch")
+    log("2/5 export: best layers (fp32, int8, int8-conv where it applies) and their fusion, each checked against "
+        "PyTorch")
     graphs = export_graphs(study_dir, demo_dir / "models", log)
     log("3/5 validate: every graph on the Test split with onnxruntime")
     checks = validate_graphs(graphs, manifest, demo_dir / "validate")

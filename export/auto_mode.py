@@ -5,7 +5,8 @@ slower than fp32, so no fixed recommendation fits every device. ``auto`` exports
 parity guard), times each graph here with the runtime's own session (batches of windows, the modes interleaved,
 the best round kept), counts the clips of the study's Val and Test splits whose decision differs from the fp32
 graph's, and keeps the fastest mode within ``max_changed`` (``quant_modes.AUTO_MAX_CHANGED`` of the decisions). fp32
-always qualifies. The candidates are the modes ``export.quant_modes`` marks ``auto``.
+always qualifies. The candidates are the modes ``export.quant_modes`` marks ``auto`` that apply to the backbone's
+family (no ``int8-conv`` for Whisper, which has no waveform CNN).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from vocalprobe.export import quant_modes
 from vocalprobe.export.quant_modes import AUTO_MAX_CHANGED, auto_candidates
 from vocalprobe.runtime.core.errors import VocalprobeError
 
@@ -94,15 +96,27 @@ def export_auto(study_dir: str | Path, out_path: str | Path, *, candidates: Sequ
     from vocalprobe.runtime.core.manifest import read_manifest
     from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.runtime.engine.long_clips import predict_clip
+    from vocalprobe.training.backbones import backbone_family
+    from vocalprobe.training.probe import load_probe
 
     log = log or (lambda message: None)
-    candidates = auto_candidates() if candidates is None else tuple(candidates)
-    if "none" not in candidates:
-        candidates = ("none", *candidates)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     selection = select_probe(study_dir, dataset=export_options.get("dataset"), backbone=export_options.get("backbone"),
                              layer=export_options.get("layer", "best"))
+    info = load_probe(selection.probe_path)[1]
+    family = backbone_family(info.backbone, revision=info.backbone_revision)
+    if candidates is None:
+        candidates = auto_candidates(family)
+        skipped = [name for name in auto_candidates() if name not in candidates]
+        if skipped:
+            log(f"auto: {', '.join(skipped)} not tried (does not apply to {family} backbones)")
+    else:
+        candidates = tuple(candidates)
+        if wrong := [name for name in candidates if not quant_modes.mode(name).applies_to(family)]:
+            raise VocalprobeError(quant_modes.refusal(wrong[0], family))
+    if "none" not in candidates:
+        candidates = ("none", *candidates)
     clips = _decision_clips(read_manifest(selection.manifest), max_clips)
     if not clips:
         raise VocalprobeError("--quantize auto: no readable Val or Test clip to compare the decisions on")

@@ -344,6 +344,7 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
     from vocalprobe.training.backbones import load_backbone
     from vocalprobe.training.deployable import ProbePipeline
     from vocalprobe.training.probe import load_probe
+    from vocalprobe.training.whisper.encoder import MAX_SAMPLES as WHISPER_MAX_SAMPLES
 
     log = log or (lambda message: None)
     if quantize not in quant_modes.names():
@@ -366,13 +367,16 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
                           f"!= {info.backbone_fingerprint}); re-run the study or restore the checkpoint")
     family = family_of(loaded.family)
     if not mode.applies_to(loaded.family):
-        raise ExportError(f"--quantize {quantize} does not apply to {loaded.family} backbones")
+        raise ExportError(quant_modes.refusal(quantize, loaded.family))
     pipeline = ProbePipeline(loaded.model, clf.model_, info.layer).float()
     if not selection.manifest.is_file():
         raise ExportError(f"the study's manifest {selection.manifest} is missing (paths are relative to the "
                           "folder the study ran in); run export from there")
     manifest = read_manifest(selection.manifest)
     chunk_samples = seconds_to_samples(selection.chunk_seconds, MODEL_SAMPLE_RATE)
+    if loaded.family == "whisper" and chunk_samples > WHISPER_MAX_SAMPLES:  # the study refuses it too
+        raise ExportError(f"{selection.backbone_label}: the study's chunk limit {selection.chunk_seconds:g} s exceeds "
+                          "the 30 s a Whisper encoder sees at once; re-run the study with chunk_seconds <= 30")
     extra = {
         "backbone": selection.backbone_label, "backbone_name": info.backbone, "backbone_id": info.backbone_id,
         "backbone_revision": info.backbone_revision, "backbone_fingerprint": info.backbone_fingerprint,
@@ -399,7 +403,7 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
             log("parity: PyTorch vs onnxruntime on real clips of " + ", ".join(
                 f"{c.size / MODEL_SAMPLE_RATE:g} s" for c in clips))
             report = check_parity(pipeline, fp32, clips, chunk_samples=chunk_samples, atol=family.atol,
-                                  atol_embedding=family.atol_embedding)
+                                  atol_embedding=family.atol_embedding, relative=family.relative)
         final = fp32
         if mode.function is not None:
             quantized = Path(tmp) / "quantized.onnx"

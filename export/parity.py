@@ -12,6 +12,10 @@ PyTorch reference, and the maximum absolute difference of every output is record
 
 All cases run before anything is raised, so the error lists every failing output, e.g.
 ``- probabilities: max diff = 3.1e-03 > 1e-04 (7 s, batch 3)``.
+
+``relative`` (a family's choice, ``export.families``): each difference is divided by the largest |value| of the
+reference output in that case, so the bar follows the output's scale (Whisper's embedding is dominated by one
+outlier channel).
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ class ParityCase:
     samples: int  # clip length
     batch: int
     chunked: bool  # fed chunk by chunk (longer than the chunk limit)
-    max_diff: float
+    max_diff: float  # max |Δ|, or max |Δ| / max |reference| when ``relative``
     tolerance: float | None  # None: recorded, not checked
+    relative: bool = False
 
     @property
     def passed(self) -> bool:
@@ -49,7 +54,8 @@ class ParityCase:
     def describe(self) -> str:
         where = f"{self.samples / MODEL_SAMPLE_RATE:g} s, batch {self.batch}" + (", chunked" if self.chunked else "")
         limit = "" if self.tolerance is None else (f" {'<=' if self.passed else '>'} {self.tolerance:.3g}")
-        return f"- {self.output}: max diff = {self.max_diff:.2e}{limit} ({where})"
+        what = "max diff / peak" if self.relative else "max diff"
+        return f"- {self.output}: {what} = {self.max_diff:.2e}{limit} ({where})"
 
 
 @dataclass
@@ -82,16 +88,21 @@ def _shifted_batch(clip: np.ndarray, batch: int) -> np.ndarray:
 
 def check_parity(pipeline, onnx_path: str | Path, clips: Sequence[np.ndarray], *, chunk_samples: int,
                  atol: float, atol_embedding: float | None = None, batch_sizes: Sequence[int] = (1, 3),
-                 label: str = "fp32", raise_on_failure: bool = True) -> ParityReport:
+                 label: str = "fp32", raise_on_failure: bool = True, relative: bool = False) -> ParityReport:
     """Compare ``onnx_path`` (onnxruntime) with ``pipeline`` (PyTorch) on ``clips``; raise ``ParityError`` on failure.
 
-    ``atol``: tolerance of max |Δprobability|; ``atol_embedding``: of max |Δembedding| (None: recorded only).
+    ``atol``: tolerance of max |Δprobability|; ``atol_embedding``: of max |Δembedding| (None: recorded only);
+    ``relative``: both measured as max |Δ| / max |reference|.
     """
     import torch
 
     from vocalprobe.runtime.engine.long_clips import predict_long
     from vocalprobe.runtime.engine.onnx_model import OnnxModel
     from vocalprobe.training.deployable import study_features
+
+    def diff(ref: np.ndarray, got: np.ndarray) -> float:
+        worst = float(np.max(np.abs(ref - got)))
+        return worst / max(float(np.max(np.abs(ref))), np.finfo(np.float32).tiny) if relative else worst
 
     model = OnnxModel(onnx_path, provider="cpu")
     report = ParityReport(str(onnx_path), label)
@@ -106,8 +117,7 @@ def check_parity(pipeline, onnx_path: str | Path, clips: Sequence[np.ndarray], *
             got_p, got_e = predict_long(model, clip, chunk_samples)
             pairs = {PROBABILITIES: (reference_p, got_p), EMBEDDING: (features, got_e)}
             for output, (ref, got) in pairs.items():
-                report.cases.append(ParityCase(output, n, 1, True, float(np.max(np.abs(ref - got))),
-                                               tolerances[output]))
+                report.cases.append(ParityCase(output, n, 1, True, diff(ref, got), tolerances[output], relative))
             continue
         for batch in batch_sizes:
             rows = _shifted_batch(clip, batch)
@@ -119,8 +129,8 @@ def check_parity(pipeline, onnx_path: str | Path, clips: Sequence[np.ndarray], *
             for output, ref, got in ((PROBABILITIES, reference_p, got_p), (EMBEDDING, reference_e, got_e)):
                 if ref.shape != got.shape:
                     raise ParityError(f"{onnx_path}: {output} has shape {got.shape}, PyTorch gives {ref.shape}")
-                report.cases.append(ParityCase(output, n, batch, False, float(np.max(np.abs(ref - got))),
-                                               tolerances[output]))
+                report.cases.append(ParityCase(output, n, batch, False, diff(ref, got), tolerances[output],
+                                               relative))
     if raise_on_failure and not report.passed:
         failing = [c.describe() for c in report.cases if not c.passed]
         raise ParityError(f"{onnx_path}: the {label} graph does not match PyTorch:\n" + "\n".join(failing))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["QuantMode", "MODES", "AUTO", "AUTO_MAX_CHANGED", "mode", "names", "auto_candidates", "quantize_help",
-           "tolerance_help"]
+           "tolerance_help", "refusal"]
 
 #: Not a mode: ``--quantize auto`` measures the candidates on this machine and keeps the fastest that changes at most
 #: ``AUTO_MAX_CHANGED`` of the study's Val/Test decisions (export.auto_mode).
@@ -47,7 +47,7 @@ MODES: tuple[QuantMode, ...] = (
     QuantMode("none", "fp32", None, None, auto=True),
     QuantMode("int8", "dynamic int8 MatMuls", "quantize_dynamic_matmul", 0.25, auto=True),
     QuantMode("int8-conv", "int8 MatMuls and CNN convolutions, one activation range per frame",
-              "quantize_int8_conv", 0.25, auto=True),
+              "quantize_int8_conv", 0.25, auto=True, families=("hubert", "wav2vec2", "wavlm")),
 )
 _BY_NAME = {m.name: m for m in MODES}
 
@@ -64,8 +64,17 @@ def mode(name: str) -> QuantMode:
         raise ValueError(f"--quantize must be one of {', '.join(names())}, got {name!r}") from None
 
 
-def auto_candidates() -> tuple[str, ...]:
-    return tuple(m.name for m in MODES if m.auto)
+def auto_candidates(family: str | None = None) -> tuple[str, ...]:
+    """The modes ``--quantize auto`` tries (for a backbone of ``family``: those that apply to it)."""
+    return tuple(m.name for m in MODES if m.auto and (family is None or m.applies_to(family)))
+
+
+def refusal(name: str, family: str) -> str:
+    """Why mode ``name`` cannot quantize a ``family`` backbone, and what to use instead."""
+    fits = ", ".join(m.name for m in MODES if m.applies_to(family))
+    why = {"int8-conv": "it quantizes the convolutions of a waveform CNN, which this backbone does not have"}.get(
+        name, "it does not apply to this family")
+    return f"--quantize {name} does not apply to {family} backbones: {why}; use one of {fits} or {AUTO}"
 
 
 def quantize_help() -> str:

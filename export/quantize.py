@@ -118,7 +118,7 @@ class _DropAlreadyQuantizedWarning(logging.Filter):
         return "already quantized" not in record.getMessage()
 
 
-def _dynamic_matmul(source: Path, out: Path, *, nodes_to_exclude=()) -> None:
+def _dynamic_matmul(source: Path, out: Path, *, nodes_to_exclude=(), per_channel: bool = True) -> None:
     import onnx
     from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -132,7 +132,7 @@ def _dynamic_matmul(source: Path, out: Path, *, nodes_to_exclude=()) -> None:
     try:
         # per-channel: one weight scale per output column (onnxruntime fuses it into DynamicQuantizeMatMul too)
         quantize_dynamic(str(source), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         per_channel=True, nodes_to_exclude=excluded)
+                         per_channel=per_channel, nodes_to_exclude=excluded)
     finally:
         root.removeFilter(quiet)
     # codes whose uint8 x int8 products are exact on every CPU (export.int8_weights says why)
@@ -157,14 +157,16 @@ def _positional_conv_as_dft(path: Path) -> None:
         onnx.save(model, str(path))
 
 
-def quantize_dynamic_matmul(source: str | Path, target: str | Path) -> Path:
+def quantize_dynamic_matmul(source: str | Path, target: str | Path, *, per_channel: bool = True,
+                            exclude: tuple[str, ...] = ()) -> Path:
     """Dynamic int8 (weights int8, activations quantized at run time) of every MatMul; Conv stays fp32 (the
-    positional conv as exact block DFT products)."""
+    positional conv as exact block DFT products). ``per_channel``: one weight scale per output column (the mode's
+    choice) or one per tensor; ``exclude``: MatMul names kept fp32 (e.g. ``export.outliers.outlier_matmuls``)."""
     source, target = Path(source), Path(target)
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as tmp, _quiet_onnxruntime():
         pre = _preprocess(source, Path(tmp))
         out = Path(tmp) / "int8.onnx"
-        _dynamic_matmul(pre, out)
+        _dynamic_matmul(pre, out, nodes_to_exclude=tuple(exclude), per_channel=per_channel)
         _positional_conv_as_dft(out)
         _carry_metadata(source, out, "int8")
         out.replace(target)

