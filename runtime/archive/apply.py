@@ -13,6 +13,7 @@ import numpy as np
 
 from vocalprobe.runtime.archive.head import Head, HeadError, window_scores
 from vocalprobe.runtime.archive.store import ArchiveDB, ArchiveError
+from vocalprobe.runtime.core.audio import header_sample_rate
 from vocalprobe.runtime.core.detections.layout import CSV_SUFFIX, DETECTIONS_CSV, RAVEN_SUFFIX, Detection, table_path
 from vocalprobe.runtime.core.detections.run_tables import combine_csv
 from vocalprobe.runtime.core.detections.tables import Recording, write_tables
@@ -62,7 +63,8 @@ def apply_head(head: Head, archive: ArchiveDB, out_dir: str | Path, *, batch: in
         detections.sort(key=lambda d: (d.start_s, d.label))
         paths = {"raven": table_path(out_dir, name, RAVEN_SUFFIX), "csv": table_path(out_dir, name, CSV_SUFFIX)}
         base = Path(name).name  # Raven's Begin File and Begin Path
-        write_tables(paths, detections, Recording(base, base, high_freq))
+        rate = header_sample_rate(recordings[rid].path)  # a 2 kHz recording holds nothing above 1 kHz
+        write_tables(paths, detections, Recording(base, base, high_freq if rate is None else min(high_freq, rate / 2)))
         tables.append(paths["csv"])
 
     current: int | None = None

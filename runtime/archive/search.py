@@ -19,8 +19,7 @@ import numpy as np
 from vocalprobe.runtime.engine.batches import window_embeddings
 from vocalprobe.runtime.archive.store import ArchiveDB, ArchiveError
 from vocalprobe.runtime.core.atomic import atomic_write_text
-from vocalprobe.runtime.core.audio import audio_info
-from vocalprobe.runtime.core.errors import AudioError
+from vocalprobe.runtime.core.audio import header_sample_rate
 from vocalprobe.runtime.core.digests import file_sha256
 from vocalprobe.runtime.engine.onnx_model import OnnxModel
 from vocalprobe.runtime.engine.sources import FileSource
@@ -167,18 +166,10 @@ def search(archive: ArchiveDB, query: np.ndarray, k: int = 100, *, exact: bool =
     for rank, ((window_id, score), window) in enumerate(zip(found, windows), start=1):
         rec = recordings[window.recording_id]
         if rec.id not in rates:
-            rates[rec.id] = _sample_rate(rec.path)
+            rates[rec.id] = header_sample_rate(rec.path)
         hits.append(Hit(rank, score, window_id, rec.filename, rec.path, rec.deployment, window.start_s, window.end_s,
                         rates[rec.id]))
     return hits
-
-
-def _sample_rate(path: Path) -> int | None:
-    """A recording's sample rate from its header, or None when it moved or cannot be read (the hit is still listed)."""
-    try:
-        return audio_info(path).sample_rate
-    except (AudioError, OSError):
-        return None
 
 
 def band_top(hit: Hit, high_freq_hz: float) -> float:

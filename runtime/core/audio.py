@@ -16,6 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from vocalprobe.runtime.core.errors import (
+    AudioError,
     AudioFileNotFound,
     CorruptAudioError,
     EmptyAudioError,
@@ -136,6 +137,15 @@ def audio_info(path: str | Path) -> AudioInfo:
     """Header-only facts about a file (no samples are read)."""
     with _open(path) as f:
         return AudioInfo(str(path), int(f.samplerate), int(f.channels), int(f.frames), str(f.subtype))
+
+
+def header_sample_rate(path: str | Path) -> int | None:
+    """A recording's sample rate from its header, or None when it moved or cannot be read: what a table's band
+    needs, where a missing file must not stop the table."""
+    try:
+        return audio_info(path).sample_rate
+    except (AudioError, OSError):
+        return None
 
 
 def _to_mono(block: np.ndarray) -> np.ndarray:

@@ -114,6 +114,19 @@ def test_probe_fit_trains_on_stored_vectors_and_apply_finds_the_calls(tmp_path, 
     for name in names.values():
         assert (tmp_path / "detections" / Path(name).parent / (Path(name).stem + ".selection.table.txt")).is_file()
 
+    # High Freq is each recording's own Nyquist, at most the model's; a recording that moved keeps the model's
+    narrow, gone = audio / "REC01" / "20210501_040000.WAV", audio / "REC02" / "20210502_040000.WAV"
+    sf.write(str(narrow), np.zeros(2_000 * 4, dtype=np.float32), 2_000, subtype="FLOAT")  # as if recorded at 2 kHz
+    gone.unlink()
+    assert cli("probe", "apply", "--db", db, "--head", tmp_path / "head", "-o", tmp_path / "band").exit_code == 0
+    tops = {}
+    for table in (tmp_path / "band").rglob("*.selection.table.txt"):
+        if table.name != "detections.selection.table.txt":
+            rows = list(csv.DictReader(table.open(encoding="utf-8"), delimiter="\t"))
+            tops[table.stem.split(".")[0]] = {float(r["High Freq (Hz)"]) for r in rows}
+    assert tops.pop("20210501_040000") == {1000.0} and tops.pop("20210502_040000") == {8000.0}
+    assert all(top == {8000.0} for top in tops.values() if top), tops
+
 
 def test_linear_probe_and_too_few_labels(tmp_path, graph):
     db, _ = labelled_archive(tmp_path, graph, n_files=2)
