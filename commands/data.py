@@ -79,6 +79,10 @@ def prepare(
                                                               "report them and go on, instead of stopping.")] = False,
     follow_links: Annotated[bool, typer.Option("--follow-links", help="Also use symlinks (and listed paths) that lead "
                                                                       "outside the source folder.")] = False,
+    group_folders: Annotated[bool, typer.Option(
+        "--group-folders", help="folders: the folder under each class folder is the clips' group "
+        "(CLASS/INDIVIDUAL/clip.wav: an individual, recording or site), so the split keeps each in one split.")
+    ] = False,
     background: Annotated[Optional[Path], typer.Option(
         "--background", help="Folder of field recordings with no target call in them (long wavs); cut into windows "
         "of the clips' median length and added as a 'background' class, grouped by recording. A detector needs "
@@ -106,6 +110,8 @@ def prepare(
     manifest_path = out / "manifest.csv"
     if kind is Kind.synthetic and background is not None:
         raise DatasetError("the synthetic dataset has its own background class; --background is for real datasets")
+    if group_folders and kind is not Kind.folders:
+        raise DatasetError(f"--group-folders is for `data prepare folders`; {kind.value} has its own layout")
     if kind is Kind.synthetic:
         typer.echo(f"generating the synthetic dataset in {out} (seed {seed}) ...")
         synthetic.generate_dataset(out, seed=seed, clips_per_class=clips_per_class, field_minutes=field_minutes,
@@ -115,7 +121,10 @@ def prepare(
             raise DatasetError(f"`data prepare {kind.value}` needs the dataset folder: "
                                f"vocalprobe data prepare {kind.value} SOURCE_DIR --out DIR")
         out.mkdir(parents=True, exist_ok=True)
-        prepared = preparers.PREPARERS[kind.value](source, out, follow_links=follow_links)
+        extra = {"group_folders": group_folders} if kind is Kind.folders else {}
+        prepared = preparers.PREPARERS[kind.value](source, out, follow_links=follow_links, **extra)
+        for note in prepared.notes:
+            typer.echo(f"note: {note}", err=True)
         if background is not None:
             from vocalprobe.runtime.datasets.background import add_background
 

@@ -74,4 +74,4 @@ def add_background(prepared: Prepared, folder: Path, out_dir: Path, *, seconds: 
     recordings = len({path for path, _ in windows})
     note = (f"background: {len(rows)} window(s) of {seconds:g} s from {recordings} recording(s) in {folder}, "
             f"grouped by recording")
-    return Prepared(prepared.rows + rows, prepared.problems + checker.problems, skipped), note
+    return Prepared(prepared.rows + rows, prepared.problems + checker.problems, skipped, prepared.notes), note

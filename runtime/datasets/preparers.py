@@ -34,6 +34,7 @@ class Prepared:
     rows: list[ManifestRow]
     problems: list[FileProblem] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)  # reason -> number of files (hidden, other extensions)
+    notes: list[str] = field(default_factory=list)  # advice for the command to print once
 
 
 class _Checker:
@@ -95,8 +96,12 @@ def _read_table(path: Path, required: tuple[str, ...], allowed: tuple[str, ...] 
     return records
 
 
-def prepare_folders(source: Path, out_dir: Path, *, follow_links: bool = False) -> Prepared:
-    """One sub-folder per class (audio may sit deeper inside it); the generic case."""
+def prepare_folders(source: Path, out_dir: Path, *, follow_links: bool = False, group_folders: bool = False
+                    ) -> Prepared:
+    """One sub-folder per class (audio may sit deeper inside it); the generic case. ``group_folders``: the folder
+    right under a class folder names the clip's group (``CLASS/INDIVIDUAL/clip.wav``: an individual, a recording,
+    a site), so a group split keeps it out of Train when it is in Test; a file right in the class folder is its own
+    group."""
     root = _require_dir(source)
     listing = list_audio(root, root, follow_links=follow_links)
     refused = {p.path for p in listing.problems}
@@ -116,9 +121,19 @@ def prepare_folders(source: Path, out_dir: Path, *, follow_links: bool = False) 
     if empty:
         raise DatasetError(_problem_list(f"class folders without any {READABLE_KINDS} file:", empty))
     checker = _Checker(listing)
-    rows = [ManifestRow(_rel(path, out_dir), label) for path, label in class_of.items()
+    def group(path: Path) -> str | None:
+        if not group_folders:
+            return None
+        parts = path.relative_to(root).parts
+        return "/".join(parts[:2]) if len(parts) > 2 else "/".join(parts)
+
+    rows = [ManifestRow(_rel(path, out_dir), label, group=group(path)) for path, label in class_of.items()
             if checker.duration(path) is not None]
-    return checker.prepared(rows)
+    prepared = checker.prepared(rows)
+    if not group_folders and any(len(path.relative_to(root).parts) > 2 for path in class_of):
+        prepared.notes.append("some clips sit in sub-folders of their class folder; if those are individuals, "
+                              "recordings or sites, pass --group-folders so Test never shares one with Train")
+    return prepared
 
 
 def prepare_watkins(source: Path, out_dir: Path, *, follow_links: bool = False) -> Prepared:

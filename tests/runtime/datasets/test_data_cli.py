@@ -48,6 +48,33 @@ def test_prepare_folders_with_split_options(tmp_path):
     assert [r.split for r in read_manifest(tmp_path / "o" / "manifest.csv")] != [r.split for r in manifest]
 
 
+def test_prepare_folders_takes_groups_from_the_folders_under_each_class(tmp_path):
+    """CLASS/INDIVIDUAL/clip.wav with --group-folders: the individual is the group and the split keeps it whole;
+    without the option the command says the sub-folders could be groups."""
+    for label in ("a", "b"):
+        for individual in range(5):
+            for i in range(4):
+                path = tmp_path / "src" / label / f"ind{individual}" / f"{i}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(path, np.full(1600, 0.1 * (i + 1), np.float32), 16_000)
+    (tmp_path / "src" / "a" / "loose.wav").write_bytes((tmp_path / "src" / "a" / "ind0" / "0.wav").read_bytes())
+    result = runner.invoke(app, ["data", "prepare", "folders", str(tmp_path / "src"), "--out", str(tmp_path / "g"),
+                                 "--group-folders"])
+    assert result.exit_code == 0, result.output
+    rows = list(read_manifest(tmp_path / "g" / "manifest.csv"))
+    assert {r.group for r in rows if r.label == "b"} == {f"b/ind{i}" for i in range(5)}
+    assert {r.group for r in rows if r.path.endswith("loose.wav")} == {"a/loose.wav"}
+    splits: dict[str, set[str]] = {}
+    for row in rows:
+        splits.setdefault(row.group, set()).add(row.split)
+    assert all(len(s) == 1 for s in splits.values()) and {"train", "test"} <= set().union(*splits.values())
+    plain = runner.invoke(app, ["data", "prepare", "folders", str(tmp_path / "src"), "--out", str(tmp_path / "p")])
+    assert plain.exit_code == 0 and "pass --group-folders" in plain.output
+    assert all(r.group is None for r in read_manifest(tmp_path / "p" / "manifest.csv"))
+    wrong = runner.invoke(app, ["data", "prepare", "watkins", str(tmp_path / "src"), "--group-folders"])
+    assert wrong.exit_code == 1 and "--group-folders is for `data prepare folders`" in wrong.output
+
+
 def test_user_errors_are_one_line(tmp_path):
     missing = runner.invoke(app, ["data", "describe", str(tmp_path / "none.csv")])
     assert missing.exit_code == 1
