@@ -109,11 +109,13 @@ class _Group:
         for layer in layers:
             x_train = torch.from_numpy(np.asarray(features[train, layer], dtype=np.float32))  # (n_train, n_features)
             x_val = torch.from_numpy(np.asarray(features[val, layer], dtype=np.float32))  # (n_val, n_features)
-            if not torch.isfinite(x_train).all() or not torch.isfinite(x_val).all():
-                raise ProbeInputError(f"features of layer index {layer} have NaN or infinite values")
             # Train statistics, exactly as ProbeClassifier computes them (MLPProbe.set_normalization's std 0 -> 1)
-            mean = x_train.double().mean(0).float()
-            std = x_train.double().std(0, unbiased=False).float()
+            x64 = x_train.double()
+            mean, std = x64.mean(0), x64.std(0, unbiased=False)
+            # a NaN or infinity anywhere makes a float64 sum non-finite (finite float32 values cannot overflow it)
+            if not torch.isfinite(mean).all() or not math.isfinite(x_val.double().sum()):
+                raise ProbeInputError(f"features of layer index {layer} have NaN or infinite values")
+            mean, std = mean.float(), std.float()
             std = torch.where(std > 0, std, torch.ones_like(std))
             stats[layer] = mean, std
             z_train.append((x_train - mean) / std)  # the same float32 operations as MLPProbe.forward
