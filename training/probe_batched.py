@@ -1,18 +1,20 @@
 """Many probes of one (dataset, backbone) trained at once: every layer x seed as one stacked module.
 
 A study trains 13 layers x 3 seeds probes on the same clips. One at a time, each batch-16 step of a probe is mostly
-framework overhead; here a group of probes shares every step: the parameters carry a leading probe axis and each
-Linear is one batched matmul (``torch.baddbmm``). The paper's protocol is unchanged, per probe: weights initialised
-by ``MLPProbe`` under the probe's seed (the same tensors ``ProbeClassifier`` starts from), its own batch order from
-its seed, z-scoring with its layer's Train statistics, Adam, its own Val-loss plateau schedule, early stopping on
-its Val UAR and its best-Val-UAR checkpoint. A probe that stops leaves the group and no longer changes.
+framework overhead; here a group of probes shares every step: the parameters carry a leading probe axis, each
+Linear is one batched matmul (``torch.baddbmm``), the backward is written out (no autograd graph per step) into
+gradient buffers allocated once, and Adam is torch's fused kernel over the stacked tensors. What remains per probe and
+step is the arithmetic of the first Linear (forward and weight gradient) and Adam's pass over its weights.
+The paper's protocol is unchanged, per probe: weights initialised by ``MLPProbe`` under the probe's seed (the same
+tensors ``ProbeClassifier`` starts from), its own batch order from its seed, z-scoring with its layer's Train
+statistics, Adam, its own Val-loss plateau schedule, early stopping on its Val UAR and its best-Val-UAR checkpoint.
+A probe that stops leaves the group and no longer changes.
 
 ``fit_probes`` returns one fitted ``ProbeClassifier`` per probe, so scoring and saving go through the single-probe
 API. ``ProbeClassifier`` stays the reference; tests/training/test_probe_batched.py checks both agree.
 
-Memory: the probes run in groups of ``group_size`` (on a CPU small groups keep each step's parameters and Adam
-state in cache; on a GPU large ones fill it), and only the layers of the group being trained are moved to the
-device.
+Memory: the probes run in groups of ``group_size``; a group holds z-scored float32 copies of its layers' Train and
+Val rows (made once, on the device it trains on), its parameters, their gradients and Adam state.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from vocalprobe.training.probe import (
     check_labels,
 )
 
-#: Probes per group by device type. On 2 CPU cores groups of 8 were fastest (docs/probes.md): each probe's first
-#: Linear with its Adam state is ~3 MB, and a group's must stay in the cache.
-GROUP_SIZE = {"cpu": 8, "cuda": 64}
+#: Probes per group by device type. On 2 busy CPU cores larger groups amortise each step's ~50 kernel calls better
+#: (docs/probes.md: 11-21 probes about equal, 7 a fifth slower, 3 half); 12 is 4 layers x 3 seeds, whose z-scored
+#: Train and Val rows a group holds (1.6 GB at IMV size).
+GROUP_SIZE = {"cpu": 12, "cuda": 64}
 
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward  # LayerNorm's own backward kernel, as autograd's
 _BETAS, _EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which ProbeClassifier uses
