@@ -1,21 +1,30 @@
-"""Probes per hour, one at a time (ProbeClassifier) vs batched (probe_batched.fit_probes), on IMV-sized features.
+"""Probes per hour, one at a time (ProbeClassifier) vs batched (probe_batched.fit_probes), and the paper's probe phase.
 
-IMV-sized: 51,000 Train and 14,600 Val clips, 1,536 features (mean+std of a 768-wide layer), 11 classes, 13 layers
-x 3 seeds per (dataset, backbone). A full run of one probe is 30 epochs of 3,188 batch-16 steps; this script times
-one shortened epoch (``--steps`` Train batches and the same share of Val clips) of every probe, both ways, and
-projects an hour and the paper config's probe phase (7 backbones x 13 layers x 3 seeds x 3 datasets = 819 probes)
-from the rates, every probe running all 30 epochs (early stopping only shortens both). Random features: the time
-of a step does not depend on the values.
+Two cases, random features (the time of a step does not depend on the values), 1,536 features (mean+std of a
+768-wide layer), 11 classes, Val = 2/7 of Train (the paper's 70:20 split):
 
-    python benchmarks/bench_probes.py            # 13 layers x 3 seeds, 200 steps
-    python benchmarks/bench_probes.py --quick    # 4 layers x 2 seeds, 50 steps
+* ``done``: issue 23's "Done means" case: 7 layers x 3 seeds on 2,000 Train clips (125 steps an epoch), whole
+  epochs.
+* ``imv``: IMV-sized: 13 layers x 3 seeds; a 51,000-clip epoch has 3,188 steps, so one shortened epoch of ``--steps``
+  Train batches (and the same share of Val) is timed and scaled.
+
+Both trainers run in one process, interleaved (batched run, then a slice of the one-at-a-time probes, repeated), so a
+shared machine's load falls on both alike; wall time and this process's CPU time are printed. Rates are per probe and
+per batch-16 step, Val included; a probe's full protocol is 30 epochs (early stopping only shortens both trainers
+alike). The paper config's probe phase is projected from each case's rate: 7 backbones x 13 layers x 3 seeds per
+dataset, Train sizes 70 % of IMV 72,920, Watkins 1,697 and Abzaliev 8,034 clips: 819 probes.
+
+    python benchmarks/bench_probes.py                 # both cases
+    python benchmarks/bench_probes.py --case done --epochs 1 --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -23,59 +32,72 @@ import torch
 from vocalprobe.training.probe import ProbeClassifier, ProbeConfig
 from vocalprobe.training.probe_batched import GROUP_SIZE, ProbeJob, fit_probes
 
-N_TRAIN, N_VAL, N_FEATURES, N_CLASSES = 51_000, 14_600, 1_536, 11
-PAPER_PROBES, EPOCHS = 819, 30
+N_FEATURES, N_CLASSES, EPOCHS, BATCH = 1_536, 11, 30, 16
+PAPER_TRAIN = {"IMV": 51_044, "Watkins": 1_188, "Abzaliev": 5_624}  # 70 % of the paper's clips
+PAPER_PROBES_PER_DATASET = 7 * 13 * 3
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 layers x 2 seeds, 50 steps")
-    parser.add_argument("--steps", type=int, default=None, help="Train batches timed per probe (default 200)")
+    parser.add_argument("--case", choices=("done", "imv", "both"), default="both")
+    parser.add_argument("--epochs", type=int, default=2, help="done: whole epochs timed per run (default 2)")
+    parser.add_argument("--steps", type=int, default=200, help="imv: Train batches of the shortened epoch")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--group-size", type=int, default=None)
-    parser.add_argument("--single", type=int, default=None, help="probes timed one at a time (default all)")
     args = parser.parse_args()
-    layers, seeds, steps = (4, 2, 50) if args.quick else (13, 3, 200)
-    steps = args.steps or steps
     device = torch.device(args.device)
-    cfg = ProbeConfig(max_epochs=1, device=str(device))
-    n_train = steps * 16
-    n_val = max(1, round(N_VAL * n_train / N_TRAIN))  # Val work in proportion to a full epoch's
+    group = args.group_size or GROUP_SIZE.get(device.type, GROUP_SIZE["cuda"])
+    print(f"device {device}, torch {torch.__version__}, {os.cpu_count()} cores, one thread, batched groups of {group}; "
+          f"load average {os.getloadavg()[0]:.2f} at start (the machine may be shared: wall times swing with it, "
+          "the ratio of interleaved runs less)")
+    if args.case in ("done", "both"):
+        run_case("done: 7 layers x 3 seeds, 2,000 Train clips", 2_000, 7, 3, args.epochs, args, group)
+    if args.case in ("imv", "both"):
+        run_case(f"imv: 13 layers x 3 seeds, 1 epoch of {args.steps} steps", args.steps * BATCH, 13, 3, 1, args,
+                 group, full_steps=math.ceil(PAPER_TRAIN["IMV"] / BATCH))
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
+def run_case(title: str, n_train: int, n_layers: int, n_seeds: int, epochs: int, args, group: int,
+             full_steps: int | None = None) -> None:
+    n_val = round(n_train * 2 / 7)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((n_train + n_val, layers, N_FEATURES), dtype=np.float32)
+    x = rng.standard_normal((n_train + n_val, n_layers, N_FEATURES), dtype=np.float32)
     y = rng.integers(0, N_CLASSES, n_train + n_val)
     train, val = np.arange(n_train), np.arange(n_train, n_train + n_val)
-    jobs = [ProbeJob(layer, seed) for layer in range(layers) for seed in range(seeds)]
-    group = args.group_size or GROUP_SIZE.get(device.type, GROUP_SIZE["cuda"])
-    full_epoch = (N_TRAIN // 16 + 1) / steps  # shortened epochs per full one
-    print(f"device {device}, torch {torch.__version__}, load average {os.getloadavg()[0]:.2f} "
-          f"on {os.cpu_count()} cores; {len(jobs)} probes ({layers} layers x {seeds} seeds), {steps} steps + "
-          f"{n_val} Val clips each; batched in groups of {group}")
+    jobs = [ProbeJob(layer, seed) for layer in range(n_layers) for seed in range(n_seeds)]
+    cfg = ProbeConfig(max_epochs=epochs, device=args.device)
+    steps = math.ceil(n_train / BATCH) * epochs  # per probe and run
+    full_steps = full_steps or math.ceil(n_train / BATCH)  # per probe and full-size epoch
 
-    def report(name: str, seconds_per_probe: float) -> float:
-        per_probe = seconds_per_probe * full_epoch * EPOCHS  # one probe, full protocol
-        print(f"{name:>14}: {seconds_per_probe / steps * 1e3:6.3f} ms per probe-step, {3600 / per_probe:7.1f} probes "
-              f"per hour, paper's {PAPER_PROBES} probes in {PAPER_PROBES * per_probe / 3600:7.1f} h")
-        return per_probe
+    fit_probes(x, y, train=train[:64], val=val[:32], jobs=jobs[:2], config=cfg, n_classes=N_CLASSES)  # warm up
+    ProbeClassifier(cfg).fit(x[:64, 0], y[:64], x[val[:32], 0], y[val[:32]], n_classes=N_CLASSES)
+    batched, single, n_single = np.zeros(2), np.zeros(2), 0
+    for r in range(args.repeats):
+        batched += _clock(lambda: fit_probes(x, y, train=train, val=val, jobs=jobs, config=cfg, n_classes=N_CLASSES,
+                                             group_size=group))
+        some = jobs[r::args.repeats]  # each repeat a different slice; together every probe once
+        single += _clock(lambda: [ProbeClassifier(replace(cfg, seed=j.seed)).fit(
+            x[train, j.layer], y[train], x[val, j.layer], y[val], n_classes=N_CLASSES) for j in some])
+        n_single += len(some)
+    per_step_b = batched / (args.repeats * len(jobs) * steps)  # seconds per probe-step: wall, CPU
+    per_step_s = single / (n_single * steps)
+    print(f"\n{title} ({n_val} Val clips): {len(jobs)} probes batched x {args.repeats}, {n_single} one at a time")
+    for name, rate in (("one at a time", per_step_s), ("batched", per_step_b)):
+        probe_s = rate * full_steps * EPOCHS
+        phase_h = sum(PAPER_PROBES_PER_DATASET * math.ceil(n / BATCH) * EPOCHS * rate for n in PAPER_TRAIN.values())
+        phase_h /= 3600
+        print(f"  {name:>13}: {rate[0] * 1e3:6.3f} ms per probe-step wall ({rate[1] * 1e3:6.3f} CPU), "
+              f"{3600 / probe_s[0]:8.1f} probes per hour at this size, paper's 819 probes in {phase_h[0]:6.1f} h wall "
+              f"({phase_h[1]:6.1f} h CPU)")
+    print(f"  speed-up: {per_step_s[0] / per_step_b[0]:.1f}x wall, {per_step_s[1] / per_step_b[1]:.1f}x CPU time")
 
-    fit_probes(x, y, train=train[:64], val=val, jobs=jobs[:2], config=cfg, n_classes=N_CLASSES)  # warm up
-    start = time.perf_counter()
-    fit_probes(x, y, train=train, val=val, jobs=jobs, config=cfg, n_classes=N_CLASSES, group_size=group)
-    batched = report("batched", (time.perf_counter() - start) / len(jobs))
 
-    some = jobs[:args.single or len(jobs)]
-    start = time.perf_counter()
-    for job in some:
-        ProbeClassifier(replace_seed(cfg, job.seed)).fit(x[train, job.layer], y[train], x[val, job.layer], y[val],
-                                                         n_classes=N_CLASSES)
-    single = report("one at a time", (time.perf_counter() - start) / len(some))
-    print(f"speed-up {single / batched:.1f}x; load average after {os.getloadavg()[0]:.2f}")
-
-
-def replace_seed(cfg: ProbeConfig, seed: int) -> ProbeConfig:
-    from dataclasses import replace
-
-    return replace(cfg, seed=seed)
+def _clock(run) -> np.ndarray:
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return np.array([time.perf_counter() - wall, time.process_time() - cpu])
 
 
 if __name__ == "__main__":
