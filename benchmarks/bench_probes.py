@@ -14,8 +14,14 @@ per batch-16 step, Val included; a probe's full protocol is 30 epochs (early sto
 alike). The paper config's probe phase is projected from each case's rate: 7 backbones x 13 layers x 3 seeds per
 dataset, Train sizes 70 % of IMV 72,920, Watkins 1,697 and Abzaliev 8,034 clips: 819 probes.
 
-    python benchmarks/bench_probes.py                 # both cases
+* ``study``: the "Done means" case end to end: 7 layers x 3 seeds, 2,000 Train, 571 Val and 571 Test clips of
+  features with a class signal whose strength differs by layer, the full protocol (early stopping included) both ways;
+  prints both wall times, the speed-up, each trainer's best layer (mean Val UAR over seeds) and how far any probe's
+  Val or Test UAR moved. Minutes: the one-at-a-time half is the slow one.
+
+    python benchmarks/bench_probes.py                 # done and imv
     python benchmarks/bench_probes.py --case done --epochs 1 --repeats 1
+    python benchmarks/bench_probes.py --case study
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ PAPER_PROBES_PER_DATASET = 7 * 13 * 3
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", choices=("done", "imv", "both"), default="both")
+    parser.add_argument("--case", choices=("done", "imv", "both", "study"), default="both")
     parser.add_argument("--epochs", type=int, default=2, help="done: whole epochs timed per run (default 2)")
     parser.add_argument("--steps", type=int, default=200, help="imv: Train batches of the shortened epoch")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds (default 2)")
@@ -56,7 +62,59 @@ def main() -> None:
     if args.case in ("imv", "both"):
         run_case(f"imv: 13 layers x 3 seeds, 1 epoch of {args.steps} steps", args.steps * BATCH, 13, 3, 1, args,
                  group, full_steps=math.ceil(PAPER_TRAIN["IMV"] / BATCH))
+    if args.case == "study":
+        run_study(args, group)
     print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
+def run_study(args, group: int) -> None:
+    """The Done-means case, full protocol: times, speed-up, best layers and UAR differences."""
+    from vocalprobe.runtime.core.metrics import uar
+
+    n_train, n_val, n_test, n_layers, n_seeds = 2_000, 571, 571, 7, 3
+    n = n_train + n_val + n_test
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, N_CLASSES, n)
+    signal = np.array([0.010, 0.020, 0.035, 0.045, 0.030, 0.020, 0.012])  # per layer: class means' scale
+    x = np.stack([rng.standard_normal((N_CLASSES, N_FEATURES), dtype=np.float32)[y] * s
+                  + rng.standard_normal((n, N_FEATURES), dtype=np.float32) for s in signal], axis=1)
+    x = x.astype(np.float32) * 3.0 + 10.0  # (n, n_layers, N_FEATURES), offset and scaled so z-scoring matters
+    train, val, test = np.arange(n_train), np.arange(n_train, n_train + n_val), np.arange(n_train + n_val, n)
+    jobs = [ProbeJob(layer, seed) for layer in range(n_layers) for seed in range(n_seeds)]
+    cfg = ProbeConfig(device=args.device)
+    half = len(jobs) // 2
+
+    def single(some):
+        return [ProbeClassifier(replace(cfg, seed=j.seed)).fit(x[train, j.layer], y[train], x[val, j.layer], y[val],
+                                                                n_classes=N_CLASSES) for j in some]
+
+    ref: list = []
+    t_single = _clock(lambda: ref.extend(single(jobs[:half])))
+    got: list = []
+    t_batched = _clock(lambda: got.extend(fit_probes(x, y, train=train, val=val, jobs=jobs, config=cfg,
+                                                     n_classes=N_CLASSES, group_size=group)))
+    t_single += _clock(lambda: ref.extend(single(jobs[half:])))
+
+    def table(fitted):
+        val_uar = np.array([[fitted[layer * n_seeds + s].score(x[val, layer], y[val]) for s in range(n_seeds)]
+                            for layer in range(n_layers)])
+        test_uar = np.array([[uar(y[test], fitted[layer * n_seeds + s].predict(x[test, layer]))
+                              for s in range(n_seeds)] for layer in range(n_layers)])
+        return val_uar, test_uar
+
+    (v_ref, t_ref), (v_got, t_got) = table(ref), table(got)
+    epochs = [len(c.history_) for c in ref]
+    print(f"\nstudy: 7 layers x 3 seeds, full protocol, 2,000 Train / 571 Val / 571 Test clips; epochs run "
+          f"{min(epochs)}-{max(epochs)} (mean {np.mean(epochs):.1f})")
+    print(f"  one at a time: {t_single[0]:7.1f} s wall ({t_single[1]:7.1f} s CPU)")
+    print(f"        batched: {t_batched[0]:7.1f} s wall ({t_batched[1]:7.1f} s CPU)")
+    print(f"  speed-up: {t_single[0] / t_batched[0]:.1f}x wall, {t_single[1] / t_batched[1]:.1f}x CPU time")
+    print(f"  mean Val UAR per layer, one at a time: {np.round(v_ref.mean(1), 4).tolist()}")
+    print(f"  mean Val UAR per layer, batched:       {np.round(v_got.mean(1), 4).tolist()}")
+    print(f"  best layer: one at a time {int(v_ref.mean(1).argmax())}, batched {int(v_got.mean(1).argmax())}; "
+          f"largest UAR difference of any probe: Val {np.abs(v_ref - v_got).max():.2g}, "
+          f"Test {np.abs(t_ref - t_got).max():.2g}; same epochs run: "
+          f"{epochs == [len(c.history_) for c in got]}")
 
 
 def run_case(title: str, n_train: int, n_layers: int, n_seeds: int, epochs: int, args, group: int,
