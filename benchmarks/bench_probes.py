@@ -75,7 +75,7 @@ def run_study(args, group: int) -> None:
     n = n_train + n_val + n_test
     rng = np.random.default_rng(0)
     y = rng.integers(0, N_CLASSES, n)
-    signal = np.array([0.010, 0.020, 0.035, 0.045, 0.030, 0.020, 0.012])  # per layer: class means' scale
+    signal = np.array([0.02, 0.04, 0.07, 0.09, 0.06, 0.04, 0.025])  # per layer: scale of the class means
     x = np.stack([rng.standard_normal((N_CLASSES, N_FEATURES), dtype=np.float32)[y] * s
                   + rng.standard_normal((n, N_FEATURES), dtype=np.float32) for s in signal], axis=1)
     x = x.astype(np.float32) * 3.0 + 10.0  # (n, n_layers, N_FEATURES), offset and scaled so z-scoring matters
