@@ -51,10 +51,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--group-size", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the batched trainer (default 1)")
     args = parser.parse_args()
     device = torch.device(args.device)
     group = args.group_size or GROUP_SIZE.get(device.type, GROUP_SIZE["cuda"])
-    print(f"device {device}, torch {torch.__version__}, {os.cpu_count()} cores, one thread, batched groups of {group}; "
+    print(f"device {device}, torch {torch.__version__}, {os.cpu_count()} cores, batched groups of {group} on "
+          f"{args.threads} thread(s), one at a time on 1; "
           f"load average {os.getloadavg()[0]:.2f} at start (the machine may be shared: wall times swing with it, "
           "the ratio of interleaved runs less)")
     if args.case in ("done", "both"):
@@ -92,7 +94,8 @@ def run_study(args, group: int) -> None:
     t_single = _clock(lambda: ref.extend(single(jobs[:half])))
     got: list = []
     t_batched = _clock(lambda: got.extend(fit_probes(x, y, train=train, val=val, jobs=jobs, config=cfg,
-                                                     n_classes=N_CLASSES, group_size=group)))
+                                                     n_classes=N_CLASSES, group_size=group,
+                                                     threads=args.threads)))
     t_single += _clock(lambda: ref.extend(single(jobs[half:])))
 
     def table(fitted):
@@ -134,7 +137,7 @@ def run_case(title: str, n_train: int, n_layers: int, n_seeds: int, epochs: int,
     batched, single, n_single = np.zeros(2), np.zeros(2), 0
     for r in range(args.repeats):
         batched += _clock(lambda: fit_probes(x, y, train=train, val=val, jobs=jobs, config=cfg, n_classes=N_CLASSES,
-                                             group_size=group))
+                                             group_size=group, threads=args.threads))
         some = jobs[r::args.repeats]  # each repeat a different slice; together every probe once
         single += _clock(lambda: [ProbeClassifier(replace(cfg, seed=j.seed)).fit(
             x[train, j.layer], y[train], x[val, j.layer], y[val], n_classes=N_CLASSES) for j in some])

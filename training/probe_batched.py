@@ -57,13 +57,15 @@ class ProbeJob:
 
 def fit_probes(features: np.ndarray, labels: np.ndarray, *, train: np.ndarray, val: np.ndarray,
                jobs: Sequence[ProbeJob], config: ProbeConfig | None = None, n_classes: int | None = None,
-               group_size: int | None = None,
+               group_size: int | None = None, threads: int = 1,
                on_epoch: Callable[[int, EpochLog], None] | None = None) -> list[ProbeClassifier]:
     """Train one probe per job on ``features`` (n_clips, n_layers, n_features) with the paper's protocol.
 
     ``train`` and ``val`` are row indices into ``features`` and ``labels``; the job's seed replaces
     ``config.seed``. Returns fitted ``ProbeClassifier`` s in job order, each as ``ProbeClassifier(config with the
     job's seed).fit(features[train, layer], ...)`` would be. ``on_epoch(job_index, log)`` follows every epoch.
+    ``threads``: torch CPU threads while training (restored after); one, as ProbeClassifier, because a second thread
+    pays only on an otherwise idle machine (docs/probes.md).
     """
     cfg = config or ProbeConfig()
     features = np.asarray(features)
@@ -86,7 +88,7 @@ def fit_probes(features: np.ndarray, labels: np.ndarray, *, train: np.ndarray, v
     device = torch.device(cfg.device)
     size = group_size or GROUP_SIZE.get(device.type, GROUP_SIZE["cuda"])
     fitted: list[ProbeClassifier] = []
-    with _cpu_threads(device):
+    with _cpu_threads(device, threads):
         for start in range(0, len(jobs), size):
             group = list(jobs[start:start + size])
             report = None if on_epoch is None else (lambda i, log, s=start: on_epoch(s + i, log))
