@@ -1,21 +1,36 @@
-"""Probes per hour, one at a time (ProbeClassifier) vs batched (probe_batched.fit_probes), on IMV-sized features.
+"""Probes per hour, one at a time (ProbeClassifier) vs batched (probe_batched.fit_probes), and the paper's probe phase.
 
-IMV-sized: 51,000 Train and 14,600 Val clips, 1,536 features (mean+std of a 768-wide layer), 11 classes, 13 layers
-x 3 seeds per (dataset, backbone). A full run of one probe is 30 epochs of 3,188 batch-16 steps; this script times
-one shortened epoch (``--steps`` Train batches and the same share of Val clips) of every probe, both ways, and
-projects an hour and the paper config's probe phase (7 backbones x 13 layers x 3 seeds x 3 datasets = 819 probes)
-from the rates, every probe running all 30 epochs (early stopping only shortens both). Random features: the time
-of a step does not depend on the values.
+Two cases, random features (the time of a step does not depend on the values), 1,536 features (mean+std of a
+768-wide layer), 11 classes, Val = 2/7 of Train (the paper's 70:20 split):
 
-    python benchmarks/bench_probes.py            # 13 layers x 3 seeds, 200 steps
-    python benchmarks/bench_probes.py --quick    # 4 layers x 2 seeds, 50 steps
+* ``done``: issue 23's "Done means" case: 7 layers x 3 seeds on 2,000 Train clips (125 steps an epoch), whole
+  epochs.
+* ``imv``: IMV-sized: 13 layers x 3 seeds; a 51,000-clip epoch has 3,188 steps, so one shortened epoch of ``--steps``
+  Train batches (and the same share of Val) is timed and scaled.
+
+Both trainers run in one process, interleaved (batched run, then a slice of the one-at-a-time probes, repeated), so a
+shared machine's load falls on both alike; wall time and this process's CPU time are printed. Rates are per probe and
+per batch-16 step, Val included; a probe's full protocol is 30 epochs (early stopping only shortens both trainers
+alike). The paper config's probe phase is projected from each case's rate: 7 backbones x 13 layers x 3 seeds per
+dataset, Train sizes 70 % of IMV 72,920, Watkins 1,697 and Abzaliev 8,034 clips: 819 probes.
+
+* ``study``: the "Done means" case end to end: 7 layers x 3 seeds, 2,000 Train, 571 Val and 571 Test clips of
+  features with a class signal whose strength differs by layer, the full protocol (early stopping included) both ways;
+  prints both wall times, the speed-up, each trainer's best layer (mean Val UAR over seeds) and how far any probe's
+  Val or Test UAR moved. Minutes: the one-at-a-time half is the slow one.
+
+    python benchmarks/bench_probes.py                 # done and imv
+    python benchmarks/bench_probes.py --case done --epochs 1 --repeats 1
+    python benchmarks/bench_probes.py --case study
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -23,59 +38,127 @@ import torch
 from vocalprobe.training.probe import ProbeClassifier, ProbeConfig
 from vocalprobe.training.probe_batched import GROUP_SIZE, ProbeJob, fit_probes
 
-N_TRAIN, N_VAL, N_FEATURES, N_CLASSES = 51_000, 14_600, 1_536, 11
-PAPER_PROBES, EPOCHS = 819, 30
+N_FEATURES, N_CLASSES, EPOCHS, BATCH = 1_536, 11, 30, 16
+PAPER_TRAIN = {"IMV": 51_044, "Watkins": 1_188, "Abzaliev": 5_624}  # 70 % of the paper's clips
+PAPER_PROBES_PER_DATASET = 7 * 13 * 3
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 layers x 2 seeds, 50 steps")
-    parser.add_argument("--steps", type=int, default=None, help="Train batches timed per probe (default 200)")
+    parser.add_argument("--case", choices=("done", "imv", "both", "study"), default="both")
+    parser.add_argument("--epochs", type=int, default=2, help="done: whole epochs timed per run (default 2)")
+    parser.add_argument("--steps", type=int, default=200, help="imv: Train batches of the shortened epoch")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--group-size", type=int, default=None)
-    parser.add_argument("--single", type=int, default=None, help="probes timed one at a time (default all)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the batched trainer (default 1)")
     args = parser.parse_args()
-    layers, seeds, steps = (4, 2, 50) if args.quick else (13, 3, 200)
-    steps = args.steps or steps
     device = torch.device(args.device)
-    cfg = ProbeConfig(max_epochs=1, device=str(device))
-    n_train = steps * 16
-    n_val = max(1, round(N_VAL * n_train / N_TRAIN))  # Val work in proportion to a full epoch's
+    group = args.group_size or GROUP_SIZE.get(device.type, GROUP_SIZE["cuda"])
+    print(f"device {device}, torch {torch.__version__}, {os.cpu_count()} cores, batched groups of {group} on "
+          f"{args.threads} thread(s), one at a time on 1; "
+          f"load average {os.getloadavg()[0]:.2f} at start (the machine may be shared: wall times swing with it, "
+          "the ratio of interleaved runs less)")
+    if args.case in ("done", "both"):
+        run_case("done: 7 layers x 3 seeds, 2,000 Train clips", 2_000, 7, 3, args.epochs, args, group)
+    if args.case in ("imv", "both"):
+        run_case(f"imv: 13 layers x 3 seeds, 1 epoch of {args.steps} steps", args.steps * BATCH, 13, 3, 1, args,
+                 group, full_steps=math.ceil(PAPER_TRAIN["IMV"] / BATCH))
+    if args.case == "study":
+        run_study(args, group)
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
+def run_study(args, group: int) -> None:
+    """The Done-means case, full protocol: times, speed-up, best layers and UAR differences."""
+    from vocalprobe.runtime.core.metrics import uar
+
+    n_train, n_val, n_test, n_layers, n_seeds = 2_000, 571, 571, 7, 3
+    n = n_train + n_val + n_test
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((n_train + n_val, layers, N_FEATURES), dtype=np.float32)
+    y = rng.integers(0, N_CLASSES, n)
+    signal = np.array([0.02, 0.04, 0.07, 0.09, 0.06, 0.04, 0.025])  # per layer: scale of the class means
+    x = np.stack([rng.standard_normal((N_CLASSES, N_FEATURES), dtype=np.float32)[y] * s
+                  + rng.standard_normal((n, N_FEATURES), dtype=np.float32) for s in signal], axis=1)
+    x = x.astype(np.float32) * 3.0 + 10.0  # (n, n_layers, N_FEATURES), offset and scaled so z-scoring matters
+    train, val, test = np.arange(n_train), np.arange(n_train, n_train + n_val), np.arange(n_train + n_val, n)
+    jobs = [ProbeJob(layer, seed) for layer in range(n_layers) for seed in range(n_seeds)]
+    cfg = ProbeConfig(device=args.device)
+    half = len(jobs) // 2
+
+    def single(some):
+        return [ProbeClassifier(replace(cfg, seed=j.seed)).fit(x[train, j.layer], y[train], x[val, j.layer], y[val],
+                                                                n_classes=N_CLASSES) for j in some]
+
+    ref: list = []
+    t_single = _clock(lambda: ref.extend(single(jobs[:half])))
+    got: list = []
+    t_batched = _clock(lambda: got.extend(fit_probes(x, y, train=train, val=val, jobs=jobs, config=cfg,
+                                                     n_classes=N_CLASSES, group_size=group,
+                                                     threads=args.threads)))
+    t_single += _clock(lambda: ref.extend(single(jobs[half:])))
+
+    def table(fitted):
+        val_uar = np.array([[fitted[layer * n_seeds + s].score(x[val, layer], y[val]) for s in range(n_seeds)]
+                            for layer in range(n_layers)])
+        test_uar = np.array([[uar(y[test], fitted[layer * n_seeds + s].predict(x[test, layer]))
+                              for s in range(n_seeds)] for layer in range(n_layers)])
+        return val_uar, test_uar
+
+    (v_ref, t_ref), (v_got, t_got) = table(ref), table(got)
+    epochs = [len(c.history_) for c in ref]
+    print(f"\nstudy: 7 layers x 3 seeds, full protocol, 2,000 Train / 571 Val / 571 Test clips; epochs run "
+          f"{min(epochs)}-{max(epochs)} (mean {np.mean(epochs):.1f})")
+    print(f"  one at a time: {t_single[0]:7.1f} s wall ({t_single[1]:7.1f} s CPU)")
+    print(f"        batched: {t_batched[0]:7.1f} s wall ({t_batched[1]:7.1f} s CPU)")
+    print(f"  speed-up: {t_single[0] / t_batched[0]:.1f}x wall, {t_single[1] / t_batched[1]:.1f}x CPU time")
+    print(f"  mean Val UAR per layer, one at a time: {np.round(v_ref.mean(1), 4).tolist()}")
+    print(f"  mean Val UAR per layer, batched:       {np.round(v_got.mean(1), 4).tolist()}")
+    print(f"  best layer: one at a time {int(v_ref.mean(1).argmax())}, batched {int(v_got.mean(1).argmax())}; "
+          f"largest UAR difference of any probe: Val {np.abs(v_ref - v_got).max():.2g}, "
+          f"Test {np.abs(t_ref - t_got).max():.2g}; same epochs run: "
+          f"{epochs == [len(c.history_) for c in got]}")
+
+
+def run_case(title: str, n_train: int, n_layers: int, n_seeds: int, epochs: int, args, group: int,
+             full_steps: int | None = None) -> None:
+    n_val = round(n_train * 2 / 7)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n_train + n_val, n_layers, N_FEATURES), dtype=np.float32)
     y = rng.integers(0, N_CLASSES, n_train + n_val)
     train, val = np.arange(n_train), np.arange(n_train, n_train + n_val)
-    jobs = [ProbeJob(layer, seed) for layer in range(layers) for seed in range(seeds)]
-    group = args.group_size or GROUP_SIZE.get(device.type, GROUP_SIZE["cuda"])
-    full_epoch = (N_TRAIN // 16 + 1) / steps  # shortened epochs per full one
-    print(f"device {device}, torch {torch.__version__}, load average {os.getloadavg()[0]:.2f} "
-          f"on {os.cpu_count()} cores; {len(jobs)} probes ({layers} layers x {seeds} seeds), {steps} steps + "
-          f"{n_val} Val clips each; batched in groups of {group}")
+    jobs = [ProbeJob(layer, seed) for layer in range(n_layers) for seed in range(n_seeds)]
+    cfg = ProbeConfig(max_epochs=epochs, device=args.device)
+    steps = math.ceil(n_train / BATCH) * epochs  # per probe and run
+    full_steps = full_steps or math.ceil(n_train / BATCH)  # per probe and full-size epoch
 
-    def report(name: str, seconds_per_probe: float) -> float:
-        per_probe = seconds_per_probe * full_epoch * EPOCHS  # one probe, full protocol
-        print(f"{name:>14}: {seconds_per_probe / steps * 1e3:6.3f} ms per probe-step, {3600 / per_probe:7.1f} probes "
-              f"per hour, paper's {PAPER_PROBES} probes in {PAPER_PROBES * per_probe / 3600:7.1f} h")
-        return per_probe
+    fit_probes(x, y, train=train[:64], val=val[:32], jobs=jobs[:2], config=cfg, n_classes=N_CLASSES)  # warm up
+    ProbeClassifier(cfg).fit(x[:64, 0], y[:64], x[val[:32], 0], y[val[:32]], n_classes=N_CLASSES)
+    batched, single, n_single = np.zeros(2), np.zeros(2), 0
+    for r in range(args.repeats):
+        batched += _clock(lambda: fit_probes(x, y, train=train, val=val, jobs=jobs, config=cfg, n_classes=N_CLASSES,
+                                             group_size=group, threads=args.threads))
+        some = jobs[r::args.repeats]  # each repeat a different slice; together every probe once
+        single += _clock(lambda: [ProbeClassifier(replace(cfg, seed=j.seed)).fit(
+            x[train, j.layer], y[train], x[val, j.layer], y[val], n_classes=N_CLASSES) for j in some])
+        n_single += len(some)
+    per_step_b = batched / (args.repeats * len(jobs) * steps)  # seconds per probe-step: wall, CPU
+    per_step_s = single / (n_single * steps)
+    print(f"\n{title} ({n_val} Val clips): {len(jobs)} probes batched x {args.repeats}, {n_single} one at a time")
+    for name, rate in (("one at a time", per_step_s), ("batched", per_step_b)):
+        probe_s = rate * full_steps * EPOCHS
+        phase_h = sum(PAPER_PROBES_PER_DATASET * math.ceil(n / BATCH) * EPOCHS * rate for n in PAPER_TRAIN.values())
+        phase_h /= 3600
+        print(f"  {name:>13}: {rate[0] * 1e3:6.3f} ms per probe-step wall ({rate[1] * 1e3:6.3f} CPU), "
+              f"{3600 / probe_s[0]:8.1f} probes per hour at this size, paper's 819 probes in {phase_h[0]:6.1f} h wall "
+              f"({phase_h[1]:6.1f} h CPU)")
+    print(f"  speed-up: {per_step_s[0] / per_step_b[0]:.1f}x wall, {per_step_s[1] / per_step_b[1]:.1f}x CPU time")
 
-    fit_probes(x, y, train=train[:64], val=val, jobs=jobs[:2], config=cfg, n_classes=N_CLASSES)  # warm up
-    start = time.perf_counter()
-    fit_probes(x, y, train=train, val=val, jobs=jobs, config=cfg, n_classes=N_CLASSES, group_size=group)
-    batched = report("batched", (time.perf_counter() - start) / len(jobs))
 
-    some = jobs[:args.single or len(jobs)]
-    start = time.perf_counter()
-    for job in some:
-        ProbeClassifier(replace_seed(cfg, job.seed)).fit(x[train, job.layer], y[train], x[val, job.layer], y[val],
-                                                         n_classes=N_CLASSES)
-    single = report("one at a time", (time.perf_counter() - start) / len(some))
-    print(f"speed-up {single / batched:.1f}x; load average after {os.getloadavg()[0]:.2f}")
-
-
-def replace_seed(cfg: ProbeConfig, seed: int) -> ProbeConfig:
-    from dataclasses import replace
-
-    return replace(cfg, seed=seed)
+def _clock(run) -> np.ndarray:
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return np.array([time.perf_counter() - wall, time.process_time() - cpu])
 
 
 if __name__ == "__main__":

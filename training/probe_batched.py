@@ -1,18 +1,20 @@
 """Many probes of one (dataset, backbone) trained at once: every layer x seed as one stacked module.
 
 A study trains 13 layers x 3 seeds probes on the same clips. One at a time, each batch-16 step of a probe is mostly
-framework overhead; here a group of probes shares every step: the parameters carry a leading probe axis and each
-Linear is one batched matmul (``torch.baddbmm``). The paper's protocol is unchanged, per probe: weights initialised
-by ``MLPProbe`` under the probe's seed (the same tensors ``ProbeClassifier`` starts from), its own batch order from
-its seed, z-scoring with its layer's Train statistics, Adam, its own Val-loss plateau schedule, early stopping on
-its Val UAR and its best-Val-UAR checkpoint. A probe that stops leaves the group and no longer changes.
+framework overhead; here a group of probes shares every step: the parameters carry a leading probe axis, each
+Linear is one batched matmul (``torch.baddbmm``), the backward is written out (no autograd graph per step) into
+gradient buffers allocated once, and Adam is torch's fused kernel over the stacked tensors. What remains per probe and
+step is the arithmetic of the first Linear (forward and weight gradient) and Adam's pass over its weights.
+The paper's protocol is unchanged, per probe: weights initialised by ``MLPProbe`` under the probe's seed (the same
+tensors ``ProbeClassifier`` starts from), its own batch order from its seed, z-scoring with its layer's Train
+statistics, Adam, its own Val-loss plateau schedule, early stopping on its Val UAR and its best-Val-UAR checkpoint.
+A probe that stops leaves the group and no longer changes.
 
 ``fit_probes`` returns one fitted ``ProbeClassifier`` per probe, so scoring and saving go through the single-probe
 API. ``ProbeClassifier`` stays the reference; tests/training/test_probe_batched.py checks both agree.
 
-Memory: the probes run in groups of ``group_size`` (on a CPU small groups keep each step's parameters and Adam
-state in cache; on a GPU large ones fill it), and only the layers of the group being trained are moved to the
-device.
+Memory: the probes run in groups of ``group_size``; a group holds z-scored float32 copies of its layers' Train and
+Val rows (made once, on the device it trains on), its parameters, their gradients and Adam state.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.adam import adam as adam_update
 
 from vocalprobe.runtime.core.metrics import uar
 from vocalprobe.training.probe import (
@@ -37,10 +38,12 @@ from vocalprobe.training.probe import (
     check_labels,
 )
 
-#: Probes per group by device type. On 2 CPU cores groups of 8 were fastest (docs/probes.md): each probe's first
-#: Linear with its Adam state is ~3 MB, and a group's must stay in the cache.
-GROUP_SIZE = {"cpu": 8, "cuda": 64}
+#: Probes per group by device type. On 2 busy CPU cores larger groups amortise each step's ~50 kernel calls better
+#: (docs/probes.md: 11-21 probes about equal, 7 a fifth slower, 3 half); 12 is 4 layers x 3 seeds, whose z-scored
+#: Train and Val rows a group holds (1.6 GB at IMV size).
+GROUP_SIZE = {"cpu": 12, "cuda": 64}
 
+_layer_norm_backward = torch.ops.aten.native_layer_norm_backward  # LayerNorm's own backward kernel, as autograd's
 _BETAS, _EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which ProbeClassifier uses
 
 
@@ -54,13 +57,15 @@ class ProbeJob:
 
 def fit_probes(features: np.ndarray, labels: np.ndarray, *, train: np.ndarray, val: np.ndarray,
                jobs: Sequence[ProbeJob], config: ProbeConfig | None = None, n_classes: int | None = None,
-               group_size: int | None = None,
+               group_size: int | None = None, threads: int = 1,
                on_epoch: Callable[[int, EpochLog], None] | None = None) -> list[ProbeClassifier]:
     """Train one probe per job on ``features`` (n_clips, n_layers, n_features) with the paper's protocol.
 
     ``train`` and ``val`` are row indices into ``features`` and ``labels``; the job's seed replaces
     ``config.seed``. Returns fitted ``ProbeClassifier`` s in job order, each as ``ProbeClassifier(config with the
     job's seed).fit(features[train, layer], ...)`` would be. ``on_epoch(job_index, log)`` follows every epoch.
+    ``threads``: torch CPU threads while training (restored after); one, as ProbeClassifier, because a second thread
+    pays only on an otherwise idle machine (docs/probes.md).
     """
     cfg = config or ProbeConfig()
     features = np.asarray(features)
@@ -83,7 +88,7 @@ def fit_probes(features: np.ndarray, labels: np.ndarray, *, train: np.ndarray, v
     device = torch.device(cfg.device)
     size = group_size or GROUP_SIZE.get(device.type, GROUP_SIZE["cuda"])
     fitted: list[ProbeClassifier] = []
-    with _cpu_threads(device):
+    with _cpu_threads(device, threads):
         for start in range(0, len(jobs), size):
             group = list(jobs[start:start + size])
             report = None if on_epoch is None else (lambda i, log, s=start: on_epoch(s + i, log))
@@ -92,118 +97,149 @@ def fit_probes(features: np.ndarray, labels: np.ndarray, *, train: np.ndarray, v
 
 
 class _Group:
-    """A group of probes trained in lockstep; parameters stacked on a leading probe axis."""
+    """A group of probes trained in lockstep; parameters stacked on a leading probe axis.
+
+    Each step is a fixed sequence of batched kernels with a hand-written backward (no autograd graph): one
+    ``index_select`` gathers every probe's batch from the z-scored rows, one ``baddbmm`` per Linear, gradients go into
+    buffers allocated once, and one fused Adam call per distinct learning rate updates them.
+    """
 
     def __init__(self, features: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray,
                  jobs: list[ProbeJob], cfg: ProbeConfig, n_classes: int, device: torch.device):
         self.cfg, self.jobs, self.device, self.n_classes = cfg, jobs, device, n_classes
-        # on a CPU the caller's array as it is; on a GPU only this group's layers
-        layers = list(range(features.shape[1])) if device.type == "cpu" else sorted({j.layer for j in jobs})
-        data = torch.from_numpy(features if device.type == "cpu" else features[:, layers])
-        data = data.to(device=device, dtype=torch.float32)  # (n_clips, n_layers here, n_features)
-        self.data = data
-        self.column = torch.tensor([layers.index(j.layer) for j in jobs], device=device)  # (P,)
-        self.train, self.val = train, val
-        self.y = torch.from_numpy(y).to(device)
-        self.y_val = y[val]
-        n_features = data.shape[2]
-        # z-score statistics per layer with Train rows, exactly as ProbeClassifier computes them
-        mean, std = {}, {}
-        for column in sorted({layers.index(j.layer) for j in jobs}):
-            x = data[torch.from_numpy(train).to(device), column]  # (n_train, n_features)
-            if not torch.isfinite(x).all() or not torch.isfinite(data[torch.from_numpy(val).to(device), column]).all():
-                raise ProbeInputError(f"features of layer index {layers[column]} have NaN or infinite values")
-            mean[column] = x.double().mean(0).float()
-            std[column] = x.double().std(0, unbiased=False).float()
+        layers = sorted({j.layer for j in jobs})
+        self.n_train, self.n_val = train.size, val.size
+        # z-scored Train and Val rows of the group's layers, once: z-scoring per step would repeat the same work
+        z_train, z_val, stats = [], [], {}
+        for layer in layers:
+            x_train = torch.from_numpy(np.asarray(features[train, layer], dtype=np.float32))  # (n_train, n_features)
+            x_val = torch.from_numpy(np.asarray(features[val, layer], dtype=np.float32))  # (n_val, n_features)
+            # Train statistics, exactly as ProbeClassifier computes them (MLPProbe.set_normalization's std 0 -> 1)
+            x64 = x_train.double()
+            mean, std = x64.mean(0), x64.std(0, unbiased=False)
+            # a NaN or infinity anywhere makes a float64 sum non-finite (finite float32 values cannot overflow it)
+            if not torch.isfinite(mean).all() or not math.isfinite(x_val.double().sum()):
+                raise ProbeInputError(f"features of layer index {layer} have NaN or infinite values")
+            mean, std = mean.float(), std.float()
+            std = torch.where(std > 0, std, torch.ones_like(std))
+            stats[layer] = mean, std
+            z_train.append((x_train - mean) / std)  # the same float32 operations as MLPProbe.forward
+            z_val.append((x_val - mean) / std)
+        self.z_train = torch.cat(z_train).to(device)  # (n_layers here * n_train, n_features), layer-major
+        self.z_val = torch.stack(z_val).to(device)  # (n_layers here, n_val, n_features)
+        self.slot = torch.tensor([layers.index(j.layer) for j in jobs], device=device)  # (P,) layer of each probe
+        self.y_train = torch.from_numpy(y[train]).to(device)
+        self.y_val = torch.from_numpy(y[val]).to(device)
+        self.y_val_np = y[val]
         # the probes: each MLPProbe built under its seed, as ProbeClassifier builds it
         self.models = []
         for job in jobs:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(job.seed)
-                model = MLPProbe(n_features, n_classes, cfg.hidden_sizes)
-            column = layers.index(job.layer)
-            model.set_normalization(mean[column].cpu(), std[column].cpu())
+                model = MLPProbe(features.shape[2], n_classes, cfg.hidden_sizes)
+            model.set_normalization(*stats[job.layer])
             self.models.append(model)
-        self.mean = torch.stack([m.mean for m in self.models]).to(device)[:, None, :]  # (P, 1, n_features)
-        self.std = torch.stack([m.std for m in self.models]).to(device)[:, None, :]
-        self.kinds = [_kind(m) for m in [*self.models[0].blocks, self.models[0].head]]
-        self.params = [torch.stack(ts).to(device).requires_grad_()
-                       for ts in zip(*[_parameters(m) for m in self.models])]  # each (P, ...)
+        kinds = [_kind(m) for m in [*self.models[0].blocks, self.models[0].head]]
+        self.eps = [k[1] for k in kinds if k[0] == "norm"]
+        if kinds != [k for e in self.eps for k in (("linear",), ("norm", e), ("relu",))] + [("linear",)]:
+            raise ValueError(f"the batched trainer knows [Linear, LayerNorm, ReLU] blocks and a Linear, got {kinds}")
+        # per block: Linear weight (P, out, in) and bias (P, out), LayerNorm weight and bias (P, width); then the head
+        self.params = [torch.stack(ts).to(device) for ts in zip(*[_parameters(m) for m in self.models])]
 
-    # -- the stacked forward --------------------------------------------------------------------------------------
+    # -- the stacked forward and backward ---------------------------------------------------------------------------
 
-    def forward(self, params: list[torch.Tensor], z: torch.Tensor, mean: torch.Tensor,
-                std: torch.Tensor) -> torch.Tensor:
-        """Raw features (P, b, n_features) -> logits (P, b, n_classes), as MLPProbe.forward per probe."""
-        h = (z - mean) / std
-        it = iter(params)
-        for kind in self.kinds:
-            if kind == "linear":
-                weight, bias = next(it), next(it)  # (P, in, out), (P, out)
-                h = torch.baddbmm(bias[:, None, :], h, weight)
-            elif kind[0] == "norm":
-                weight, bias = next(it), next(it)  # (P, width) each
-                h = torch.addcmul(bias[:, None, :], nn.functional.layer_norm(h, h.shape[-1:], eps=kind[1]),
-                                  weight[:, None, :])
-            else:
-                h = torch.relu(h)
-        return h
+    def forward(self, params: list[torch.Tensor], z: torch.Tensor, keep: list | None = None) -> torch.Tensor:
+        """z-scored features (P, b, n_features) -> logits (P, b, n_classes), as MLPProbe.forward per probe.
+        ``keep`` collects what the backward needs."""
+        h = z
+        for i, eps in enumerate(self.eps):
+            weight, bias, gain, shift = params[4 * i:4 * i + 4]
+            a = torch.baddbmm(bias[:, None, :], h, weight.transpose(1, 2))  # (P, b, width)
+            normed, mu, rstd = torch.native_layer_norm(a, a.shape[-1:], None, None, eps)
+            s = torch.addcmul(shift[:, None, :], normed, gain[:, None, :])
+            if keep is not None:
+                keep.append((h, a, normed, mu, rstd, s))
+            h = torch.relu(s)
+        if keep is not None:
+            keep.append(h)
+        return torch.baddbmm(params[-1][:, None, :], h, params[-2].transpose(1, 2))
+
+    def backward(self, params: list[torch.Tensor], grads: list[torch.Tensor], keep: list,
+                 d: torch.Tensor) -> None:
+        """Gradients of every probe's loss into ``grads``, from ``d`` = dloss/dlogits (P, b, n_classes)."""
+        h = keep[-1]
+        torch.bmm(d.transpose(1, 2), h, out=grads[-2])  # (P, out, in): faster than (P, in, out) here
+        torch.sum(d, 1, out=grads[-1])
+        dh = torch.bmm(d, params[-2])
+        for i in reversed(range(len(self.eps))):
+            x, a, normed, mu, rstd, s = keep[i]
+            ds = dh.mul_(s > 0)  # ReLU
+            torch.sum(ds * normed, 1, out=grads[4 * i + 2])
+            torch.sum(ds, 1, out=grads[4 * i + 3])
+            dn = ds.mul_(params[4 * i + 2][:, None, :])
+            da = _layer_norm_backward(dn, a, a.shape[-1:], mu, rstd, None, None, [True, False, False])[0]
+            torch.bmm(da.transpose(1, 2), x, out=grads[4 * i])
+            torch.sum(da, 1, out=grads[4 * i + 1])
+            if i:
+                dh = torch.bmm(da, params[4 * i])
 
     @torch.no_grad()
-    def _val_logits(self) -> torch.Tensor:
+    def _val_logits(self, slot: torch.Tensor) -> torch.Tensor:
         """Val logits (P_active, n_val, n_classes) of the probes still training, in eval-sized chunks of clips."""
-        params = [p.detach() for p in self.params]
-        column, mean, std = self.column, self.mean, self.std
-        rows_per_chunk = max(1, self.cfg.eval_batch_size // column.shape[0])
+        rows_per_chunk = max(1, self.cfg.eval_batch_size // slot.shape[0])
         out = []
-        for i in range(0, self.val.size, rows_per_chunk):
-            rows = torch.from_numpy(self.val[i:i + rows_per_chunk]).to(self.device)
-            out.append(self.forward(params, self.data[rows[None, :], column[:, None]], mean, std))
+        for i in range(0, self.n_val, rows_per_chunk):
+            out.append(self.forward(self.params, self.z_val[:, i:i + rows_per_chunk].index_select(0, slot)))
         return torch.cat(out, dim=1)
 
     # -- training ---------------------------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def fit(self, on_epoch: Callable[[int, EpochLog], None] | None) -> list[ProbeClassifier]:
-        cfg, n_probes, device = self.cfg, len(self.jobs), self.device
-        n_train = self.train.size
-        train_rows = torch.from_numpy(self.train)
+        cfg, n_probes, device, n_train = self.cfg, len(self.jobs), self.device, self.n_train
         adam = _Adam(self.params, cfg, n_probes)
         shuffles = [torch.Generator().manual_seed(job.seed) for job in self.jobs]  # batch order, on CPU
         plateaus = [_Plateau(cfg) for _ in self.jobs]
-        best = [torch.empty_like(p.detach()) for p in self.params]  # best-Val-UAR weights, per probe
+        best = [torch.empty_like(p) for p in self.params]  # best-Val-UAR weights, per probe
         history: list[list[EpochLog]] = [[] for _ in self.jobs]
         best_uar = [-math.inf] * n_probes
         best_epoch = [0] * n_probes
         without_gain = [0] * n_probes
         stopped = [False] * n_probes
         active = list(range(n_probes))  # probe positions still training; self.params rows follow this order
+        slot = self.slot
+        starts = range(0, n_train, cfg.batch_size)
+        sizes = torch.tensor([min(cfg.batch_size, n_train - s) for s in starts], dtype=torch.float64, device=device)
 
         for epoch in range(1, cfg.max_epochs + 1):
             # each probe's batch order from its own generator, drawn as ProbeClassifier draws it
-            order = torch.stack([train_rows[torch.randperm(n_train, generator=shuffles[p])] for p in active])
-            order = order.to(device)  # (P_active, n_train) rows of the feature array
-            column, mean, std = self.column[:, None], self.mean, self.std
-            total = torch.zeros(len(active), dtype=torch.float64, device=device)
-            for start in range(0, n_train, cfg.batch_size):
-                rows = order[:, start:start + cfg.batch_size]  # (P_active, b)
-                logits = self.forward(self.params, self.data[rows, column], mean, std)  # (P_active, b, n_classes)
-                loss = nn.functional.cross_entropy(logits.flatten(0, 1), self.y[rows].flatten(), reduction="none")
-                loss = loss.view(rows.shape).mean(1)  # (P_active,) each probe's batch mean
-                for p in self.params:
-                    p.grad = None
-                loss.sum().backward()  # the probes share no parameter, so each gets its own gradient
+            order = torch.stack([torch.randperm(n_train, generator=shuffles[p]) for p in active]).to(device)
+            rows = order + slot[:, None] * n_train  # (P_active, n_train) rows of z_train
+            labels = self.y_train[order]  # (P_active, n_train)
+            losses = torch.empty(len(starts), len(active), device=device)  # each step's batch-mean loss per probe
+            for step, start in enumerate(starts):
+                batch = rows[:, start:start + cfg.batch_size]  # (P_active, b)
+                b = batch.shape[1]
+                z = self.z_train.index_select(0, batch.reshape(-1)).view(len(active), b, -1)
+                keep: list = []
+                logits = self.forward(self.params, z, keep)  # (P_active, b, n_classes)
+                target = labels[:, start:start + cfg.batch_size]
+                log_p = torch.log_softmax(logits, 2)
+                picked = log_p.gather(2, target[:, :, None])  # (P_active, b, 1)
+                torch.mean(picked[:, :, 0], 1, out=losses[step]).neg_()
+                # dloss/dlogits of each probe's batch-mean cross-entropy: (softmax - one-hot) / b
+                d = log_p.exp_().scatter_add_(2, target[:, :, None], picked.new_full(picked.shape, -1.0)).div_(b)
+                self.backward(self.params, adam.grads, keep, d)
                 adam.step()
-                total += loss.detach().double() * rows.shape[1]
 
-            val_logits = self._val_logits()  # (P_active, n_val, n_classes)
-            y_val = self.y[torch.from_numpy(self.val).to(device)]
-            val_loss = nn.functional.cross_entropy(val_logits.transpose(1, 2), y_val.expand(len(active), -1),
+            val_logits = self._val_logits(slot)  # (P_active, n_val, n_classes)
+            val_loss = nn.functional.cross_entropy(val_logits.transpose(1, 2), self.y_val.expand(len(active), -1),
                                                    reduction="none").mean(1).cpu()
             pred = val_logits.argmax(2).cpu().numpy()
-            train_loss = (total / n_train).cpu()
-            improved, keep = [], []
+            train_loss = ((losses.double() * sizes[:, None]).sum(0) / n_train).cpu()
+            improved, keep_rows = [], []
             for row, p in enumerate(active):
-                val_uar = uar(self.y_val, pred[row])
+                val_uar = uar(self.y_val_np, pred[row])
                 log = EpochLog(epoch, float(train_loss[row]), float(val_loss[row]), val_uar, adam.lr[row])
                 history[p].append(log)
                 if on_epoch is not None:
@@ -216,23 +252,24 @@ class _Group:
                     without_gain[p] += 1
                     stopped[p] = without_gain[p] >= cfg.early_stopping_patience
                 if not stopped[p]:
-                    keep.append(row)
+                    keep_rows.append(row)
             if improved:
-                rows = torch.tensor(improved, device=device)
-                for b, p in zip(best, self.params):
-                    b[rows] = p.detach()[rows]
+                index = torch.tensor(improved, device=device)
+                for saved, p in zip(best, self.params):
+                    saved[index] = p[index]
             for row, p in enumerate(active):
                 if stopped[p] or epoch == cfg.max_epochs:
-                    self._load(p, [b[row] for b in best])
-            if len(keep) < len(active):  # stopped probes leave the group: they no longer change or cost a step
-                if not keep:
+                    self._load(p, [saved[row] for saved in best])
+            if len(keep_rows) < len(active):  # stopped probes leave the group: they no longer change or cost a step
+                if not keep_rows:
                     break
-                rows = torch.tensor(keep, device=device)
-                self.params = [p.detach()[rows].requires_grad_() for p in self.params]
-                best = [b[rows] for b in best]
-                adam.keep(rows, self.params)
-                self.column, self.mean, self.std = self.column[rows], self.mean[rows], self.std[rows]
-                active = [active[row] for row in keep]
+                index = torch.tensor(keep_rows, device=device)
+                self.params = [p[index] for p in self.params]
+                best = [saved[index] for saved in best]
+                adam.keep(index, self.params)
+                slot = slot[index]
+                active = [active[row] for row in keep_rows]
+            adam.regroup()
 
         out = []
         for p, job in enumerate(self.jobs):
@@ -253,70 +290,74 @@ class _Group:
         with torch.no_grad():
             for module in [*self.models[position].blocks, self.models[position].head]:
                 if isinstance(module, nn.Linear):
-                    module.weight.copy_(next(it).t())
+                    module.weight.copy_(next(it))
                     module.bias.copy_(next(it))
                 elif isinstance(module, nn.LayerNorm):
                     module.weight.copy_(next(it))
                     module.bias.copy_(next(it))
 
 
-def _kind(module: nn.Module):
+def _kind(module: nn.Module) -> tuple:
     if isinstance(module, nn.Linear):
-        return "linear"
+        return ("linear",)
     if isinstance(module, nn.LayerNorm):
         if module.normalized_shape != (module.weight.shape[0],):
             raise ValueError(f"only a LayerNorm over the last axis can be stacked, got {module}")
         return ("norm", module.eps)
     if isinstance(module, nn.ReLU):
-        return "relu"
+        return ("relu",)
     raise ValueError(f"MLPProbe has a {type(module).__name__} block the batched trainer does not know")
 
 
 def _parameters(model: MLPProbe) -> list[torch.Tensor]:
-    """A probe's parameters in forward order; Linear weights as (in, out) so batched matmuls need no transpose."""
+    """A probe's parameters in forward order, Linear weights as nn.Linear holds them: (out, in)."""
     out = []
     for module in [*model.blocks, model.head]:
         if isinstance(module, nn.Linear):
-            out += [module.weight.detach().t().contiguous(), module.bias.detach()]
+            out += [module.weight.detach(), module.bias.detach()]
         elif isinstance(module, nn.LayerNorm):
             out += [module.weight.detach(), module.bias.detach()]
     return out
 
 
 class _Adam:
-    """Adam on stacked parameters with one learning rate per probe: ``torch.optim.adam.adam``, fused (one pass over
-    each tensor), called once per distinct learning rate. Every probe of a group has taken the same steps, so one
-    step count serves them all."""
+    """Adam on stacked parameters with one learning rate per probe: ``torch._fused_adam_`` (one pass over each
+    tensor, the kernel behind ``torch.optim.Adam(fused=True)``), called once per distinct learning rate on views of
+    that rate's probes. Every probe of a group has taken the same steps, so one step count serves them all."""
 
     def __init__(self, params: list[torch.Tensor], cfg: ProbeConfig, n_probes: int):
-        self.params = params
         self.lr = [cfg.learning_rate] * n_probes
         self.weight_decay = cfg.weight_decay
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
-        self.n_steps = 0
+        self.step_count = torch.zeros((), dtype=torch.float32, device=params[0].device)
+        self.keep(None, params)
 
-    def keep(self, rows: torch.Tensor, params: list[torch.Tensor]) -> None:
-        """Only ``rows`` of the group go on training."""
+    def keep(self, rows: torch.Tensor | None, params: list[torch.Tensor]) -> None:
+        """Only ``rows`` of the group go on training (all of them when None)."""
         self.params = params
-        self.m = [m[rows] for m in self.m]
-        self.v = [v[rows] for v in self.v]
-        self.lr = [self.lr[r] for r in rows.tolist()]
+        if rows is not None:
+            self.m = [m[rows] for m in self.m]
+            self.v = [v[rows] for v in self.v]
+            self.lr = [self.lr[r] for r in rows.tolist()]
+        self.grads = [torch.empty_like(p) for p in params]
+        self.regroup()
+
+    def regroup(self) -> None:
+        """The tensor lists of each distinct learning rate: whole tensors while all probes share one."""
+        tensors = (self.params, self.grads, self.m, self.v)
+        self.parts = []
+        for lr in sorted(set(self.lr)):
+            rows = [r for r, value in enumerate(self.lr) if value == lr]
+            part = tensors if len(rows) == len(self.lr) else tuple([t[r] for r in rows for t in ts] for ts in tensors)
+            self.parts.append((lr, part, [self.step_count] * len(part[0])))
 
     @torch.no_grad()
     def step(self) -> None:
-        grads = [p.grad for p in self.params]
-        tensors = (self.params, grads, self.m, self.v)
-        for lr in sorted(set(self.lr)):
-            rows = [r for r, value in enumerate(self.lr) if value == lr]
-            if len(rows) == len(self.lr):
-                part = tensors
-            else:  # probes whose learning rate was cut take their step apart: views of their rows
-                part = tuple([t[r] for r in rows for t in ts] for ts in tensors)
-            steps = [torch.tensor(float(self.n_steps), device=self.params[0].device) for _ in part[0]]
-            adam_update(*part, [], steps, fused=True, amsgrad=False, beta1=_BETAS[0], beta2=_BETAS[1],
-                                  lr=lr, weight_decay=self.weight_decay, eps=_EPS, maximize=False)
-        self.n_steps += 1
+        self.step_count += 1
+        for lr, (params, grads, m, v), steps in self.parts:
+            torch._fused_adam_(params, grads, m, v, [], steps, lr=lr, beta1=_BETAS[0], beta2=_BETAS[1],
+                               weight_decay=self.weight_decay, eps=_EPS, amsgrad=False, maximize=False)
 
 
 class _Plateau:
