@@ -69,6 +69,7 @@ class FieldScore:
     chance_precision: float
     speed_x_realtime: float
     out_dir: Path
+    f1_dcase: float  # the same detections, DCASE event-based (collar 200 ms, offsets within 50 %)
 
 
 @dataclass
@@ -180,7 +181,7 @@ def stream_field_recording(model_path: Path, field_dir: Path, out_dir: Path, ign
     """``stream`` on the field recording (``thresholds``: per-class, as ``--min-conf CLASSES.csv`` gives them),
     through the command's own core (``run_stream``)."""
     from vocalprobe.runtime.engine.onnx_model import OnnxModel
-    from vocalprobe.runtime.field.events import chance_score, detected_events, score_events
+    from vocalprobe.runtime.field.events import chance_score, detected_events, score_events, score_events_collar
     from vocalprobe.runtime.field.run import StreamJob, run_stream
 
     classes = set(OnnxModel(model_path).classes)
@@ -196,7 +197,7 @@ def stream_field_recording(model_path: Path, field_dir: Path, out_dir: Path, ign
     chance_precision, _ = chance_score(detected, truth)
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
     return FieldScore(score.n_detected, score.n_truth, score.precision, score.recall, score.f1, chance_precision,
-                      speed, out_dir)
+                      speed, out_dir, score_events_collar(detected, truth).f1)
 
 
 def read_truth(field_dir: Path) -> list:
@@ -401,7 +402,9 @@ def render_report(study_dir: Path, checks: list[GraphCheck], field: FieldScore |
         changed = "–" if c.changed_vs_fp32 is None else f"{c.changed_vs_fp32} of {c.n_scored}"
         lines.append(f"| {c.name} | {c.layer} | {_pct(c.study_uar)} | {_pct(c.onnx_uar)} | {diff} "
                      f"| {verdict} | {changed} |")
-    lines += ["", "fp32 graphs must match the study (they are the study's probes on the same clips); int8 and "
+    lines += ["", "Study UAR: the Test UAR of the probe the graph holds, the seed with the best Val UAR at the layer "
+              "chosen on Val (the fusion row: those probes fused), so it differs from Table III's mean over seeds. "
+              "fp32 graphs must match the study (they are the study's probes on the same clips); int8 and "
               "int8-conv graphs show what quantization costs (one Test clip of 48 moves the UAR by about 2 points; "
               "`benchmarks/bench_quantize_accuracy.py` measures it on 1,600 held-out clips)."
               f" Graphs: `{rel(checks[0].path.parent)}/`; per-graph reports (JSON + confusion matrix): "
@@ -411,10 +414,16 @@ def render_report(study_dir: Path, checks: list[GraphCheck], field: FieldScore |
                   f"{FIELD_WINDOW_S:g} s windows every {FIELD_HOP_S:g} s, min-conf {FIELD_MIN_CONF:g}, consecutive "
                   "windows merged into events, the `background` class not reported. An event counts as correct when "
                   "a ground-truth call of the same class overlaps it.", "",
-                  "| detected events | true calls | precision | recall | F1 | chance precision | speed |",
-                  "|---:|---:|---:|---:|---:|---:|---:|",
+                  "| detected events | true calls | precision | recall | F1 (overlap) | F1 (DCASE event-based) "
+                  "| chance precision | speed |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|",
                   f"| {field.detections} | {field.truth} | {field.precision:.2f} | {field.recall:.2f} | {field.f1:.2f} "
-                  f"| {field.chance_precision:.2f} | {field.speed_x_realtime:.0f}x real time |", "",
+                  f"| {field.f1_dcase:.2f} | {field.chance_precision:.2f} | {field.speed_x_realtime:.0f}x real time |",
+                  "",
+                  "Two F1s of the same detections: *overlap* (precision, recall and this F1) counts an event correct "
+                  "when it overlaps a true call of its class, however long or late; *DCASE event-based* (sed_eval's "
+                  "definition, `vocalprobe score-events`) also needs its onset within 200 ms of the call's and its "
+                  "offset within 200 ms or half the call's length: the stricter figure, the one papers report. "
                   f"Tables (Raven selection table, CSV, live JSONL): `{rel(field.out_dir)}/`. Chance precision: the "
                   "same detections with their labels shuffled."]
     if agile is not None:

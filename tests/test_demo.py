@@ -38,8 +38,10 @@ def test_demo_runs_every_step(tmp_path, whisper_tiny_en):
     assert "{rel(" not in text
     stream = tmp_path / "artifacts" / "demo" / "stream"
     assert (stream / "detections.csv").is_file() and list(stream.rglob("*.selection.table.txt"))
-    field_row = re.search(r"\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|", text)
+    field_row = re.search(r"\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", text)
     assert field_row and int(field_row.group(2)) > 0
+    assert "F1 (DCASE event-based)" in text and float(field_row.group(6)) <= float(field_row.group(5))  # stricter
+    assert "so it differs from Table III's mean over seeds" in text  # which UAR the study column is
     check_agile_section(text, tmp_path / "artifacts" / "demo" / "agile")
 
 
