@@ -110,8 +110,9 @@ def study(
     size = out.stat().st_size / 1e6
     typer.echo(f"wrote {out} ({size:.1f} MB): {meta.get('backbone')} layer {meta.get('layer')} of "
                f"{meta.get('num_layers_total')}, {len(json.loads(meta['classes']))} classes, "
-               f"quantization {meta.get('quantization')}, study Test UAR "
-               f"{float(meta['test_uar']) * 100:.2f}" if "test_uar" in meta else f"wrote {out}")
+               f"quantization {meta.get('quantization')}, study Test UAR {float(meta['test_uar']) * 100:.2f} (of "
+               f"this probe: seed {meta.get('seed', '?')}, the best on Val; Table III gives the mean over seeds)"
+               if "test_uar" in meta else f"wrote {out}")
 
 
 @app.command("fusion", cls=_QuantizeFromModes)
