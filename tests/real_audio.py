@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vocalprobe.runtime.core.digests import file_sha256
+
 MIRROR = os.environ.get("VOCALPROBE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 CLIP_SECONDS = 1.0
 QUIET = 0.1  # a clip whose RMS is below this share of its recording's loudest clip is left out
@@ -93,14 +95,6 @@ def cache_root() -> Path:
     return Path(os.environ.get("VOCALPROBE_TEST_CACHE", "~/.cache/vocalprobe-test")).expanduser()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def deb_path(deb: Deb) -> Path:
     """The pinned package in the cache, downloaded from the mirror when absent; its sha256 is checked either way."""
     folder = cache_root() / "debs"
@@ -116,7 +110,7 @@ def deb_path(deb: Deb) -> Path:
                 os.unlink(tmp.name)
                 raise AudioUnavailable(f"cannot download {url}: {exc}") from exc
         os.replace(tmp.name, path)
-    if (found := _sha256(path)) != deb.sha256:
+    if (found := file_sha256(path)) != deb.sha256:
         path.unlink()
         raise AudioUnavailable(f"{deb.filename}: sha256 {found}, pinned {deb.sha256} (removed; a re-run downloads it)")
     return path

