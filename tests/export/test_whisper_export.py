@@ -161,10 +161,7 @@ def test_trained_tiny_en_parity_and_int8(tiny_en_graph, speech, tmp_path):
     report = check_parity(pipeline, graph, clips, chunk_samples=20 * SR, atol=WHISPER.atol,
                           atol_embedding=WHISPER.atol_embedding, relative=True)
     assert report.passed and len(report.cases) == 2 * 2 * len(LENGTHS)
-    # the bar is relative because the embedding's scale is set by a few large channels: an absolute 1e-4 on the
-    # raw difference is not what is checked here (recorded: report.summary())
-    embedding = pipeline.predict(torch.from_numpy(clips[1])[None]).embedding[0].numpy()
-    assert np.abs(embedding).max() > 10 * np.median(np.abs(embedding))
+    assert all(c.relative and c.max_diff > 0 for c in report.cases)  # onnxruntime really computed something
 
     int8 = quantize_dynamic_matmul(graph, tmp_path / "int8.onnx")
     mode = quant_modes.mode("int8")
@@ -193,6 +190,7 @@ def test_stream_over_real_audio_with_a_whisper_graph(tiny_en_graph, speech, tmp_
         assert len(mine) >= int(audio.size // SR)  # at least one row per whole window
         for row in mine:
             start = int(round(float(row["start_s"]) * SR))
-            window = audio[start: start + SR]
-            torch_p = pipeline.predict(torch.from_numpy(np.ascontiguousarray(window))[None]).probabilities[0]
+            window = np.zeros(SR, np.float32)  # the final window is zero-padded (--final-window pad)
+            window[: audio[start: start + SR].size] = audio[start: start + SR]
+            torch_p = pipeline.predict(torch.from_numpy(window)[None]).probabilities[0]
             assert float(row["confidence"]) == pytest.approx(float(torch_p[CLASSES.index(row["label"])]), abs=1e-4)
