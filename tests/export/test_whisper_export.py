@@ -194,3 +194,16 @@ def test_stream_over_real_audio_with_a_whisper_graph(tiny_en_graph, speech, tmp_
             window[: audio[start: start + SR].size] = audio[start: start + SR]
             torch_p = pipeline.predict(torch.from_numpy(window)[None]).probabilities[0]
             assert float(row["confidence"]) == pytest.approx(float(torch_p[CLASSES.index(row["label"])]), abs=1e-4)
+
+
+def test_quantize_auto_tries_only_the_modes_of_the_family(whisper_study):
+    root, _, study_dir, _ = whisper_study
+    out = root / "auto.onnx"
+    result = CliRunner().invoke(app, ["export", str(study_dir), "--layer", "1", "--quantize", "auto", "--out",
+                                      str(out), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "int8-conv not tried (does not apply to whisper backbones)" in result.output
+    table = {line.split()[0] for line in result.output.splitlines()
+             if line.split() and line.split()[0] in ("none", "int8", "int8-conv")}
+    assert table == {"none", "int8"}
+    assert read_metadata(out)["quantization"] in ("none", "int8")
