@@ -4,8 +4,9 @@ Every family is exported the same way (``torch.onnx.export(dynamo=True)`` of ``t
 the entries say what differs: the opset, the parity tolerances and how the backbone is truncated after layer L.
 Measured here (torch 2.13, transformers 5.24): the TorchScript exporter cannot trace the symbolic repeat padding
 (``torch.sym_max`` on a traced size), while the dynamo exporter gives a truly dynamic batch and time axis for all
-families, so dynamo is the one used. Whisper's log-mel front end exports as it is (``torch.stft`` becomes ONNX's
-STFT op at opset 18, with a dynamic time axis).
+families, so dynamo is the one used. Whisper's log-mel front end exports with a dynamic time axis too; its STFT is a
+Conv1d with a fixed DFT basis, because ``torch.stft`` becomes ONNX's STFT op, whose onnxruntime kernel is far less
+precise (training/whisper/encoder.py).
 
 Whisper's bars are relative: trained Whisper encoders carry a residual channel hundreds of times the median one
 (base: ~600x), so the embedding's scale is set by that channel and an absolute bar says nothing about the other
