@@ -8,9 +8,10 @@ families, so dynamo is the one used. Whisper's log-mel front end exports with a 
 Conv1d with a fixed DFT basis, because ``torch.stft`` becomes ONNX's STFT op, whose onnxruntime kernel is far less
 precise (training/whisper/encoder.py).
 
-Whisper's bars are relative: trained Whisper encoders carry a residual channel hundreds of times the median one
-(base: ~600x), so the embedding's scale is set by that channel and an absolute bar says nothing about the other
-channels' precision, or fails on float32 rounding of the large one. Figures: docs/whisper.md.
+Whisper's bars are relative: trained Whisper encoders carry residual channels far larger than the rest (base cut
+after block 5: the embedding's largest element is 114x its median), so the embedding's scale is set by them and an
+absolute bar says nothing about the other channels' precision, or fails on float32 rounding of the large ones.
+Figures: docs/whisper.md.
 """
 
 from __future__ import annotations
