@@ -98,6 +98,16 @@ def test_tiny_random_whisper_parity_and_truncation(tiny_whisper, speech, tmp_pat
     # layer 2 is the last: one more block (2 LayerNorms) and the final encoder LayerNorm
     assert norms[2] - norms[1] == 3
 
+    # clips of different content in one batch: each gets its own log-mel floor (max - 8 over its own mels and frames)
+    from vocalprobe.runtime.engine.onnx_model import OnnxModel
+
+    tone = np.sin(2 * np.pi * 1000 * np.arange(SR) / SR).astype(np.float32)
+    rows = np.stack([clips_of(samples, [1.0])[0], tone])
+    _, got = OnnxModel(graph, provider="cpu").predict_with_embedding(rows)
+    for row, embedding in zip(rows, got):
+        alone = pipeline.predict(torch.from_numpy(row)[None]).embedding[0].numpy()
+        assert np.abs(embedding - alone).max() / np.abs(alone).max() < WHISPER.atol_embedding
+
 
 @pytest.fixture(scope="module")
 def whisper_study(tmp_path_factory, tiny_whisper):
