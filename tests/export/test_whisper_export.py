@@ -217,3 +217,26 @@ def test_quantize_auto_tries_only_the_modes_of_the_family(whisper_study):
              if line.split() and line.split()[0] in ("none", "int8", "int8-conv")}
     assert table == {"none", "int8"}
     assert read_metadata(out)["quantization"] in ("none", "int8")
+
+
+def test_outlier_matmuls_are_kept_fp32(tiny_whisper, speech, tmp_path):
+    from vocalprobe.export.outliers import matmul_ranges, outlier_matmuls
+    from vocalprobe.export.quantize import quantize_dynamic_matmul
+
+    samples, _ = speech
+    _, graph = export_layer(tiny_whisper, 2, tmp_path / "L2.onnx", chunk_samples=2 * SR)
+    clips = clips_of(samples, [1.0, 1.7])
+    ranges = matmul_ranges(graph, clips)
+    assert len(ranges) == 2 * 6 and all(r.ratio >= 1 for r in ranges)  # q, k, v, out, fc1, fc2 per block
+    assert outlier_matmuls(graph, clips, ratio=float("inf")) == []
+    kept = sorted(ranges, key=lambda r: -r.ratio)[:3]
+    assert {r.node for r in kept} <= set(outlier_matmuls(graph, clips, ratio=kept[-1].ratio - 1e-9))
+
+    def weight_matmuls(path):
+        nodes = onnx.load(str(path)).graph.node
+        return sum(n.op_type == "MatMulInteger" for n in nodes), {n.name for n in nodes if n.op_type == "MatMul"}
+
+    all_int8, _ = weight_matmuls(quantize_dynamic_matmul(graph, tmp_path / "int8.onnx"))
+    some_int8, fp32_names = weight_matmuls(quantize_dynamic_matmul(graph, tmp_path / "ex.onnx",
+                                                                   exclude=tuple(r.node for r in kept)))
+    assert some_int8 == all_int8 - 3 and {r.node for r in kept} <= fp32_names
