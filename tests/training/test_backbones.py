@@ -170,3 +170,14 @@ def test_a_mistyped_local_path_is_an_error_at_once_not_a_hub_lookup(tmp_path, mo
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_network)
     with pytest.raises(BackboneError, match="backbone folder not found"):
         load_backbone(given)
+
+
+def test_backbone_family_without_loading_weights(tiny_checkpoints, tmp_path):
+    from vocalprobe.training.backbones import BackboneError, backbone_family
+
+    assert backbone_family("whisper-tiny.en") == "whisper" and backbone_family("wavlm-100h") == "wavlm"
+    for family, folder in tiny_checkpoints.items():
+        assert backbone_family(folder) == family
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(BackboneError, match="cannot read model_type"):
+        backbone_family(tmp_path)

@@ -29,10 +29,13 @@ def test_thirty_seconds_reproduce_transformers(whisper_tiny_en, speech):
         mel = layers.log_mel(torch.from_numpy(clip)[None]).numpy()
         ours = layers.hidden_states(torch.from_numpy(clip)[None])
         theirs = model.encoder(torch.from_numpy(reference), output_hidden_states=True).hidden_states
-    np.testing.assert_allclose(mel, reference, rtol=0, atol=1e-5)
+    # 2.6e-5: float32 rounding of the DFT-as-Conv1d against the extractor's FFT, at a few low-power bins (20 of
+    # 240,000 values above 1e-5; a float64 DFT differs from the extractor as much, and torch.stft in float32 is
+    # 2.6e-5 from a float64 reference too)
+    np.testing.assert_allclose(mel, reference, rtol=0, atol=5e-5)
     assert len(ours) == len(theirs) == model.config.encoder_layers + 1
     for k, (a, b) in enumerate(zip(ours, theirs)):
-        assert float((a - b).abs().max() / b.abs().max()) < 1e-5, k
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-4, k  # 3.2e-5 measured: the log-mel's rounding
 
 
 def test_short_clips_run_on_their_own_frames(whisper_tiny_en, speech):

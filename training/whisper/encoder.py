@@ -2,9 +2,10 @@
 transformers' ``WhisperEncoder`` insists on.
 
 ``WhisperLayers`` wraps a loaded ``WhisperModel``'s encoder: a torch log-mel front end with
-``WhisperFeatureExtractor``'s semantics (hann STFT, n_fft 400, hop 160, centred with reflection, power, the
-extractor's own mel filter bank, log10 floored at 1e-10, clamped to the clip's max - 8, (x + 4) / 4, the last STFT
-frame dropped), then the two convolutions, the positional table sliced to the clip's frames, and the blocks.
+``WhisperFeatureExtractor``'s semantics (hann STFT, n_fft 400, hop 160, centred with reflection, as a Conv1d with a
+fixed DFT basis; power, the extractor's own mel filter bank, log10 floored at 1e-10, clamped to the clip's max - 8,
+(x + 4) / 4, the last STFT frame dropped), then the two convolutions, the positional table sliced to the clip's
+frames, and the blocks. The same module is exported to ONNX (``export.families``).
 Layer 0 is the transformer input, layer k the output of block k, and the last layer is taken after the final
 LayerNorm, as transformers' ``hidden_states``. A 30 s clip reproduces ``WhisperModel``'s hidden states.
 """
@@ -27,6 +28,15 @@ class WhisperInputError(VocalprobeError):
     """A waveform the Whisper encoder cannot take in one pass."""
 
 
+def dft_basis() -> torch.Tensor:
+    """The windowed real DFT as convolution kernels ``[2 * (N_FFT // 2 + 1), 1, N_FFT]`` (cosines, then sines):
+    periodic Hann, computed in float64, stored float32."""
+    freqs = torch.arange(N_FFT // 2 + 1, dtype=torch.float64)[:, None]
+    angle = 2 * torch.pi * freqs * torch.arange(N_FFT, dtype=torch.float64)[None] / N_FFT
+    window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64)
+    return (torch.cat([torch.cos(angle), torch.sin(angle)]) * window).float()[:, None, :]
+
+
 class WhisperLayers(nn.Module):
     def __init__(self, model: nn.Module, max_layer: int | None = None):
         """``max_layer``: the last block kept (default all); the final LayerNorm belongs to the last block only."""
@@ -42,13 +52,16 @@ class WhisperLayers(nn.Module):
         self.final_norm = encoder.layer_norm if max_layer == total and total > 0 else None
         mels = WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins).mel_filters  # (freqs, mels)
         self.register_buffer("mel_filters", torch.from_numpy(np.asarray(mels, dtype=np.float32)), persistent=False)
-        self.register_buffer("window", torch.hann_window(N_FFT, periodic=True), persistent=False)
+        # the STFT as a Conv1d: torch.stft exports to ONNX's STFT op, whose onnxruntime kernel is ~100x less precise
+        # in the log-mel (docs/whisper.md); a Conv1d is float32-exact in both
+        self.register_buffer("dft", dft_basis(), persistent=False)
 
     def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
         """``[batch, samples]`` 16 kHz -> ``[batch, mels, samples // 160]``."""
-        spec = torch.stft(waveform.float(), N_FFT, HOP, window=self.window, center=True, pad_mode="reflect",
-                          return_complex=True)
-        power = spec.abs() ** 2  # (b, freqs, frames + 1)
+        padded = nn.functional.pad(waveform.float()[:, None], (N_FFT // 2, N_FFT // 2), mode="reflect")
+        spectrum = nn.functional.conv1d(padded, self.dft, stride=HOP)  # (b, 2 * freqs, frames + 1)
+        real, imag = spectrum.split(N_FFT // 2 + 1, dim=1)
+        power = real.square() + imag.square()  # (b, freqs, frames + 1)
         mel = (self.mel_filters.T @ power[..., :-1]).clamp(min=1e-10).log10()
         mel = torch.maximum(mel, mel.amax(dim=(1, 2), keepdim=True) - 8.0)
         return (mel + 4.0) / 4.0
