@@ -205,6 +205,21 @@ def test_stream_over_real_audio_with_a_whisper_graph(tiny_en_graph, speech, tmp_
             torch_p = pipeline.predict(torch.from_numpy(window)[None]).probabilities[0]
             assert float(row["confidence"]) == pytest.approx(float(torch_p[CLASSES.index(row["label"])]), abs=1e-4)
 
+    # the usual tables, byte-identical with two worker processes
+    both = tmp_path / "workers"
+    result = CliRunner().invoke(app, ["stream", str(recordings), "-m", str(graph), "-o", str(both), "--window", "1",
+                                      "--min-conf", "0", "--format", "raven,csv,jsonl", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    one = tmp_path / "one"
+    result = CliRunner().invoke(app, ["stream", str(recordings), "-m", str(graph), "-o", str(one), "--window", "1",
+                                      "--min-conf", "0", "--format", "raven,csv,jsonl"])
+    assert result.exit_code == 0, result.output
+    tables = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert any(t.suffix == ".txt" for t in tables) and any(t.suffix == ".jsonl" for t in tables)
+    for table in tables:
+        if not table.name.endswith(".sqlite"):  # the journal records when each file was done
+            assert (both / table).read_bytes() == (one / table).read_bytes(), table
+
 
 def test_quantize_auto_tries_only_the_modes_of_the_family(whisper_study):
     root, _, study_dir, _ = whisper_study
