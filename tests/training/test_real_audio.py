@@ -43,7 +43,8 @@ def test_data_split_keeps_each_recording_in_one_split(farm_audio, tmp_path):
     assert {s for splits in split_of.values() for s in splits} == {"train", "val", "test"}
 
 
-def test_study_on_trained_whisper_beats_chance_and_says_what_it_measured(farm_audio, whisper_tiny_en, tmp_path):
+def test_study_on_trained_whisper_beats_chance_and_says_what_it_measured(farm_audio, whisper_tiny_en,
+                                                                         tiny_checkpoints, tmp_path):
     from real_audio import split_by_recording
 
     from vocalprobe.api import study
@@ -51,11 +52,13 @@ def test_study_on_trained_whisper_beats_chance_and_says_what_it_measured(farm_au
 
     _, trained = whisper_tiny_en
     manifest = split_by_recording(farm_audio, tmp_path / "split", seed=0)
-    report = study(data=[f"farm={manifest}"], backbones=[str(trained)], layers="0-2", seeds=1, out=tmp_path,
-                   name="farm")
+    report = study(data=[f"farm={manifest}"], backbones=[str(trained), str(tiny_checkpoints["hubert"])],
+                   layers="0-2", seeds=1, out=tmp_path, name="farm")
     summary = load_summary(report.parent)
-    (choice,) = summary.choices
-    assert choice.kind != "untrained"  # converted trained weights: no untrained marker in the config
+    choice, hubert = sorted(summary.choices, key=lambda c: c.kind == "untrained")
+    assert choice.kind != "untrained" and hubert.kind == "untrained"  # from each checkpoint's own config
+    (fusion,) = summary.fusion  # the paper's fusion across the two families
+    assert set(fusion.backbones) == {choice.backbone, hubert.backbone}
     (info,) = summary.datasets
     assert info.origin != "synthetic"
     assert any("fewer than 5 Test clips" in w for w in info.warnings)  # 1-5 Test clips per class: said, not hidden
@@ -64,3 +67,6 @@ def test_study_on_trained_whisper_beats_chance_and_says_what_it_measured(farm_au
     assert test_uar >= 2 * chance, (choice.layers, choice.val_mean, choice.test_mean)
     text = report.read_text()
     assert "synthetic" not in text.split("\n\n")[0].lower()
+    (banner,) = [line for line in text.splitlines() if "**Untrained backbones.**" in line]
+    assert f"**Untrained backbones.** {hubert.backbone} have random weights" in banner
+    assert choice.backbone not in banner
