@@ -223,15 +223,20 @@ def stream(
             _say(f"embeddings: skipped {name}: {why}")
         _say(f"embeddings: {len(outcome.embeddings.summary.done)} recording(s), {outcome.embeddings.summary.windows} "
              f"window(s) -> {db}")
+    problems = []
     if summary.failed_all:
         earlier = len(summary.failed_all) - len(summary.failed)
         what = "NaN/inf block(s) in the stream" if job.stdin else "file(s) could not be read"
-        problems = (f"{len(summary.failed_all)} {what}"
-                    + (f" ({earlier} in an earlier run; they are retried once they change)" if earlier else "")
-                    + f", listed in {out / 'errors.csv'}")
+        problems.append(f"{len(summary.failed_all)} {what}"
+                        + (f" ({earlier} in an earlier run; they are retried once they change)" if earlier else ""))
+    if summary.partial_all:
+        problems.append(f"{len(summary.partial_all)} truncated file(s) analysed for the part each holds (re-copied "
+                        "whole, they are analysed again)")
+    if problems:
+        problems_text = "; ".join(problems) + f", listed in {out / 'errors.csv'}"
         if summary.exit_code == 1:
-            raise fail(f"nothing could be processed: {problems}")
-        _say(problems)
+            raise fail(f"nothing could be processed: {problems_text}")
+        _say(problems_text)
         raise typer.Exit(summary.exit_code)
 
 

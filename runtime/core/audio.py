@@ -101,6 +101,19 @@ def wav_data_size(path: str | Path, *, unfinished_header: bool = False) -> WavDa
             handle.seek(length + (length & 1), 1)
 
 
+def truncation(path: str | Path) -> str | None:
+    """What a WAV cut short lacks, in words (None: complete, or not a WAV that says): the note a run keeps when it
+    analyses the part such a file holds."""
+    try:
+        data = wav_data_size(path)
+    except OSError:
+        return None
+    if data is None or not data.short or data.declared is None:
+        return None
+    return (f"truncated: the header declares {data.declared} bytes of audio, the file holds {data.present} (an "
+            "interrupted recording or copy); the part it holds was analysed, re-copy it to analyse the rest")
+
+
 def _soundfile_name(path: Path) -> str | bytes:
     """The name to give soundfile: its bytes where it is not UTF-8 (soundfile cannot encode those), else the text
     (its error messages quote it)."""
@@ -108,7 +121,9 @@ def _soundfile_name(path: Path) -> str | bytes:
     return name if printable_name(name) == name else os.fsencode(name)
 
 
-def _open(path: str | Path) -> sf.SoundFile:
+def _open(path: str | Path, *, truncated_ok: bool = False) -> sf.SoundFile:
+    """``truncated_ok``: a WAV whose header declares more audio than the file holds opens with what it holds
+    (libsndfile counts the frames present); by default it is refused as truncated."""
     path = Path(path)
     if not path.exists():
         raise AudioFileNotFound(path, "file not found")
@@ -125,7 +140,7 @@ def _open(path: str | Path) -> sf.SoundFile:
         handle = sf.SoundFile(_soundfile_name(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise CorruptAudioError(path, f"not a readable {READABLE_KINDS} file ({exc})") from exc
-    data = wav_data_size(path) if handle.format == "WAV" else None
+    data = wav_data_size(path) if handle.format == "WAV" and not truncated_ok else None
     if data is not None and data.short:
         handle.close()
         raise CorruptAudioError(path, f"truncated: the header declares {data.declared} bytes of audio, the file holds "
@@ -133,9 +148,9 @@ def _open(path: str | Path) -> sf.SoundFile:
     return handle
 
 
-def audio_info(path: str | Path) -> AudioInfo:
-    """Header-only facts about a file (no samples are read)."""
-    with _open(path) as f:
+def audio_info(path: str | Path, *, truncated_ok: bool = False) -> AudioInfo:
+    """Header-only facts about a file (no samples are read); ``truncated_ok``: of the part a truncated WAV holds."""
+    with _open(path, truncated_ok=truncated_ok) as f:
         return AudioInfo(str(path), int(f.samplerate), int(f.channels), int(f.frames), str(f.subtype))
 
 
@@ -193,14 +208,15 @@ def read_audio(path: str | Path, start: Seconds | None = None, end: Seconds | No
     return mono, sr
 
 
-def iter_blocks(path: str | Path, block_size: int) -> Iterator[np.ndarray]:
+def iter_blocks(path: str | Path, block_size: int, *, truncated_ok: bool = False) -> Iterator[np.ndarray]:
     """Yield the file as consecutive mono float32 blocks of ``block_size`` samples (the last may be shorter).
 
-    Memory is bounded by ``block_size``; a 24-hour recording streams like a 1-second one.
+    Memory is bounded by ``block_size``; a 24-hour recording streams like a 1-second one. ``truncated_ok``: a WAV cut
+    short yields the audio it holds (``truncation`` says how much is missing).
     """
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
-    with _open(path) as f:
+    with _open(path, truncated_ok=truncated_ok) as f:
         if f.frames == 0:
             raise EmptyAudioError(path, "contains no audio (0 samples)")
         done, expected = 0, int(f.frames)

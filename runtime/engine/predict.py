@@ -35,6 +35,7 @@ class Source(Protocol):
     name: str
     path: Path | None
     glitches: list[tuple[float, float]] | None
+    partial: bool  # a truncated WAV is read for the part it holds (the run notes it)
 
     def source_rate(self) -> int: ...
 

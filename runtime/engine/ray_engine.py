@@ -87,6 +87,7 @@ class Chunk:
     block_size: int
     frames: int = 0  # of a recording at the model's rate (not whole): a local run reads it in blocks of block_size
     last: bool = True  # the chunk reaches the end of the recording (it holds the final incomplete window, if any)
+    partial: bool = False  # the source's ``FileSource.partial``: a truncated WAV is read for what it holds
 
 
 def plan_chunks(sources: Sequence, plan: WindowPlan, batch: int, sample_rate: int,
@@ -106,7 +107,8 @@ def plan_chunks(sources: Sequence, plan: WindowPlan, batch: int, sample_rate: in
         except AudioError:  # the task reports it, with the words a local run uses
             info, kind = None, None
         if info is None or info.sample_rate != sample_rate or kind not in _LOSSLESS or info.frames == 0:
-            chunks.append(Chunk(index, str(source.path), source.name, 0, 0, True, block_size))
+            chunks.append(Chunk(index, str(source.path), source.name, 0, 0, True, block_size,
+                                partial=source.partial))
             continue
         n = full_window_count(info.frames, plan) + (final_window(info.frames, plan) is not None)
         for first in range(0, max(n, 1), step):
@@ -116,12 +118,12 @@ def plan_chunks(sources: Sequence, plan: WindowPlan, batch: int, sample_rate: in
     return chunks
 
 
-def _local_problem(path: str, name: str, block_size: int, sample_rate: int) -> str | None:
+def _local_problem(path: str, name: str, block_size: int, sample_rate: int, partial: bool) -> str | None:
     """What a local run says about a file that cannot be read (None: it reads)."""
     from vocalprobe.runtime.engine.sources import FileSource
 
     try:
-        for _ in FileSource(Path(path), name, block_size).blocks(sample_rate):
+        for _ in FileSource(Path(path), name, block_size, partial).blocks(sample_rate):
             pass
     except AudioError as exc:
         return exc.problem
@@ -169,7 +171,8 @@ class ChunkPredictor:
                 from vocalprobe.runtime.engine.sources import FileSource
 
                 def counted() -> Iterator[np.ndarray]:
-                    for block in FileSource(Path(chunk.path), chunk.name, chunk.block_size).blocks(self.sample_rate):
+                    source = FileSource(Path(chunk.path), chunk.name, chunk.block_size, chunk.partial)
+                    for block in source.blocks(self.sample_rate):
                         blocks.append(len(block))
                         yield block
 
@@ -180,7 +183,8 @@ class ChunkPredictor:
                     run(inputs)
             problem = ""
         except AudioError:
-            problem = _local_problem(chunk.path, chunk.name, chunk.block_size, self.sample_rate) or "unreadable"
+            problem = (_local_problem(chunk.path, chunk.name, chunk.block_size, self.sample_rate, chunk.partial)
+                       or "unreadable")
             probs, embeddings, blocks = [], [], []
         array = np.concatenate(probs) if probs else np.zeros((0, self.n_classes), np.float32)
         emb = np.concatenate(embeddings) if embeddings else np.zeros((len(array), 0), np.float32)

@@ -49,18 +49,22 @@ class FileSource:
     path: Path
     name: str  # how outputs refer to it: relative to the folder given on the command line, POSIX-style
     block_size: int = DEFAULT_BLOCK_SIZE
+    #: A WAV cut short (a recorder that died, an interrupted copy) is read for the part it holds instead of failing;
+    #: the run notes it (``audio.truncation``). Off for a watched folder, where such a file may still be written.
+    partial: bool = False
     glitches = None  # a file is read whole: what cannot be read fails it (class attribute, not a field)
 
     def duration(self) -> float:
-        return audio_info(self.path).duration
+        return audio_info(self.path, truncated_ok=self.partial).duration
 
     def source_rate(self) -> int:
         """The rate the recording was made at (the band it holds ends at half of it)."""
-        return audio_info(self.path).sample_rate
+        return audio_info(self.path, truncated_ok=self.partial).sample_rate
 
     def blocks(self, target_rate: int) -> Iterator[np.ndarray]:
-        info = audio_info(self.path)
-        yield from _resampled(iter_blocks(self.path, self.block_size), info.sample_rate, target_rate)
+        info = audio_info(self.path, truncated_ok=self.partial)
+        blocks = iter_blocks(self.path, self.block_size, truncated_ok=self.partial)
+        yield from _resampled(blocks, info.sample_rate, target_rate)
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class StdinSource:
     block_frames: int = DEFAULT_BLOCK_SIZE
     name: str = STDIN_NAME
     path = None  # no file: nothing to journal (class attribute, not a field)
+    partial = False  # a stream has no header to fall short of (class attribute, not a field)
     #: (start_s, end_s) of blocks that held NaN/inf samples, analysed as silence (a live stream survives a glitch).
     glitches: list[tuple[float, float]] = field(default_factory=list, compare=False)
 
@@ -156,11 +161,13 @@ def _is_linked_file(path: Path, root: Path) -> bool:
     return True
 
 
-def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_SIZE) -> list[FileSource]:
+def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_SIZE, *,
+                  partial: bool = False) -> list[FileSource]:
     """Expand files and folders (recursively, sorted) into sources with distinct output names.
 
     Folders contribute files with a wav/flac/ogg extension in any case; hidden files (names starting with ``.``,
-    such as the ``._NAME.WAV`` files macOS writes onto SD cards) are not audio and are left out.
+    such as the ``._NAME.WAV`` files macOS writes onto SD cards) are not audio and are left out. ``partial``: see
+    ``FileSource.partial``.
     """
     sources: list[FileSource] = []
     for item in inputs:
@@ -169,9 +176,10 @@ def collect_files(inputs: Sequence[str | Path], block_size: int = DEFAULT_BLOCK_
             found = sorted(p for p in path.rglob("*") if _is_linked_file(p, path) and _is_listed_audio(p, path))
             if not found:
                 raise SourceError(f"{path}: no .wav/.flac/.ogg files in this folder or below")
-            sources.extend(FileSource(p, printable_name(p.relative_to(path).as_posix()), block_size) for p in found)
+            sources.extend(FileSource(p, printable_name(p.relative_to(path).as_posix()), block_size, partial)
+                           for p in found)
         elif path.exists():
-            sources.append(FileSource(path, printable_name(path.name), block_size))
+            sources.append(FileSource(path, printable_name(path.name), block_size, partial))
         else:
             raise AudioFileNotFound(path, "input not found (give audio files, folders, or - for stdin)")
     seen: dict[str, Path] = {}

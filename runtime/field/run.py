@@ -162,7 +162,8 @@ def run_stream(job: StreamJob, *, say: Callable[[str], None] | None = None,
                           ignore=ignore, thresholds=thresholds)
     config.class_thresholds(net.classes)  # a table naming classes the model lacks is refused before any work
     watcher = FolderWatcher(job.watch, settle_s=job.settle_s) if job.watch is not None else None
-    every_file = collect_files(job.inputs, job.block_size) if job.inputs and not job.stdin else None
+    # a truncated WAV in the inputs is analysed for the part it holds (noted in errors.csv); --watch waits instead
+    every_file = collect_files(job.inputs, job.block_size, partial=True) if job.inputs and not job.stdin else None
     files = every_file  # ``every_file``: before --shard, the order `merge` lays the shards out in
     scale = job.scale
     if scale.shard is not None:

@@ -259,9 +259,19 @@ class RunState:
         return self._db.execute("SELECT COUNT(*) FROM files WHERE status = ?", (status,)).fetchone()[0]
 
     def failures(self) -> list[tuple[str, str]]:
-        """(name, problem) of every file that failed, in this run or an earlier one (what errors.csv lists)."""
+        """(name, problem) of every file that failed, in this run or an earlier one."""
         return [tuple(r) for r in self._db.execute(
             "SELECT name, problem FROM files WHERE status = 'failed' ORDER BY name")]
+
+    def partly_read(self) -> list[tuple[str, str]]:
+        """(name, why) of every done file that was read only in part (a truncated WAV: the part it holds)."""
+        return [tuple(r) for r in self._db.execute(
+            "SELECT name, problem FROM files WHERE status = 'done' AND problem IS NOT NULL ORDER BY name")]
+
+    def problems(self) -> list[tuple[str, str]]:
+        """What errors.csv lists: the failed files and those read only in part, by name."""
+        return [tuple(r) for r in self._db.execute(
+            "SELECT name, problem FROM files WHERE problem IS NOT NULL ORDER BY name")]
 
     def outputs_ending(self, suffix: str) -> list[str]:
         """The outputs done files wrote that end with ``suffix`` (e.g. every per-file CSV table), sorted."""
@@ -349,13 +359,13 @@ class RunState:
     def mark_done(self, path: Path, name: str, n_detections: int, outputs: Sequence[str], *,
                   fingerprint: Fingerprint | None = None, jsonl_end: int | None = None,
                   seconds: float | None = None, source_rate: int | None = None, sha256: str | None = None,
-                  replaces: Sequence[FileRecord] = ()) -> None:
+                  replaces: Sequence[FileRecord] = (), problem: str | None = None) -> None:
         """``fingerprint``: the version analysed (taken before reading it); ``jsonl_end``: the committed JSONL size;
         ``seconds``: the recording's length in audio seconds; ``source_rate``: its own sample rate; ``sha256``: of
         its bytes; ``replaces``: the records of this recording under its earlier names (``renamed``), deleted in the
-        same transaction."""
+        same transaction; ``problem``: why it was read only in part (None: read whole)."""
         fingerprint = fingerprint if fingerprint is not None else Fingerprint.of(path)
-        self._commit(FileRecord(self.key(path), name, DONE, fingerprint, n_detections, tuple(outputs),
+        self._commit(FileRecord(self.key(path), name, DONE, fingerprint, n_detections, tuple(outputs), problem,
                                 source_rate=source_rate, sha256=sha256), jsonl_end, seconds, replaces)
 
     def mark_failed(self, path: Path, name: str, problem: str, *, fingerprint: Fingerprint | None = None,

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from vocalprobe.runtime.core.audio import truncation
 from vocalprobe.runtime.core.detections.layout import ERRORS_NAME, JSONL_NAME
 from vocalprobe.runtime.core.detections.tables import OutputNameError
 from vocalprobe.runtime.core.digests import file_sha256
@@ -263,17 +264,24 @@ class RunSummary:
     done: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # in this run
     failed_all: list[tuple[str, str]] = field(default_factory=list)  # this run and earlier ones (errors.csv)
+    #: done files analysed only in part (a truncated WAV: the part it holds), with why; in this run / all runs
+    partial: list[tuple[str, str]] = field(default_factory=list)
+    partial_all: list[tuple[str, str]] = field(default_factory=list)
     detections: int = 0
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     done_all: int = 0  # recordings the folder holds results of (this run and earlier ones)
     _found: dict[str, int] = field(default_factory=dict, repr=False)  # detections of each done name in this run
 
-    def add_done(self, name: str, detections: int, seconds: float, *, latest: bool = False) -> None:
+    def add_done(self, name: str, detections: int, seconds: float, *, latest: bool = False,
+                 partial: str | None = None) -> None:
         """``latest``: a file's outcome replaces its earlier ones in this run (a watched file analysed again): a
-        file that failed and is then done is not also counted failed."""
+        file that failed and is then done is not also counted failed. ``partial``: why only part of it was read."""
         if latest:
             self.failed = [f for f in self.failed if f[0] != name]
+            self.partial = [f for f in self.partial if f[0] != name]
+        if partial is not None:
+            self.partial.append((name, partial))
         self.done.append(name)
         self.detections += detections
         self._found[name] = self._found.get(name, 0) + detections
@@ -288,8 +296,9 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        """0; 2 when some inputs failed and others were processed; 1 when inputs failed and none was processed."""
-        if not self.failed_all:
+        """0; 2 when some inputs failed or were read only in part and others were processed; 1 when inputs failed
+        and none was processed."""
+        if not self.failed_all and not self.partial_all:
             return 0
         return 2 if self.done_all else 1
 
@@ -423,6 +432,9 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
                 if embeddings is not None:
                     embeddings.abort()
                 raise
+            partial = truncation(path) if source.partial else None  # a truncated WAV, read for what it holds
+            if partial is not None and log is not None:
+                log(f"{source.name}: {partial}")
             written = outputs.finish_tables(result.name, result.audio_seconds)
             if retract is not None and outputs.jsonl is None:
                 written.append(JSONL_NAME)  # its earlier rows are still there, to retract when a JSONL is written
@@ -432,19 +444,21 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
             if journalled:
                 state.mark_done(path, source.name, result.n_detections, written, fingerprint=fingerprint,
                                 jsonl_end=jsonl_end, seconds=result.audio_seconds, source_rate=source_rate,
-                                sha256=digest, replaces=gone)
+                                sha256=digest, replaces=gone, problem=partial)
                 for record in gone:  # after the journal: a kill in between leaves a table nothing lists, never two
                     outputs.remove([o for o in record.outputs if o not in written])
                     if log is not None:
                         log(f"{source.name}: the recording {record.name} renamed; its earlier rows are retracted")
-            summary.add_done(source.name, result.n_detections, result.audio_seconds, latest=journalled)
+            summary.add_done(source.name, result.n_detections, result.audio_seconds, latest=journalled,
+                             partial=partial)
             if progress is not None:
                 progress.file_done()
         summary.wall_seconds = time.perf_counter() - started
         summary.failed_all = state.failures() if state is not None else list(summary.failed)
+        summary.partial_all = state.partly_read() if state is not None else list(summary.partial)
         summary.done_all = state.count(DONE) if state is not None else len(summary.done)
-        if summary.failed_all:
-            outputs.write_errors(summary.failed_all)
+        if summary.failed_all or summary.partial_all:
+            outputs.write_errors(state.problems() if state is not None else sorted(summary.failed + summary.partial))
         elif (outputs.out_dir / ERRORS_NAME).exists():
             (outputs.out_dir / ERRORS_NAME).unlink()
         outputs.combine(state.done_tables if state is not None else outputs.this_run_tables(summary.done))

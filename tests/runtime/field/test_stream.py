@@ -189,13 +189,50 @@ def test_corrupt_file_is_reported_and_skipped(tmp_path, graph):
     truncated.write_bytes(truncated.read_bytes()[:30_000])  # header promises more than the file holds
     result = run_cli(["stream", folder, "-m", graph, "--window", "0.5", "--min-conf", "0.8", "-o", tmp_path / "out"])
     assert result.exit_code == 2, result.output
+    assert "1 file(s) could not be read; 1 truncated file(s) analysed for the part each holds" in result.output
     errors = list(csv.DictReader(open(tmp_path / "out" / "errors.csv")))
     assert sorted(e["file"] for e in errors) == ["night1/broken.WAV", "night2/20210509_040000.wav"]
-    assert any("truncated" in e["problem"] for e in errors)
+    (cut,) = [e["problem"] for e in errors if "truncated" in e["problem"]]
+    assert "the part it holds was analysed" in cut
     done = {r["file"] for r in csv.DictReader(open(tmp_path / "out" / "detections.csv"))}
     assert done == {"night2/20210501_040000.wav", "night1/20210502_040000.wav", "night2/20210503_040000.wav",
-                    "night1/REC3.FLAC"}
+                    "night1/REC3.FLAC"}  # the truncated file holds silence: analysed, nothing found
     assert (tmp_path / "out" / "night1" / "REC3.selection.table.txt").is_file()
+    assert (tmp_path / "out" / "night2" / "20210509_040000.selection.table.txt").is_file()
+
+
+@pytest.mark.parametrize("scale", [[], ["--workers", "2"], ["--engine", "ray", "--concurrency", "1", "--threads", "1"]])
+def test_a_truncated_wav_is_analysed_for_the_part_it_holds(tmp_path, graph, scale, request):
+    """A recorder that died mid-file: the windows of the audio the file holds are what the same audio as a complete
+    file gives, in one process, two or on Ray; errors.csv says the file is cut short; a re-run leaves it done."""
+    if "ray" in scale:
+        request.getfixturevalue("ray_cluster")
+    samples = (tone_track(EVENTS, 9.7, 16_000, seed=5) * 32767).astype(np.int16)
+    folder = tmp_path / "card"
+    folder.mkdir()
+    sf.write(folder / "cut.wav", samples, 16_000, subtype="PCM_16")
+    data = (folder / "cut.wav").read_bytes()
+    kept = 44 + 2 * 16_000 * 6  # the header and 6 s of the 9.7 s it declares
+    (folder / "cut.wav").write_bytes(data[:kept])
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    sf.write(whole / "cut.wav", samples[:16_000 * 6], 16_000, subtype="PCM_16")
+    common = ["-m", graph, "--window", "0.5", "--min-conf", "0.5", "--format", "csv,raven"]
+    cut = run_cli(["stream", folder, *common, "-o", tmp_path / "out", *scale])
+    assert cut.exit_code == 2 and "1 truncated file(s)" in cut.output, cut.output
+    reference = run_cli(["stream", whole, *common, "-o", tmp_path / "reference"])
+    assert reference.exit_code == 0, reference.output
+    assert events_of(tmp_path / "out") == events_of(tmp_path / "reference") and events_of(tmp_path / "reference")
+    assert (tmp_path / "out" / "cut.detections.csv").read_bytes() == (tmp_path / "reference" / "cut.detections.csv"
+                                                                   ).read_bytes()
+    raven = [list(csv.DictReader(open(tmp_path / d / "cut.selection.table.txt"), delimiter="\t"))
+             for d in ("out", "reference")]
+    assert [{k: v for k, v in r.items() if k != "Begin Path"} for r in raven[0]] == \
+        [{k: v for k, v in r.items() if k != "Begin Path"} for r in raven[1]]  # the path names the other folder
+    (error,) = list(csv.DictReader(open(tmp_path / "out" / "errors.csv")))
+    assert error["file"] == "cut.wav" and "truncated" in error["problem"]
+    again = run_cli(["stream", folder, *common, "-o", tmp_path / "out", *scale])
+    assert again.exit_code == 2 and "done: 0 file(s)" in again.output, again.output  # not analysed twice
 
 
 def test_interrupted_run_resumes_without_duplicates(tmp_path, graph):
