@@ -15,7 +15,8 @@ a killed run has windows without vectors, and ``open_writer`` deletes it so that
 Every save notes what the index file holds in ``vocalprobe_index`` (its sha256 and size, the number and a digest of
 its window ids; the last two saves are kept, since a kill can fall between the note and the file's replacement).
 A reader checks the file and SQLite's window ids against that note on open and refuses an archive whose windows lack
-vectors, whose vectors lack windows, or whose index is damaged or another archive's (``ArchiveIndexError``), so a
+vectors, whose vectors lack windows, or whose index is damaged or another archive's (``ArchiveIndexError``; the
+notes and that check are ``index_notes.py``), so a
 search never answers short. The note also keeps the file's mtime: a reader hashes the file only when its size and
 mtime are not those of a save (hashing costs ~2 s per GB, more than the rest of opening), so a change that keeps
 both (bit rot under the file system) is caught by ``embed``, which always hashes it, not by readers. ``embed``
@@ -35,15 +36,14 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from vocalprobe.runtime.archive import vectors
-from vocalprobe.runtime.core.digests import file_sha256
-from vocalprobe.runtime.core.errors import VocalprobeError
+from vocalprobe.runtime.archive import index_notes, vectors
+from vocalprobe.runtime.archive.errors import ArchiveError
+from vocalprobe.runtime.archive.index_notes import INDEX_NAME
 from vocalprobe.runtime.core.out_lock import OutputLock
 
 log = logging.getLogger(__name__)
 
 SQLITE_NAME = "hoplite.sqlite"
-INDEX_NAME = "usearch.index"
 #: hoplite_metadata keys: hoplite's, and vocalprobe's own (what a reader needs to trust the vectors).
 USEARCH_CONFIG_KEY, MODEL_CONFIG_KEY, AUDIO_SOURCES_KEY, VOCALPROBE_KEY, SHARD_KEY, RUN_KEY = (
     "usearch_config", "model_config", "audio_sources", "vocalprobe", "vocalprobe_shard", "vocalprobe_shard_run")
@@ -87,25 +87,6 @@ CREATE TABLE IF NOT EXISTS vocalprobe_index (
     save INTEGER PRIMARY KEY, n_vectors INTEGER NOT NULL, keys_sha256 TEXT NOT NULL, file_sha256 TEXT NOT NULL,
     file_size INTEGER NOT NULL, file_mtime_ns INTEGER);
 """
-
-
-class ArchiveError(VocalprobeError):
-    """A database folder that cannot be used as asked (another graph, other windows, not an archive)."""
-
-
-class ArchiveIndexError(ArchiveError):
-    """SQLite's windows and the vector index disagree (a stopped run, a damaged or foreign index)."""
-
-
-@dataclass(frozen=True)
-class IndexNote:
-    """What one save of the index wrote: ``vocalprobe_index``'s row."""
-
-    n_vectors: int
-    keys_sha256: str
-    file_sha256: str
-    file_size: int
-    file_mtime_ns: int | None = None  # None: noted before mtimes were (the file is hashed)
 
 
 def offsets_blob(start_s: float, end_s: float) -> bytes:
@@ -213,7 +194,7 @@ class ArchiveDB:
                 if config is None and not repair:
                     raise ArchiveError(f"{folder}: the database holds no embeddings yet")
                 if not repair:
-                    archive.check_index()
+                    index_notes.check_index(db, folder, config)
                     archive.index = vectors.view_index(folder / INDEX_NAME, config)
                 elif config is not None:
                     archive._open_trusted_index(config)
@@ -227,7 +208,7 @@ class ArchiveDB:
 
     @classmethod
     def open_reader(cls, folder: str | Path) -> "ArchiveDB":
-        """The archive read-only, once its index is checked against SQLite's windows (``check_index``)."""
+        """The archive read-only, once its index is checked against SQLite's windows (``index_notes.check_index``)."""
         folder = Path(folder)
         try:
             db = _connect(folder / SQLITE_NAME, readonly=True)
@@ -235,7 +216,7 @@ class ArchiveDB:
             config = archive.metadata().get(USEARCH_CONFIG_KEY)
             if config is None:
                 raise ArchiveError(f"{folder}: the database holds no embeddings yet")
-            archive.check_index()
+            index_notes.check_index(db, folder, config)
         except sqlite3.DatabaseError as exc:
             raise _unreadable(folder / SQLITE_NAME, exc) from exc
         archive.index = vectors.view_index(folder / INDEX_NAME, config)
@@ -256,80 +237,11 @@ class ArchiveDB:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- the index's note ------------------------------------------------------------------------------------------
-
-    def index_notes(self) -> list[IndexNote]:
-        """The notes of the last saves of the index, latest first (none: never saved, or an older vocalprobe)."""
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(vocalprobe_index)")}
-        if not columns:  # no such table: written before the notes
-            return []
-        mtime = "file_mtime_ns" if "file_mtime_ns" in columns else "NULL"
-        rows = self.db.execute(f"SELECT n_vectors, keys_sha256, file_sha256, file_size, {mtime} FROM vocalprobe_index "
-                               "ORDER BY save DESC").fetchall()
-        return [IndexNote(*row) for row in rows]
-
-    def _note_index(self, keys: np.ndarray, tmp: Path) -> None:
-        """Note the saved file (``tmp``, complete and synced; renaming it keeps its size and mtime)."""
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(vocalprobe_index)")}
-        if "file_mtime_ns" not in columns:  # an archive noted before mtimes were
-            self.db.execute("ALTER TABLE vocalprobe_index ADD COLUMN file_mtime_ns INTEGER")
-        stat = tmp.stat()
-        self.db.execute("BEGIN")
-        self.db.execute("INSERT INTO vocalprobe_index (n_vectors, keys_sha256, file_sha256, file_size, file_mtime_ns) "
-                        "VALUES (?, ?, ?, ?, ?)", (len(keys), vectors.keys_sha256(keys), file_sha256(tmp),
-                                                   stat.st_size, stat.st_mtime_ns))
-        self.db.execute("DELETE FROM vocalprobe_index WHERE save < (SELECT MAX(save) FROM vocalprobe_index) - 1")
-        self.db.execute("COMMIT")
-
-    def _saved_note(self, *, hash_always: bool = False) -> IndexNote | None:
-        """The note of the save the index file is, or None: no file, or one this archive did not save. The file is
-        hashed unless its size and mtime are a save's (``hash_always``: hashed all the same, as ``embed`` does)."""
-        path = self.folder / INDEX_NAME
-        if not path.is_file():
-            return None
-        stat = path.stat()
-        notes = [n for n in self.index_notes() if n.file_size == stat.st_size]
-        if not notes:
-            return None
-        same = next((n for n in notes if n.file_mtime_ns == stat.st_mtime_ns), None)
-        if same is not None and not hash_always:
-            return same
-        sha = file_sha256(path)
-        return next((n for n in notes if n.file_sha256 == sha), None)
-
-    def window_ids(self) -> np.ndarray:
-        return np.array([r[0] for r in self.db.execute("SELECT id FROM windows ORDER BY id")], dtype=np.int64)
-
-    def check_index(self) -> None:
-        """Refuse (``ArchiveIndexError``) an archive whose windows and index disagree, saying what repairs it."""
-        ids = self.window_ids()
-        again = (f"run `vocalprobe embed` with the same inputs and --db {self.folder} again: it embeds again exactly "
-                 "the recordings whose vectors are missing")
-        path = self.folder / INDEX_NAME
-        if not self.index_notes():
-            if ids.size:
-                raise ArchiveIndexError(f"{self.folder}: {ids.size} window(s) have no checked vectors (the `embed` "
-                                        f"run stopped before it first saved {INDEX_NAME}, or wrote it before index "
-                                        f"checksums); {again}")
-            return
-        if not path.is_file():
-            raise ArchiveIndexError(f"{path} is missing: the archive's {ids.size} window(s) have no vectors; {again}")
-        note = self._saved_note()
-        if note is None:
-            raise ArchiveIndexError(f"{path} is not the index this archive saved (damaged, or copied from another "
-                                    f"archive); run `vocalprobe embed` with the same inputs and --db {self.folder} "
-                                    "again: it drops that index and embeds every recording again")
-        if vectors.keys_sha256(ids) != note.keys_sha256:
-            stored = vectors.index_keys(vectors.view_index(path, self.metadata()[USEARCH_CONFIG_KEY]))
-            missing, extra = np.setdiff1d(ids, stored).size, np.setdiff1d(stored, ids).size
-            raise ArchiveIndexError(f"{self.folder}: {missing} window(s) have no vectors and {extra} vector(s) no "
-                                    f"window (an `embed` run stopped after its last index save); {again}")
-
     def _open_trusted_index(self, config: dict[str, Any]) -> None:
         """The index file when this archive saved it; else (none, damaged, foreign) a new empty one, so that every
         recording is embedded again."""
         path = self.folder / INDEX_NAME
-        if self._saved_note(hash_always=True) is not None:
+        if index_notes.saved_note(self.db, path, hash_always=True) is not None:
             self.index = vectors.load_index(path, config)
             return
         if path.exists():
@@ -342,7 +254,7 @@ class ArchiveDB:
         """Make SQLite and the index agree after a killed run: recordings with windows the index lacks are deleted
         (embedded again), vectors of windows SQLite does not hold are dropped."""
         stored = vectors.index_keys(self.index)
-        ids = np.array([r[0] for r in self.db.execute("SELECT id FROM windows")], dtype=np.int64)
+        ids = index_notes.window_ids(self.db)
         missing = np.setdiff1d(ids, stored)
         if missing.size:
             placeholders = ",".join("?" * min(len(missing), 900))
@@ -528,7 +440,7 @@ class ArchiveDB:
 
     def save_index(self) -> None:
         keys = vectors.index_keys(self.index)
-        vectors.save_index(self.index, self.folder / INDEX_NAME, lambda tmp: self._note_index(keys, tmp))
+        vectors.save_index(self.index, self.folder / INDEX_NAME, lambda tmp: index_notes.note_index(self.db, keys, tmp))
         self._dirty = False
         self._saved_at = time.monotonic()
 

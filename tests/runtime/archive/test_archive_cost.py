@@ -118,15 +118,16 @@ def test_a_reader_hashes_the_index_only_when_it_is_not_as_saved(tmp_path, monkey
     mtimes were; ``embed``'s open always hashes, so damage that keeps size and mtime is dropped there."""
     import sqlite3
 
-    from vocalprobe.runtime.archive import store
-    from vocalprobe.runtime.archive.store import INDEX_NAME, SQLITE_NAME, ArchiveIndexError
+    from vocalprobe.runtime.archive import index_notes
+    from vocalprobe.runtime.archive.errors import ArchiveIndexError
+    from vocalprobe.runtime.archive.store import INDEX_NAME, SQLITE_NAME
 
     db = tmp_path / "db"
     build_archive(db, 2, 300)
     path = db / INDEX_NAME
     hashed = []
-    real = store.file_sha256
-    monkeypatch.setattr(store, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    real = index_notes.file_sha256
+    monkeypatch.setattr(index_notes, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
     ArchiveDB.open_reader(db).close()
     assert hashed == []
     saved = path.stat()
