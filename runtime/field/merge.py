@@ -175,9 +175,7 @@ def merge_outputs(out_dir: str | Path, shard_dirs: Sequence[str | Path]) -> Merg
                 atomic_write_bytes(out_dir / JSONL_NAME, text)
                 jsonl_end = len(text)
             state.merge(records, jsonl_committed=jsonl_end)
-            problems = state.problems()  # failed files and those read only in part
-            if problems:
-                outputs.write_errors(problems)
+            outputs.write_errors(state.problems())  # failed files and those read only in part
             outputs.combine(state.done_tables)
     finally:
         for lock in locks:

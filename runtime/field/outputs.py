@@ -169,8 +169,12 @@ class Outputs:
                 (self.out_dir / rel).unlink(missing_ok=True)
 
     def write_errors(self, failed: Sequence[tuple[str, str]]) -> Path:
+        """``errors.csv`` listing ``failed`` (name, problem); none at all when nothing failed (a stale one goes)."""
         path = self.out_dir / ERRORS_NAME
-        write_errors(failed, path)
+        if failed:
+            write_errors(failed, path)
+        else:
+            path.unlink(missing_ok=True)
         return path
 
     def combine(self, tables: Callable[[str], Sequence[tuple[str, float | None]]]) -> list[Path]:

@@ -190,9 +190,7 @@ def rethreshold(run_dir: str | Path, out_dir: str | Path, change: Rethreshold = 
                 n_windows += windows
                 new.append(replace(record, detections=found, outputs=tuple(written), options=None))
             out_state.merge(new, jsonl_committed=jsonl_end)
-            problems = out_state.problems()  # failed files and those read only in part
-            if problems:
-                outputs.write_errors(problems)
+            outputs.write_errors(out_state.problems())  # failed files and those read only in part
             outputs.combine(out_state.done_tables)
     finally:
         lock.release()

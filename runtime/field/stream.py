@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 import numpy as np
 
 from vocalprobe.runtime.core.audio import truncation
-from vocalprobe.runtime.core.detections.layout import ERRORS_NAME, JSONL_NAME
+from vocalprobe.runtime.core.detections.layout import JSONL_NAME
 from vocalprobe.runtime.core.detections.tables import OutputNameError
 from vocalprobe.runtime.core.digests import file_sha256
 from vocalprobe.runtime.core.errors import AudioError, VocalprobeError
@@ -457,10 +457,7 @@ def run_sources(sources: Iterable[Source], model: Model, config: DetectConfig, o
         summary.failed_all = state.failures() if state is not None else list(summary.failed)
         summary.partial_all = state.partly_read() if state is not None else list(summary.partial)
         summary.done_all = state.count(DONE) if state is not None else len(summary.done)
-        if summary.failed_all or summary.partial_all:
-            outputs.write_errors(state.problems() if state is not None else sorted(summary.failed + summary.partial))
-        elif (outputs.out_dir / ERRORS_NAME).exists():
-            (outputs.out_dir / ERRORS_NAME).unlink()
+        outputs.write_errors(state.problems() if state is not None else sorted(summary.failed + summary.partial))
         outputs.combine(state.done_tables if state is not None else outputs.this_run_tables(summary.done))
     finally:
         recordings.close()  # stops the engine's workers
