@@ -365,11 +365,8 @@ def _weights(backbone: str, untrained: set[str]) -> str:
             else "a trained encoder (speech weights, synthetic calls): its numbers are a trained model's")
 
 
-def _intro(study_dir: Path) -> str:
+def _intro(choices) -> str:
     """What the study's backbones are, from the study's own record of each (the checkpoint config's marker)."""
-    from vocalprobe.training.study.results import load_summary
-
-    choices = load_summary(study_dir).choices
     untrained = [c.backbone for c in choices if c.kind == "untrained"]
     trained = [c.backbone for c in choices if c.kind != "untrained"]
     parts = []
@@ -388,8 +385,9 @@ def render_report(study_dir: Path, checks: list[GraphCheck], field: FieldScore |
     from vocalprobe.training.study.results import load_summary
 
     rel = lambda p: Path(p).resolve().relative_to(root.resolve()).as_posix()  # noqa: E731
-    untrained = {c.backbone for c in load_summary(study_dir).choices if c.kind == "untrained"}
-    lines = ["# vocalprobe demo", "", _intro(study_dir), "",
+    choices = load_summary(study_dir).choices
+    untrained = {c.backbone for c in choices if c.kind == "untrained"}
+    lines = ["# vocalprobe demo", "", _intro(choices), "",
              f"- study: [{rel(study_dir / 'report.md')}]({rel(study_dir / 'report.md')})", "",
              "## Exported graphs, validated with onnxruntime on the Test split", "",
              "UAR in %, Δ in points; the last column counts the Test clips whose class differs from the fp32 "
