@@ -51,12 +51,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--group-size", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the batched trainer (default 1)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="groups the batched trainer trains at once, a thread each (default: the CPU cores)")
     args = parser.parse_args()
     device = torch.device(args.device)
     group = args.group_size or GROUP_SIZE.get(device.type, GROUP_SIZE["cuda"])
-    print(f"device {device}, torch {torch.__version__}, {os.cpu_count()} cores, batched groups of {group} on "
-          f"{args.threads} thread(s), one at a time on 1; "
+    workers = args.workers or torch.get_num_threads()
+    print(f"device {device}, torch {torch.__version__}, {os.cpu_count()} cores, batched groups of at most {group} on "
+          f"{workers} worker thread(s), one at a time on 1 thread; "
           f"load average {os.getloadavg()[0]:.2f} at start (the machine may be shared: wall times swing with it, "
           "the ratio of interleaved runs less)")
     if args.case in ("done", "both"):
@@ -95,7 +97,7 @@ def run_study(args, group: int) -> None:
     got: list = []
     t_batched = _clock(lambda: got.extend(fit_probes(x, y, train=train, val=val, jobs=jobs, config=cfg,
                                                      n_classes=N_CLASSES, group_size=group,
-                                                     threads=args.threads)))
+                                                     workers=args.workers)))
     t_single += _clock(lambda: ref.extend(single(jobs[half:])))
 
     def table(fitted):
@@ -137,7 +139,7 @@ def run_case(title: str, n_train: int, n_layers: int, n_seeds: int, epochs: int,
     batched, single, n_single = np.zeros(2), np.zeros(2), 0
     for r in range(args.repeats):
         batched += _clock(lambda: fit_probes(x, y, train=train, val=val, jobs=jobs, config=cfg, n_classes=N_CLASSES,
-                                             group_size=group, threads=args.threads))
+                                             group_size=group, workers=args.workers))
         some = jobs[r::args.repeats]  # each repeat a different slice; together every probe once
         single += _clock(lambda: [ProbeClassifier(replace(cfg, seed=j.seed)).fit(
             x[train, j.layer], y[train], x[val, j.layer], y[val], n_classes=N_CLASSES) for j in some])

@@ -13,13 +13,22 @@ A probe that stops leaves the group and no longer changes.
 ``fit_probes`` returns one fitted ``ProbeClassifier`` per probe, so scoring and saving go through the single-probe
 API. ``ProbeClassifier`` stays the reference; tests/training/test_probe_batched.py checks both agree.
 
-Memory: the probes run in groups of ``group_size``; a group holds z-scored float32 copies of its layers' Train and
-Val rows (made once, on the device it trains on), its parameters, their gradients and Adam state.
+On a CPU the groups train concurrently, one per worker thread (every kernel single-threaded, so no thread waits on
+another within a step). A probe's result does not depend on its group: each stacked tensor gives every probe a slot
+padded to whole vectors of the fused Adam kernel (its scalar tail rounds differently), Val is scored in fixed-size
+chunks and the Train loss is summed exactly. So the workers, the group size and a study resumed with a few probes
+missing give the probes of an uninterrupted run, bit for bit (CPU; tested).
+
+Memory: the probes run in groups of at most ``group_size``; a group holds z-scored float32 copies of its layers' Train
+and Val rows (made once, on the device it trains on), its parameters, their gradients and Adam state; ``workers``
+groups are held at a time.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -43,6 +52,12 @@ from vocalprobe.training.probe import (
 #: Train and Val rows a group holds (1.6 GB at IMV size).
 GROUP_SIZE = {"cpu": 12, "cuda": 64}
 
+#: Floats per probe slot of a stacked tensor: a multiple of this is whole fused-Adam vectors on any CPU (AVX-512: 16)
+_ALIGN = 64
+#: Val clips per probe and forward pass: a constant, so that a probe's Val logits do not depend on its group's size
+_VAL_ROWS = 256
+_INIT_LOCK = threading.Lock()  # a probe's seeded initialisation draws from torch's global generator
+
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward  # LayerNorm's own backward kernel, as autograd's
 _BETAS, _EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which ProbeClassifier uses
 
@@ -57,15 +72,18 @@ class ProbeJob:
 
 def fit_probes(features: np.ndarray, labels: np.ndarray, *, train: np.ndarray, val: np.ndarray,
                jobs: Sequence[ProbeJob], config: ProbeConfig | None = None, n_classes: int | None = None,
-               group_size: int | None = None, threads: int = 1,
-               on_epoch: Callable[[int, EpochLog], None] | None = None) -> list[ProbeClassifier]:
+               group_size: int | None = None, workers: int | None = None,
+               on_epoch: Callable[[int, EpochLog], None] | None = None,
+               on_fitted: Callable[[int, ProbeClassifier], None] | None = None) -> list[ProbeClassifier]:
     """Train one probe per job on ``features`` (n_clips, n_layers, n_features) with the paper's protocol.
 
     ``train`` and ``val`` are row indices into ``features`` and ``labels``; the job's seed replaces
     ``config.seed``. Returns fitted ``ProbeClassifier`` s in job order, each as ``ProbeClassifier(config with the
-    job's seed).fit(features[train, layer], ...)`` would be. ``on_epoch(job_index, log)`` follows every epoch.
-    ``threads``: torch CPU threads while training (restored after); one, as ProbeClassifier, because a second thread
-    pays only on an otherwise idle machine (docs/probes.md).
+    job's seed).fit(features[train, layer], ...)`` would be. ``on_epoch(job_index, log)`` follows every epoch (one
+    call at a time, from the worker threads); ``on_fitted(job_index, probe)`` is called in the caller's thread as soon
+    as the probe's group has finished, so a caller can save probes while others still train.
+    ``workers``: groups trained at once on a CPU, one thread each (default: torch's CPU thread count, i.e. the cores or
+    what ``torch.set_num_threads`` chose; a GPU trains one group at a time). The results do not depend on it.
     """
     cfg = config or ProbeConfig()
     features = np.asarray(features)
@@ -87,13 +105,44 @@ def fit_probes(features: np.ndarray, labels: np.ndarray, *, train: np.ndarray, v
         raise ProbeInputError(f"features have {features.shape[1]} layers; no layer index {bad[0].layer}")
     device = torch.device(cfg.device)
     size = group_size or GROUP_SIZE.get(device.type, GROUP_SIZE["cuda"])
-    fitted: list[ProbeClassifier] = []
-    with _cpu_threads(device, threads):
-        for start in range(0, len(jobs), size):
-            group = list(jobs[start:start + size])
-            report = None if on_epoch is None else (lambda i, log, s=start: on_epoch(s + i, log))
-            fitted += _Group(features, y, train, val, group, cfg, n_classes, device).fit(report)
-    return fitted
+    workers = 1 if device.type != "cpu" else max(1, workers or torch.get_num_threads())
+    groups = _partition(len(jobs), size, workers)
+    fitted: list[ProbeClassifier | None] = [None] * len(jobs)
+    stop = threading.Event()  # set when the caller stops (an error, Ctrl-C): the other groups end within a step
+    report_lock = threading.Lock()
+
+    def train_group(rows: range) -> list[ProbeClassifier]:
+        def report(i: int, log: EpochLog) -> None:
+            with report_lock:
+                on_epoch(rows[i], log)
+
+        group = _Group(features, y, train, val, [jobs[i] for i in rows], cfg, n_classes, device, stop)
+        return group.fit(None if on_epoch is None else report)
+
+    with _cpu_threads(device), ThreadPoolExecutor(min(workers, len(groups)) or 1) as pool:
+        pending = {pool.submit(train_group, rows): rows for rows in groups}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    rows = pending.pop(future)
+                    for i, clf in zip(rows, future.result()):
+                        fitted[i] = clf
+                        if on_fitted is not None:
+                            on_fitted(i, clf)
+        finally:
+            stop.set()
+            for future in pending:
+                future.cancel()
+    return fitted  # type: ignore[return-value]  # every slot is filled once the loop ends without an error
+
+
+def _partition(n_jobs: int, size: int, workers: int) -> list[range]:
+    """Consecutive job ranges: at most ``size`` jobs each, at least one per worker, sizes within one of each other
+    (jobs come layer by layer, so a group holds few layers' rows)."""
+    n_groups = min(n_jobs, max(math.ceil(n_jobs / size), workers))
+    bounds = [round(i * n_jobs / n_groups) for i in range(n_groups + 1)] if n_jobs else [0]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 class _Group:
@@ -105,8 +154,10 @@ class _Group:
     """
 
     def __init__(self, features: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray,
-                 jobs: list[ProbeJob], cfg: ProbeConfig, n_classes: int, device: torch.device):
+                 jobs: list[ProbeJob], cfg: ProbeConfig, n_classes: int, device: torch.device,
+                 stop: threading.Event | None = None):
         self.cfg, self.jobs, self.device, self.n_classes = cfg, jobs, device, n_classes
+        self.stop = stop or threading.Event()
         layers = sorted({j.layer for j in jobs})
         self.n_train, self.n_val = train.size, val.size
         # z-scored Train and Val rows of the group's layers, once: z-scoring per step would repeat the same work
@@ -134,7 +185,7 @@ class _Group:
         # the probes: each MLPProbe built under its seed, as ProbeClassifier builds it
         self.models = []
         for job in jobs:
-            with torch.random.fork_rng(devices=[]):
+            with _INIT_LOCK, torch.random.fork_rng(devices=[]):
                 torch.manual_seed(job.seed)
                 model = MLPProbe(features.shape[2], n_classes, cfg.hidden_sizes)
             model.set_normalization(*stats[job.layer])
@@ -144,7 +195,9 @@ class _Group:
         if kinds != [k for e in self.eps for k in (("linear",), ("norm", e), ("relu",))] + [("linear",)]:
             raise ValueError(f"the batched trainer knows [Linear, LayerNorm, ReLU] blocks and a Linear, got {kinds}")
         # per block: Linear weight (P, out, in) and bias (P, out), LayerNorm weight and bias (P, width); then the head
-        self.params = [torch.stack(ts).to(device) for ts in zip(*[_parameters(m) for m in self.models])]
+        self.shapes = [tuple(t.shape) for t in _parameters(self.models[0])]
+        self.store = [_aligned(torch.stack(ts)).to(device) for ts in zip(*[_parameters(m) for m in self.models])]
+        self.params = _views(self.store, self.shapes)
 
     # -- the stacked forward and backward ---------------------------------------------------------------------------
 
@@ -185,11 +238,10 @@ class _Group:
 
     @torch.no_grad()
     def _val_logits(self, slot: torch.Tensor) -> torch.Tensor:
-        """Val logits (P_active, n_val, n_classes) of the probes still training, in eval-sized chunks of clips."""
-        rows_per_chunk = max(1, self.cfg.eval_batch_size // slot.shape[0])
+        """Val logits (P_active, n_val, n_classes) of the probes still training, ``_VAL_ROWS`` clips at a time."""
         out = []
-        for i in range(0, self.n_val, rows_per_chunk):
-            out.append(self.forward(self.params, self.z_val[:, i:i + rows_per_chunk].index_select(0, slot)))
+        for i in range(0, self.n_val, _VAL_ROWS):
+            out.append(self.forward(self.params, self.z_val[:, i:i + _VAL_ROWS].index_select(0, slot)))
         return torch.cat(out, dim=1)
 
     # -- training ---------------------------------------------------------------------------------------------------
@@ -197,10 +249,11 @@ class _Group:
     @torch.no_grad()
     def fit(self, on_epoch: Callable[[int, EpochLog], None] | None) -> list[ProbeClassifier]:
         cfg, n_probes, device, n_train = self.cfg, len(self.jobs), self.device, self.n_train
-        adam = _Adam(self.params, cfg, n_probes)
+        adam = _Adam(self.store, cfg, n_probes)
+        grads = _views(adam.grads, self.shapes)
         shuffles = [torch.Generator().manual_seed(job.seed) for job in self.jobs]  # batch order, on CPU
         plateaus = [_Plateau(cfg) for _ in self.jobs]
-        best = [torch.empty_like(p) for p in self.params]  # best-Val-UAR weights, per probe
+        best = [torch.empty_like(p) for p in self.store]  # best-Val-UAR weights, per probe
         history: list[list[EpochLog]] = [[] for _ in self.jobs]
         best_uar = [-math.inf] * n_probes
         best_epoch = [0] * n_probes
@@ -209,15 +262,17 @@ class _Group:
         active = list(range(n_probes))  # probe positions still training; self.params rows follow this order
         slot = self.slot
         starts = range(0, n_train, cfg.batch_size)
-        sizes = torch.tensor([min(cfg.batch_size, n_train - s) for s in starts], dtype=torch.float64, device=device)
 
         for epoch in range(1, cfg.max_epochs + 1):
             # each probe's batch order from its own generator, drawn as ProbeClassifier draws it
             order = torch.stack([torch.randperm(n_train, generator=shuffles[p]) for p in active]).to(device)
             rows = order + slot[:, None] * n_train  # (P_active, n_train) rows of z_train
             labels = self.y_train[order]  # (P_active, n_train)
-            losses = torch.empty(len(starts), len(active), device=device)  # each step's batch-mean loss per probe
+            # each clip's loss, per step and probe (zeros after a short last batch)
+            clip_losses = torch.zeros(len(starts), len(active), cfg.batch_size, device=device)
             for step, start in enumerate(starts):
+                if self.stop.is_set():
+                    raise _Stopped()
                 batch = rows[:, start:start + cfg.batch_size]  # (P_active, b)
                 b = batch.shape[1]
                 z = self.z_train.index_select(0, batch.reshape(-1)).view(len(active), b, -1)
@@ -226,21 +281,23 @@ class _Group:
                 target = labels[:, start:start + cfg.batch_size]
                 log_p = torch.log_softmax(logits, 2)
                 picked = log_p.gather(2, target[:, :, None])  # (P_active, b, 1)
-                torch.mean(picked[:, :, 0], 1, out=losses[step]).neg_()
+                torch.neg(picked[:, :, 0], out=clip_losses[step, :, :b])
                 # dloss/dlogits of each probe's batch-mean cross-entropy: (softmax - one-hot) / b
                 d = log_p.exp_().scatter_add_(2, target[:, :, None], picked.new_full(picked.shape, -1.0)).div_(b)
-                self.backward(self.params, adam.grads, keep, d)
+                self.backward(self.params, grads, keep, d)
                 adam.step()
 
             val_logits = self._val_logits(slot)  # (P_active, n_val, n_classes)
             val_loss = nn.functional.cross_entropy(val_logits.transpose(1, 2), self.y_val.expand(len(active), -1),
                                                    reduction="none").mean(1).cpu()
             pred = val_logits.argmax(2).cpu().numpy()
-            train_loss = ((losses.double() * sizes[:, None]).sum(0) / n_train).cpu()
+            # each probe's mean loss over its Train clips, summed exactly: the same float whatever the group's size
+            per_clip = clip_losses.transpose(0, 1).reshape(len(active), -1).double().cpu().numpy()
+            train_loss = [math.fsum(per_clip[row]) / n_train for row in range(len(active))]
             improved, keep_rows = [], []
             for row, p in enumerate(active):
                 val_uar = uar(self.y_val_np, pred[row])
-                log = EpochLog(epoch, float(train_loss[row]), float(val_loss[row]), val_uar, adam.lr[row])
+                log = EpochLog(epoch, train_loss[row], float(val_loss[row]), val_uar, adam.lr[row])
                 history[p].append(log)
                 if on_epoch is not None:
                     on_epoch(p, log)
@@ -255,18 +312,20 @@ class _Group:
                     keep_rows.append(row)
             if improved:
                 index = torch.tensor(improved, device=device)
-                for saved, p in zip(best, self.params):
+                for saved, p in zip(best, self.store):
                     saved[index] = p[index]
             for row, p in enumerate(active):
                 if stopped[p] or epoch == cfg.max_epochs:
-                    self._load(p, [saved[row] for saved in best])
+                    self._load(p, _views([saved[row:row + 1] for saved in best], self.shapes))
             if len(keep_rows) < len(active):  # stopped probes leave the group: they no longer change or cost a step
                 if not keep_rows:
                     break
                 index = torch.tensor(keep_rows, device=device)
-                self.params = [p[index] for p in self.params]
+                self.store = [p[index] for p in self.store]
+                self.params = _views(self.store, self.shapes)
                 best = [saved[index] for saved in best]
-                adam.keep(index, self.params)
+                adam.keep(index, self.store)
+                grads = _views(adam.grads, self.shapes)
                 slot = slot[index]
                 active = [active[row] for row in keep_rows]
             adam.regroup()
@@ -285,8 +344,8 @@ class _Group:
         return out
 
     def _load(self, position: int, tensors: list[torch.Tensor]) -> None:
-        """Write one probe's stacked-layout tensors back into its MLPProbe."""
-        it = iter(tensors)
+        """Write one probe's tensors, (1, *shape) views of the stacked layout, back into its MLPProbe."""
+        it = (t[0] for t in tensors)
         with torch.no_grad():
             for module in [*self.models[position].blocks, self.models[position].head]:
                 if isinstance(module, nn.Linear):
@@ -295,6 +354,22 @@ class _Group:
                 elif isinstance(module, nn.LayerNorm):
                     module.weight.copy_(next(it))
                     module.bias.copy_(next(it))
+
+
+class _Stopped(Exception):
+    """The caller of ``fit_probes`` stopped (another group failed, or Ctrl-C): this group ends at its next step."""
+
+
+def _aligned(stacked: torch.Tensor) -> torch.Tensor:
+    """(P, *shape) -> storage (P, n): each probe's values, then zeros up to ``n``, a multiple of ``_ALIGN``."""
+    flat = stacked.reshape(stacked.shape[0], -1)
+    pad = -flat.shape[1] % _ALIGN
+    return torch.nn.functional.pad(flat, (0, pad)) if pad else flat
+
+
+def _views(stores: list[torch.Tensor], shapes: list[tuple]) -> list[torch.Tensor]:
+    """The (P, *shape) tensors that live in aligned storages (views: writing them writes the storage)."""
+    return [s[:, :math.prod(shape)].view(s.shape[0], *shape) for s, shape in zip(stores, shapes)]
 
 
 def _kind(module: nn.Module) -> tuple:
@@ -326,6 +401,7 @@ class _Adam:
     that rate's probes. Every probe of a group has taken the same steps, so one step count serves them all."""
 
     def __init__(self, params: list[torch.Tensor], cfg: ProbeConfig, n_probes: int):
+        """``params``: the aligned storages (P, n); gradients are allocated the same way, zero in the padding."""
         self.lr = [cfg.learning_rate] * n_probes
         self.weight_decay = cfg.weight_decay
         self.m = [torch.zeros_like(p) for p in params]
@@ -340,7 +416,7 @@ class _Adam:
             self.m = [m[rows] for m in self.m]
             self.v = [v[rows] for v in self.v]
             self.lr = [self.lr[r] for r in rows.tolist()]
-        self.grads = [torch.empty_like(p) for p in params]
+        self.grads = [torch.zeros_like(p) for p in params]
         self.regroup()
 
     def regroup(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -96,3 +97,44 @@ def test_bad_input_is_refused(data):
     bad[5, 1, 0] = np.nan
     with pytest.raises(ProbeInputError, match="NaN"):
         fit_probes(bad, y, train=train, val=val, jobs=[ProbeJob(1, 0)])
+
+
+def _state(clf) -> list[bytes]:
+    return [t.numpy().tobytes() for t in clf.model_.state_dict().values()]
+
+
+def test_a_probe_does_not_depend_on_its_group_or_the_workers(data):
+    """Group sizes, worker threads and a probe trained alone (a resumed study) give the same bytes: on a CPU a study
+    is reproducible from its seeds however its probes were grouped."""
+    x, y, train, val, _ = data
+    ref = fit_probes(x, y, train=train, val=val, jobs=JOBS, config=CONFIG, n_classes=N_CLASSES,
+                     group_size=len(JOBS), workers=1)
+    runs = {(size, workers): fit_probes(x, y, train=train, val=val, jobs=JOBS, config=CONFIG, n_classes=N_CLASSES,
+                                        group_size=size, workers=workers) for size, workers in ((1, 1), (4, 2), (2, 3))}
+    runs["alone"] = [fit_probes(x, y, train=train, val=val, jobs=[job], config=CONFIG, n_classes=N_CLASSES)[0]
+                     for job in JOBS]
+    for how, got in runs.items():
+        for job, a, b in zip(JOBS, ref, got):
+            assert _state(a) == _state(b), (how, job)
+            assert a.history_ == b.history_ and a.best_epoch_ == b.best_epoch_, (how, job)
+
+
+def test_finished_probes_reach_the_caller_thread_as_their_group_ends(data):
+    x, y, train, val, _ = data
+    seen = []
+    got = fit_probes(x, y, train=train, val=val, jobs=JOBS, config=CONFIG, n_classes=N_CLASSES, group_size=2,
+                     workers=2, on_fitted=lambda i, clf: seen.append((i, clf, threading.get_ident())))
+    assert sorted(i for i, _, _ in seen) == list(range(len(JOBS)))
+    assert all(clf is got[i] and thread == threading.get_ident() for i, clf, thread in seen)
+
+
+def test_a_failing_group_stops_the_others_and_reports_its_error(data):
+    x, y, train, val, _ = data
+    bad = x.copy()
+    bad[5, 2, 0] = np.inf  # layer 2: the last group's
+    epochs = []
+    with pytest.raises(ProbeInputError, match="layer index 2"):
+        fit_probes(bad, y, train=train, val=val, jobs=JOBS, config=replace(CONFIG, max_epochs=200,
+                                                                          early_stopping_patience=200),
+                   n_classes=N_CLASSES, group_size=2, workers=3, on_epoch=lambda i, log: epochs.append(i))
+    assert len(epochs) < 2 * 200  # the two good groups stopped long before their 200 epochs

@@ -307,27 +307,27 @@ class BackboneRun:
         score and save each; a probe's files are written as soon as its group has finished."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from vocalprobe.training.probe_batched import GROUP_SIZE, ProbeJob, fit_probes
+        from vocalprobe.training.probe_batched import ProbeJob, fit_probes
 
         if not todo:
             return
         table = self.table
         labels = np.asarray(table.labels, dtype=np.int64)
         train, val = table.index("train"), table.index("val")
-        group = GROUP_SIZE.get(torch_device_type(self.probe.device), GROUP_SIZE["cuda"])
+        layer_of = [table.layers.index(layer) for layer, _ in todo]
+        jobs = [ProbeJob(index, seed) for index, (_, seed) in zip(layer_of, todo)]
         what = f"probes {self.dataset.name} / {self.label}"
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, disable=not self.progress, transient=False) as bar:
             task = bar.add_task(what, total=len(todo))
-            for start in range(0, len(todo), group):
-                chunk = list(todo[start:start + group])
-                bar.update(task, description=f"{what}: {len(chunk)} probes at once")
-                jobs = [ProbeJob(table.layers.index(layer), seed) for layer, seed in chunk]
-                fitted = fit_probes(features, labels, train=train, val=val, jobs=jobs, config=self.probe,
-                                    n_classes=len(self.manifest.labels), group_size=group)
-                for (layer, seed), clf in zip(chunk, fitted):
-                    self._save_one(features[:, table.layers.index(layer), :], layer, seed, clf)  # (n_clips, 2D)
-                    bar.advance(task)
+
+            def save(i: int, clf) -> None:  # as soon as its group has finished: a stopped study keeps it
+                layer, seed = todo[i]
+                self._save_one(features[:, layer_of[i], :], layer, seed, clf)  # (n_clips, 2D)
+                bar.advance(task)
+
+            fit_probes(features, labels, train=train, val=val, jobs=jobs, config=self.probe,
+                       n_classes=len(self.manifest.labels), on_fitted=save)
 
     def _save_one(self, x: np.ndarray, layer: int, seed: int, clf) -> None:
         """Score a trained probe on Val and Test and save it, its Test posteriors and its result."""
@@ -377,11 +377,6 @@ class BackboneRun:
 
     def failed(self) -> list[dict[str, str]]:
         return [{"backbone": self.label, **f} for f in self.table.failed]
-
-
-def torch_device_type(device: str) -> str:
-    """``"cuda"`` for ``"cuda:1"``: the key of ``probe_batched.GROUP_SIZE``."""
-    return device.split(":")[0]
 
 
 def _argmax_lowest(values: Sequence[float]) -> int:
