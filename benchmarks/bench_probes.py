@@ -9,7 +9,9 @@ Two cases, random features (the time of a step does not depend on the values), 1
   Train batches (and the same share of Val) is timed and scaled.
 
 Both trainers run in one process, interleaved (batched run, then a slice of the one-at-a-time probes, repeated), so a
-shared machine's load falls on both alike; wall time and this process's CPU time are printed. Rates are per probe and
+shared machine's load falls on both alike; wall time and this process's CPU time are printed. One at a time runs on
+one thread (as the study did before batching); the batched trainer on ``--workers`` threads, a group each
+(default: torch's thread count, the cores). Rates are per probe and
 per batch-16 step, Val included; a probe's full protocol is 30 epochs (early stopping only shortens both trainers
 alike). The paper config's probe phase is projected from each case's rate: 7 backbones x 13 layers x 3 seeds per
 dataset, Train sizes 70 % of IMV 72,920, Watkins 1,697 and Abzaliev 8,034 clips: 819 probes.

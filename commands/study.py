@@ -30,8 +30,9 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Folder that holds
 NameOpt = Annotated[Optional[str], typer.Option("--name", help="Study folder name under --out (default: the "
                                                 "config's name; 'default' for the demo, else 'study').")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    "--threads", min=1, help="CPU threads for torch (default: torch's own choice; the demo uses 1). On a shared "
-    "machine more threads than free cores can make small models tens of times slower.")]
+    "--threads", min=1, help="CPU threads for torch, and how many groups of probes train at once (default: torch's "
+    "own choice, the cores; the demo uses 1). On a shared machine more threads than free cores can make the backbones "
+    "tens of times slower; the probe groups only share the cores.")]
 DtypeOpt = Annotated[Optional[str], typer.Option(
     "--dtype", help="Backbone precision: float32 (default), or bfloat16 / float16 on a GPU; the difference to "
     "float32 on the first clips is printed and saved as precision.json beside the probes.")]
