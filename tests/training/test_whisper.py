@@ -33,17 +33,16 @@ def write_ct2(path: Path, variables: dict[str, np.ndarray], *, spec: str = "Whis
     def string(text: str) -> bytes:
         return struct.pack("<H", len(text) + 1) + text.encode() + b"\0"
 
-    out = struct.pack("<I", version) + string(spec) + struct.pack("<I", revision)
-    out += struct.pack("<I", len(variables))
-    for name, value in variables.items():
+    parts = [struct.pack("<I", version), string(spec), struct.pack("<I", revision), struct.pack("<I", len(variables))]
+    for name, value in variables.items():  # parts joined once: += on bytes copied the growing file every tensor
         value = np.asarray(value)
-        out += string(name) + struct.pack("<B", value.ndim) + b"".join(struct.pack("<I", d) for d in value.shape)
-        out += struct.pack("<B", _TYPE_IDS[value.dtype.name]) + struct.pack("<I", value.nbytes) + value.tobytes()
-    out += struct.pack("<I", len(aliases or {}))
+        parts += [string(name), struct.pack("<B", value.ndim), *(struct.pack("<I", d) for d in value.shape),
+                  struct.pack("<B", _TYPE_IDS[value.dtype.name]), struct.pack("<I", value.nbytes), value.tobytes()]
+    parts.append(struct.pack("<I", len(aliases or {})))
     for alias, target in (aliases or {}).items():
-        out += string(alias) + string(target)
+        parts += [string(alias), string(target)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(out)
+    path.write_bytes(b"".join(parts))
     return path
 
 
