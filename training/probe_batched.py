@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -134,7 +134,7 @@ def fit_probes(features: np.ndarray, labels: np.ndarray, *, train: np.ndarray, v
             pending = {pool.submit(train_group, rows): rows for rows in groups}
             try:
                 while pending:
-                    done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
                         finished(pending.pop(future), future.result())
             finally:

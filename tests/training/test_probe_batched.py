@@ -138,3 +138,19 @@ def test_a_failing_group_stops_the_others_and_reports_its_error(data):
                                                                           early_stopping_patience=200),
                    n_classes=N_CLASSES, group_size=2, workers=3, on_epoch=lambda i, log: epochs.append(i))
     assert len(epochs) < 2 * 200  # the two good groups stopped long before their 200 epochs
+
+
+def test_ctrl_c_while_saving_stops_the_groups_still_training(data):
+    """Ctrl-C reaches the caller's thread (a study saving a finished probe): the other groups end within a step
+    instead of finishing their epochs, and the interrupt propagates."""
+    x, y, train, val, _ = data
+    epochs = []
+
+    def interrupt(i, clf):
+        raise KeyboardInterrupt
+
+    long = replace(CONFIG, max_epochs=60, early_stopping_patience=60, lr_patience=60)
+    with pytest.raises(KeyboardInterrupt):
+        fit_probes(x, y, train=train, val=val, jobs=JOBS, config=long, n_classes=N_CLASSES, group_size=1,
+                   workers=2, on_epoch=lambda i, log: epochs.append(i), on_fitted=interrupt)
+    assert 60 <= len(epochs) < 2 * 60  # one probe finished; the one beside it stopped early; none started after
