@@ -144,9 +144,10 @@ def export_graphs(study_dir: Path, models_dir: Path, log: Callable[[str], None]
                 continue
             path = models_dir / f"{safe_name(choice.backbone)}.{mode}.onnx"
             log(f"export: {choice.backbone} layer {choice.best_layer}, {what} ({mode})")
-            export_from_study(study_dir, path, backbone=choice.backbone, quantize=mode, log=lambda m: log(f"  {m}"))
-            graphs.append((f"{choice.backbone} {mode}", f"L{choice.best_layer}", path,
-                           models_dir / f"{safe_name(choice.backbone)}.onnx"))
+            fp32 = models_dir / f"{safe_name(choice.backbone)}.onnx"  # the fusion's member: exported and checked
+            export_from_study(study_dir, path, backbone=choice.backbone, quantize=mode, fp32_graph=fp32,
+                              log=lambda m: log(f"  {m}"))
+            graphs.append((f"{choice.backbone} {mode}", f"L{choice.best_layer}", path, fp32))
     graphs.append(("fusion", "best", fused, None))
     return graphs
 

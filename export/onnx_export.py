@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import statistics
 import tempfile
 import warnings
@@ -210,6 +211,19 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
+def _check_same_export(graph: Path, expected: dict[str, str]) -> None:
+    """``graph`` must be the fp32 export of the same probe: its metadata equal to what would be written now."""
+    from vocalprobe.export.metadata import read_metadata
+
+    if not graph.is_file():
+        raise ExportError(f"fp32 graph {graph} does not exist")
+    found = read_metadata(graph)
+    differ = sorted(k for k in {*found, *expected} if found.get(k) != expected.get(k))
+    if differ:
+        raise ExportError(f"{graph} is not the fp32 export of this probe: its metadata differ in "
+                          f"{', '.join(differ[:5])}; export without reusing it")
+
+
 def select_probe(study_dir: str | Path, *, dataset: str | None, backbone: str | None,
                  layer: str | int = "best") -> ProbeSelection:
     """Find the probe of (dataset, backbone, layer) in a study folder; errors list what the study has."""
@@ -329,11 +343,14 @@ def parity_clips(manifest, chunk_samples: int, *, split: str = "test", seconds: 
 def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: str | None = None,
                       backbone: str | None = None, layer: str | int = "best", quantize: str = "none",
                       parity: bool = True, quant_tolerance: float | None = None,
+                      fp32_graph: str | Path | None = None,
                       log: Callable[[str], None] | None = None) -> ExportResult:
     """Export a study's probe (default: the best layer on Val) as one ONNX graph at ``out_path``.
 
     ``quantize``: a mode of ``export.quant_modes``; ``quant_tolerance``: max |Δprobability| allowed for a quantized
-    graph (default: the mode's ``atol``).
+    graph (default: the mode's ``atol``). ``fp32_graph``: this probe's fp32 graph, exported earlier by this function
+    (a fusion member, say): quantized instead of exporting and checking the same graph again; refused unless its
+    metadata is exactly what this export would write (same probe, study, manifest and vocalprobe version).
     """
     import torch
     from vocalprobe.export.families import family_of
@@ -395,11 +412,16 @@ def export_from_study(study_dir: str | Path, out_path: str | Path, *, dataset: s
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_path.parent) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        log(f"exporting with torch.onnx (dynamo), opset {family.opset}")
-        with torch.no_grad():
-            export_pipeline(pipeline, fp32, metadata={**metadata, QUANTIZATION: "none"}, opset=family.opset)
         report = quant_report = None
-        if parity:
+        if fp32_graph is not None:
+            _check_same_export(Path(fp32_graph), {**metadata, QUANTIZATION: "none"})
+            log(f"fp32 graph: {fp32_graph} (checked against PyTorch when it was exported)")
+            shutil.copyfile(fp32_graph, fp32)
+        else:
+            log(f"exporting with torch.onnx (dynamo), opset {family.opset}")
+            with torch.no_grad():
+                export_pipeline(pipeline, fp32, metadata={**metadata, QUANTIZATION: "none"}, opset=family.opset)
+        if parity and fp32_graph is None:
             log("parity: PyTorch vs onnxruntime on real clips of " + ", ".join(
                 f"{c.size / MODEL_SAMPLE_RATE:g} s" for c in clips))
             report = check_parity(pipeline, fp32, clips, chunk_samples=chunk_samples, atol=family.atol,

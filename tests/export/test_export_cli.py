@@ -118,6 +118,34 @@ def test_fusion_from_study_validates(tiny_study):
     assert report["uar"] == pytest.approx(float(meta["test_uar"]), abs=1e-12)
 
 
+def test_a_quantized_export_reuses_the_probes_fp32_graph(tiny_study, tmp_path):
+    """What the demo does for each int8 mode: quantize the fp32 graph exported (and checked) before, not export the
+    same graph again; a graph of anything else is refused before anything is written."""
+    from vocalprobe.export import quant_modes
+    from vocalprobe.export.onnx_export import ExportError, export_from_study
+    from vocalprobe.export.onnx_io import load_model, save_model, set_metadata
+
+    _, _, study_dir, _ = tiny_study
+    fp32 = tmp_path / "hubert.onnx"
+    export_from_study(study_dir, fp32, backbone="hubert", parity=False)
+    steps: list[str] = []
+    result = export_from_study(study_dir, tmp_path / "h8.onnx", backbone="hubert", quantize="int8", fp32_graph=fp32,
+                               log=steps.append)
+    assert not any("torch.onnx" in step for step in steps), steps  # not exported again
+    assert result.quantized_parity.passed and result.metadata["quantization"] == "int8"
+    quant_modes.mode("int8").quantize(fp32, tmp_path / "direct.onnx")
+    assert (tmp_path / "h8.onnx").read_bytes() == (tmp_path / "direct.onnx").read_bytes()
+
+    other = load_model(fp32)
+    meta = _metadata(fp32)
+    set_metadata(other, {**meta, "layer": str(int(meta["layer"]) + 1)})
+    save_model(other, tmp_path / "other-layer.onnx")
+    with pytest.raises(ExportError, match="not the fp32 export of this probe: its metadata differ in layer"):
+        export_from_study(study_dir, tmp_path / "x.onnx", backbone="hubert", quantize="int8",
+                          fp32_graph=tmp_path / "other-layer.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def _metadata(path: Path) -> dict:
     from vocalprobe.export.metadata import read_metadata
 
