@@ -115,8 +115,7 @@ def export_auto(study_dir: str | Path, out_path: str | Path, *, candidates: Sequ
         candidates = tuple(candidates)
         if wrong := [name for name in candidates if not quant_modes.mode(name).applies_to(family)]:
             raise VocalprobeError(quant_modes.refusal(wrong[0], family))
-    if "none" not in candidates:
-        candidates = ("none", *candidates)
+    candidates = ("none", *[name for name in candidates if name != "none"])  # fp32 first: the others quantize it
     clips = _decision_clips(read_manifest(selection.manifest), max_clips)
     if not clips:
         raise VocalprobeError("--quantize auto: no readable Val or Test clip to compare the decisions on")
@@ -125,8 +124,13 @@ def export_auto(study_dir: str | Path, out_path: str | Path, *, candidates: Sequ
         for mode in candidates:
             log(f"auto: exporting {mode}")
             try:
-                results[mode] = export_from_study(study_dir, Path(tmp) / f"{mode}.onnx", quantize=mode, log=log,
-                                                  **export_options)
+                if mode == "none":  # first: the quantized modes quantize this graph instead of exporting it again
+                    results[mode] = export_from_study(study_dir, Path(tmp) / f"{mode}.onnx", quantize=mode, log=log,
+                                                      **export_options)
+                else:
+                    result = export_from_study(study_dir, Path(tmp) / f"{mode}.onnx", quantize=mode, log=log,
+                                               fp32_graph=results["none"].path, **export_options)
+                    results[mode] = replace(result, parity=results["none"].parity)  # the fp32 graph's own check
             except (ExportError, ParityError) as exc:
                 if mode == "none":
                     raise
