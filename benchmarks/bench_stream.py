@@ -36,10 +36,9 @@ def small_graph(folder: Path) -> Path:
     return build_band_graph(folder / "band.onnx")
 
 
-def stand_in(layer: int, folder: Path, n_classes: int = 7, config=None) -> Path:
+def stand_in(layer: int, folder: Path, n_classes: int = 7) -> Path:
     """A random-init HuBERT-base cut after ``layer``, exported by vocalprobe's own exporter (the deployed graph:
-    preprocessing, truncated backbone, mean+std pooling, z-score, MLP probe, softmax, optional state inputs).
-    ``config``: another ``HubertConfig`` (e.g. ``training.backbones.tiny_config("hubert")`` for a quick check)."""
+    preprocessing, truncated backbone, mean+std pooling, z-score, MLP probe, softmax, optional state inputs)."""
     import torch
     import transformers
 
@@ -48,18 +47,17 @@ def stand_in(layer: int, folder: Path, n_classes: int = 7, config=None) -> Path:
     from vocalprobe.training.deployable import ProbePipeline
     from vocalprobe.training.probe import MLPProbe
 
-    size = "base" if config is None else f"{config.hidden_size}x{config.num_hidden_layers}"
-    path = folder / f"hubert-{size}-random-L{layer}.onnx"
+    path = folder / f"hubert-base-random-L{layer}.onnx"
     if path.exists():
         return path
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(layer)
-        backbone = transformers.HubertModel(config or transformers.HubertConfig()).eval()
+        backbone = transformers.HubertModel(transformers.HubertConfig()).eval()
         probe = MLPProbe(2 * backbone.config.hidden_size, n_classes).eval()
     pipeline = ProbePipeline(backbone, probe, layer)
     meta = build_metadata(classes=[f"call{i}" for i in range(n_classes)], sample_rate=16_000, sample_duration=1.0,
                           max_chunk_samples=20 * 16_000,
-                          extra={"backbone": f"random-init hubert-{size} (benchmark)", "layer": str(layer)})
+                          extra={"backbone": "random-init hubert-base (benchmark)", "layer": str(layer)})
     with torch.no_grad():
         export_pipeline(pipeline, path, metadata=meta)
     return path
