@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vocalprobe-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
+    work = work.resolve()  # (d) and (e) run the CLI in it
     sys.path.insert(0, str(HERE))  # bench_stream, bench_scale, bench_probes
     started = time.perf_counter()
     sections = [("a", extraction), ("b", stream_providers), ("c", probes), ("d", study_cli), ("e", ray_stream)]
@@ -140,6 +142,7 @@ def backbone_folder(work: Path, sizes: Sizes) -> Path:
         return folder
     folder = work / "hubert-random"
     if not (folder / "config.json").exists():
+        transformers.utils.logging.disable_progress_bar()  # a bar for one file
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             transformers.HubertModel(transformers.HubertConfig()).save_pretrained(folder)
@@ -294,6 +297,10 @@ def study_cli(device: str, sizes: Sizes, work: Path, n_gpus: int) -> None:
 def ray_stream(device: str, sizes: Sizes, work: Path, n_gpus: int) -> None:
     if device != "cuda" or n_gpus < 2:
         print(f"== stream with 2 Ray GPU actors: skipped ({n_gpus} GPU(s) visible to torch; needs 2)", flush=True)
+        return
+    if importlib.util.find_spec("ray") is None:
+        print("== stream with 2 Ray GPU actors: skipped (Ray is not installed: pip install 'vocalprobe[ray]')",
+              flush=True)
         return
     print(f"== stream with 2 Ray GPU actors ({sizes.files} files of {sizes.file_seconds:g} s)", flush=True)
     graph = stand_in_graph(work, sizes)

@@ -8,10 +8,11 @@
 #
 #   bash benchmarks/gpu_check.sh [WORKDIR] [--quick]
 set -euo pipefail
-cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then WORK=$1; shift; else WORK=$(mktemp -d -t vocalprobe-gpu-XXXX); fi
 mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+cd "$(dirname "$0")/.."
 
 n_gpus=$("$PY" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")
 if [ "$n_gpus" -lt 1 ]; then
