@@ -24,6 +24,7 @@ dataset, Train sizes 70 % of IMV 72,920, Watkins 1,697 and Abzaliev 8,034 clips:
     python benchmarks/bench_probes.py                 # done and imv
     python benchmarks/bench_probes.py --case done --epochs 1 --repeats 1
     python benchmarks/bench_probes.py --case study
+    python benchmarks/bench_probes.py --case study --train 112   # tiny (benchmarks/gpu_check.py --quick)
 """
 
 from __future__ import annotations
@@ -45,17 +46,19 @@ PAPER_TRAIN = {"IMV": 51_044, "Watkins": 1_188, "Abzaliev": 5_624}  # 70 % of th
 PAPER_PROBES_PER_DATASET = 7 * 13 * 3
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=("done", "imv", "both", "study"), default="both")
     parser.add_argument("--epochs", type=int, default=2, help="done: whole epochs timed per run (default 2)")
     parser.add_argument("--steps", type=int, default=200, help="imv: Train batches of the shortened epoch")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds (default 2)")
+    parser.add_argument("--train", type=int, default=2_000,
+                        help="done and study: Train clips (default 2,000; Val and Test 2/7 of it)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--group-size", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None,
                         help="groups the batched trainer trains at once, a thread each (default: the CPU cores)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     group = args.group_size or GROUP_SIZE.get(device.type, GROUP_SIZE["cuda"])
     workers = args.workers or torch.get_num_threads()
@@ -64,7 +67,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f} at start (the machine may be shared: wall times swing with it, "
           "the ratio of interleaved runs less)")
     if args.case in ("done", "both"):
-        run_case("done: 7 layers x 3 seeds, 2,000 Train clips", 2_000, 7, 3, args.epochs, args, group)
+        run_case(f"done: 7 layers x 3 seeds, {args.train:,} Train clips", args.train, 7, 3, args.epochs, args, group)
     if args.case in ("imv", "both"):
         run_case(f"imv: 13 layers x 3 seeds, 1 epoch of {args.steps} steps", args.steps * BATCH, 13, 3, 1, args,
                  group, full_steps=math.ceil(PAPER_TRAIN["IMV"] / BATCH))
@@ -77,7 +80,8 @@ def run_study(args, group: int) -> None:
     """The Done-means case, full protocol: times, speed-up, best layers and UAR differences."""
     from vocalprobe.runtime.core.metrics import uar
 
-    n_train, n_val, n_test, n_layers, n_seeds = 2_000, 571, 571, 7, 3
+    n_train, n_layers, n_seeds = args.train, 7, 3
+    n_val = n_test = round(n_train * 2 / 7)
     n = n_train + n_val + n_test
     rng = np.random.default_rng(0)
     y = rng.integers(0, N_CLASSES, n)
@@ -111,8 +115,8 @@ def run_study(args, group: int) -> None:
 
     (v_ref, t_ref), (v_got, t_got) = table(ref), table(got)
     epochs = [len(c.history_) for c in ref]
-    print(f"\nstudy: 7 layers x 3 seeds, full protocol, 2,000 Train / 571 Val / 571 Test clips; epochs run "
-          f"{min(epochs)}-{max(epochs)} (mean {np.mean(epochs):.1f})")
+    print(f"\nstudy: 7 layers x 3 seeds, full protocol, {n_train:,} Train / {n_val:,} Val / {n_test:,} Test clips; "
+          f"epochs run {min(epochs)}-{max(epochs)} (mean {np.mean(epochs):.1f})")
     print(f"  one at a time: {t_single[0]:7.1f} s wall ({t_single[1]:7.1f} s CPU)")
     print(f"        batched: {t_batched[0]:7.1f} s wall ({t_batched[1]:7.1f} s CPU)")
     print(f"  speed-up: {t_single[0] / t_batched[0]:.1f}x wall, {t_single[1] / t_batched[1]:.1f}x CPU time")
