@@ -33,7 +33,8 @@ from vocalprobe.runtime.engine.sources import collect_files
 from vocalprobe.runtime.field.outputs import Outputs
 from vocalprobe.runtime.field.stream import DetectConfig, output_options, run_settings, run_sources
 from vocalprobe.runtime.engine.windows import WindowPlan
-from vocalprobe.runtime.engine.pool import ModelSpec, run_with_workers
+from vocalprobe.runtime.engine.pool import run_with_workers
+from vocalprobe.runtime.engine.scale import ModelSpec
 
 def main(graph, folder, out, mode, batch):
     threads = 2 if mode == "1x2" else 1
