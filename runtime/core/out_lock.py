@@ -2,7 +2,9 @@
 
 Two runs writing one folder interleave tables and journal records without an error; the lock makes the second one
 fail at once, naming the first. The kernel drops the lock when its holder dies (even by SIGKILL), so a stale lock
-file never blocks a later run; the temporary files a killed holder left are deleted by the next one to lock.
+file never blocks a later run; the temporary files a killed holder left are deleted by the next one to lock. A
+holder that stops on an exception (Ctrl-C) deletes its own as it lets go: an interrupt can land between a temporary
+file's creation and the ``try`` that would remove it.
 POSIX only (``fcntl``), which is what recorders and servers run.
 """
 
@@ -76,7 +78,10 @@ class OutputLock:
 
         if self._fd is None:
             return
-        fd, self._fd = self._fd, None
+        try:
+            remove_stale_temps(self.out_dir, LOCK_NAME)  # still the holder, with its writes over: none is live
+        finally:
+            fd, self._fd = self._fd, None
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:

@@ -52,3 +52,20 @@ def test_a_killed_runs_temporary_files_are_deleted_by_the_next_run(tmp_path):
         path.write_text("keep")
     with OutputLock(out):
         assert _temps(out) == sorted(str(p.relative_to(out)) for p in kept)
+
+
+def test_a_holder_deletes_its_temporary_files_as_it_lets_go(tmp_path):
+    """Ctrl-C between a temporary file's creation and its ``try`` leaves it behind; the lock's release removes it
+    (and leaves the user's own .tmp files and another run's folder alone)."""
+    out = tmp_path / "out"
+    busy = out / "shard-2"
+    busy.mkdir(parents=True)
+    (busy / LOCK_NAME).touch()
+    kept = [out / ".notes.tmp", busy / ".detections.csv.abcd1234.tmp"]
+    with OutputLock(out):
+        for path in kept:
+            path.write_text("keep")
+        (out / "night1").mkdir()
+        (out / "night1" / ".detections.csv.q1w2e3r4.tmp").write_text("half a table")  # as atomic_open names it
+        (out / ".usearch.index.4242.tmp").write_bytes(b"half an index")
+    assert _temps(out) == sorted(str(p.relative_to(out)) for p in kept)
