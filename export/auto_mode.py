@@ -124,13 +124,10 @@ def export_auto(study_dir: str | Path, out_path: str | Path, *, candidates: Sequ
         for mode in candidates:
             log(f"auto: exporting {mode}")
             try:
-                if mode == "none":  # first: the quantized modes quantize this graph instead of exporting it again
-                    results[mode] = export_from_study(study_dir, Path(tmp) / f"{mode}.onnx", quantize=mode, log=log,
-                                                      **export_options)
-                else:
-                    result = export_from_study(study_dir, Path(tmp) / f"{mode}.onnx", quantize=mode, log=log,
-                                               fp32_graph=results["none"].path, **export_options)
-                    results[mode] = replace(result, parity=results["none"].parity)  # the fp32 graph's own check
+                fp32 = results.get("none")  # exported first: the quantized modes quantize it, not a new export
+                result = export_from_study(study_dir, Path(tmp) / f"{mode}.onnx", quantize=mode, log=log,
+                                           fp32_graph=None if fp32 is None else fp32.path, **export_options)
+                results[mode] = result if fp32 is None else replace(result, parity=fp32.parity)  # fp32's own check
             except (ExportError, ParityError) as exc:
                 if mode == "none":
                     raise
