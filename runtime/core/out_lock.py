@@ -78,14 +78,12 @@ class OutputLock:
 
         if self._fd is None:
             return
+        fd, self._fd = self._fd, None
         try:
             remove_stale_temps(self.out_dir, LOCK_NAME)  # still the holder, with its writes over: none is live
-        finally:
-            fd, self._fd = self._fd, None
-        try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            os.close(fd)
+            os.close(fd)  # releases the lock too, should the cleanup fail
 
     def __enter__(self) -> "OutputLock":
         return self.acquire()
