@@ -313,7 +313,7 @@ class ProbeClassifier:
 
 
 @contextlib.contextmanager
-def _cpu_threads(device: torch.device, threads: int = 1):
+def _cpu_threads(device: torch.device):
     """Run a CPU probe with one intra-op thread, restoring the caller's setting after.
 
     The probe's matrices are tiny (batch 16): extra threads buy nothing, and on a busy machine their
@@ -323,7 +323,7 @@ def _cpu_threads(device: torch.device, threads: int = 1):
         yield
         return
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     try:
         yield
     finally:
