@@ -136,15 +136,15 @@ def export_graphs(study_dir: Path, models_dir: Path, log: Callable[[str], None]
         fp32 = models_dir / f"{safe_name(choice.backbone)}.onnx"
         fused.with_name(f"{fused.stem}.member{i}.onnx").replace(fp32)
         graphs.append((choice.backbone, f"L{choice.best_layer}", fp32, None))
-    families = [OnnxModel(fp32).info.metadata.get("family", "") for _, _, fp32, _ in graphs]
+    members = [fp32 for _, _, fp32, _ in graphs]  # exported and checked against PyTorch by the fusion
+    families = [OnnxModel(fp32).info.metadata.get("family", "") for fp32 in members]
     for mode, what in (("int8", "dynamic int8 MatMuls"), ("int8-conv", "int8 MatMuls and convolutions")):
-        for choice, family in zip(choices, families):
+        for choice, family, fp32 in zip(choices, families, members):
             if not quant_modes.mode(mode).applies_to(family):
                 log(f"export: no {mode} for {choice.backbone} (a {family} backbone: the mode does not apply)")
                 continue
             path = models_dir / f"{safe_name(choice.backbone)}.{mode}.onnx"
             log(f"export: {choice.backbone} layer {choice.best_layer}, {what} ({mode})")
-            fp32 = models_dir / f"{safe_name(choice.backbone)}.onnx"  # the fusion's member: exported and checked
             export_from_study(study_dir, path, backbone=choice.backbone, quantize=mode, fp32_graph=fp32,
                               log=lambda m: log(f"  {m}"))
             graphs.append((f"{choice.backbone} {mode}", f"L{choice.best_layer}", path, fp32))
